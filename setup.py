@@ -1,0 +1,48 @@
+"""pfascannet: PFA-ScanNet (Zhao et al., MICCAI 2019) in TensorFlow / Keras 3."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="pfascannet",
+    version="0.1.0",
+    description=(
+        "PFA-ScanNet: dense, exact whole-slide scanning for breast-cancer "
+        "metastasis detection and pN-staging (Camelyon16/17)"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pfascannet", "pfascannet.*"]),
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.3",
+        "openslide-python>=1.3",
+        "openslide-bin>=4.0",
+        "numpy>=1.26",
+        "opencv-python-headless>=4.8",
+        "scikit-learn>=1.3",
+        "scikit-image>=0.22",
+        "pandas>=2.0",
+        "absl-py>=1.4",
+        "tifffile>=2023.7",
+        "imagecodecs>=2023.7",
+        "defusedxml>=0.7",
+        "matplotlib>=3.7",
+        "psutil>=5.9",
+    ],
+    extras_require={
+        "dev": ["pytest>=7.4", "jax>=0.4.30"],
+        "gpu": ["tensorflow[and-cuda]>=2.16"],
+    },
+    entry_points={
+        "console_scripts": [
+            "pfascannet=pfascannet.cli:main",
+        ],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)
