@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from pfascannet.errors import PfaError
+
 PATCH_PX = 692
 """Training patch side Lp (input pixels)."""
 
@@ -65,7 +67,7 @@ GLOBAL_CONV_K = 15
 _CONVS_PER_BLOCK = (2, 2, 3, 3, 3)
 
 
-class GeometryError(ValueError):
+class GeometryError(PfaError, ValueError):
     """An alpha or ROI size that the detector's grid cannot serve."""
 
 

@@ -12,8 +12,10 @@ from typing import Optional
 
 import numpy as np
 
+from pfascannet.errors import PfaError
 
-class SlideError(RuntimeError):
+
+class SlideError(PfaError):
     """A slide that cannot be opened or read; the message names the file."""
 
 
