@@ -1,0 +1,265 @@
+"""Camelyon17 pN-stage: node classes, the organisers' rules, CSVs and kappa.
+
+Section 2.4 of Zhao et al. (MICCAI 2019), step (3): morphological features of
+each node's probability map feed a random forest that classifies the node as
+negative / ITC / micro / macro; the patient's pN-stage then follows the
+Camelyon17 rules, and the score is the quadratic weighted Cohen's kappa
+(``shared/DESIGN.md`` section 3).
+
+Rules (Camelyon17, after the TNM 8th edition, as the challenge applies them):
+
+* ``pN0``     no micro- or macro-metastasis and no ITC in any node;
+* ``pN0(i+)`` only ITCs;
+* ``pN1mi``   micro-metastases, no macro-metastasis;
+* ``pN1``     metastases (micro or macro) in 1-3 nodes, at least one macro;
+* ``pN2``     metastases in 4 or more nodes, at least one macro.
+
+Kappa compares stages in clinical order ``pN0 < pN0(i+) < pN1mi < pN1 <
+pN2``. Leaving the order to string sorting puts ``pn1`` before ``pn1mi`` and
+changes a quadratic kappa; this module always maps stages to their clinical
+rank first.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import re
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from pfascannet import io_utils
+from pfascannet.errors import PfaError
+
+NODE_LABELS = ("negative", "itc", "micro", "macro")
+"""Node classes in order of severity (the random forest's classes)."""
+
+STAGES = ("pN0", "pN0(i+)", "pN1mi", "pN1", "pN2")
+"""pN-stages in clinical order, spelled as in the Camelyon17 CSVs."""
+
+# Synonyms seen in the wild ("normal" is the paper's word for negative).
+_NODE_ALIASES = {"negative": "negative", "normal": "negative", "none": "negative",
+                 "itc": "itc", "itcs": "itc",
+                 "micro": "micro", "micrometastasis": "micro", "micro-metastasis": "micro",
+                 "macro": "macro", "macrometastasis": "macro", "macro-metastasis": "macro"}
+_STAGE_RANK = {s.lower(): i for i, s in enumerate(STAGES)}
+
+
+class StageError(PfaError, ValueError):
+    """An unknown node label or pN-stage, or a malformed Camelyon17 CSV."""
+
+
+def normalize_node_label(label: str) -> str:
+    """Returns the canonical node label (``negative|itc|micro|macro``), case-insensitive."""
+    key = str(label).strip().lower()
+    if key not in _NODE_ALIASES:
+        raise StageError(f"unknown node label {label!r}; expected one of {NODE_LABELS}")
+    return _NODE_ALIASES[key]
+
+
+def normalize_stage(stage: str) -> str:
+    """Returns the canonical spelling of a pN-stage (e.g. ``pn1mi`` -> ``pN1mi``)."""
+    key = re.sub(r"\s+", "", str(stage)).lower()
+    if key not in _STAGE_RANK:
+        raise StageError(f"unknown pN-stage {stage!r}; expected one of {STAGES} (any case)")
+    return STAGES[_STAGE_RANK[key]]
+
+
+def stage_rank(stage: str) -> int:
+    """Clinical rank of a pN-stage: pN0 = 0, pN0(i+) = 1, pN1mi = 2, pN1 = 3, pN2 = 4."""
+    return _STAGE_RANK[normalize_stage(stage).lower()]
+
+
+def pn_stage_from_nodes(labels: Iterable[str]) -> str:
+    """The Camelyon17 pN-stage of a patient from its node labels.
+
+    Args:
+      labels: one label per lymph node (``negative``, ``itc``, ``micro`` or
+        ``macro``, any case).
+
+    Returns:
+      One of ``STAGES``: ``pN0``, ``pN0(i+)``, ``pN1mi``, ``pN1``, ``pN2``.
+
+    Raises:
+      StageError: on an unknown label.
+    """
+    nodes = [normalize_node_label(x) for x in labels]
+    n_macro = sum(x == "macro" for x in nodes)
+    # "Metastases" in the pN1/pN2 rules are micro or macro; ITCs do not count.
+    n_metastatic = sum(x in ("micro", "macro") for x in nodes)
+    if n_macro:
+        return "pN2" if n_metastatic >= 4 else "pN1"
+    if n_metastatic:
+        return "pN1mi"
+    if any(x == "itc" for x in nodes):
+        return "pN0(i+)"
+    return "pN0"
+
+
+def quadratic_kappa(reference: Sequence[str], predicted: Sequence[str]) -> float:
+    """Quadratic weighted Cohen's kappa of pN-stages in clinical order.
+
+    Uses ``sklearn.metrics.cohen_kappa_score(weights="quadratic")`` on the
+    stages' clinical ranks with all five ranks as the label set, so the
+    weights reflect the distance pN0 < pN0(i+) < pN1mi < pN1 < pN2 and never
+    the string order (which would put pN1 before pN1mi).
+
+    Args:
+      reference: true stages, any case.
+      predicted: predicted stages, same length and order.
+
+    Returns:
+      kappa in [-1, 1]; 1.0 when every patient agrees (even if only one
+      stage occurs, where sklearn's formula is 0/0).
+    """
+    from sklearn.metrics import cohen_kappa_score  # noqa: PLC0415
+
+    if len(reference) != len(predicted):
+        raise StageError(f"kappa needs as many predictions as references, got "
+                         f"{len(predicted)} and {len(reference)}")
+    if not len(reference):
+        raise StageError("kappa needs at least one patient")
+    y_true = [stage_rank(s) for s in reference]
+    y_pred = [stage_rank(s) for s in predicted]
+    if y_true == y_pred:
+        return 1.0
+    return float(cohen_kappa_score(y_true, y_pred, labels=list(range(len(STAGES))),
+                                   weights="quadratic"))
+
+
+# ----------------------------------------------------------------------------
+# Camelyon17 CSV: header `patient,stage`; rows `patient_XXX.zip,pN1` and
+# `patient_XXX_node_Y.tif,macro`.
+
+_PATIENT_ROW = re.compile(r"^(?P<patient>.+?)\.zip$", re.IGNORECASE)
+_NODE_ROW = re.compile(r"^(?P<slide>(?P<patient>.+?)_node_(?P<node>\d+))(\.tif{1,2})?$", re.IGNORECASE)
+
+
+@dataclasses.dataclass
+class Camelyon17Table:
+    """The content of a Camelyon17 stage CSV.
+
+    Attributes:
+      stages: patient id (``patient_XXX``, no ``.zip``) -> canonical pN-stage.
+      nodes: slide id (``patient_XXX_node_Y``, no ``.tif``) -> node label.
+    """
+
+    stages: dict[str, str] = dataclasses.field(default_factory=dict)
+    nodes: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def nodes_of(self, patient: str) -> dict[str, str]:
+        """Node rows of one patient, keyed by slide id."""
+        return {s: lab for s, lab in self.nodes.items() if _patient_of_slide(s) == patient}
+
+
+def _patient_of_slide(slide: str) -> str | None:
+    m = _NODE_ROW.match(slide)
+    return m.group("patient") if m else None
+
+
+def read_camelyon17_csv(path: str | os.PathLike) -> Camelyon17Table:
+    """Reads a Camelyon17 ``patient,stage`` CSV (reference or submission).
+
+    Rows naming ``<patient>.zip`` give a pN-stage; rows naming
+    ``<patient>_node_<k>.tif`` give a node label. Case of stages and labels is
+    free; blank lines are skipped.
+
+    Raises:
+      FileNotFoundError: when ``path`` does not exist.
+      StageError: on a missing header, an unknown stage/label, a duplicate row.
+    """
+    table = Camelyon17Table()
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    if not rows:
+        raise StageError(f"{path}: empty file; expected a `patient,stage` header and rows")
+    header = [c.strip().lower() for c in rows[0]]
+    if header[:2] != ["patient", "stage"]:
+        raise StageError(f"{path}: first line must be the header `patient,stage`, got {','.join(rows[0])!r}")
+    for lineno, row in enumerate(rows[1:], start=2):
+        if len(row) < 2:
+            raise StageError(f"{path}:{lineno}: expected `name,stage`, got {','.join(row)!r}")
+        name, value = row[0].strip(), row[1].strip()
+        where = f"{path}:{lineno}"
+        try:
+            if _PATIENT_ROW.match(name):
+                key = _PATIENT_ROW.match(name).group("patient")
+                if key in table.stages:
+                    raise StageError(f"duplicate patient {name!r}")
+                table.stages[key] = normalize_stage(value)
+            elif _NODE_ROW.match(name):
+                key = _NODE_ROW.match(name).group("slide")
+                if key in table.nodes:
+                    raise StageError(f"duplicate node {name!r}")
+                table.nodes[key] = normalize_node_label(value)
+            else:
+                raise StageError(f"name {name!r} is neither `patient_XXX.zip` nor `patient_XXX_node_Y.tif`")
+        except StageError as exc:
+            raise StageError(f"{where}: {exc}") from None
+    return table
+
+
+def write_camelyon17_csv(path: str | os.PathLike, stages: Mapping[str, str],
+                         nodes: Mapping[str, str] | None = None) -> None:
+    """Writes a Camelyon17 submission CSV atomically.
+
+    Each patient row is followed by its node rows, patients and nodes sorted
+    by id (node number numerically).
+
+    Args:
+      path: output CSV.
+      stages: patient id (without ``.zip``) -> pN-stage.
+      nodes: slide id ``<patient>_node_<k>`` (without ``.tif``) -> node label.
+    """
+    nodes = dict(nodes or {})
+    by_patient: dict[str, list[str]] = {}
+    for slide in nodes:
+        patient = _patient_of_slide(slide)
+        if patient is None:
+            raise StageError(f"slide id {slide!r} is not of the form <patient>_node_<k>")
+        by_patient.setdefault(patient, []).append(slide)
+    lines = ["patient,stage"]
+    for patient in sorted(set(stages) | set(by_patient)):
+        if patient in stages:
+            lines.append(f"{patient}.zip,{normalize_stage(stages[patient])}")
+        for slide in sorted(by_patient.get(patient, []), key=lambda s: int(_NODE_ROW.match(s).group("node"))):
+            lines.append(f"{slide}.tif,{normalize_node_label(nodes[slide])}")
+    io_utils.write_text(path, "\n".join(lines) + "\n")
+
+
+def stages_from_node_table(nodes: Mapping[str, str]) -> dict[str, str]:
+    """pN-stage per patient from node labels keyed by ``<patient>_node_<k>``."""
+    by_patient: dict[str, list[str]] = {}
+    for slide, label in nodes.items():
+        patient = _patient_of_slide(slide)
+        if patient is None:
+            raise StageError(f"slide id {slide!r} is not of the form <patient>_node_<k>")
+        by_patient.setdefault(patient, []).append(label)
+    return {p: pn_stage_from_nodes(labs) for p, labs in sorted(by_patient.items())}
+
+
+def score_submission(reference: Camelyon17Table, submission: Camelyon17Table) -> dict:
+    """Kappa of a submission's patient stages against a reference table.
+
+    Every reference patient must be in the submission (as the organisers'
+    script requires); extra submission patients are ignored and listed.
+    """
+    missing = sorted(set(reference.stages) - set(submission.stages))
+    if missing:
+        raise StageError(f"submission lacks {len(missing)} reference patient(s), e.g. {missing[:3]}")
+    patients = sorted(reference.stages)
+    ref = [reference.stages[p] for p in patients]
+    sub = [submission.stages[p] for p in patients]
+    confusion = np.zeros((len(STAGES), len(STAGES)), dtype=int)
+    for r, s in zip(ref, sub):
+        confusion[stage_rank(r), stage_rank(s)] += 1
+    return {
+        "kappa_quadratic": quadratic_kappa(ref, sub),
+        "n_patients": len(patients),
+        "accuracy": float(np.mean([stage_rank(r) == stage_rank(s) for r, s in zip(ref, sub)])),
+        "stages": list(STAGES),
+        "confusion_rows_reference_cols_submission": confusion.tolist(),
+        "extra_patients_ignored": sorted(set(submission.stages) - set(reference.stages)),
+    }
