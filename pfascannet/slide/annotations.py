@@ -1,0 +1,510 @@
+"""ASAP XML annotations, polygon rasterising and Camelyon-style mask TIFFs.
+
+The ground truth of Camelyon16/17 (and of the synthetic cohort, DESIGN.md §3-4)
+is a set of ASAP polygons in level-0 pixel coordinates. Groups ``_0``, ``_1``
+and ``Tumor`` are tumour; ``_2``, ``Exclusion`` and ``None`` are excluded
+regions cut out of the tumour (holes). The organisers' evaluation reads a
+pyramidal mask TIFF with tumour = 255 on its level-5 page (downsample 32); the
+paper's training masks (512 x 512 centred in each 692 patch, §2.1/Fig. 1) are
+windows of the same raster at level 0.
+
+Pixel convention (used by :func:`rasterize`, :func:`write_mask_tiff` and so by
+every mask in the project):
+
+* Polygon vertices are continuous level-0 coordinates in which level-0 pixel
+  ``i`` has its centre at ``i`` (OpenSlide, ASAP and OpenCV agree on this).
+* Output pixel ``(r, c)`` at downsample ``ds`` with level-0 origin
+  ``(ox, oy)`` is the cell of level-0 pixels ``[ox + ds*c, ox + ds*(c+1))``
+  by ``[oy + ds*r, oy + ds*(r+1))``; its centre is ``ox + ds*c + (ds-1)/2``.
+* The cell is tumour when its centre lies inside a tumour polygon and not
+  inside an exclusion polygon; left/top edges count as inside, right/bottom
+  edges as outside (half-open, so a polygon's raster has its exact area and
+  adjacent windows tile without overlap). Cells wholly off the slide are 0.
+
+This centre-sampling rule is unbiased at every level: a level-5 cell is
+tumour exactly when the level-0 pixel at its centre is, which is what
+Camelyon's level-5 evaluation mask expresses (``mask[Y // 32, X // 32]``).
+OpenCV's ``fillPoly`` instead sets every pixel an edge passes within half a
+pixel of, which grows each lesion by half an output pixel per side (a 1-px
+diameter error at level 5, i.e. ~8 µm, next to the 35-px ITC threshold), so
+the scanline fill here is written in numpy; it is as fast for the few hundred
+polygons of a Camelyon slide.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from pfascannet import io_utils
+from pfascannet.errors import PfaError
+
+TUMOUR_GROUPS = frozenset({"_0", "_1", "tumor", "tumour", "metastasis", "metastases"})
+EXCLUSION_GROUPS = frozenset({"_2", "exclusion", "none"})
+# Annotation types that enclose an area; Dot / PointSet carry no region.
+AREA_TYPES = frozenset({"polygon", "spline", "rectangle"})
+# Camelyon's evaluation reads the mask at level 5 (0.243 µm x 32, DESIGN.md §3).
+EVALUATION_DOWNSAMPLE = 32
+MASK_TUMOUR_VALUE = 255
+
+_GROUP_COLOURS = {True: "#d0021b", False: "#64fe2e"}
+
+
+class AnnotationError(PfaError):
+    """An annotation file that is missing, malformed or hostile; the message names it."""
+
+
+@dataclass(frozen=True, eq=False)
+class Annotation:
+    """One ASAP annotation: a closed polygon in level-0 ``(x, y)`` pixels.
+
+    Attributes:
+      name: the annotation's ``Name`` attribute.
+      group: its ``PartOfGroup`` (``_0``/``_1``/``Tumor`` tumour; ``_2``/
+        ``Exclusion``/``None`` exclusion).
+      coords_xy: float64 ``(N, 2)`` level-0 ``x, y`` vertices (read-only).
+      type: ASAP's ``Type`` (``Polygon``, ``Spline``, ``Rectangle``, ``Dot``,
+        ``PointSet``); only area types are rasterised.
+    """
+
+    name: str
+    group: str
+    coords_xy: np.ndarray
+    type: str = "Polygon"
+
+    def __post_init__(self):
+        coords = np.array(self.coords_xy, dtype=np.float64)
+        if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
+            raise AnnotationError(
+                f"annotation {self.name!r}: coords_xy must be an (N, 2) array with N >= 1, "
+                f"got shape {coords.shape}"
+            )
+        if not np.isfinite(coords).all():
+            raise AnnotationError(f"annotation {self.name!r}: coordinates must be finite")
+        coords.setflags(write=False)
+        object.__setattr__(self, "coords_xy", coords)
+
+    @property
+    def is_tumour(self) -> bool:
+        """True for Camelyon's tumour groups (``_0``, ``_1``, ``Tumor``, metastasis)."""
+        return self.group.strip().lower() in TUMOUR_GROUPS
+
+    @property
+    def is_exclusion(self) -> bool:
+        """True for Camelyon's excluded regions (``_2``, ``Exclusion``, ``None``)."""
+        return self.group.strip().lower() in EXCLUSION_GROUPS
+
+    @property
+    def is_area(self) -> bool:
+        """True if the annotation encloses an area (>= 3 vertices, not a point set)."""
+        return self.type.strip().lower() in AREA_TYPES and len(self.coords_xy) >= 3
+
+    def bounds_xy(self) -> tuple[float, float, float, float]:
+        """``(x_min, y_min, x_max, y_max)`` in level-0 pixels."""
+        lo = self.coords_xy.min(axis=0)
+        hi = self.coords_xy.max(axis=0)
+        return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Annotation):
+            return NotImplemented
+        return (
+            self.name == other.name
+            and self.group == other.group
+            and self.type == other.type
+            and np.array_equal(self.coords_xy, other.coords_xy)
+        )
+
+    __hash__ = None  # mutable-looking array field: compare, never hash
+
+
+# ---------------------------------------------------------------------------
+# ASAP XML
+
+
+def read_asap_xml(path: str | os.PathLike) -> list[Annotation]:
+    """Reads an ASAP XML annotation file with a hardened parser.
+
+    DTDs, entities and external references are refused (defusedxml with
+    ``forbid_dtd``): ASAP never writes them, and they are how an XML file
+    reads local files (XXE) or exhausts memory ("billion laughs").
+
+    Args:
+      path: the ``.xml`` file.
+
+    Returns:
+      The annotations in file order, vertices sorted by their ``Order``.
+
+    Raises:
+      AnnotationError: missing, empty, malformed, hostile or non-ASAP file.
+    """
+    import defusedxml  # noqa: PLC0415
+    import defusedxml.ElementTree as DET  # noqa: PLC0415
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise AnnotationError(f"{path}: no such annotation file")
+    if os.path.isdir(path):
+        raise AnnotationError(f"{path}: is a directory, not an ASAP XML file")
+    if os.path.getsize(path) == 0:
+        raise AnnotationError(f"{path}: empty annotation file (0 bytes)")
+    try:
+        root = DET.parse(path, forbid_dtd=True, forbid_entities=True, forbid_external=True).getroot()
+    except defusedxml.DTDForbidden as exc:
+        raise AnnotationError(
+            f"{path}: refused: the XML declares a DTD (possible entity-expansion or "
+            "external-entity attack); ASAP files have none"
+        ) from exc
+    except defusedxml.EntitiesForbidden as exc:
+        raise AnnotationError(
+            f"{path}: refused: the XML declares entities (possible billion-laughs or "
+            "external-entity attack)"
+        ) from exc
+    except defusedxml.DefusedXmlException as exc:
+        raise AnnotationError(f"{path}: refused: unsafe XML ({type(exc).__name__})") from exc
+    except ET.ParseError as exc:
+        raise AnnotationError(f"{path}: malformed XML ({exc})") from exc
+    if root.tag != "ASAP_Annotations":
+        raise AnnotationError(f"{path}: not an ASAP annotation file (root element <{root.tag}>, "
+                              "expected <ASAP_Annotations>)")
+    annotations = []
+    for index, node in enumerate(root.iter("Annotation")):
+        name = node.get("Name", f"Annotation {index}")
+        group = node.get("PartOfGroup", "None")
+        kind = node.get("Type", "Polygon")
+        coords = []
+        for coord in node.iter("Coordinate"):
+            try:
+                order = float(coord.get("Order", len(coords)))
+                x = _parse_number(coord.get("X"))
+                y = _parse_number(coord.get("Y"))
+            except (TypeError, ValueError) as exc:
+                raise AnnotationError(
+                    f"{path}: annotation {name!r} has a coordinate with a missing or non-numeric "
+                    f"X/Y/Order ({dict(coord.attrib)})"
+                ) from exc
+            coords.append((order, x, y))
+        if not coords:
+            raise AnnotationError(f"{path}: annotation {name!r} has no coordinates")
+        coords.sort(key=lambda t: t[0])
+        try:
+            annotations.append(Annotation(name, group, np.array([c[1:] for c in coords]), kind))
+        except AnnotationError as exc:
+            raise AnnotationError(f"{path}: {exc}") from exc
+    return annotations
+
+
+def _parse_number(text: Optional[str]) -> float:
+    if text is None:
+        raise ValueError("missing")
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        # Some Camelyon17 files were exported with a decimal comma.
+        return float(text.replace(",", "."))
+
+
+def write_asap_xml(path: str | os.PathLike, annotations: Sequence[Annotation]) -> None:
+    """Writes annotations as ASAP XML (with an ``AnnotationGroups`` section), atomically.
+
+    Coordinates are written with ``repr`` precision, so reading the file back
+    gives the same float64 vertices.
+    """
+    root = ET.Element("ASAP_Annotations")
+    annos = ET.SubElement(root, "Annotations")
+    groups: dict[str, bool] = {}
+    for a in annotations:
+        groups.setdefault(a.group, a.is_tumour)
+        node = ET.SubElement(
+            annos,
+            "Annotation",
+            Name=a.name,
+            Type=a.type,
+            PartOfGroup=a.group,
+            Color=_GROUP_COLOURS[a.is_tumour],
+        )
+        coords = ET.SubElement(node, "Coordinates")
+        for order, (x, y) in enumerate(a.coords_xy):
+            ET.SubElement(coords, "Coordinate", Order=str(order), X=repr(float(x)), Y=repr(float(y)))
+    group_root = ET.SubElement(root, "AnnotationGroups")
+    for group, tumour in groups.items():
+        g = ET.SubElement(group_root, "Group", Name=group, PartOfGroup="None", Color=_GROUP_COLOURS[tumour])
+        ET.SubElement(g, "Attributes")
+    ET.indent(root, space="\t")
+    text = '<?xml version="1.0"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    io_utils.write_text(path, text)
+
+
+# ---------------------------------------------------------------------------
+# Rasterising
+
+
+def rasterize(
+    annotations: Iterable[Annotation],
+    dimensions_xy: tuple[int, int],
+    downsample: float = 1.0,
+    *,
+    origin_xy: tuple[int, int] = (0, 0),
+    size_wh: Optional[tuple[int, int]] = None,
+) -> np.ndarray:
+    """Tumour mask of a slide (or a window of it) at any downsample.
+
+    See the module docstring for the pixel convention: output pixel ``(r, c)``
+    is the level-0 cell ``[ox + ds*c, ox + ds*(c+1)) x [oy + ds*r, oy + ds*(r+1))``,
+    tumour iff its centre is inside a tumour polygon and outside every
+    exclusion polygon.
+
+    Args:
+      annotations: the slide's annotations (non-area types are ignored).
+      dimensions_xy: the slide's level-0 ``(width, height)``; cells wholly
+        outside it are 0.
+      downsample: level-0 pixels per output pixel (1 for a training mask,
+        32 for Camelyon's level 5).
+      origin_xy: level-0 ``(x, y)`` of the window's top-left corner.
+      size_wh: output ``(w, h)`` in output pixels; default: up to the slide's
+        right/bottom edge, ``ceil((W - ox) / ds)`` by ``ceil((H - oy) / ds)``.
+
+    Returns:
+      uint8 ``(h, w)``: 255 tumour, 0 elsewhere.
+
+    Raises:
+      AnnotationError: non-positive downsample or size.
+    """
+    ds = float(downsample)
+    if not ds > 0 or not math.isfinite(ds):
+        raise AnnotationError(f"downsample must be a positive number, got {downsample}")
+    width0, height0 = int(dimensions_xy[0]), int(dimensions_xy[1])
+    ox, oy = origin_xy
+    if size_wh is None:
+        size_wh = (max(math.ceil((width0 - ox) / ds), 0), max(math.ceil((height0 - oy) / ds), 0))
+    w, h = int(size_wh[0]), int(size_wh[1])
+    if w < 0 or h < 0:
+        raise AnnotationError(f"window size must be non-negative, got {size_wh}")
+    out = np.zeros((h, w), dtype=np.uint8)
+    if w == 0 or h == 0:
+        return out
+    annotations = [a for a in annotations if a.is_area and (a.is_tumour or a.is_exclusion)]
+    # Window bounds in level-0 centre coordinates, with a one-cell margin.
+    x_lo, x_hi = ox - ds, ox + ds * (w + 1)
+    y_lo, y_hi = oy - ds, oy + ds * (h + 1)
+
+    def overlapping(a: Annotation) -> bool:
+        bx0, by0, bx1, by1 = a.bounds_xy()
+        return bx1 >= x_lo and bx0 <= x_hi and by1 >= y_lo and by0 <= y_hi
+
+    tumour = [a for a in annotations if a.is_tumour and overlapping(a)]
+    if not tumour:
+        return out
+    exclusion = [a for a in annotations if a.is_exclusion and overlapping(a)]
+    inside = _fill(tumour, ox, oy, ds, w, h)
+    if exclusion:
+        inside &= ~_fill(exclusion, ox, oy, ds, w, h)
+    # Cells wholly off the slide carry no tumour even if a polygon strays there.
+    cols = ox + ds * np.arange(w)
+    rows = oy + ds * np.arange(h)
+    inside[:, (cols >= width0) | (cols + ds <= 0)] = False
+    inside[(rows >= height0) | (rows + ds <= 0), :] = False
+    out[inside] = MASK_TUMOUR_VALUE
+    return out
+
+
+def _split_offset(origin: float, ds: float) -> tuple[int, float]:
+    """Window origin in output pixels as (integer part, fraction).
+
+    Crossings are computed in slide-wide output coordinates minus only the
+    fraction, and the integer part is subtracted after rounding: a window whose
+    origin is a multiple of ``ds`` is then bit-for-bit a crop of the full raster.
+    """
+    off = origin / ds
+    k = math.floor(off)
+    return k, off - k
+
+
+def _fill(annotations: Sequence[Annotation], ox: float, oy: float, ds: float, w: int, h: int) -> np.ndarray:
+    """Union of the polygons' interiors (even-odd within each polygon), centre-sampled."""
+    kx, fx = _split_offset(ox, ds)
+    ky, fy = _split_offset(oy, ds)
+    centre = (ds - 1.0) / 2.0
+    all_rows, all_start, all_end = [], [], []
+    for a in annotations:
+        # Output-pixel units, cell centres at integers (slide-wide, minus the fraction).
+        u = (a.coords_xy[:, 0] - centre) / ds - fx
+        v = (a.coords_xy[:, 1] - centre) / ds - fy
+        u1, v1 = np.roll(u, -1), np.roll(v, -1)
+        moving = v != v1  # horizontal edges cross no row centre
+        u0, v0, u1, v1 = u[moving], v[moving], u1[moving], v1[moving]
+        if u0.size == 0:
+            continue
+        vlo, vhi = np.minimum(v0, v1), np.maximum(v0, v1)
+        # Rows r (slide-wide) with vlo <= r < vhi, clipped to the window's rows.
+        r_start = np.maximum(np.ceil(vlo).astype(np.int64), ky)
+        r_end = np.minimum(np.ceil(vhi).astype(np.int64), ky + h)
+        count = np.maximum(r_end - r_start, 0)
+        total = int(count.sum())
+        if total == 0:
+            continue
+        edge = np.repeat(np.arange(u0.size), count)
+        first = np.repeat(np.cumsum(count) - count, count)
+        rows = r_start[edge] + (np.arange(total) - first)
+        x = u0[edge] + (rows - v0[edge]) * ((u1 - u0) / (v1 - v0))[edge]
+        order = np.lexsort((x, rows))
+        rows, x = rows[order], x[order]
+        # Each row crosses a closed polygon an even number of times (half-open
+        # rule), so consecutive sorted crossings pair up into spans.
+        r_pair = rows[0::2]
+        if r_pair.size != rows[1::2].size or not np.array_equal(r_pair, rows[1::2]):
+            raise AnnotationError(f"annotation {a.name!r}: polygon could not be scan-converted")
+        all_rows.append(r_pair - ky)
+        # Columns c with x_a <= c < x_b.
+        all_start.append(np.clip(np.ceil(x[0::2]).astype(np.int64) - kx, 0, w))
+        all_end.append(np.clip(np.ceil(x[1::2]).astype(np.int64) - kx, 0, w))
+    if not all_rows:
+        return np.zeros((h, w), dtype=bool)
+    rows = np.concatenate(all_rows)
+    start = np.concatenate(all_start)
+    end = np.concatenate(all_end)
+    keep = start < end
+    rows, start, end = rows[keep], start[keep], end[keep]
+    stride = w + 1
+    n = h * stride
+    diff = np.bincount(rows * stride + start, minlength=n).astype(np.int32)
+    diff -= np.bincount(rows * stride + end, minlength=n).astype(np.int32)
+    return np.cumsum(diff.reshape(h, stride)[:, :w], axis=1) > 0
+
+
+# ---------------------------------------------------------------------------
+# Mask TIFFs
+
+
+def mask_level_count(dimensions_xy: tuple[int, int], tile_px: int = 512) -> int:
+    """Pyramid levels of a mask TIFF: halving until a level fits one tile, and at least 6 (level 5)."""
+    w, h = dimensions_xy
+    levels = 1
+    while max(w, h) > tile_px:
+        w, h = -(-w // 2), -(-h // 2)
+        levels += 1
+    return max(levels, 6)
+
+
+def write_mask_tiff(
+    path: str | os.PathLike,
+    annotations: Sequence[Annotation],
+    dimensions_xy: tuple[int, int],
+    mpp: Optional[float] = None,
+    *,
+    tile_px: int = 512,
+) -> None:
+    """Writes a Camelyon-style pyramidal mask TIFF (tumour 255, one channel), atomically.
+
+    Page ``k`` is the raster at downsample ``2**k`` with size
+    ``ceil(W / 2**k) x ceil(H / 2**k)``, rasterised directly from the polygons
+    (so every page, level 5 included, equals :func:`rasterize` at its
+    downsample) tile by tile: memory stays at a few tiles whatever the slide size.
+    Pages are tiled, deflate-compressed and successive (not SubIFDs), which
+    OpenSlide opens as ``generic-tiff``.
+
+    Args:
+      path: the output ``.tif``.
+      annotations: the slide's annotations.
+      dimensions_xy: the slide's level-0 ``(width, height)``.
+      mpp: microns per level-0 pixel, written as resolution tags (OpenSlide
+        reports it as ``openslide.mpp-x``); None writes none.
+      tile_px: tile side, a multiple of 16.
+    """
+    width0, height0 = int(dimensions_xy[0]), int(dimensions_xy[1])
+    if width0 <= 0 or height0 <= 0:
+        raise AnnotationError(f"{os.fspath(path)}: slide dimensions must be positive, got {dimensions_xy}")
+    if tile_px <= 0 or tile_px % 16:
+        raise AnnotationError(f"tile_px must be a positive multiple of 16, got {tile_px}")
+    annotations = [a for a in annotations if a.is_area and (a.is_tumour or a.is_exclusion)]
+    levels = []
+    for k in range(mask_level_count((width0, height0), tile_px)):
+        ds = 2 ** k
+        levels.append((ds, -(-width0 // ds), -(-height0 // ds)))
+
+    def tiles(ds: int, w: int, h: int):
+        for ty in range(0, h, tile_px):
+            for tx in range(0, w, tile_px):
+                yield rasterize(
+                    annotations,
+                    (width0, height0),
+                    ds,
+                    origin_xy=(tx * ds, ty * ds),
+                    size_wh=(tile_px, tile_px),
+                )
+
+    _write_tiled_pyramid(path, levels, tiles, mpp=mpp, tile_px=tile_px)
+
+
+def _write_tiled_pyramid(path, levels, tiles, *, mpp, tile_px) -> None:
+    """Tiled single-channel pyramid with tifffile (pages = levels, finest first)."""
+    import tifffile  # noqa: PLC0415
+
+    width0, height0 = levels[0][1], levels[0][2]
+    bigtiff = width0 * height0 > 2**31
+    with io_utils.atomic_path(path, suffix=".tif") as tmp:
+        with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tif:
+            for k, (ds, w, h) in enumerate(levels):
+                kwargs = {}
+                if mpp is not None:
+                    px_per_cm = 1e4 / (float(mpp) * ds)
+                    kwargs = {"resolution": (px_per_cm, px_per_cm), "resolutionunit": "CENTIMETER"}
+                tif.write(
+                    tiles(ds, w, h),
+                    shape=(h, w),
+                    dtype=np.uint8,
+                    tile=(tile_px, tile_px),
+                    photometric="minisblack",
+                    compression="zlib",
+                    subfiletype=1 if k else 0,
+                    metadata=None,
+                    software="pfascannet",
+                    **kwargs,
+                )
+
+
+def read_mask_level(path: str | os.PathLike, downsample: int = EVALUATION_DOWNSAMPLE) -> np.ndarray:
+    """The page of a mask TIFF at ``downsample`` (level 5 by default), as uint8 ``(h, w)``.
+
+    Reads with tifffile the page whose size is ``W / downsample`` (rounded
+    either way, as writers differ) so pixel values come back exactly (no
+    resampling or RGBA conversion); multi-channel masks give their first channel.
+
+    Raises:
+      AnnotationError: missing or unreadable file, or no page at that downsample.
+    """
+    import tifffile  # noqa: PLC0415
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise AnnotationError(f"{path}: no such mask file")
+    if os.path.getsize(path) == 0:
+        raise AnnotationError(f"{path}: empty mask file (0 bytes)")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = list(tif.pages)
+            h0, w0 = pages[0].shape[:2]
+            want = (w0 / downsample, h0 / downsample)
+            for page in pages:
+                h, w = page.shape[:2]
+                if abs(w - want[0]) < 1 and abs(h - want[1]) < 1:
+                    arr = page.asarray()
+                    break
+            else:
+                sizes = ", ".join(f"{p.shape[1]}x{p.shape[0]}" for p in pages)
+                raise AnnotationError(
+                    f"{path}: no page at downsample {downsample} (level-0 {w0}x{h0}; pages {sizes})"
+                )
+    except AnnotationError:
+        raise
+    except Exception as exc:  # tifffile raises many kinds on a broken file
+        raise AnnotationError(f"{path}: cannot read mask TIFF ({type(exc).__name__}: {exc})") from exc
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    return np.ascontiguousarray(arr.astype(np.uint8, copy=False))
