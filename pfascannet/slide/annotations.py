@@ -382,14 +382,14 @@ def _fill(annotations: Sequence[Annotation], ox: float, oy: float, ds: float, w:
 # Mask TIFFs
 
 
-def mask_level_count(dimensions_xy: tuple[int, int], tile_px: int = 512) -> int:
-    """Pyramid levels of a mask TIFF: halving until a level fits one tile, and at least 6 (level 5)."""
-    w, h = dimensions_xy
-    levels = 1
-    while max(w, h) > tile_px:
-        w, h = -(-w // 2), -(-h // 2)
-        levels += 1
-    return max(levels, 6)
+def mask_level_count(dimensions_xy: tuple[int, int], min_side_px: int = 512) -> int:
+    """Pyramid levels of a mask TIFF: halving until the longer side <= min_side_px, and at least 6.
+
+    Six levels guarantee Camelyon's level-5 page (downsample 32) on any slide.
+    """
+    from pfascannet.slide.tiff_writer import pyramid_dimensions  # noqa: PLC0415
+
+    return max(len(pyramid_dimensions(dimensions_xy, min_side_px)), EVALUATION_DOWNSAMPLE.bit_length())
 
 
 def write_mask_tiff(
@@ -405,9 +405,10 @@ def write_mask_tiff(
     Page ``k`` is the raster at downsample ``2**k`` with size
     ``ceil(W / 2**k) x ceil(H / 2**k)``, rasterised directly from the polygons
     (so every page, level 5 included, equals :func:`rasterize` at its
-    downsample) tile by tile: memory stays at a few tiles whatever the slide size.
-    Pages are tiled, deflate-compressed and successive (not SubIFDs), which
-    OpenSlide opens as ``generic-tiff``.
+    downsample, rather than a resampled copy of level 0) tile by tile through
+    :func:`pfascannet.slide.tiff_writer.write_pyramid_tiff`: memory stays at
+    a band of tiles whatever the slide size. Pages are tiled,
+    deflate-compressed and successive, which OpenSlide opens as ``generic-tiff``.
 
     Args:
       path: the output ``.tif``.
@@ -416,57 +417,34 @@ def write_mask_tiff(
       mpp: microns per level-0 pixel, written as resolution tags (OpenSlide
         reports it as ``openslide.mpp-x``); None writes none.
       tile_px: tile side, a multiple of 16.
+
+    Raises:
+      AnnotationError: non-positive dimensions.
     """
+    from pfascannet.slide.tiff_writer import write_pyramid_tiff  # noqa: PLC0415
+
     width0, height0 = int(dimensions_xy[0]), int(dimensions_xy[1])
     if width0 <= 0 or height0 <= 0:
         raise AnnotationError(f"{os.fspath(path)}: slide dimensions must be positive, got {dimensions_xy}")
-    if tile_px <= 0 or tile_px % 16:
-        raise AnnotationError(f"tile_px must be a positive multiple of 16, got {tile_px}")
     annotations = [a for a in annotations if a.is_area and (a.is_tumour or a.is_exclusion)]
-    levels = []
-    for k in range(mask_level_count((width0, height0), tile_px)):
-        ds = 2 ** k
-        levels.append((ds, -(-width0 // ds), -(-height0 // ds)))
 
-    def tiles(ds: int, w: int, h: int):
-        for ty in range(0, h, tile_px):
-            for tx in range(0, w, tile_px):
-                yield rasterize(
-                    annotations,
-                    (width0, height0),
-                    ds,
-                    origin_xy=(tx * ds, ty * ds),
-                    size_wh=(tile_px, tile_px),
-                )
+    def level_source(level: int, x: int, y: int, w: int, h: int) -> Optional[np.ndarray]:
+        ds = 2**level
+        tile = rasterize(annotations, (width0, height0), ds, origin_xy=(x * ds, y * ds), size_wh=(w, h))
+        return tile if tile.any() else None  # None: the writer reuses one encoded blank tile
 
-    _write_tiled_pyramid(path, levels, tiles, mpp=mpp, tile_px=tile_px)
-
-
-def _write_tiled_pyramid(path, levels, tiles, *, mpp, tile_px) -> None:
-    """Tiled single-channel pyramid with tifffile (pages = levels, finest first)."""
-    import tifffile  # noqa: PLC0415
-
-    width0, height0 = levels[0][1], levels[0][2]
-    bigtiff = width0 * height0 > 2**31
-    with io_utils.atomic_path(path, suffix=".tif") as tmp:
-        with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tif:
-            for k, (ds, w, h) in enumerate(levels):
-                kwargs = {}
-                if mpp is not None:
-                    px_per_cm = 1e4 / (float(mpp) * ds)
-                    kwargs = {"resolution": (px_per_cm, px_per_cm), "resolutionunit": "CENTIMETER"}
-                tif.write(
-                    tiles(ds, w, h),
-                    shape=(h, w),
-                    dtype=np.uint8,
-                    tile=(tile_px, tile_px),
-                    photometric="minisblack",
-                    compression="zlib",
-                    subfiletype=1 if k else 0,
-                    metadata=None,
-                    software="pfascannet",
-                    **kwargs,
-                )
+    write_pyramid_tiff(
+        path,
+        (width0, height0),
+        lambda x, y, w, h: level_source(0, x, y, w, h),
+        tile_px=tile_px,
+        mpp=mpp,
+        compression="deflate",
+        channels=1,
+        level_source=level_source,
+        num_levels=mask_level_count((width0, height0)),
+        description="pfascannet tumour mask (255 = tumour)",
+    )
 
 
 def read_mask_level(path: str | os.PathLike, downsample: int = EVALUATION_DOWNSAMPLE) -> np.ndarray:
