@@ -87,7 +87,7 @@ def write_pyramid_tiff(
     compression: str = "jpeg",
     channels: int = 3,
     dtype: np.dtype | type = np.uint8,
-    background: Optional[float] = None,
+    background: Optional[float | Sequence[float]] = None,
     quality: int = 90,
     resample: str = "mean",
     level_source: Optional[LevelSource] = None,
@@ -111,8 +111,9 @@ def write_pyramid_tiff(
         maps) or ``"none"``.
       channels: 3 (RGB) or 1 (grey / mask / map).
       dtype: sample type; uint8 unless ``compression`` is not JPEG.
-      background: value of background tiles and padding; default 255 for
-        RGB (white glass) and 0 for one channel (no tumour).
+      background: value of background tiles and padding, a scalar or one
+        value per channel; default 255 for RGB (white glass) and 0 for one
+        channel (no tumour).
       quality: JPEG quality (1..100).
       resample: how level L+1 is made from level L: ``"mean"`` (2x2 box,
         images), ``"nearest"`` or ``"max"`` (keep label values, masks).
@@ -181,8 +182,11 @@ def write_pyramid_tiff(
             tile = full
         return tile
 
+    def is_blank(tile: np.ndarray) -> bool:
+        return bool((tile == blank[: tile.shape[0], : tile.shape[1]]).all())
+
     def encode_or_blank(tile: Optional[np.ndarray]) -> bytes:
-        if tile is None or (tile.min() == background and tile.max() == background):
+        if tile is None or is_blank(tile):
             return blank_bytes
         return encode(tile)
 
@@ -197,7 +201,7 @@ def write_pyramid_tiff(
             next_file = os.path.join(scratch, f"level{level + 1}.raw") if need_next else None
             tiles = _level_tiles(
                 level, (lw, lh), tile_px, pool, tile_source, level_source, prev_file, next_file,
-                fit, encode_or_blank, resample, dtype, sample_shape, background,
+                fit, is_blank, encode_or_blank, resample, dtype, sample_shape, background,
             )
             kwargs = {}
             if mpp is not None:
@@ -254,7 +258,7 @@ def _downsample2(tile: np.ndarray, resample: str) -> np.ndarray:
 
 def _level_tiles(
     level, dims, tile_px, pool, tile_source, level_source, prev_file, next_file,
-    fit, encode_or_blank, resample, dtype, sample_shape, background,
+    fit, is_blank, encode_or_blank, resample, dtype, sample_shape, background,
 ):
     """Yields the encoded tiles of one level in row-major order.
 
@@ -289,7 +293,7 @@ def _level_tiles(
                     tile = fit(level_source(level, x, y, tw, th), tw, th, where)
                 else:
                     region = band[:, x:x + tw]
-                    if region.min() == background and region.max() == background:
+                    if is_blank(region):
                         tile = None
                     else:
                         tile = fit(region, tw, th, where)
