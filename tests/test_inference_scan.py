@@ -1,0 +1,279 @@
+"""The streaming scanner against an oracle of the detector's geometry (§2.2, eq. (1)).
+
+The oracle's output pixel (u, v) of an ROI is the mean intensity of the
+centre 32x32 block of the 692 patch at offset (stride*u, stride*v): exactly the
+invariant the real FCN obeys (DESIGN.md §1).  At alpha 16 that block is the
+map cell itself, so the stitched map must equal the slide's 32x32 block means
+(white outside the slide) at every pixel, edges and ROI borders included.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from pfascannet import geometry
+from pfascannet.inference import engine
+from pfascannet.inference.plan import make_plan
+from pfascannet.slide.reader import SlideReader
+
+BLOCK_PX = 32
+SLIDE_WH = (1000, 700)  # not multiples of 32: the last map row/column runs past the slide
+LM = 4  # small ROIs so the grid has many ROI borders
+
+
+class OracleDetector:
+    """A numpy detector of the FCN's geometry whose output is a known function of its input."""
+
+    def __init__(self, alpha: int, roi_px: int):
+        self.alpha, self.roi_px = alpha, roi_px
+        self.stride_px = geometry.output_stride_px(alpha)
+        self.tile_px = geometry.tile_px(roi_px, alpha)
+        self.calls = 0
+        self.rois_seen = 0
+
+    def predict(self, rois: np.ndarray) -> np.ndarray:
+        assert rois.dtype == np.uint8 and rois.shape[1:] == (self.roi_px, self.roi_px, 3)
+        self.calls += 1
+        self.rois_seen += rois.shape[0]
+        lo = geometry.PATCH_CENTRE_PX - BLOCK_PX // 2
+        out = np.empty((rois.shape[0], self.tile_px, self.tile_px), np.float32)
+        for u in range(self.tile_px):
+            for v in range(self.tile_px):
+                r, c = lo + self.stride_px * u, lo + self.stride_px * v
+                block = rois[:, r : r + BLOCK_PX, c : c + BLOCK_PX].astype(np.float64)
+                out[:, u, v] = block.mean(axis=(1, 2, 3)) / 255.0
+        return out
+
+
+def direct_map(image: np.ndarray, cell_px: int) -> np.ndarray:
+    """The oracle's function computed straight from the image: cell means, white beyond the edge."""
+    h, w = image.shape[:2]
+    rows, cols = -(-h // cell_px), -(-w // cell_px)
+    padded = np.full((rows * cell_px, cols * cell_px, 3), 255, np.float64)
+    padded[:h, :w] = image
+    return (padded.reshape(rows, cell_px, cols, cell_px, 3).mean(axis=(1, 3, 4)) / 255.0).astype(np.float32)
+
+
+def write_slide(path: str, wh=SLIDE_WH, seed: int = 0) -> np.ndarray:
+    """A small lossless two-level TIFF of smoothed noise (every shift shows)."""
+    from pfascannet.slide.tiff_writer import write_pyramid_tiff
+
+    rng = np.random.default_rng(seed)
+    w, h = wh
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    image[: h // 3, : w // 4] = 255  # some glass: the tissue test skips it
+
+    def tiles(x, y, tw, th):
+        out = np.full((th, tw, 3), 255, np.uint8)
+        part = image[y : y + th, x : x + tw]
+        out[: part.shape[0], : part.shape[1]] = part
+        return out
+
+    write_pyramid_tiff(path, (w, h), tiles, tile_px=256, compression="deflate", num_levels=2, workers=1)
+    return image
+
+
+@pytest.fixture(scope="module")
+def slide_path(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("slides") / "patient_000_node_0.tif")
+    write_slide(path)
+    return path
+
+
+def _run(alpha: int = 16, lm: int = LM) -> engine.ModelRun:
+    lr = geometry.roi_px(lm, alpha)
+    return engine.ModelRun(OracleDetector(alpha, lr), geometry.ScanGeometry(alpha, lr), name="oracle")
+
+
+QUIET = dict(progress=False, heatmap=False, tissue="all", checkpoint_every_s=0.0, workers=2, batch=3)
+
+
+def test_oracle_map_equals_direct_function_everywhere(slide_path):
+    run = _run()
+    with SlideReader(slide_path) as reader:
+        image = reader.read_region((0, 0), 0, reader.dimensions)
+        plan = make_plan(reader.dimensions, run.grid)
+    prob_map, stats = engine.scan_map(slide_path, run, plan, engine.ScanOptions(**QUIET))
+    expected = direct_map(image, 32)
+    assert prob_map.shape == expected.shape == (22, 32)
+    # ROI borders every LM pixels and the slide's right/bottom edges are all in here.
+    np.testing.assert_allclose(prob_map, expected, rtol=0, atol=1e-6)
+    assert stats.n_rois == len(plan) == 6 * 8
+    assert run.detector.rois_seen == len(plan)
+
+
+def test_oracle_at_scan_level_1(slide_path):
+    run = _run()
+    with SlideReader(slide_path) as reader:
+        image1 = reader.read_level(1)
+        plan = make_plan(reader.dimensions, run.grid, scan_level=1, downsample=2)
+    prob_map, _ = engine.scan_map(slide_path, run, plan, engine.ScanOptions(**dict(QUIET, scan_level=1)))
+    assert plan.stride_px == 64
+    np.testing.assert_allclose(prob_map, direct_map(image1, 32), rtol=0, atol=1e-6)
+
+
+def test_tissue_only_rois_are_scanned(slide_path):
+    run = _run()
+    with SlideReader(slide_path) as reader:
+        image = reader.read_region((0, 0), 0, reader.dimensions)
+        dims = reader.dimensions
+    # Tissue only in the bottom-right corner cell of the 32-px mask.
+    tissue = np.zeros((-(-dims[1] // 32), -(-dims[0] // 32)), bool)
+    tissue[-1, -1] = True
+    plan = make_plan(dims, run.grid, tissue, 32)
+    assert len(plan) == 1
+    prob_map, _ = engine.scan_map(slide_path, run, plan, engine.ScanOptions(**QUIET))
+    expected = direct_map(image, 32)
+    r0, r1, c0, c1 = plan.roi_window(0)
+    np.testing.assert_allclose(prob_map[r0:r1, c0:c1], expected[r0:r1, c0:c1], atol=1e-6)
+    outside = np.ones_like(prob_map, bool)
+    outside[r0:r1, c0:c1] = False
+    assert not prob_map[outside].any()
+
+
+def test_patch_mode_matches_dense(slide_path):
+    dense = _run()
+    grid = dense.grid
+    patch = engine.ModelRun(OracleDetector(1, geometry.PATCH_PX), grid, mode="patch", name="oracle-patch")
+    with SlideReader(slide_path) as reader:
+        plan = make_plan(reader.dimensions, grid)
+    a, _ = engine.scan_map(slide_path, dense, plan, engine.ScanOptions(**QUIET))
+    b, _ = engine.scan_map(slide_path, patch, plan, engine.ScanOptions(**dict(QUIET, patch_batch=5)))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert patch.detector.rois_seen == len(plan) * LM * LM  # one 692 patch per map pixel
+
+
+def test_killed_scan_resumes_to_the_same_map(slide_path, tmp_path):
+    options = engine.ScanOptions(**QUIET)
+    full = engine.scan_slides(slide_path, [_run()], str(tmp_path / "full"), options)
+    assert full.ok
+
+    class Killed(Exception):
+        pass
+
+    def kill_after(n_done):
+        if n_done >= 12:
+            raise Killed
+
+    out = str(tmp_path / "resumed")
+    summary = engine.scan_slides(slide_path, [_run()], out, options, on_batch=kill_after)
+    assert [r.status for r in summary.results] == ["failed"]
+    assert not summary.ok
+    assert os.path.exists(os.path.join(out, "partial", "patient_000_node_0.m0.npz"))
+    assert not os.path.exists(os.path.join(out, "maps", "patient_000_node_0.npy"))
+
+    second = _run()
+    summary = engine.scan_slides(slide_path, [second], out, options)
+    assert summary.ok and summary.results[0].stats[0].n_resumed == 12
+    assert second.detector.rois_seen == 48 - 12  # only the rest was computed
+    a = np.load(os.path.join(tmp_path / "full", "maps", "patient_000_node_0.npy"))
+    b = np.load(os.path.join(out, "maps", "patient_000_node_0.npy"))
+    assert np.array_equal(a, b)
+    assert not os.path.exists(os.path.join(out, "partial", "patient_000_node_0.m0.npz"))
+
+    # A third run finds the slide done and computes nothing.
+    third = _run()
+    summary = engine.scan_slides(slide_path, [third], out, options)
+    assert summary.results[0].status == "skipped" and third.detector.rois_seen == 0
+
+
+def test_bad_slide_fails_clearly_and_others_go_on(slide_path, tmp_path, capsys):
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    os.symlink(slide_path, folder / "patient_000_node_0.tif")
+    (folder / "patient_000_node_1.tif").write_bytes(b"II*\x00 this is not a tiff at all" * 10)
+    (folder / "patient_000_node_2.tif").write_bytes(b"")
+    out = str(tmp_path / "out")
+    summary = engine.scan_slides(str(folder), [_run()], out, engine.ScanOptions(**QUIET))
+    status = {r.slide: r.status for r in summary.results}
+    assert status == {"patient_000_node_0": "done", "patient_000_node_1": "failed", "patient_000_node_2": "failed"}
+    assert not summary.ok
+    err = capsys.readouterr().err
+    assert "error: patient_000_node_1:" in err and "patient_000_node_1.tif" in err
+    assert "empty file" in err and "2 failed" in err
+    with open(os.path.join(out, "slide_scores.csv")) as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["name", "probability"] and [r[0] for r in rows[1:]] == ["patient_000_node_0"]
+
+
+def test_outputs_layout_and_formats(slide_path, tmp_path):
+    out = str(tmp_path / "scan")
+    options = engine.ScanOptions(**dict(QUIET, heatmap=True, threshold=0.52))
+    summary = engine.scan_slides(slide_path, [_run()], out, options)
+    assert summary.ok
+    sid = "patient_000_node_0"
+    prob_map = np.load(os.path.join(out, "maps", f"{sid}.npy"))
+    assert prob_map.dtype == np.float32
+    with open(os.path.join(out, "maps", f"{sid}.json")) as f:
+        meta = json.load(f)
+    assert meta["stride_px"] == 32 and meta["alpha"] == 16 and meta["dimensions"] == list(SLIDE_WH)
+    assert abs(meta["mpp"] - 0.243) < 1e-6 and meta["slide_score"] == pytest.approx(float(prob_map.max()))
+    # Lesion CSV: confidence,X,Y at cell centres, no header, every value >= threshold.
+    with open(os.path.join(out, "lesions", f"{sid}.csv")) as f:
+        rows = [line.strip().split(",") for line in f if line.strip()]
+    assert rows, "noise around 0.5 must give some candidates over 0.52"
+    for conf, x, y in rows:
+        assert float(conf) >= 0.52
+        assert prob_map[int(y) // 32, int(x) // 32] == pytest.approx(float(conf), abs=1e-6)
+    with open(os.path.join(out, "contours", f"{sid}.geojson")) as f:
+        gj = json.load(f)
+    assert gj["type"] == "FeatureCollection" and gj["features"]
+    ring = gj["features"][0]["geometry"]["coordinates"][0]
+    assert ring[0] == ring[-1] and gj["features"][0]["properties"]["objectType"] == "annotation"
+    from pfascannet.slide.annotations import read_asap_xml
+
+    assert len(read_asap_xml(os.path.join(out, "contours", f"{sid}.xml"))) >= len(gj["features"])
+    with SlideReader(os.path.join(out, "maps", f"{sid}_map.tif")) as tif:
+        assert tif.dimensions == (prob_map.shape[1], prob_map.shape[0])
+        grey = tif.read_level(0)[..., 0]
+    np.testing.assert_array_equal(grey, np.rint(prob_map * 255).astype(np.uint8))
+    assert os.path.getsize(os.path.join(out, "heatmaps", f"{sid}.png")) > 1000
+    with open(os.path.join(out, "slide_scores.csv")) as f:
+        assert f.read().splitlines()[1].startswith(f"{sid},")
+
+
+def test_ensemble_of_alpha_16_and_32_on_the_32px_grid(slide_path, tmp_path):
+    runs = [_run(16, 4), _run(32, 8)]
+    out = str(tmp_path / "ens")
+    assert engine.scan_slides(slide_path, runs, out, engine.ScanOptions(**QUIET)).ok
+    prob_map = np.load(os.path.join(out, "maps", "patient_000_node_0.npy"))
+    with SlideReader(slide_path) as reader:
+        image = reader.read_region((0, 0), 0, reader.dimensions)
+    # alpha 32: 16-px cells of 32x32 blocks centred on them, pooled 2x2 onto the 32-px grid.
+    h, w = image.shape[:2]
+    padded = np.full((h + 64, w + 64, 3), 255, np.float64)
+    padded[8 : 8 + h, 8 : 8 + w] = image  # block of 16-px cell c starts at 16c - 8
+    fine = np.array(
+        [
+            [padded[16 * r : 16 * r + 32, 16 * c : 16 * c + 32].mean() / 255 for c in range(-(-w // 16))]
+            for r in range(-(-h // 16))
+        ]
+    )
+    pooled = engine.pool_to_stride(fine, 2, (22, 32))
+    expected = (direct_map(image, 32) + pooled) / 2
+    np.testing.assert_allclose(prob_map, expected, atol=1e-5)
+
+
+def test_list_and_shard(tmp_path):
+    names = [f"patient_{k:03d}_node_{k % 5}.tif" for k in range(11)]
+    listing = tmp_path / "slides.txt"
+    listing.write_text("# a comment\n" + "\n".join(names) + "\n" + names[0] + "\n")
+    paths = engine.list_slides(str(listing))
+    assert len(paths) == 11 and paths == sorted(paths)
+    shards = [engine.shard_slides(paths, (i, 3)) for i in range(3)]
+    flat = [p for s in shards for p in s]
+    assert sorted(flat) == paths and len(set(flat)) == len(flat)
+    assert [len(s) for s in shards] == [4, 4, 3]
+    assert engine.parse_shard("2/3") == (2, 3)
+    for bad in ("3/3", "x", "1/0", "-1/2"):
+        with pytest.raises(engine.ScanError):
+            engine.parse_shard(bad)
+    dup = tmp_path / "dup.txt"
+    dup.write_text("a/x.tif\nb/x.tif\n")
+    with pytest.raises(engine.ScanError, match="share the id"):
+        engine.list_slides(str(dup))
