@@ -452,3 +452,115 @@ def plot_froc(path: str | os.PathLike, avg_fps: np.ndarray, sensitivity: np.ndar
     with io_utils.atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------
+# Whole submissions: a folder of lesion CSVs against masks or XML annotations.
+
+
+def read_truth_lesions(path: str | os.PathLike) -> dict[str, list[tuple[float, float, str]]]:
+    """Reads the cohort's ``lesions.csv`` (``slide,lesion_id,class,centre_x,centre_y,...``).
+
+    Returns:
+      {slide: [(centre X, centre Y, class)]} in level-0 px.
+    """
+    out: dict[str, list[tuple[float, float, str]]] = {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        need = {"slide", "class", "centre_x", "centre_y"}
+        if not reader.fieldnames or need - set(reader.fieldnames):
+            raise FrocError(f"{path}: needs columns {sorted(need)}, got {reader.fieldnames}")
+        for lineno, row in enumerate(reader, start=2):
+            cls = row["class"].strip().lower()
+            if cls not in SIZE_CLASSES:
+                raise FrocError(f"{path}:{lineno}: lesion class {row['class']!r} is not one of {SIZE_CLASSES}")
+            try:
+                x, y = float(row["centre_x"]), float(row["centre_y"])
+            except ValueError:
+                raise FrocError(f"{path}:{lineno}: centre_x/centre_y must be numbers") from None
+            out.setdefault(row["slide"].strip(), []).append((x, y, cls))
+    return out
+
+
+def _find(directory: str, names: Sequence[str]) -> Optional[str]:
+    for name in names:
+        p = os.path.join(directory, name)
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+def slide_tumour_mask(slide: str, masks_dir: Optional[str] = None,
+                      annotations_dir: Optional[str] = None,
+                      dimensions_xy: Optional[tuple[int, int]] = None,
+                      images_dir: Optional[str] = None) -> np.ndarray:
+    """Level-5 tumour mask (255 tumour) of a tumour slide, from its mask TIFF or ASAP XML.
+
+    Looks for ``<masks_dir>/<slide>_mask.tif`` (or ``<slide>.tif``) first, then
+    ``<annotations_dir>/<slide>.xml`` rasterised at downsample 32 with the
+    slide's level-0 size from ``dimensions_xy`` or from ``<images_dir>/<slide>.tif``.
+    """
+    from pfascannet.slide import annotations  # noqa: PLC0415
+
+    if masks_dir:
+        path = _find(masks_dir, [f"{slide}_mask.tif", f"{slide}_mask.tiff", f"{slide}.tif", f"{slide}.tiff"])
+        if path:
+            return annotations.read_mask_level(path, downsample=EVAL_DOWNSAMPLE)
+    if annotations_dir:
+        path = _find(annotations_dir, [f"{slide}.xml"])
+        if path:
+            if dimensions_xy is None and images_dir:
+                from pfascannet.slide.reader import SlideReader  # noqa: PLC0415
+
+                image = _find(images_dir, [f"{slide}.tif", f"{slide}.tiff", f"{slide}.svs"])
+                if image:
+                    with SlideReader(image) as reader:
+                        dimensions_xy = tuple(reader.dimensions)
+            if dimensions_xy is None:
+                raise FrocError(f"slide {slide}: rasterising {path} needs the slide's level-0 size; "
+                                f"give a reference with width,height or the images folder")
+            return tumour_mask_from_xml(path, dimensions_xy)
+    where = " or ".join(d for d in (masks_dir, annotations_dir) if d) or "(no masks or annotations folder given)"
+    raise FrocError(f"tumour slide {slide}: no mask `{slide}_mask.tif` or annotation `{slide}.xml` in {where}")
+
+
+def score_submission(lesions_dir: str, reference: Mapping[str, object],
+                     masks_dir: Optional[str] = None, annotations_dir: Optional[str] = None,
+                     images_dir: Optional[str] = None,
+                     truth_lesions: Optional[Mapping[str, list]] = None,
+                     allow_missing: bool = False, mpp: float = LEVEL0_MPP) -> list[SlideResult]:
+    """Per-slide results of a folder of Camelyon16 lesion CSVs (``<slide>.csv``).
+
+    Args:
+      lesions_dir: folder of ``confidence,X,Y`` CSVs, one per slide.
+      reference: {slide: SlideRef} (``evaluation.reference``); the slides scored.
+      masks_dir, annotations_dir, images_dir: where tumour slides' truth is.
+      truth_lesions: {slide: [(X, Y, class)]} for per-class sensitivity;
+        without it a lesion's class is measured from the ungrown mask.
+      allow_missing: a slide without a CSV has no detections (else an error,
+        as the organisers' script requires a file per slide).
+      mpp: level-0 pixel size for the growth and ITC limits (0.243).
+    """
+    results = []
+    for slide in sorted(reference):
+        ref = reference[slide]
+        csv_path = os.path.join(lesions_dir, f"{slide}.csv")
+        if os.path.isfile(csv_path):
+            detections = read_detections_csv(csv_path)
+        elif allow_missing:
+            detections = np.zeros((0, 3))
+        else:
+            raise FrocError(f"no lesion CSV for slide {slide}: {csv_path} (pass allow_missing to score it as empty)")
+        if not getattr(ref, "tumour"):
+            results.append(score_slide(slide, detections, None))
+            continue
+        mask = slide_tumour_mask(slide, masks_dir, annotations_dir,
+                                 getattr(ref, "dimensions_xy", None), images_dir)
+        labels = evaluation_mask(mask, mpp=mpp)
+        itc = itc_labels(labels, mpp=mpp)
+        if truth_lesions is not None:
+            classes = classes_from_truth(labels, truth_lesions.get(slide, []))
+        else:
+            classes = {lab: size_class(um) for lab, um in lesion_sizes_um(labels, mask, mpp).items()}
+        results.append(score_slide(slide, detections, labels, itc, classes))
+    return results

@@ -255,7 +255,12 @@ def score_submission(reference: Camelyon17Table, submission: Camelyon17Table) ->
     confusion = np.zeros((len(STAGES), len(STAGES)), dtype=int)
     for r, s in zip(ref, sub):
         confusion[stage_rank(r), stage_rank(s)] += 1
+    shared_nodes = sorted(set(reference.nodes) & set(submission.nodes))
+    node_accuracy = (float(np.mean([reference.nodes[s] == submission.nodes[s] for s in shared_nodes]))
+                     if shared_nodes else None)
     return {
+        "node_accuracy": node_accuracy,
+        "n_nodes": len(shared_nodes),
         "kappa_quadratic": quadratic_kappa(ref, sub),
         "n_patients": len(patients),
         "accuracy": float(np.mean([stage_rank(r) == stage_rank(s) for r, s in zip(ref, sub)])),
@@ -263,3 +268,75 @@ def score_submission(reference: Camelyon17Table, submission: Camelyon17Table) ->
         "confusion_rows_reference_cols_submission": confusion.tolist(),
         "extra_patients_ignored": sorted(set(submission.stages) - set(reference.stages)),
     }
+
+
+# ----------------------------------------------------------------------------
+# Node classifier (section 2.4, step 3): a random forest on per-slide features.
+
+
+def train_node_classifier(features: np.ndarray, labels: Sequence[str], seed: int = 0,
+                          n_estimators: int = 300):
+    """Fits a scikit-learn random forest from slide features to node labels.
+
+    ``class_weight="balanced"`` because negative nodes dominate a cohort
+    (Camelyon17: most of the 500 training nodes), and ITC/micro nodes are
+    the ones that decide pN0(i+) and pN1mi.
+
+    Args:
+      features: ``[n_slides, n_features]`` (``features.feature_matrix``).
+      labels: node label per slide (``negative|itc|micro|macro``, any case).
+      seed: the forest's ``random_state``.
+      n_estimators: number of trees.
+
+    Returns:
+      The fitted ``sklearn.ensemble.RandomForestClassifier``.
+    """
+    from sklearn.ensemble import RandomForestClassifier  # noqa: PLC0415
+
+    x = np.asarray(features, dtype=np.float64)
+    y = [normalize_node_label(v) for v in labels]
+    if x.ndim != 2 or x.shape[0] != len(y):
+        raise StageError(f"need one feature row per label, got features {x.shape} and {len(y)} labels")
+    if not len(y):
+        raise StageError("no training slides with node labels; cannot train the node classifier")
+    clf = RandomForestClassifier(n_estimators=n_estimators, random_state=seed,
+                                 class_weight="balanced", min_samples_leaf=1, n_jobs=1)
+    clf.fit(x, y)
+    return clf
+
+
+def predict_node_labels(classifier, features: np.ndarray) -> list[str]:
+    """Node label per slide from a fitted classifier."""
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2:
+        raise StageError(f"features must be [n_slides, n_features], got shape {x.shape}")
+    if not len(x):
+        return []
+    return [normalize_node_label(v) for v in classifier.predict(x)]
+
+
+def stage_cohort(slide_features: Mapping[str, Mapping[str, float]], train_labels: Mapping[str, str],
+                 test_slides: Sequence[str], seed: int = 0, n_estimators: int = 300,
+                 thresholds: Sequence[float] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """Section 2.4 step (3) end to end: forest on training nodes, stages of test patients.
+
+    Args:
+      slide_features: {slide id: feature dict} (``features.slide_features``).
+      train_labels: {training slide id: node label}.
+      test_slides: slide ids ``<patient>_node_<k>`` to classify.
+      seed, n_estimators: the forest's settings.
+      thresholds: the feature thresholds (default ``features.THRESHOLDS``).
+
+    Returns:
+      ``(node_labels, stages)``: predicted label per test slide and
+      pN-stage per test patient.
+    """
+    from pfascannet.evaluation import features as feats  # noqa: PLC0415
+
+    thresholds = tuple(thresholds or feats.THRESHOLDS)
+    train = sorted(train_labels)
+    clf = train_node_classifier(feats.feature_matrix(slide_features, train, thresholds),
+                                [train_labels[s] for s in train], seed=seed, n_estimators=n_estimators)
+    test = sorted(test_slides)
+    predicted = dict(zip(test, predict_node_labels(clf, feats.feature_matrix(slide_features, test, thresholds))))
+    return predicted, stages_from_node_table(predicted)

@@ -1,0 +1,76 @@
+"""Slide-level Camelyon16 AUC with a bootstrap CI and the ROC plot.
+
+Scores come from a ``name,probability`` CSV (``--scores``, e.g. a scan's
+``S/slide_scores.csv`` or a Camelyon16 submission) or, failing that, from the
+highest lesion confidence per slide in a folder of lesion CSVs (``--lesions_dir``).
+
+  python eval/auc.py --scores S/slide_scores.csv --reference C/slides.csv --split test --out R/auc
+
+Writes ``auc.json``, ``auc.md`` and ``roc.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a file from a checkout: make the package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+
+from pfascannet.cliutil import run_main  # noqa: E402
+from pfascannet.errors import PfaError  # noqa: E402
+from pfascannet.evaluation import froc, reference, report, slide_metrics  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("scores", None, "name,probability CSV of slide scores.")
+flags.DEFINE_string("lesions_dir", None, "Or: folder of lesion CSVs; a slide's score is its top confidence.")
+flags.DEFINE_string("reference", None, "slides.csv, Camelyon16 reference.csv or Camelyon17 stage CSV.")
+flags.DEFINE_string("split", None, "Score only this split of the reference (e.g. test).")
+flags.DEFINE_float("missing_score", None, "Score for reference slides the input lacks (default: error).")
+flags.DEFINE_integer("n_bootstrap", 1000, "Bootstrap resamples for the CI (0: none).")
+flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+flags.DEFINE_string("note", None, "A line for the report (default: synthetic-cohort note when detected).")
+flags.DEFINE_string("out", None, "Report folder.")
+flags.mark_flags_as_required(["reference", "out"])
+
+
+def _scores_from_lesions(folder: str, slides) -> dict[str, float]:
+    out = {}
+    for slide in slides:
+        path = os.path.join(folder, f"{slide}.csv")
+        if os.path.isfile(path):
+            det = froc.read_detections_csv(path)
+            out[slide] = float(det[:, 0].max()) if len(det) else 0.0
+    return out
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise PfaError(f"unexpected arguments {argv[1:]}; all inputs are flags")
+    if bool(FLAGS.scores) == bool(FLAGS.lesions_dir):
+        raise PfaError("give exactly one of --scores (name,probability CSV) or --lesions_dir")
+    refs = reference.select_split(reference.read_reference(FLAGS.reference), FLAGS.split)
+    if FLAGS.scores:
+        scores = slide_metrics.read_slide_scores(FLAGS.scores)
+    else:
+        if not os.path.isdir(FLAGS.lesions_dir):
+            raise PfaError(f"--lesions_dir {FLAGS.lesions_dir}: not a folder")
+        scores = _scores_from_lesions(FLAGS.lesions_dir, refs)
+    names, labels, values = slide_metrics.match_scores({s: int(r.tumour) for s, r in refs.items()},
+                                                       scores, FLAGS.missing_score)
+    rep = slide_metrics.auc_with_ci(labels, values, n_bootstrap=FLAGS.n_bootstrap, seed=FLAGS.seed)
+    rep["slides"] = [{"slide": n, "tumour": y, "score": s} for n, y, s in zip(names, labels, values)]
+    note = FLAGS.note or report.synthetic_note_for(FLAGS.reference)
+    rep["note"] = note
+    _, md = report.write_report(FLAGS.out, "auc", rep, report.auc_markdown(rep, note))
+    slide_metrics.plot_roc(os.path.join(FLAGS.out, "roc.png"), labels, values,
+                           title="Slide-level ROC" + (" (synthetic cohort)" if note == report.SYNTHETIC_NOTE else ""))
+    ci = rep["auc_ci"]
+    print(f"AUC = {rep['auc']:.4f}" + (f"  (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""))
+    print(f"report: {md}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,75 @@
+"""Scores Camelyon16 lesion CSVs with the organisers' FROC (both scores, named).
+
+Works on a scan's ``S/lesions`` folder or any method's Camelyon16 submission
+(one ``confidence,X,Y`` CSV per slide, level-0 px). Truth: Camelyon mask TIFFs
+(``--masks_dir``) or ASAP XML (``--annotations_dir``); slides and their
+tumour/normal status from ``--reference`` (the cohort's slides.csv, Camelyon16
+reference.csv, or a Camelyon17 stage CSV).
+
+  python eval/froc.py --lesions_dir S/lesions --reference C/slides.csv \
+      --masks_dir C/masks --truth_lesions C/lesions.csv --split test --out R/froc
+
+Writes ``froc.json``, ``froc.md`` and ``froc.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a file from a checkout: make the package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+
+from pfascannet.cliutil import run_main  # noqa: E402
+from pfascannet.errors import PfaError  # noqa: E402
+from pfascannet.evaluation import froc, reference, report  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("lesions_dir", None, "Folder of <slide>.csv lesion files (confidence,X,Y).")
+flags.DEFINE_string("reference", None, "slides.csv, Camelyon16 reference.csv or Camelyon17 stage CSV.")
+flags.DEFINE_string("masks_dir", None, "Folder of <slide>_mask.tif tumour masks (255 = tumour).")
+flags.DEFINE_string("annotations_dir", None, "Folder of <slide>.xml ASAP annotations (used if no mask).")
+flags.DEFINE_string("images_dir", None, "Folder of slides, for the size of XML-only slides.")
+flags.DEFINE_string("truth_lesions", None, "Cohort lesions.csv for per-class sensitivity (optional).")
+flags.DEFINE_string("split", None, "Score only this split of the reference (e.g. test).")
+flags.DEFINE_bool("allow_missing", False, "Score a slide without a CSV as having no detections.")
+flags.DEFINE_integer("n_bootstrap", 1000, "Bootstrap resamples for the CIs (0: none).")
+flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+flags.DEFINE_float("class_threshold", 0.5, "Probability at which per-class sensitivity is taken.")
+flags.DEFINE_float("mpp", froc.LEVEL0_MPP, "Level-0 um per px for the growth/ITC limits (organisers: 0.243).")
+flags.DEFINE_string("note", None, "A line for the report (default: synthetic-cohort note when detected).")
+flags.DEFINE_string("out", None, "Report folder.")
+flags.mark_flags_as_required(["lesions_dir", "reference", "out"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise PfaError(f"unexpected arguments {argv[1:]}; all inputs are flags")
+    if not os.path.isdir(FLAGS.lesions_dir):
+        raise PfaError(f"--lesions_dir {FLAGS.lesions_dir}: not a folder")
+    if not (FLAGS.masks_dir or FLAGS.annotations_dir):
+        raise PfaError("give --masks_dir or --annotations_dir for the tumour slides' truth")
+    refs = reference.select_split(reference.read_reference(FLAGS.reference), FLAGS.split)
+    truth = froc.read_truth_lesions(FLAGS.truth_lesions) if FLAGS.truth_lesions else None
+    results = froc.score_submission(FLAGS.lesions_dir, refs, FLAGS.masks_dir, FLAGS.annotations_dir,
+                                    FLAGS.images_dir, truth, FLAGS.allow_missing, FLAGS.mpp)
+    rep = froc.evaluate(results, n_bootstrap=FLAGS.n_bootstrap, seed=FLAGS.seed,
+                        class_threshold=FLAGS.class_threshold)
+    rep["inputs"] = {k: getattr(FLAGS, k) for k in ("lesions_dir", "reference", "masks_dir", "annotations_dir",
+                                                    "truth_lesions", "split", "allow_missing", "mpp")}
+    note = FLAGS.note or report.synthetic_note_for(FLAGS.reference)
+    rep["note"] = note
+    _, md = report.write_report(FLAGS.out, "froc", rep, report.froc_markdown(rep, note))
+    curve = rep["curve"]
+    froc.plot_froc(os.path.join(FLAGS.out, "froc.png"), curve["avg_fps"], curve["sensitivity"],
+                   title="Camelyon16 FROC" + (" (synthetic cohort)" if note == report.SYNTHETIC_NOTE else ""),
+                   scores={k: rep[k] for k in ("froc_interpolated", "froc_nearest_point")})
+    for key in ("froc_interpolated", "froc_nearest_point"):
+        print(f"{key} = {rep[key]:.4f}  [{froc.SCORE_NAMES[key]}]")
+    print(f"report: {md}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,97 @@
+"""Evaluation reports: one JSON for machines and one Markdown for people, written atomically.
+
+Every FROC number is printed next to the name of the score it is
+(``froc.SCORE_NAMES``), because the interpolated and nearest-point scores of
+the same curve differ.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Optional
+
+from pfascannet import io_utils
+from pfascannet.evaluation import froc
+
+SYNTHETIC_NOTE = ("Synthetic cohort: these numbers measure the pipeline on generated slides, "
+                  "not clinical accuracy.")
+
+
+def synthetic_note_for(path: Optional[str]) -> Optional[str]:
+    """The synthetic-cohort note when ``path``'s folder holds the generator's ``cohort.json``."""
+    if path and os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(path)), "cohort.json")):
+        return SYNTHETIC_NOTE
+    return None
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _ci(v) -> str:
+    return "" if not v else f" (95% CI {v[0]:.4f}-{v[1]:.4f})"
+
+
+def froc_markdown(rep: Mapping, note: Optional[str] = None) -> str:
+    """Markdown of ``froc.evaluate``'s report."""
+    lines = ["# Camelyon16 lesion-level FROC", ""]
+    if note:
+        lines += [f"> {note}", ""]
+    lines += ["Which FROC score is which:", ""]
+    for key in ("froc_interpolated", "froc_nearest_point"):
+        lines.append(f"- **{key}** = {_fmt(rep[key])}{_ci(rep.get(key + '_ci'))}: {froc.SCORE_NAMES[key]}")
+    lines += ["", f"Slides {rep['n_slides']}, lesions (ITC excluded) {rep['n_lesions']}, "
+                  f"false positives {rep['n_false_positives']}, ignored hits (ITC or repeated) "
+                  f"{rep['n_ignored_hits']}.", "",
+              "| FPs per slide | " + " | ".join(f"{r:g}" for r in rep["fp_rates"]) + " |",
+              "|---|" + "---|" * len(rep["fp_rates"]),
+              "| sensitivity, interpolated | " + " | ".join(f"{v:.4f}" for v in rep["sensitivity_at_rates_interpolated"]) + " |",
+              "| sensitivity, nearest point | " + " | ".join(f"{v:.4f}" for v in rep["sensitivity_at_rates_nearest_point"]) + " |",
+              "", f"Sensitivity per lesion size class at probability >= {rep['class_threshold']:g}:", "",
+              "| class | lesions | detected | sensitivity |", "|---|---|---|---|"]
+    for cls, v in rep["sensitivity_by_class"].items():
+        lines.append(f"| {cls} | {v['n_lesions']} | {v['n_detected']} | {v['sensitivity']:.4f} |")
+    if rep.get("bootstrap"):
+        b = rep["bootstrap"]
+        lines += ["", f"CIs: percentile bootstrap over slides, {b['n']} resamples, seed {b['seed']}."]
+    return "\n".join(lines) + "\n"
+
+
+def auc_markdown(rep: Mapping, note: Optional[str] = None) -> str:
+    """Markdown of ``slide_metrics.auc_with_ci``'s report."""
+    lines = ["# Camelyon16 slide-level AUC", ""]
+    if note:
+        lines += [f"> {note}", ""]
+    lines += [f"- **AUC** = {_fmt(rep['auc'])}{_ci(rep.get('auc_ci'))} (sklearn roc_auc_score)",
+              f"- slides {rep['n_slides']}: {rep['n_tumour']} tumour, {rep['n_normal']} normal"]
+    if rep.get("bootstrap"):
+        b = rep["bootstrap"]
+        lines.append(f"- CI: percentile bootstrap over slides, {b['n']} resamples, seed {b['seed']}")
+    return "\n".join(lines) + "\n"
+
+
+def kappa_markdown(rep: Mapping, note: Optional[str] = None) -> str:
+    """Markdown of ``pn_stage.score_submission``'s report."""
+    lines = ["# Camelyon17 pN-stage", ""]
+    if note:
+        lines += [f"> {note}", ""]
+    lines += [f"- **quadratic weighted kappa** = {_fmt(rep['kappa_quadratic'])} "
+              f"(sklearn cohen_kappa_score, weights=quadratic, stages in clinical order "
+              f"{' < '.join(rep['stages'])})",
+              f"- patients {rep['n_patients']}, exact stage accuracy {_fmt(rep['accuracy'])}", "",
+              "Confusion (rows reference, columns submission):", "",
+              "| | " + " | ".join(rep["stages"]) + " |", "|---|" + "---|" * len(rep["stages"])]
+    for stage, row in zip(rep["stages"], rep["confusion_rows_reference_cols_submission"]):
+        lines.append(f"| {stage} | " + " | ".join(str(v) for v in row) + " |")
+    if rep.get("node_accuracy") is not None:
+        lines += ["", f"Node classification accuracy: {_fmt(rep['node_accuracy'])} over {rep['n_nodes']} nodes."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: str | os.PathLike, name: str, rep: Mapping, markdown: str) -> tuple[str, str]:
+    """Writes ``<out_dir>/<name>.json`` and ``<name>.md`` atomically; returns their paths."""
+    json_path = os.path.join(out_dir, f"{name}.json")
+    md_path = os.path.join(out_dir, f"{name}.md")
+    io_utils.write_json(json_path, rep)
+    io_utils.write_text(md_path, markdown)
+    return json_path, md_path
