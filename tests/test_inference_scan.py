@@ -189,7 +189,7 @@ def test_bad_slide_fails_clearly_and_others_go_on(slide_path, tmp_path, capsys):
     (folder / "patient_000_node_1.tif").write_bytes(b"II*\x00 this is not a tiff at all" * 10)
     (folder / "patient_000_node_2.tif").write_bytes(b"")
     out = str(tmp_path / "out")
-    summary = engine.scan_slides(str(folder), [_run()], out, engine.ScanOptions(**QUIET))
+    summary = engine.scan_slides(str(folder), [_run()], out, engine.ScanOptions(**dict(QUIET, tissue="otsu")))
     status = {r.slide: r.status for r in summary.results}
     assert status == {"patient_000_node_0": "done", "patient_000_node_1": "failed", "patient_000_node_2": "failed"}
     assert not summary.ok
@@ -277,3 +277,13 @@ def test_list_and_shard(tmp_path):
     dup.write_text("a/x.tif\nb/x.tif\n")
     with pytest.raises(engine.ScanError, match="share the id"):
         engine.list_slides(str(dup))
+
+
+def test_level_whose_openslide_downsample_is_not_whole_is_refused(tmp_path, capsys):
+    path = str(tmp_path / "odd.tif")
+    write_slide(path, wh=(1001, 701))
+    options = engine.ScanOptions(**dict(QUIET, scan_level=1))
+    summary = engine.scan_slides(path, [_run()], str(tmp_path / "out"), options)
+    assert not summary.ok
+    assert "scan at level 0" in capsys.readouterr().err
+    assert engine.scan_slides(path, [_run()], str(tmp_path / "out0"), engine.ScanOptions(**QUIET)).ok

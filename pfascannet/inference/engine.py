@@ -524,6 +524,15 @@ def scan_slide(
         return SlideResult(slide, path, "skipped", "already scanned with these settings")
     with SlideReader(path, mpp=options.mpp) as reader:
         downsample = level_downsample(reader.level_downsamples, options.scan_level)
+        # OpenSlide maps level-0 xy onto a level with its own downsample; where
+        # that is not the whole value (odd level sizes) ROIs would drift and
+        # be interpolated, so such levels are refused rather than misread.
+        os_ds = getattr(reader, "openslide_downsamples", reader.level_downsamples)[options.scan_level]
+        if abs(float(os_ds) - downsample) > 1e-9 * downsample:
+            raise ScanError(
+                f"{path}: OpenSlide maps level {options.scan_level} with downsample {float(os_ds):.6f}, "
+                f"not exactly {downsample}; ROIs would not land on whole pixels: scan at level 0"
+            )
         tissue = _tissue(reader, options)
         dims, mpp = reader.dimensions, reader.mpp
     maps, plans, stats = [], [], []
