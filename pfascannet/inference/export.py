@@ -1,0 +1,404 @@
+"""Export the detector at a chosen alpha, and load any export behind one interface.
+
+An export directory holds (``export_detector``):
+
+    saved_model/     TensorFlow SavedModel; signature ``serving_default``
+                     (alias of endpoint ``serve``): uint8 RGB [N, LR, LR, 3]
+                     -> {"tumour_probability": float32 [N, Lm, Lm]};
+                     endpoint ``patch_classifier``: uint8 [N, 692, 692, 3]
+                     -> {"tumour_probability": float32 [N]} (the same weights on
+                     single patches, for equivalence checks).
+    detector.keras   the Keras model (any input side on the grid, softmax [N, Lm, Lm, 2]).
+    export.json      alpha, roi_px, tile_px, stride_px, map_origin_px, patch_px,
+                     config, formats, versions.  Written last: a directory
+                     without it is an interrupted export.
+
+LR and Lm follow eq. (1) (Zhao et al., MICCAI 2019): LR = 692 + (512/alpha)(Lm - 1).
+Normalisation is inside the model, so every consumer passes raw uint8 RGB.
+
+``load_detector(path)`` returns a ``Detector``: ``alpha``, ``roi_px``,
+``tile_px``, ``stride_px`` and ``predict(uint8 [N, LR, LR, 3]) -> float32
+[N, Lm, Lm]`` tumour probability, plus ``predict_patches(uint8 [N, 692, 692,
+3]) -> float32 [N]``.  ``KerasDetector(model, alpha, roi_px)`` wraps a live
+model in the same protocol, so the scanner takes any of them.
+
+The SavedModel is written with the TensorFlow backend only; it loads with
+``tf.saved_model.load`` whatever the Keras backend (it is plain TensorFlow).
+The ``.keras`` file loads under any Keras backend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Protocol, runtime_checkable
+
+import keras
+import numpy as np
+
+from pfascannet import geometry
+from pfascannet.errors import PfaError
+from pfascannet.io_utils import atomic_path, write_json
+from pfascannet.model.config import ModelConfig
+from pfascannet.model.detector import TUMOUR_CHANNEL, build_detector, transfer_weights
+
+EXPORT_JSON = "export.json"
+SAVED_MODEL_DIR = "saved_model"
+KERAS_FILE = "detector.keras"
+FORMATS = ("savedmodel", "keras")
+EXPORT_VERSION = 1
+
+
+class ExportError(PfaError):
+    """An export that cannot be written or a path that holds no usable detector."""
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """What the scanner needs from a detector, whatever its format."""
+
+    alpha: int
+    roi_px: int
+
+    @property
+    def tile_px(self) -> int: ...
+
+    @property
+    def stride_px(self) -> int: ...
+
+    def predict(self, rois: np.ndarray) -> np.ndarray: ...
+
+
+class _GeometryMixin:
+    alpha: int
+    roi_px: int
+
+    @property
+    def tile_px(self) -> int:
+        """Lm: output pixels per ROI side (eq. (1))."""
+        return geometry.tile_px(self.roi_px, self.alpha)
+
+    @property
+    def stride_px(self) -> int:
+        """Input pixels per output pixel (512 / alpha)."""
+        return geometry.output_stride_px(self.alpha)
+
+    @property
+    def map_origin_px(self) -> int:
+        """Offset from an ROI's top-left to its first output cell's top-left (``geometry.map_origin_px``)."""
+        return geometry.map_origin_px(self.alpha)
+
+    def _check_batch(self, x: np.ndarray, side: int, what: str) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim != 4 or x.shape[1:] != (side, side, 3):
+            raise ExportError(f"{what} must be uint8 RGB [N, {side}, {side}, 3], got shape {x.shape}")
+        if x.dtype != np.uint8:
+            raise ExportError(f"{what} must be uint8 RGB (normalisation is inside the model), got {x.dtype}")
+        return x
+
+
+class KerasDetector(_GeometryMixin):
+    """A live Keras detector (``build_detector`` output) behind the ``Detector`` protocol.
+
+    Args:
+      model: RGB [N, H, W, 3] -> softmax [N, Lm, Lm, 2], built at ``alpha``.
+      alpha: the dense coefficient the model was built with.
+      roi_px: LR; must fit eq. (1) at ``alpha``.
+    """
+
+    def __init__(self, model: keras.Model, alpha: int, roi_px: int):
+        geometry.ScanGeometry(alpha=alpha, roi_px=roi_px)
+        built = detector_alpha(model)
+        if built is not None and built != alpha:
+            raise ExportError(f"model {model.name!r} was built for alpha={built}, not alpha={alpha}")
+        side = model.input_shape[1]
+        if side is not None and side != roi_px:
+            raise ExportError(f"model {model.name!r} takes {side} px inputs, not roi_px={roi_px}")
+        self.model = model
+        self.alpha = alpha
+        self.roi_px = roi_px
+        self._patch_model = None
+
+    def predict(self, rois: np.ndarray) -> np.ndarray:
+        """uint8 [N, LR, LR, 3] -> tumour probability float32 [N, Lm, Lm]."""
+        rois = self._check_batch(rois, self.roi_px, "ROIs")
+        # predict_on_batch compiles once per shape on every backend (eager JAX
+        # would run op by op).
+        probs = np.asarray(self.model.predict_on_batch(rois.astype(np.float32)))
+        return np.ascontiguousarray(probs[..., TUMOUR_CHANNEL], dtype=np.float32)
+
+    def predict_patches(self, patches: np.ndarray) -> np.ndarray:
+        """The patch classifier (same weights, alpha irrelevant at Lm = 1): uint8 [N, 692, 692, 3] -> [N]."""
+        patches = self._check_batch(patches, geometry.PATCH_PX, "patches")
+        if self._patch_model is None:
+            self._patch_model = patch_model_for(self.model)
+        probs = np.asarray(self._patch_model.predict_on_batch(patches.astype(np.float32)))
+        return probs.reshape(len(patches), -1)[:, TUMOUR_CHANNEL].astype(np.float32)
+
+
+class SavedModelDetector(_GeometryMixin):
+    """A SavedModel written by ``export_detector``, loaded with ``tf.saved_model.load``."""
+
+    def __init__(self, path: str, alpha: int, roi_px: int):
+        import tensorflow as tf  # noqa: PLC0415  (SavedModel is TensorFlow's format)
+
+        geometry.ScanGeometry(alpha=alpha, roi_px=roi_px)
+        self.path = path
+        self.alpha = alpha
+        self.roi_px = roi_px
+        self._loaded = tf.saved_model.load(path)
+        try:
+            self._serve = self._loaded.signatures["serving_default"]
+        except KeyError:
+            raise ExportError(f"{path} has no serving_default signature; was it written by export_detector?") from None
+        self._patch = getattr(self._loaded, "patch_classifier", None)
+
+    def predict(self, rois: np.ndarray) -> np.ndarray:
+        """uint8 [N, LR, LR, 3] -> tumour probability float32 [N, Lm, Lm]."""
+        rois = self._check_batch(rois, self.roi_px, "ROIs")
+        return np.asarray(self._serve(rgb=rois)["tumour_probability"], dtype=np.float32)
+
+    def predict_patches(self, patches: np.ndarray) -> np.ndarray:
+        """The exported patch-classifier endpoint: uint8 [N, 692, 692, 3] -> [N]."""
+        if self._patch is None:
+            raise ExportError(f"{self.path} has no patch_classifier endpoint")
+        patches = self._check_batch(patches, geometry.PATCH_PX, "patches")
+        return np.asarray(self._patch(patches)["tumour_probability"], dtype=np.float32)
+
+
+def detector_alpha(model: keras.Model) -> int | None:
+    """The alpha a detector was built for, read from its DensePooling layers (None if it has none)."""
+    alphas = {layer.alpha for layer in model.layers if type(layer).__name__ == "DensePooling"}
+    if len(alphas) > 1:
+        raise ExportError(f"model {model.name!r} mixes DensePooling alphas {sorted(alphas)}")
+    return alphas.pop() if alphas else None
+
+
+def config_from_model(model: keras.Model, name: str = "inferred") -> ModelConfig:
+    """The ModelConfig whose trunk widths match ``model``'s (read from ``block{b}_conv1``)."""
+    try:
+        widths = tuple(int(model.get_layer(f"block{b}_conv1").filters) for b in range(1, 6))
+    except ValueError as exc:
+        raise ExportError(f"model {model.name!r} is not a PFA-ScanNet detector: {exc}") from None
+    return ModelConfig(name=name, widths=widths)
+
+
+def patch_model_for(model: keras.Model) -> keras.Model:
+    """A model that runs ``model``'s weights on single 692 patches.
+
+    A detector with free spatial dims is its own patch classifier (on a 692
+    input every DensePooling yields one window, whatever its stride); a
+    fixed-size one is rebuilt at alpha = 1 and given the same weights.
+    """
+    if model.input_shape[1] is None:
+        return model
+    patch = build_detector(config_from_model(model), alpha=1, input_px=geometry.PATCH_PX)
+    transfer_weights(model, patch)
+    return patch
+
+
+def export_detector(
+    weights: keras.Model,
+    config: ModelConfig,
+    out_dir: str | os.PathLike,
+    alpha: int = geometry.PAPER_ALPHA,
+    roi_px: int = geometry.PAPER_ROI_PX,
+    formats: tuple[str, ...] = FORMATS,
+    extra: dict | None = None,
+) -> dict:
+    """Builds the detector at ``alpha``, copies ``weights`` into it by layer name and writes an export.
+
+    Args:
+      weights: any model holding the detector's layers (the training model,
+        or a detector at any alpha).
+      config: the config ``weights`` was built with.
+      out_dir: export directory (created; existing export files are replaced).
+      alpha: dense coefficient of the export.
+      roi_px: LR of the SavedModel signature; must fit eq. (1) at alpha.
+      formats: any of "savedmodel", "keras".
+      extra: more JSON-ready fields for export.json (e.g. the training run).
+
+    Returns:
+      The export.json contents.
+    """
+    scan = geometry.ScanGeometry(alpha=alpha, roi_px=roi_px)
+    formats = tuple(formats)
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ExportError(f"formats must be a non-empty subset of {FORMATS}, got {formats}")
+    if "savedmodel" in formats and keras.backend.backend() != "tensorflow":
+        raise ExportError(
+            f"writing a SavedModel needs KERAS_BACKEND=tensorflow (this is {keras.backend.backend()!r}); "
+            "export with formats=('keras',) or switch backend"
+        )
+    # Free spatial dims: one .keras model serves every ROI size on the grid and is
+    # its own patch classifier on 692 inputs.
+    detector = build_detector(config, alpha=alpha, input_px=None)
+    transfer_weights(weights, detector)
+
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, EXPORT_JSON)
+    if os.path.exists(json_path):
+        os.remove(json_path)  # the directory is incomplete until the new json lands
+    written = {}
+    if "keras" in formats:
+        with atomic_path(os.path.join(out_dir, KERAS_FILE), suffix=".keras") as tmp:
+            detector.save(tmp)
+        written["keras"] = KERAS_FILE
+    if "savedmodel" in formats:
+        _write_saved_model(detector, os.path.join(out_dir, SAVED_MODEL_DIR), roi_px)
+        written["savedmodel"] = SAVED_MODEL_DIR
+    meta = {
+        "export_version": EXPORT_VERSION,
+        "alpha": alpha,
+        "roi_px": roi_px,
+        "tile_px": scan.tile_px,
+        "stride_px": scan.stride_px,
+        "roi_step_px": scan.roi_step_px,
+        "map_origin_px": geometry.map_origin_px(alpha),
+        "patch_px": geometry.PATCH_PX,
+        "tumour_channel": TUMOUR_CHANNEL,
+        "config": config.to_dict(),
+        "formats": written,
+        "signature": {
+            "name": "serving_default",
+            "input": {"name": "rgb", "dtype": "uint8", "shape": [None, roi_px, roi_px, 3]},
+            "output": {"name": "tumour_probability", "dtype": "float32", "shape": [None, scan.tile_px, scan.tile_px]},
+        },
+        "keras_version": keras.__version__,
+        "keras_backend": keras.backend.backend(),
+    }
+    if extra:
+        meta["extra"] = extra
+    write_json(json_path, meta)
+    return meta
+
+
+def _write_saved_model(detector: keras.Model, path: str, roi_px: int) -> None:
+    import tensorflow as tf  # noqa: PLC0415  (SavedModel export is TensorFlow's job)
+
+    def serve(rgb):
+        probs = detector(tf.cast(rgb, tf.float32), training=False)
+        return {"tumour_probability": probs[..., TUMOUR_CHANNEL]}
+
+    def patch_classifier(rgb):
+        probs = detector(tf.cast(rgb, tf.float32), training=False)
+        return {"tumour_probability": tf.reshape(probs[..., TUMOUR_CHANNEL], [-1])}
+
+    archive = keras.export.ExportArchive()
+    archive.track(detector)
+    # The first endpoint becomes "serving_default".
+    archive.add_endpoint("serve", serve, input_signature=[tf.TensorSpec([None, roi_px, roi_px, 3], tf.uint8, name="rgb")])
+    archive.add_endpoint(
+        "patch_classifier",
+        patch_classifier,
+        input_signature=[tf.TensorSpec([None, geometry.PATCH_PX, geometry.PATCH_PX, 3], tf.uint8, name="rgb")],
+    )
+    parent = os.path.dirname(os.path.abspath(path))
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
+    try:
+        archive.write_out(tmp, verbose=False)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_export_json(export_dir: str) -> dict:
+    """The export.json of ``export_dir``, with a clear error if it is missing or unreadable."""
+    path = os.path.join(export_dir, EXPORT_JSON)
+    if not os.path.isfile(path):
+        raise ExportError(f"{export_dir} has no {EXPORT_JSON}: not an export directory, or an interrupted export")
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+        int(meta["alpha"]), int(meta["roi_px"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ExportError(f"{path} is not a valid export description: {exc}") from None
+    return meta
+
+
+def load_detector(
+    path: str | os.PathLike,
+    format: str = "auto",  # noqa: A002  (the user-facing word)
+    roi_px: int | None = None,
+) -> _GeometryMixin:
+    """Loads a detector from an export directory, a ``.keras`` file or a SavedModel directory.
+
+    Args:
+      path: export directory (with export.json), ``*.keras`` file, or
+        SavedModel directory.
+      format: "auto" (SavedModel under the TensorFlow backend when present,
+        else ``.keras``), "savedmodel" or "keras".
+      roi_px: LR; defaults to the export's.  A SavedModel serves only its
+        exported LR; a ``.keras`` model any LR on the grid of its alpha.
+
+    Returns:
+      A ``KerasDetector`` or ``SavedModelDetector``.
+    """
+    path = os.fspath(path)
+    if format not in ("auto", *FORMATS):
+        raise ExportError(f"format must be auto, savedmodel or keras, got {format!r}")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no detector at {path}")
+
+    meta, keras_path, sm_path = None, None, None
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb")):
+        sm_path = path
+        parent = os.path.dirname(os.path.abspath(path))
+        if os.path.isfile(os.path.join(parent, EXPORT_JSON)):
+            meta = read_export_json(parent)
+    elif os.path.isdir(path):
+        meta = read_export_json(path)
+        formats = meta.get("formats", {})
+        if "keras" in formats:
+            keras_path = os.path.join(path, formats["keras"])
+        if "savedmodel" in formats:
+            sm_path = os.path.join(path, formats["savedmodel"])
+    elif path.endswith(".keras"):
+        keras_path = path
+        parent = os.path.dirname(os.path.abspath(path))
+        if os.path.isfile(os.path.join(parent, EXPORT_JSON)):
+            meta = read_export_json(parent)
+    else:
+        raise ExportError(f"{path} is neither an export directory, a .keras file nor a SavedModel directory")
+
+    backend = keras.backend.backend()
+    if format == "auto":
+        format = "savedmodel" if sm_path and (backend == "tensorflow" or not keras_path) else "keras"
+    if format == "savedmodel":
+        if not sm_path:
+            raise ExportError(f"{path} holds no SavedModel (formats there: {sorted((meta or {}).get('formats', {}))})")
+        if meta is None:
+            raise ExportError(f"{sm_path} has no {EXPORT_JSON} beside it, so its alpha and ROI size are unknown")
+        lr = roi_px or int(meta["roi_px"])
+        if lr != int(meta["roi_px"]):
+            raise ExportError(f"the SavedModel at {sm_path} serves roi_px={meta['roi_px']} only, not {lr}; use the .keras export")
+        try:
+            return SavedModelDetector(sm_path, int(meta["alpha"]), lr)
+        except ImportError:
+            raise ExportError(
+                f"loading a SavedModel needs TensorFlow, which is not importable under backend {backend!r}; "
+                "under the JAX or PyTorch backend only the .keras export works (format='keras')"
+            ) from None
+
+    if not keras_path:
+        raise ExportError(
+            f"{path} holds no .keras model; under the {backend!r} backend only the .keras export works "
+            "(a SavedModel is served with format='savedmodel' and TensorFlow)"
+        )
+    model = keras.saving.load_model(keras_path, compile=False)
+    alpha = detector_alpha(model)
+    if alpha is None:
+        raise ExportError(f"{keras_path} is not a PFA-ScanNet detector (no DensePooling layer)")
+    if meta is not None and int(meta["alpha"]) != alpha:
+        raise ExportError(f"{keras_path} was built for alpha={alpha} but export.json says {meta['alpha']}")
+    lr = roi_px or (int(meta["roi_px"]) if meta else model.input_shape[1])
+    if lr is None:
+        raise ExportError(f"{keras_path} has free input sides and no {EXPORT_JSON}: pass roi_px")
+    return KerasDetector(model, alpha, int(lr))
