@@ -24,15 +24,17 @@ Detections (confidence, level-0 X, Y) -> outcome:
   N1 (normal): 0.80, 0.60 -> FP;  N2: 0.70 -> FP;  N3: 0.70 -> FP.
 
 So 4 slides, 3 lesions with TP probabilities {0.90, 0.70, 0.50}, FPs {0.40, 0.20,
-0.80, 0.60, 0.70, 0.70}.  Distinct probabilities 0.2 .. 0.9; the lowest (0.2) is not a
-threshold.  Counts >= t (FPs / 4 slides, TPs / 3 lesions):
+0.80, 0.60, 0.70, 0.70}.  As in the organisers' code the ITC region keeps a TP probability
+of 0, so the distinct probabilities are {0, 0.2, 0.4, ..., 0.9} and the lowest one dropped
+is 0: 0.2 is a threshold.  Counts >= t (FPs / 4 slides, TPs / 3 lesions):
 
+  t=0.2: 6 FP -> 1.50, 3 TP -> 1
   t=0.4: 5 FP -> 1.25, 3 TP -> 1        t=0.7: 3 FP -> 0.75, 2 TP -> 2/3
   t=0.5: 4 FP -> 1.00, 3 TP -> 1        t=0.8: 1 FP -> 0.25, 1 TP -> 1/3
   t=0.6: 4 FP -> 1.00, 2 TP -> 2/3      t=0.9: 0 FP -> 0,    1 TP -> 1/3
   closing point (0, 0).
 
-Reversed (increasing FP): fps [0, 0, .25, .75, 1, 1, 1.25], sens [0, 1/3, 1/3, 2/3, 2/3, 1, 1].
+Reversed (increasing FP): fps [0, 0, .25, .75, 1, 1, 1.25, 1.5], sens [0, 1/3, 1/3, 2/3, 2/3, 1, 1, 1].
 The tie at 0.7 (two FPs and a TP) makes a diagonal from (.25, 1/3) to (.75, 2/3), and
 rate 1 falls on the vertical jump at FP = 1: exactly where the two scores differ.
 
@@ -132,7 +134,7 @@ def test_slide_counting():
     assert sorted(t1.fp_probs.tolist()) == [0.2, 0.4]
     assert sorted(t1.tp_probs.tolist()) == [0.5, 0.7, 0.9]
     # 0.55 (duplicate on A), 0.85 (growth of A), 0.65 (C = BC), 0.95 (ITC).
-    assert t1.n_ignored == 4
+    assert t1.n_ignored == 4 and t1.n_itc == 1
     assert sorted(results[1].fp_probs.tolist()) == [0.6, 0.8]
     assert all(r.n_lesions == 0 for r in results[1:])
 
@@ -140,15 +142,30 @@ def test_slide_counting():
 def test_curve_and_both_scores_by_hand():
     results, _, _ = _results()
     fps, sens, thr = froc.froc_curve(results)
-    np.testing.assert_allclose(thr[:-1], [0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
-    np.testing.assert_allclose(fps, [1.25, 1.0, 1.0, 0.75, 0.25, 0.0, 0.0])
-    np.testing.assert_allclose(sens, [1, 1, 2 / 3, 2 / 3, 1 / 3, 1 / 3, 0])
+    np.testing.assert_allclose(thr[:-1], [0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    np.testing.assert_allclose(fps, [1.5, 1.25, 1.0, 1.0, 0.75, 0.25, 0.0, 0.0])
+    np.testing.assert_allclose(sens, [1, 1, 1, 2 / 3, 2 / 3, 1 / 3, 1 / 3, 0])
     interp, interp_at = froc.froc_interpolated(fps, sens)
     nearest, nearest_at = froc.froc_nearest_point(fps, sens)
     np.testing.assert_allclose(interp_at, [1 / 3, 1 / 2, 1, 1, 1, 1])
     np.testing.assert_allclose(nearest_at, [1 / 3, 2 / 3, 2 / 3, 1, 1, 1])
     assert interp == pytest.approx(29 / 36)
     assert nearest == pytest.approx(7 / 9)
+
+
+def test_lowest_probability_is_not_a_threshold():
+    """Every lesion found, no ITC: probabilities {0.1, 0.3, 0.5}; 0.1 is dropped, so the
+    0.1 FP never counts: curve (t=0.3: 1 FP, 1/1), (t=0.5: 0 FP, 1/1), (0, 0).
+    With one ITC region the organisers' 0 joins the set and 0.1 becomes a threshold."""
+    r = froc.SlideResult("s", np.array([0.3, 0.1]), np.array([0.5]), [1], ["micro"])
+    fps, sens, thr = froc.froc_curve([r])
+    np.testing.assert_allclose(thr[:-1], [0.3, 0.5])
+    np.testing.assert_allclose(fps, [1, 0, 0])
+    np.testing.assert_allclose(sens, [1, 1, 0])
+    r.n_itc = 1
+    fps, _, thr = froc.froc_curve([r])
+    np.testing.assert_allclose(thr[:-1], [0.1, 0.3, 0.5])
+    np.testing.assert_allclose(fps, [2, 1, 0, 0])
 
 
 def test_wrong_rules_give_other_numbers():

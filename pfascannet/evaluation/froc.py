@@ -27,8 +27,9 @@ The curve follows ``Evaluation_FROC.py``:
   TP probability; further hits on it are neither TP nor FP; on normal slides
   every detection is a FP;
 * thresholds: every distinct probability (TP probabilities, with 0 for a
-  missed lesion, and FP probabilities) except the lowest; a final point
-  (0 FP, 0 sensitivity) closes the curve.
+  missed lesion and for every ITC region of a tumour slide, and FP
+  probabilities) except the lowest; a final point (0 FP, 0 sensitivity)
+  closes the curve.
 """
 
 from __future__ import annotations
@@ -237,6 +238,9 @@ class SlideResult:
       lesion_labels: evaluation-mask label of each entry of ``tp_probs``.
       lesion_classes: size class of each counted lesion (``itc``/``micro``/``macro``).
       n_ignored: hits on ITC regions plus repeated hits on a lesion.
+      n_itc: ITC regions on the slide. The organisers keep a TP probability
+        of 0 for each of them, which puts 0 among the distinct probabilities
+        (and so decides which probability is "the lowest").
     """
 
     name: str
@@ -245,6 +249,7 @@ class SlideResult:
     lesion_labels: list[int]
     lesion_classes: list[str]
     n_ignored: int = 0
+    n_itc: int = 0
 
     @property
     def n_lesions(self) -> int:
@@ -297,7 +302,8 @@ def score_slide(name: str, detections: np.ndarray, labels: Optional[np.ndarray],
                 best[lab] = p
     classes = classes or {}
     return SlideResult(name, np.asarray(fps, dtype=np.float64), best[lesion_labels],
-                       lesion_labels, [classes.get(lab, "unknown") for lab in lesion_labels], n_ignored)
+                       lesion_labels, [classes.get(lab, "unknown") for lab in lesion_labels], n_ignored,
+                       n_itc=sum(1 for lab in range(1, n_labels + 1) if lab in itc))
 
 
 def classes_from_truth(labels: np.ndarray, lesions_xy_class: Sequence[tuple[float, float, str]],
@@ -339,7 +345,11 @@ def froc_curve(results: Sequence[SlideResult]) -> tuple[np.ndarray, np.ndarray, 
         raise FrocError("FROC needs at least one (non-ITC) lesion among the slides")
     fps = np.concatenate([r.fp_probs for r in results])
     tps = np.concatenate([r.tp_probs for r in results])
-    thresholds = np.unique(np.concatenate([fps, tps]))[1:]
+    # The organisers' TP list has an entry per label of a tumour slide, ITC labels
+    # included (always 0): those zeros join the distinct probabilities, so with an
+    # ITC (or a missed lesion) "the lowest" dropped is 0, not the lowest detection.
+    itc_zeros = np.zeros(int(sum(r.n_itc for r in results)))
+    thresholds = np.unique(np.concatenate([fps, tps, itc_zeros]))[1:]
     # Counts of values >= t for all t at once (sorted search, exact like the loop).
     fps_sorted, tps_sorted = np.sort(fps), np.sort(tps)
     n_fp = len(fps_sorted) - np.searchsorted(fps_sorted, thresholds, side="left")

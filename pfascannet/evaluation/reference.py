@@ -59,7 +59,7 @@ def _parse_label(value: str) -> tuple[bool, Optional[str]]:
     key = value.strip().lower()
     if key in _TUMOUR_WORDS:
         return _TUMOUR_WORDS[key], None
-    node = pn_stage.normalize_node_label(key)
+    node = pn_stage.normalize_node_label(value.strip())
     return node != "negative", node
 
 
