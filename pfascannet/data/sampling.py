@@ -1,0 +1,528 @@
+"""Training-patch sampling: random, boundary and ITC patches, and hard negatives.
+
+Zhao et al. (MICCAI 2019), Sec. 2.4 "(2) Slide-level Metastasis Detection":
+"We extract ITC and boundary patches at first and add them to the original
+training set" -- the three kinds of patch Fig. 1 draws -- and Sec. 1 names
+hard-negative mining as the usual way to suppress false positives.  Every
+sample is the level-0 ``(x, y)`` top-left of a 692 x 692 patch
+(``geometry.PATCH_PX``); its label is the truth at the patch centre
+(``+346``), the pixel the detector's output stands for (``geometry``'s
+central invariant), and its mask is the 512 x 512 window centred in the
+patch (``MASK_OFFSET_PX = 90``), rasterised from the slide's annotations.
+
+Kinds:
+  ``tumour`` / ``normal``: random centres in tumour, or in tissue outside
+    tumour, drawn in equal numbers (the "random patches" of Fig. 1).
+  ``boundary``: centres on a lesion border, so the 512 mask straddles it.
+  ``itc``: centres on small lesions (major axis below ``itc_max_um``; the
+    Camelyon evaluation's ITC rule, 275 um) -- isolated tumour cells.
+  ``hard_negative``: normal tissue that a trained model calls tumour.
+
+All positions come from a ``numpy.random.Generator`` seeded by the caller,
+so a sample list is a pure function of (cohort, settings, seed).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import threading
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+
+from pfascannet import geometry, io_utils
+from pfascannet.errors import PfaError
+
+KINDS = ("tumour", "normal", "boundary", "itc", "hard_negative")
+"""Every sample kind; the first four come from ``sample_patches``."""
+
+ITC_MAX_UM = 275.0
+"""Major-axis limit of an ITC region in the Camelyon16 evaluation (DESIGN.md sec. 3)."""
+
+
+class SamplingError(PfaError, ValueError):
+    """A cohort or sampler setting that cannot give the requested patches."""
+
+
+# ---------------------------------------------------------------------------
+# Cohort description
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SlideEntry:
+    """One slide of a training cohort.
+
+    Attributes:
+      slide_id: file name without extension (Camelyon's slide id).
+      image_path: the whole-slide image.
+      annotation_path: ASAP XML of its lesions, or None (normal slide).
+      split: ``train`` / ``test`` (free text for real cohorts).
+      label: the cohort's slide label as written (e.g. ``negative``, ``macro``).
+    """
+
+    slide_id: str
+    image_path: str
+    annotation_path: Optional[str] = None
+    split: str = "train"
+    label: str = ""
+
+
+def load_cohort(data_dir: str | os.PathLike, split: Optional[str] = None) -> list[SlideEntry]:
+    """Lists the slides of a cohort laid out as in ARCHITECTURE.md.
+
+    ``<data_dir>/slides.csv`` (columns ``slide,split,label,...``) names the
+    slides when present; otherwise every ``images/*.tif`` is taken (a real
+    Camelyon16 folder with ``images/`` and ``annotations/`` works as is).
+    A slide has lesions iff ``annotations/<slide>.xml`` exists.
+
+    Args:
+      data_dir: the cohort folder.
+      split: keep only slides of this split (needs ``slides.csv``).
+
+    Raises:
+      SamplingError: no such folder, no slides, or an unknown split.
+    """
+    data_dir = os.fspath(data_dir)
+    images = os.path.join(data_dir, "images")
+    if not os.path.isdir(images):
+        raise SamplingError(f"{data_dir}: not a cohort folder (no images/ subfolder)")
+    rows: list[dict] = []
+    table = os.path.join(data_dir, "slides.csv")
+    if os.path.exists(table):
+        with open(table, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        if rows and "slide" not in rows[0]:
+            raise SamplingError(f"{table}: expected a 'slide' column, got {list(rows[0])}")
+    else:
+        if split is not None:
+            raise SamplingError(f"{data_dir}: split {split!r} requested but there is no slides.csv")
+        rows = [{"slide": os.path.splitext(n)[0]} for n in sorted(os.listdir(images)) if n.endswith(".tif")]
+    entries = []
+    for row in rows:
+        sid = row["slide"]
+        if split is not None and row.get("split") != split:
+            continue
+        image = os.path.join(images, sid + ".tif")
+        xml = os.path.join(data_dir, "annotations", sid + ".xml")
+        entries.append(
+            SlideEntry(
+                slide_id=sid,
+                image_path=image,
+                annotation_path=xml if os.path.exists(xml) else None,
+                split=row.get("split", "train") or "train",
+                label=row.get("label", "") or "",
+            )
+        )
+    if not entries:
+        splits = sorted({r.get("split", "") for r in rows})
+        raise SamplingError(f"{data_dir}: no slides" + (f" in split {split!r} (splits: {splits})" if split else ""))
+    return entries
+
+
+# ---------------------------------------------------------------------------
+# Samples
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchSample:
+    """One training patch.
+
+    Attributes:
+      slide_id: the slide it comes from.
+      x, y: level-0 top-left of the 692 x 692 patch.
+      label: 1 if the patch centre (x + 346, y + 346) is tumour, else 0.
+      kind: one of ``KINDS``.
+    """
+
+    slide_id: str
+    x: int
+    y: int
+    label: int
+    kind: str
+
+    @property
+    def centre_xy(self) -> tuple[int, int]:
+        """Level-0 pixel the label refers to."""
+        return self.x + geometry.PATCH_CENTRE_PX, self.y + geometry.PATCH_CENTRE_PX
+
+    @property
+    def mask_origin_xy(self) -> tuple[int, int]:
+        """Level-0 top-left of the 512 mask centred in the patch."""
+        return self.x + geometry.MASK_OFFSET_PX, self.y + geometry.MASK_OFFSET_PX
+
+
+_SAMPLE_FIELDS = ("slide_id", "x", "y", "label", "kind")
+
+
+def save_samples(path: str | os.PathLike, samples: Sequence[PatchSample]) -> None:
+    """Writes samples as CSV (``slide_id,x,y,label,kind``), atomically."""
+    with io_utils.atomic_path(path, suffix=".csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(_SAMPLE_FIELDS)
+        for s in samples:
+            w.writerow([s.slide_id, s.x, s.y, s.label, s.kind])
+
+
+def load_samples(path: str | os.PathLike) -> list[PatchSample]:
+    """Reads a CSV written by ``save_samples``."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != _SAMPLE_FIELDS:
+            raise SamplingError(f"{path}: expected columns {_SAMPLE_FIELDS}, got {reader.fieldnames}")
+        return [PatchSample(r["slide_id"], int(r["x"]), int(r["y"]), int(r["label"]), r["kind"]) for r in reader]
+
+
+# ---------------------------------------------------------------------------
+# Per-slide truth at low resolution
+# ---------------------------------------------------------------------------
+
+
+class SlideTruth:
+    """A slide with its annotations, tumour mask and tissue mask at low resolution.
+
+    The low-resolution maps only propose centres; labels and masks are always
+    rasterised at level 0 (``label_at``, ``mask_window``).
+
+    Args:
+      entry: the slide.
+      grid_downsample: level-0 pixels per cell of the tumour grid used to
+        find centres (16 keeps 40 um ITCs a few cells wide).
+      tissue_downsample: downsample of the Otsu tissue mask (Sec. 2.4).
+    """
+
+    def __init__(self, entry: SlideEntry, grid_downsample: int = 16, tissue_downsample: int = 32):
+        from pfascannet.slide import annotations as ann_mod  # noqa: PLC0415
+        from pfascannet.slide import tissue as tissue_mod  # noqa: PLC0415
+        from pfascannet.slide.reader import SlideReader  # noqa: PLC0415
+
+        self.entry = entry
+        self.grid_downsample = int(grid_downsample)
+        self.tissue_downsample = int(tissue_downsample)
+        with SlideReader(entry.image_path) as reader:
+            self.dimensions: tuple[int, int] = reader.dimensions
+            self.mpp: float = reader.mpp if reader.mpp is not None else 0.243
+            self.tissue: np.ndarray = np.asarray(tissue_mod.tissue_mask(reader, downsample=self.tissue_downsample), bool)
+        self.annotations = ann_mod.read_asap_xml(entry.annotation_path) if entry.annotation_path else None
+        gw = -(-self.dimensions[0] // self.grid_downsample)
+        gh = -(-self.dimensions[1] // self.grid_downsample)
+        if self.annotations is not None:
+            grid = ann_mod.rasterize(
+                self.annotations, self.dimensions, downsample=float(self.grid_downsample),
+                origin_xy=(0, 0), size_wh=(gw, gh),
+            )
+            self.tumour_grid: np.ndarray = np.asarray(grid) > 0
+        else:
+            self.tumour_grid = np.zeros((gh, gw), bool)
+
+    @property
+    def has_tumour(self) -> bool:
+        return bool(self.tumour_grid.any())
+
+    def mask_window(self, origin_xy: tuple[int, int], size_wh: tuple[int, int]) -> np.ndarray:
+        """Level-0 tumour mask (uint8, 1 = tumour) of a window."""
+        w, h = int(size_wh[0]), int(size_wh[1])
+        if self.annotations is None:
+            return np.zeros((h, w), np.uint8)
+        from pfascannet.slide import annotations as ann_mod  # noqa: PLC0415
+
+        m = ann_mod.rasterize(self.annotations, self.dimensions, downsample=1.0, origin_xy=tuple(int(v) for v in origin_xy), size_wh=(w, h))
+        return (np.asarray(m) > 0).astype(np.uint8)
+
+    def label_at(self, xy: tuple[int, int]) -> int:
+        """1 if level-0 pixel ``xy`` is tumour."""
+        return int(self.mask_window(xy, (1, 1))[0, 0])
+
+    def tissue_grid(self) -> np.ndarray:
+        """Tissue mask resampled onto the tumour grid (nearest)."""
+        gh, gw = self.tumour_grid.shape
+        ratio = self.grid_downsample / self.tissue_downsample
+        rows = np.minimum((np.arange(gh) * ratio).astype(int), self.tissue.shape[0] - 1)
+        cols = np.minimum((np.arange(gw) * ratio).astype(int), self.tissue.shape[1] - 1)
+        return self.tissue[np.ix_(rows, cols)]
+
+
+# ---------------------------------------------------------------------------
+# The sampler
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """How many patches of each kind, and how they are found.
+
+    Attributes:
+      random_per_class: random tumour patches and random normal patches
+        (each; balanced, Fig. 1 "random patches").
+      boundary: boundary patches (centre within one grid cell of a border).
+      itc: ITC patches (centred on a lesion smaller than ``itc_max_um``).
+      itc_max_um: major-axis limit of an ITC lesion.
+      grid_downsample: level-0 px per cell of the centre-finding grid.
+      tissue_downsample: downsample of the Otsu tissue mask.
+    """
+
+    random_per_class: int = 64
+    boundary: int = 32
+    itc: int = 16
+    itc_max_um: float = ITC_MAX_UM
+    grid_downsample: int = 16
+    tissue_downsample: int = 32
+
+    def __post_init__(self):
+        for name in ("random_per_class", "boundary", "itc"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise SamplingError(f"SamplerConfig.{name} must be an integer >= 0, got {v!r}")
+        for name in ("grid_downsample", "tissue_downsample"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SamplingError(f"SamplerConfig.{name} must be an integer >= 1, got {v!r}")
+        if not self.itc_max_um > 0:
+            raise SamplingError(f"SamplerConfig.itc_max_um must be > 0, got {self.itc_max_um!r}")
+
+
+class PatchSampler:
+    """Draws the patch kinds of Fig. 1 from a cohort (Sec. 2.4).
+
+    Args:
+      slides: the cohort's slides (normal slides give normal patches only).
+      config: counts and grids.
+
+    Example:
+      >>> sampler = PatchSampler(load_cohort(d, "train"), SamplerConfig())
+      >>> samples = sampler.sample(seed=0)
+      >>> mask512 = sampler.mask(samples[0])
+    """
+
+    def __init__(self, slides: Sequence[SlideEntry], config: SamplerConfig = SamplerConfig()):
+        if not slides:
+            raise SamplingError("PatchSampler needs at least one slide")
+        self.config = config
+        self.slides = {s.slide_id: s for s in slides}
+        self._truth: dict[str, SlideTruth] = {}
+        self._lock = threading.Lock()
+
+    def truth(self, slide_id: str) -> SlideTruth:
+        """The (cached) SlideTruth of one slide."""
+        with self._lock:
+            if slide_id not in self._truth:
+                if slide_id not in self.slides:
+                    raise SamplingError(f"unknown slide {slide_id!r}")
+                self._truth[slide_id] = SlideTruth(
+                    self.slides[slide_id], self.config.grid_downsample, self.config.tissue_downsample
+                )
+            return self._truth[slide_id]
+
+    # -- candidates ---------------------------------------------------------
+
+    def _cells(self, kind: str) -> list[tuple[str, np.ndarray]]:
+        """(slide id, [K, 2] grid (row, col) cells) where a kind's centres may fall."""
+        import scipy.ndimage as ndi  # noqa: PLC0415
+
+        out = []
+        for sid in self.slides:
+            t = self.truth(sid)
+            tumour = t.tumour_grid
+            if kind == "tumour":
+                cells = tumour
+            elif kind == "normal":
+                cells = t.tissue_grid() & ~tumour
+            elif kind == "boundary":
+                # Cells on either side of a border: dilation xor erosion.
+                cells = ndi.binary_dilation(tumour) & ~ndi.binary_erosion(tumour, border_value=0)
+            else:
+                raise SamplingError(f"no cell rule for kind {kind!r}")
+            rc = np.argwhere(cells)
+            if len(rc):
+                out.append((sid, rc))
+        return out
+
+    def itc_centres(self) -> list[tuple[str, tuple[float, float]]]:
+        """Level-0 (x, y) centroids of every lesion with major axis < ``itc_max_um``."""
+        from skimage import measure  # noqa: PLC0415
+
+        out = []
+        for sid in self.slides:
+            t = self.truth(sid)
+            if not t.has_tumour:
+                continue
+            labels = measure.label(t.tumour_grid, connectivity=2)
+            ds = t.grid_downsample
+            for region in measure.regionprops(labels):
+                # A region a single cell wide has major axis 0 in skimage; count
+                # it as one cell.
+                major_um = max(region.axis_major_length, 1.0) * ds * t.mpp
+                if major_um < self.config.itc_max_um:
+                    r, c = region.centroid
+                    out.append((sid, ((c + 0.5) * ds, (r + 0.5) * ds)))
+        return out
+
+    # -- sampling -----------------------------------------------------------
+
+    def _top_left(self, t: SlideTruth, centre_xy: tuple[float, float]) -> tuple[int, int]:
+        cx, cy = int(round(centre_xy[0])), int(round(centre_xy[1]))
+        cx = min(max(cx, 0), t.dimensions[0] - 1)
+        cy = min(max(cy, 0), t.dimensions[1] - 1)
+        return cx - geometry.PATCH_CENTRE_PX, cy - geometry.PATCH_CENTRE_PX
+
+    def _draw_from_cells(self, kind: str, n: int, rng: np.random.Generator) -> list[PatchSample]:
+        if n == 0:
+            return []
+        pools = self._cells(kind)
+        if not pools:
+            raise SamplingError(f"the cohort has no place for {kind!r} patches ({len(self.slides)} slides)")
+        sizes = np.array([len(rc) for _, rc in pools], float)
+        # Slides in proportion to their candidate area, cells uniformly within.
+        which = rng.choice(len(pools), size=n, p=sizes / sizes.sum())
+        out = []
+        for i in which:
+            sid, rc = pools[i]
+            t = self.truth(sid)
+            r, c = rc[rng.integers(len(rc))]
+            ds = t.grid_downsample
+            cx, cy = (c + rng.random()) * ds, (r + rng.random()) * ds
+            x, y = self._top_left(t, (cx, cy))
+            out.append(PatchSample(sid, x, y, t.label_at((x + geometry.PATCH_CENTRE_PX, y + geometry.PATCH_CENTRE_PX)), kind))
+        return out
+
+    def _draw_random_tumour(self, n: int, rng: np.random.Generator) -> list[PatchSample]:
+        # Low-resolution cells at a border may fall on normal pixels at level 0;
+        # redraw those so "tumour" patches are tumour at the centre.
+        out: list[PatchSample] = []
+        for _ in range(20):
+            out += [s for s in self._draw_from_cells("tumour", n - len(out), rng) if s.label == 1]
+            if len(out) == n:
+                return out
+        raise SamplingError("could not find tumour centres; are the annotations empty?")
+
+    def sample(self, seed: int) -> list[PatchSample]:
+        """All configured kinds, in a fixed order (tumour, normal, boundary, itc).
+
+        Args:
+          seed: the numpy seed; the same cohort, config and seed give the same list.
+        """
+        cfg = self.config
+        rng = np.random.default_rng(seed)
+        out = self._draw_random_tumour(cfg.random_per_class, rng) if cfg.random_per_class else []
+        out += self._draw_from_cells("normal", cfg.random_per_class, rng)
+        out += self._draw_from_cells("boundary", cfg.boundary, rng)
+        out += self.sample_itc(cfg.itc, rng)
+        return out
+
+    def sample_itc(self, n: int, rng: np.random.Generator) -> list[PatchSample]:
+        """``n`` ITC patches, cycling over the cohort's ITC lesions in random order."""
+        if n == 0:
+            return []
+        centres = self.itc_centres()
+        if not centres:
+            raise SamplingError(
+                f"the cohort has no lesion smaller than {self.config.itc_max_um} um for ITC patches; set itc=0"
+            )
+        order = np.concatenate([rng.permutation(len(centres)) for _ in range(-(-n // len(centres)))])[:n]
+        out = []
+        for i in order:
+            sid, cxy = centres[i]
+            t = self.truth(sid)
+            x, y = self._top_left(t, cxy)
+            out.append(PatchSample(sid, x, y, t.label_at((x + geometry.PATCH_CENTRE_PX, y + geometry.PATCH_CENTRE_PX)), "itc"))
+        return out
+
+    def random_normal(self, n: int, seed: int) -> list[PatchSample]:
+        """``n`` random normal-tissue patches (hard-negative candidates)."""
+        return self._draw_from_cells("normal", n, np.random.default_rng(seed))
+
+    def mask(self, sample: PatchSample, size_px: int = geometry.MASK_PX) -> np.ndarray:
+        """The ``size_px`` mask (uint8, 1 = tumour) centred in the sample's patch.
+
+        ``size_px = 512`` is the decoder's target (Implementation Details);
+        ``692`` is the whole patch, aligned pixel for pixel with it.
+        """
+        off = (geometry.PATCH_PX - size_px) // 2
+        return self.truth(sample.slide_id).mask_window((sample.x + off, sample.y + off), (size_px, size_px))
+
+
+def sample_patches(slides: Sequence[SlideEntry], config: SamplerConfig, seed: int) -> list[PatchSample]:
+    """Convenience: ``PatchSampler(slides, config).sample(seed)``."""
+    return PatchSampler(slides, config).sample(seed)
+
+
+# ---------------------------------------------------------------------------
+# Hard-negative mining
+# ---------------------------------------------------------------------------
+
+
+PredictFn = Callable[[np.ndarray], np.ndarray]
+"""uint8 [N, 692, 692, 3] patches -> float [N] tumour probability."""
+
+
+def classifier_predict_fn(model) -> PredictFn:
+    """Wraps a Keras model as a ``PredictFn``.
+
+    Accepts the training model (dict output with ``classifier`` [N, 2]) or the
+    detector at alpha = 1 ([N, 1, 1, 2]); channel 1 is tumour.
+    """
+
+    def predict(patches: np.ndarray) -> np.ndarray:
+        out = model(patches, training=False)
+        if isinstance(out, dict):
+            out = out["classifier"]
+        out = np.asarray(out)
+        return out.reshape(out.shape[0], -1, out.shape[-1])[:, 0, 1].astype(np.float32)
+
+    return predict
+
+
+@dataclasses.dataclass(frozen=True)
+class HardNegativeMiner:
+    """Scans normal tissue with a model and keeps its false positives (Sec. 1, [5, 7]).
+
+    Candidates are random normal-tissue patches (tumour-free at the centre);
+    those the model scores at or above ``threshold`` become ``hard_negative``
+    samples, highest first, at most ``max_keep``.
+
+    Attributes:
+      candidates: normal patches to score.
+      threshold: tumour probability from which a normal patch is a false positive.
+      max_keep: most hard negatives to return.
+      batch_size: patches per model call.
+    """
+
+    candidates: int = 256
+    threshold: float = 0.5
+    max_keep: int = 64
+    batch_size: int = 8
+
+    def __call__(
+        self,
+        sampler: PatchSampler,
+        predict_fn: PredictFn,
+        read_patch: Callable[[PatchSample], np.ndarray],
+        seed: int,
+    ) -> list[PatchSample]:
+        """Returns the hard negatives found.
+
+        Args:
+          sampler: the training cohort's sampler.
+          predict_fn: e.g. ``classifier_predict_fn(model)``.
+          read_patch: sample -> uint8 [692, 692, 3] (``PatchReader.read_patch``).
+          seed: draws the candidates.
+        """
+        pool = [s for s in sampler.random_normal(self.candidates, seed) if s.label == 0]
+        scored: list[tuple[float, PatchSample]] = []
+        for i in range(0, len(pool), self.batch_size):
+            chunk = pool[i : i + self.batch_size]
+            probs = np.asarray(predict_fn(np.stack([read_patch(s) for s in chunk])), np.float32).reshape(-1)
+            scored += [(float(p), s) for p, s in zip(probs, chunk) if p >= self.threshold]
+        scored.sort(key=lambda ps: -ps[0])
+        return [dataclasses.replace(s, kind="hard_negative") for _, s in scored[: self.max_keep]]
+
+
+def counts_by_kind(samples: Iterable[PatchSample]) -> dict[str, int]:
+    """{kind: count} for reports."""
+    out: dict[str, int] = {}
+    for s in samples:
+        out[s.kind] = out.get(s.kind, 0) + 1
+    return out
