@@ -260,3 +260,23 @@ def test_read_mask_level_errors(tmp_path):
     write_mask_tiff(small, HOLED, (64, 64))
     with pytest.raises(AnnotationError, match="no page at downsample 128"):
         read_mask_level(small, 128)
+
+
+def test_rasterize_matches_point_in_polygon_reference():
+    # Brute force: a cell is tumour iff its centre is in an odd number of crossings
+    # of some tumour polygon and of no exclusion polygon (random floats: no ties).
+    from matplotlib.path import Path
+
+    rng = np.random.default_rng(7)
+    dims, ds = (900, 700), 4
+    annos = [Annotation(f"t{i}", "_0", rng.uniform(0, 900, (9, 2)) * [1, 0.75]) for i in range(5)]  # self-intersecting
+    annos += [Annotation("x", "_2", blob(450, 350, 90, n=13))]
+    got = rasterize(annos, dims, ds) > 0
+    rows, cols = got.shape
+    yy, xx = np.mgrid[0:rows, 0:cols] * ds + (ds - 1) / 2
+    centres = np.c_[xx.ravel(), yy.ravel()]
+    inside = lambda a: Path(a.coords_xy, closed=False).contains_points(centres)  # noqa: E731
+    tumour = np.any([inside(a) for a in annos if a.is_tumour], axis=0)
+    excluded = np.any([inside(a) for a in annos if a.is_exclusion], axis=0)
+    expected = (tumour & ~excluded).reshape(rows, cols)
+    assert (got != expected).sum() == 0

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
@@ -88,6 +89,9 @@ class Annotation:
             raise AnnotationError(f"annotation {self.name!r}: coordinates must be finite")
         coords.setflags(write=False)
         object.__setattr__(self, "coords_xy", coords)
+        # Cached: rasterising a window tests every annotation's bounds first.
+        lo, hi = coords.min(axis=0), coords.max(axis=0)
+        object.__setattr__(self, "_bounds", (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])))
 
     @property
     def is_tumour(self) -> bool:
@@ -106,9 +110,7 @@ class Annotation:
 
     def bounds_xy(self) -> tuple[float, float, float, float]:
         """``(x_min, y_min, x_max, y_max)`` in level-0 pixels."""
-        lo = self.coords_xy.min(axis=0)
-        hi = self.coords_xy.max(axis=0)
-        return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
+        return self._bounds
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Annotation):
@@ -302,15 +304,14 @@ def rasterize(
     if not tumour:
         return out
     exclusion = [a for a in annotations if a.is_exclusion and overlapping(a)]
-    inside = _fill(tumour, ox, oy, ds, w, h)
+    out = _fill(tumour, ox, oy, ds, w, h)
     if exclusion:
-        inside &= ~_fill(exclusion, ox, oy, ds, w, h)
+        np.bitwise_and(out, ~_fill(exclusion, ox, oy, ds, w, h), out=out)
     # Cells wholly off the slide carry no tumour even if a polygon strays there.
     cols = ox + ds * np.arange(w)
     rows = oy + ds * np.arange(h)
-    inside[:, (cols >= width0) | (cols + ds <= 0)] = False
-    inside[(rows >= height0) | (rows + ds <= 0), :] = False
-    out[inside] = MASK_TUMOUR_VALUE
+    out[:, (cols >= width0) | (cols + ds <= 0)] = 0
+    out[(rows >= height0) | (rows + ds <= 0), :] = 0
     return out
 
 
@@ -327,7 +328,7 @@ def _split_offset(origin: float, ds: float) -> tuple[int, float]:
 
 
 def _fill(annotations: Sequence[Annotation], ox: float, oy: float, ds: float, w: int, h: int) -> np.ndarray:
-    """Union of the polygons' interiors (even-odd within each polygon), centre-sampled."""
+    """uint8 (h, w): 255 on the union of the polygons' interiors (even-odd within each), centre-sampled."""
     kx, fx = _split_offset(ox, ds)
     ky, fy = _split_offset(oy, ds)
     centre = (ds - 1.0) / 2.0
@@ -365,17 +366,39 @@ def _fill(annotations: Sequence[Annotation], ox: float, oy: float, ds: float, w:
         all_start.append(np.clip(np.ceil(x[0::2]).astype(np.int64) - kx, 0, w))
         all_end.append(np.clip(np.ceil(x[1::2]).astype(np.int64) - kx, 0, w))
     if not all_rows:
-        return np.zeros((h, w), dtype=bool)
-    rows = np.concatenate(all_rows)
-    start = np.concatenate(all_start)
-    end = np.concatenate(all_end)
+        return np.zeros((h, w), dtype=np.uint8)
+    return _paint_spans(np.concatenate(all_rows), np.concatenate(all_start), np.concatenate(all_end), w, h)
+
+
+def _paint_spans(rows: np.ndarray, start: np.ndarray, end: np.ndarray, w: int, h: int) -> np.ndarray:
+    """uint8 ``(h, w)`` image, 255 on the union of spans ``[start, end)`` of their rows.
+
+    Overlapping spans (of different polygons) are merged, then the image is
+    one ``np.repeat`` of alternating 0/255 runs over the flattened rows: a
+    memset-speed fill, where a per-row cumulative sum costs ~10x more.
+    """
     keep = start < end
     rows, start, end = rows[keep], start[keep], end[keep]
-    stride = w + 1
-    n = h * stride
-    diff = np.bincount(rows * stride + start, minlength=n).astype(np.int32)
-    diff -= np.bincount(rows * stride + end, minlength=n).astype(np.int32)
-    return np.cumsum(diff.reshape(h, stride)[:, :w], axis=1) > 0
+    if rows.size == 0:
+        return np.zeros((h, w), dtype=np.uint8)
+    order = np.lexsort((start, rows))
+    rows, start, end = rows[order], start[order], end[order]
+    # Keys row * (w + 1) + col grow across rows, so one running maximum gives
+    # every span the furthest end reached so far in its own row.
+    base = rows * (w + 1)
+    reach = np.maximum.accumulate(base + end)
+    previous = np.concatenate(([-1], reach[:-1]))
+    opens = base + start > previous  # a span that starts a new merged run
+    first = np.flatnonzero(opens)
+    last = np.concatenate((first[1:] - 1, [rows.size - 1]))
+    run_start = rows[first] * w + start[first]
+    run_end = rows[last] * w + (reach[last] - base[last])
+    bounds = np.empty(2 * first.size, dtype=np.int64)
+    bounds[0::2], bounds[1::2] = run_start, run_end
+    lengths = np.diff(bounds, prepend=0, append=h * w)
+    values = np.zeros(lengths.size, dtype=np.uint8)
+    values[1::2] = MASK_TUMOUR_VALUE
+    return np.repeat(values, lengths).reshape(h, w)
 
 
 # ---------------------------------------------------------------------------
@@ -428,9 +451,35 @@ def write_mask_tiff(
         raise AnnotationError(f"{os.fspath(path)}: slide dimensions must be positive, got {dimensions_xy}")
     annotations = [a for a in annotations if a.is_area and (a.is_tumour or a.is_exclusion)]
 
+    # The writer asks for one tile at a time, from worker threads, a row of
+    # tiles at a time. Rasterising a band of up to ``chunk_px`` columns once and
+    # slicing its tiles costs one scan conversion per band instead of one per
+    # tile; only the current row's bands are kept (<= W x tile_px bytes).
+    chunk_px = max(tile_px, (8192 // tile_px) * tile_px)
+    bands: dict[tuple[int, int, int], list] = {}
+    bands_lock = threading.Lock()
+
     def level_source(level: int, x: int, y: int, w: int, h: int) -> Optional[np.ndarray]:
         ds = 2**level
-        tile = rasterize(annotations, (width0, height0), ds, origin_xy=(x * ds, y * ds), size_wh=(w, h))
+        level_w = -(-width0 // ds)
+        x0 = (x // chunk_px) * chunk_px
+        key = (level, y, x0)
+        with bands_lock:
+            entry = bands.get(key)
+            if entry is None:
+                for old in [k for k in bands if k[:2] != (level, y)]:
+                    del bands[old]
+                entry = bands[key] = [threading.Lock(), None]
+        with entry[0]:
+            if entry[1] is None:
+                entry[1] = rasterize(
+                    annotations,
+                    (width0, height0),
+                    ds,
+                    origin_xy=(x0 * ds, y * ds),
+                    size_wh=(min(chunk_px, level_w - x0), h),
+                )
+        tile = entry[1][:, x - x0:x - x0 + w]
         return tile if tile.any() else None  # None: the writer reuses one encoded blank tile
 
     write_pyramid_tiff(
