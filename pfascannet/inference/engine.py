@@ -74,8 +74,10 @@ class ModelRun:
       detector: the model.
       grid: alpha and ROI side of the map grid and of the ROIs read.
       mode: ``"dense"`` (the detector is the FCN at ``grid``) or ``"patch"``
-        (the speed baseline: the detector is the patch classifier, alpha 1 on
-        one 692 patch, applied to every ``stride``-spaced patch of each ROI).
+        (the speed baseline: the same weights as the patch classifier, alpha 1
+        on one 692 patch -- the detector's ``predict_patches``, or ``predict``
+        of an alpha-1 / 692 detector -- applied to every ``stride``-spaced
+        patch of each ROI).
       name: the model's path or id, recorded in the outputs.
     """
 
@@ -93,10 +95,11 @@ class ModelRun:
                     f"alpha={self.grid.alpha}, roi={self.grid.roi_px}"
                 )
         elif self.mode == "patch":
-            if int(d.alpha) != 1 or int(d.roi_px) != geometry.PATCH_PX:
+            is_patch_classifier = int(d.alpha) == 1 and int(d.roi_px) == geometry.PATCH_PX
+            if not hasattr(d, "predict_patches") and not is_patch_classifier:
                 raise ScanError(
-                    f"{self.name}: patch mode needs the patch classifier (alpha=1, roi={geometry.PATCH_PX}), "
-                    f"got alpha={d.alpha}, roi={d.roi_px}"
+                    f"{self.name}: patch mode needs a detector with predict_patches() or the patch "
+                    f"classifier itself (alpha=1, roi={geometry.PATCH_PX}); got alpha={d.alpha}, roi={d.roi_px}"
                 )
         else:
             raise ScanError(f"mode must be 'dense' or 'patch', got {self.mode!r}")
@@ -310,6 +313,7 @@ def _predict(run: ModelRun, rois: np.ndarray, patch_batch: int) -> np.ndarray:
     else:
         probs = np.empty((rois.shape[0], lm, lm), np.float32)
         p = geometry.PATCH_PX
+        classify = getattr(run.detector, "predict_patches", run.detector.predict)
         for n, roi in enumerate(rois):
             # Views, not copies: only patch_batch patches are materialised at a time.
             windows = np.lib.stride_tricks.sliding_window_view(roi, (p, p, 3))[::stride, ::stride, 0]
@@ -317,7 +321,7 @@ def _predict(run: ModelRun, rois: np.ndarray, patch_batch: int) -> np.ndarray:
             out = np.empty(lm * lm, np.float32)
             for s in range(0, lm * lm, patch_batch):
                 chunk = np.ascontiguousarray(flat[s : s + patch_batch])
-                out[s : s + len(chunk)] = np.asarray(run.detector.predict(chunk), np.float32).reshape(-1)
+                out[s : s + len(chunk)] = np.asarray(classify(chunk), np.float32).reshape(-1)
             probs[n] = out.reshape(lm, lm)
     if probs.shape != (rois.shape[0], lm, lm):
         raise ScanError(f"{run.name}: detector returned {probs.shape}, expected {(rois.shape[0], lm, lm)}")
@@ -730,5 +734,5 @@ def scan_slides(
         results.append(result)
     outputs.write_slide_scores(out_dir)
     summary = ScanSummary(results, time.perf_counter() - t0)
-    progress.message(summary.text(), always=bool(summary.failed))
+    progress.message(summary.text(), always=True)
     return summary

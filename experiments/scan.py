@@ -1,0 +1,113 @@
+"""Scan whole slides with an exported detector: probability maps, lesions, heatmaps, contours.
+
+Zhao et al., MICCAI 2019, §2.2: dense ROIs of eq. (1) over tissue, stitched
+into a map at stride 512/alpha (32 level-0 px at alpha 16: Camelyon's level 5).
+Output layout: ARCHITECTURE.md "Files between stages".
+
+Examples::
+
+    python experiments/scan.py --model runs/export --slides cohort/ --out scan/
+    python experiments/scan.py --model m16 --ensemble m32 --slides list.txt --out scan/ --roi auto
+    python experiments/scan.py ... --shard 0/4     # on machine 0 of 4; no slide is done twice
+    python experiments/scan.py ... --mode patch    # the patch-by-patch speed baseline
+
+Kill it at any time and rerun the same command: finished slides are skipped
+and a slide in progress resumes from its last checkpoint, giving the same map.
+Exit status: 0 all slides done, 1 some slide failed (see the summary), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import flags
+
+if __package__ in (None, ""):  # run as a script from a checkout without `pip install -e .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pfascannet.cliutil import run_main  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "Export directory, .keras file or SavedModel directory.")
+flags.DEFINE_string("slides", None, "A slide, a folder of slides (or a cohort with images/), or a list file (.txt/.csv).")
+flags.DEFINE_string("out", None, "Output folder.")
+flags.DEFINE_integer("alpha", None, "Dense coefficient of the map (default: the export's); 16 -> 32 px map.")
+flags.DEFINE_string("roi", None, "ROI side LR on the grid of eq. (1) (e.g. 2708), or 'auto' for the largest "
+                    "that fits --memory_gb; default: the export's.")
+flags.DEFINE_float("memory_gb", None, "Memory budget of one batch for --roi=auto (default: a quarter of RAM).")
+flags.DEFINE_integer("batch", 1, "ROIs per model call.")
+flags.DEFINE_integer("workers", 2, "Reader threads prefetching ROIs.")
+flags.DEFINE_integer("prefetch", 2, "Batches read ahead of the model.")
+flags.DEFINE_enum("mode", "dense", ["dense", "patch"], "dense FCN scan, or the patch-by-patch baseline.")
+flags.DEFINE_multi_string("ensemble", [], "Another model to average with (repeatable); scanned at --ensemble_alpha.")
+flags.DEFINE_integer("ensemble_alpha", 32, "Alpha of the ensemble members (the paper pairs 16 with 32).")
+flags.DEFINE_string("shard", None, "i/N: scan only slides k with k mod N == i of the sorted list (0 <= i < N).")
+flags.DEFINE_float("mpp", None, "Microns per level-0 pixel, overriding the slides' own.")
+flags.DEFINE_integer("scan_level", 0, "Pyramid level to read ROIs at (its downsample must be whole).")
+flags.DEFINE_enum("tissue", "otsu", ["otsu", "all"], "Scan only tissue (Otsu), or every ROI.")
+flags.DEFINE_float("threshold", 0.5, "Probability for lesion candidates and contours.")
+flags.DEFINE_float("checkpoint_s", 30.0, "Seconds between checkpoints of a slide in progress.")
+flags.DEFINE_integer("patch_batch", 32, "Patches per model call in --mode=patch.")
+flags.DEFINE_bool("heatmap", True, "Write heatmap PNGs.")
+flags.DEFINE_bool("progress", True, "Print progress with ETA to stderr.")
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        _usage(f"unexpected argument(s): {' '.join(argv[1:])}")
+    for name in ("model", "slides", "out"):
+        if not getattr(FLAGS, name):
+            _usage(f"--{name} is required")
+    from pfascannet.inference import engine, runs  # noqa: PLC0415  (imports Keras)
+
+    shard = engine.parse_shard(FLAGS.shard) if FLAGS.shard else None
+    options = engine.ScanOptions(
+        batch=FLAGS.batch,
+        workers=FLAGS.workers,
+        prefetch_batches=FLAGS.prefetch,
+        scan_level=FLAGS.scan_level,
+        tissue=FLAGS.tissue,
+        checkpoint_every_s=FLAGS.checkpoint_s,
+        patch_batch=FLAGS.patch_batch,
+        threshold=FLAGS.threshold,
+        mpp=FLAGS.mpp,
+        heatmap=FLAGS.heatmap,
+        progress=FLAGS.progress,
+    )
+    roi = FLAGS.roi
+    if roi not in (None, "auto"):
+        try:
+            roi = int(roi)
+        except ValueError:
+            _usage(f"--roi must be an integer or 'auto', got {FLAGS.roi!r}")
+    slides = engine.list_slides(FLAGS.slides)  # bad input fails here, before the model loads
+    model_runs = runs.load_runs(
+        FLAGS.model,
+        alpha=FLAGS.alpha,
+        roi=roi,
+        mode=FLAGS.mode,
+        ensemble=FLAGS.ensemble,
+        ensemble_alpha=FLAGS.ensemble_alpha,
+        batch=FLAGS.batch,
+        memory_budget_bytes=None if FLAGS.memory_gb is None else FLAGS.memory_gb * 2**30,
+    )
+    for r in model_runs:
+        print(
+            f"model {r.name}: alpha={r.grid.alpha} roi={r.grid.roi_px} tile={r.grid.tile_px} "
+            f"stride={r.grid.stride_px} px mode={r.mode}",
+            file=sys.stderr,
+        )
+    summary = engine.scan_slides(slides, model_runs, FLAGS.out, options, shard=shard)  # prints the summary
+    if not summary.ok:
+        sys.exit(1)
+
+
+def _usage(message: str) -> None:
+    from pfascannet.cliutil import fail  # noqa: PLC0415
+
+    fail(message)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,169 @@
+"""Model runs for a scan from exported detectors: alpha override, ``auto`` ROI, ensembles, patch mode.
+
+The same weights serve every alpha (Zhao et al., MICCAI 2019, §2.2; layers
+are matched by name), so a ``.keras`` export made at alpha 16 also scans at
+alpha 32 (the paper's ensemble partner, §3) by rebuilding the detector at
+the new alpha and copying the weights.  A SavedModel serves only the alpha
+and ROI side it was exported with; asking it for another one loads the
+export's ``.keras`` file instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Sequence, Union
+
+from pfascannet import geometry
+from pfascannet.inference.engine import ModelRun, ScanError
+from pfascannet.inference.plan import auto_roi_px
+
+DEFAULT_MEMORY_FRACTION = 0.25
+"""``roi='auto'`` budget when none is given: this share of the machine's RAM."""
+
+
+def default_memory_budget_bytes() -> float:
+    """A quarter of physical memory (the reader threads, map and outputs need the rest)."""
+    import psutil  # noqa: PLC0415
+
+    return DEFAULT_MEMORY_FRACTION * psutil.virtual_memory().total
+
+
+def bytes_per_input_px(first_width: int, dtype_bytes: int = 4) -> float:
+    """Peak activation bytes per input pixel: conv1_1 and conv1_2 outputs alive together, plus the input.
+
+    The first VGG block runs at full resolution and dominates memory
+    (DESIGN.md §5); three of its maps at once covers the framework's
+    temporaries.
+    """
+    return 3.0 * first_width * dtype_bytes + 3 * 4
+
+
+def paper_like_roi_px(alpha: int) -> int:
+    """The largest valid ROI side <= the paper's 2708 on the grid of ``alpha`` (2708 at 16 and 32)."""
+    stride = geometry.output_stride_px(alpha)
+    for lm in range((geometry.PAPER_ROI_PX - geometry.PATCH_PX) // stride + 1, 0, -1):
+        try:
+            return geometry.ScanGeometry(alpha, geometry.roi_px(lm, alpha)).roi_px
+        except geometry.GeometryError:
+            continue
+    return geometry.PATCH_PX
+
+
+def _export_meta(path: str) -> Optional[dict]:
+    # Read export.json without importing Keras, so bad --alpha/--roi values
+    # are reported before the (slow) framework import.
+    meta_path = os.path.join(path, "export.json")
+    if not (os.path.isdir(path) and os.path.isfile(meta_path)):
+        return None
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        int(meta["alpha"]), int(meta["roi_px"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ScanError(f"{meta_path} is not a valid export description: {exc}") from None
+    return meta
+
+
+def load_run(
+    model_path: str,
+    alpha: Optional[int] = None,
+    roi: Union[int, str, None] = None,
+    mode: str = "dense",
+    batch: int = 1,
+    memory_budget_bytes: Optional[float] = None,
+) -> ModelRun:
+    """Loads an exported detector as a ModelRun at the requested alpha and ROI side.
+
+    Args:
+      model_path: export directory, ``.keras`` file or SavedModel directory.
+      alpha: dense coefficient of the map grid; None: the export's (16 for a
+        bare ``.keras`` file).
+      roi: LR (int), ``"auto"`` (largest on the grid that fits the memory
+        budget), or None (the export's, else the largest valid side <= 2708).
+      mode: ``"dense"`` or ``"patch"`` (same weights on 692 patches, the speed baseline).
+      batch: ROIs per model call (for the ``auto`` budget).
+      memory_budget_bytes: for ``auto``; default a quarter of RAM.
+
+    Returns:
+      The ModelRun.
+    """
+    if not os.path.exists(model_path):
+        raise ScanError(f"no detector at {model_path}")
+    meta = _export_meta(model_path)
+    export_alpha = int(meta["alpha"]) if meta else None
+    export_roi = int(meta["roi_px"]) if meta else None
+    # A bare .keras file carries no export.json: scan it at the paper's alpha
+    # unless told otherwise (any build converts, see rebuild_at_alpha).
+    want_alpha = int(alpha) if alpha is not None else (export_alpha or geometry.PAPER_ALPHA)
+
+    if roi == "auto":
+        first = int(meta["config"]["widths"][0]) if meta and "config" in meta else 64
+        budget = memory_budget_bytes if memory_budget_bytes is not None else default_memory_budget_bytes()
+        want_roi = auto_roi_px(want_alpha, budget, batch, bytes_per_input_px(first))
+    elif roi is None:
+        want_roi = export_roi if (export_roi and want_alpha == export_alpha) else paper_like_roi_px(want_alpha)
+    else:
+        try:
+            want_roi = int(roi)
+        except (TypeError, ValueError):
+            raise ScanError(f"roi must be an integer ROI side or 'auto', got {roi!r}") from None
+
+    # The SavedModel is fixed to its export's alpha and LR; anything else needs the .keras model.
+    fmt = "auto"
+    if meta and (want_alpha != export_alpha or want_roi != export_roi):
+        fmt = "keras"
+    geometry.ScanGeometry(want_alpha, want_roi)  # a clear error before loading anything
+    from pfascannet.inference import export  # noqa: PLC0415  (imports Keras)
+
+    detector = export.load_detector(model_path, format=fmt, roi_px=want_roi)
+    if detector.alpha != want_alpha:
+        detector = rebuild_at_alpha(detector, want_alpha, want_roi)
+    grid = geometry.ScanGeometry(detector.alpha, detector.roi_px)
+    return ModelRun(detector, grid, mode=mode, name=os.path.abspath(model_path))
+
+
+def rebuild_at_alpha(detector, alpha: int, roi_px: int):
+    """The same weights as a KerasDetector at another alpha (layers matched by name)."""
+    from pfascannet.inference import export  # noqa: PLC0415
+    from pfascannet.model.detector import build_detector, transfer_weights  # noqa: PLC0415
+
+    model = getattr(detector, "model", None)
+    if model is None:
+        raise ScanError(
+            f"the detector (alpha={detector.alpha}) is a SavedModel and cannot be rebuilt at alpha={alpha}; "
+            "use a .keras export"
+        )
+    rebuilt = build_detector(export.config_from_model(model), alpha=alpha)
+    transfer_weights(model, rebuilt)
+    return export.KerasDetector(rebuilt, alpha, roi_px)
+
+
+def load_runs(
+    model_path: str,
+    alpha: Optional[int] = None,
+    roi: Union[int, str, None] = None,
+    mode: str = "dense",
+    ensemble: Sequence[str] = (),
+    ensemble_alpha: Optional[int] = 32,
+    batch: int = 1,
+    memory_budget_bytes: Optional[float] = None,
+) -> list[ModelRun]:
+    """The runs of a scan: the main model, then each ensemble member (default alpha 32, §3).
+
+    An ensemble member's ROI side is chosen on its own grid: ``auto`` again,
+    or the main run's map tile Lm (so both read ROIs of about the same size).
+    """
+    runs = [load_run(model_path, alpha, roi, mode, batch, memory_budget_bytes)]
+    for other in ensemble:
+        other_roi: Union[int, str, None]
+        if roi == "auto":
+            other_roi = "auto"
+        else:
+            member_alpha = ensemble_alpha if ensemble_alpha is not None else runs[0].grid.alpha
+            # Same ROI side in pixels as near as the member's grid allows.
+            stride = geometry.output_stride_px(member_alpha)
+            lm = max(1, (runs[0].grid.roi_px - geometry.PATCH_PX) // stride + 1)
+            other_roi = geometry.roi_px(lm, member_alpha)
+        runs.append(load_run(other, ensemble_alpha, other_roi, mode, batch, memory_budget_bytes))
+    return runs
