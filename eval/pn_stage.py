@@ -61,6 +61,10 @@ def main(argv):
     if unlabeled:
         raise PfaError(f"{len(unlabeled)} training slide(s) lack a node label (negative/itc/micro/macro), "
                        f"e.g. {unlabeled[:3]}; give --stages with node rows")
+    counts = {c: sum(v == c for v in train_labels.values()) for c in pn_stage.NODE_LABELS}
+    absent = [c for c, n in counts.items() if not n]
+    if absent:
+        print(f"warning: no training slide of class {', '.join(absent)}: the forest cannot predict it")
     feats = {}
     for slide in sorted(set(train) | set(test)):
         path = os.path.join(FLAGS.maps_dir, f"{slide}.npy")
@@ -90,6 +94,7 @@ def main(argv):
     rep["inputs"] = {k: getattr(FLAGS, k) for k in ("maps_dir", "reference", "stages", "train_split",
                                                     "test_split", "seed", "n_estimators")}
     rep["n_train_slides"] = len(train_labels)
+    rep["train_class_counts"] = counts
     note = FLAGS.note or report.synthetic_note_for(FLAGS.reference)
     rep["note"] = note
     _, md = report.write_report(FLAGS.out, "pn_stage", rep, report.kappa_markdown(rep, note))

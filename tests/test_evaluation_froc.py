@@ -227,3 +227,18 @@ def test_plot_is_a_png(tmp_path):
     froc.plot_froc(out, fps, sens, scores={"froc_interpolated": 29 / 36})
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [f for f in os.listdir(tmp_path)] == ["froc.png"]
+
+
+def test_submission_folder_matches_names_case_insensitively(tmp_path):
+    from pfascannet.evaluation.reference import SlideRef
+
+    (tmp_path / "Test_001.csv").write_text("0.7,10,10\n")
+    refs = {"test_001": SlideRef("test_001", False), "test_002": SlideRef("test_002", False)}
+    with pytest.raises(froc.FrocError, match="no lesion CSV for slide test_002"):
+        froc.score_submission(str(tmp_path), refs)
+    results = froc.score_submission(str(tmp_path), refs, allow_missing=True)
+    assert [r.fp_probs.tolist() for r in results] == [[0.7], []]
+    refs["test_003"] = SlideRef("test_003", True)
+    (tmp_path / "test_003.csv").write_text("")
+    with pytest.raises(froc.FrocError, match="tumour slide test_003: no mask"):
+        froc.score_submission(str(tmp_path), refs, masks_dir=str(tmp_path), allow_missing=True)

@@ -493,10 +493,18 @@ def read_truth_lesions(path: str | os.PathLike) -> dict[str, list[tuple[float, f
 
 
 def _find(directory: str, names: Sequence[str]) -> Optional[str]:
+    """First of ``names`` in ``directory``; case-insensitive as a fallback, since
+    Camelyon16 files circulate as ``Test_001_Mask.tif`` as well as ``test_001_mask.tif``."""
     for name in names:
         p = os.path.join(directory, name)
         if os.path.isfile(p):
             return p
+    if not os.path.isdir(directory):
+        raise FrocError(f"{directory}: not a folder")
+    by_lower = {f.lower(): f for f in sorted(os.listdir(directory))}
+    for name in names:
+        if name.lower() in by_lower:
+            return os.path.join(directory, by_lower[name.lower()])
     return None
 
 
@@ -554,13 +562,14 @@ def score_submission(lesions_dir: str, reference: Mapping[str, object],
     results = []
     for slide in sorted(reference):
         ref = reference[slide]
-        csv_path = os.path.join(lesions_dir, f"{slide}.csv")
-        if os.path.isfile(csv_path):
+        csv_path = _find(lesions_dir, [f"{slide}.csv"])
+        if csv_path:
             detections = read_detections_csv(csv_path)
         elif allow_missing:
             detections = np.zeros((0, 3))
         else:
-            raise FrocError(f"no lesion CSV for slide {slide}: {csv_path} (pass allow_missing to score it as empty)")
+            raise FrocError(f"no lesion CSV for slide {slide} in {lesions_dir} (expected {slide}.csv; "
+                            f"allow_missing scores it as empty)")
         if not getattr(ref, "tumour"):
             results.append(score_slide(slide, detections, None))
             continue
