@@ -49,7 +49,6 @@ def test_read_scores_and_match(tmp_path):
         slide_metrics.match_scores({"test_001": 1, "test_003": 0}, scores)
     names, y, s = slide_metrics.match_scores({"test_001": 1, "test_003": 0}, scores, missing_score=0.0)
     assert (names, y, s) == (["test_001", "test_003"], [1, 0], [0.9, 0.0])
-    p.write_text("test_001,abc\n")
     p.write_text("test_001,0.5\ntest_002,abc\n")
     with pytest.raises(slide_metrics.SlideMetricsError, match=":2: probability 'abc'"):
         slide_metrics.read_slide_scores(p)
