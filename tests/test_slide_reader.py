@@ -173,3 +173,11 @@ def test_unreadable_file(tmp_path, slide_path):
     path.chmod(0)
     with pytest.raises(SlideError, match="permission denied"):
         SlideReader(path)
+
+
+def test_read_after_close(slide_path):
+    r = SlideReader(slide_path)
+    r.close()
+    r.close()  # idempotent
+    with pytest.raises(SlideError, match="read after close"):
+        r.read_region((0, 0), 0, (4, 4))

@@ -148,6 +148,10 @@ class SlideReader:
           level: pyramid level to read.
           size: ``(w, h)`` in pixels of that level.
 
+        At ``level > 0`` OpenSlide maps ``xy`` onto the level by
+        :attr:`openslide_downsamples`; ``xy`` that are not multiples of it
+        fall between level pixels and come back interpolated.
+
         Raises:
           SlideError: bad level or size, or a tile that cannot be decoded.
         """
@@ -161,6 +165,8 @@ class SlideReader:
                 f"{self.path}: region {w}x{h} at level {level} is larger than {_MAX_REGION_PX} pixels; "
                 "read it in tiles or at a coarser level"
             )
+        if self._slide is None:
+            raise SlideError(f"{self.path}: read after close()")
         openslide = _openslide()
         # No lock: OpenSlide handles are thread-safe and ctypes releases the
         # GIL, so prefetching threads decode tiles in parallel.
