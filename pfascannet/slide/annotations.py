@@ -263,7 +263,8 @@ def rasterize(
     exclusion polygon.
 
     Args:
-      annotations: the slide's annotations (non-area types are ignored).
+      annotations: the slide's annotations; non-area types (Dot, PointSet) and
+        groups that are neither tumour nor exclusion are ignored.
       dimensions_xy: the slide's level-0 ``(width, height)``; cells wholly
         outside it are 0.
       downsample: level-0 pixels per output pixel (1 for a training mask,
