@@ -439,15 +439,16 @@ def evaluate(results: Sequence[SlideResult], n_bootstrap: int = 1000, seed: int 
 
 def plot_froc(path: str | os.PathLike, avg_fps: np.ndarray, sensitivity: np.ndarray,
               title: str = "FROC", scores: Optional[Mapping[str, float]] = None) -> None:
-    """Writes the FROC curve as a PNG atomically (matplotlib Agg), FP axis in log2."""
+    """Writes the FROC curve as a PNG atomically (matplotlib Agg), FP axis in symlog base 2."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
-    order = np.argsort(avg_fps, kind="stable")
-    ax.step(np.asarray(avg_fps)[order], np.asarray(sensitivity)[order], where="post", color="black")
+    # The curve's own points in increasing-FP order, joined by lines as the organisers plot it
+    # (ties in FP are vertical jumps; a FP and a TP at one probability make a diagonal).
+    ax.plot(np.asarray(avg_fps)[::-1], np.asarray(sensitivity)[::-1], color="black", marker=".", ms=3)
     for r in FP_RATES:
         ax.axvline(r, color="0.85", lw=0.8, zorder=0)
     ax.set_xscale("symlog", base=2, linthresh=0.25)
