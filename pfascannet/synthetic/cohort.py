@@ -207,14 +207,16 @@ def plan_slide(
                 raise CohortError(f"{sid}: could not place a {cls} lesion in a {width}x{height} slide; raise slide_size")
             continue
         holes = []
-        if cls in ("macro", "micro") and rng.random() < (0.9 if cls == "macro" else 0.3):
-            # An exclusion hole (stroma inside the tumour), Camelyon16's "_2" group.
+        if cls == "macro" or (cls == "micro" and rng.random() < 0.3):
+            # An exclusion hole (normal tissue inside the tumour), Camelyon16's "_2" group.
             c = poly.mean(0)
-            hole = lesion_lib.blob_polygon(rng, c + rng.uniform(-0.1, 0.1, 2) * np.ptp(poly, 0),
-                                           rng.uniform(0.08, 0.15) * np.ptp(poly[:, 0]), aspect=rng.uniform(0.5, 0.9),
-                                           roughness=0.05, vertices=48)
-            if _inside_by(hole, poly) > 10 * um:
-                holes.append(hole)
+            for _ in range(20):
+                hole = lesion_lib.blob_polygon(rng, c + rng.uniform(-0.1, 0.1, 2) * np.ptp(poly, 0),
+                                               rng.uniform(0.06, 0.12) * np.ptp(poly[:, 0]),
+                                               aspect=rng.uniform(0.5, 0.9), roughness=0.05, vertices=48)
+                if _inside_by(hole, poly) > 10 * um:
+                    holes.append(hole)
+                    break
         lesions_xy.append((cls, poly, holes))
 
     lesion_objs = []
@@ -297,6 +299,83 @@ def _csv_text(header: Sequence[str], rows: Sequence[dict]) -> str:
     return buf.getvalue()
 
 
+@dataclasses.dataclass
+class PlannedSlide:
+    """One slide of a planned cohort (what ``make_cohort`` will write for it)."""
+
+    plan: SlidePlan
+    patient: str
+    node: int
+    label: str
+    stage: str
+    split: str
+    centre: int
+
+
+def plan_cohort(
+    *,
+    seed: int = 0,
+    patients: int = 4,
+    nodes_per_patient: int = 5,
+    slide_size: int = 4096,
+    mpp: float = CAMELYON_MPP,
+    test_fraction: float = 0.25,
+    centres: int = 5,
+    node_labels: Optional[Sequence[Sequence[str]]] = None,
+) -> list[PlannedSlide]:
+    """Plans a cohort without rendering it (same arguments as :func:`make_cohort`).
+
+    ``make_cohort`` renders exactly these plans, so tests and tools can find
+    where the mimics and lesions of a written cohort are.
+    """
+    if isinstance(patients, bool) or not isinstance(patients, int) or patients < 1:
+        raise CohortError(f"patients must be an integer >= 1, got {patients!r}")
+    if nodes_per_patient < 1:
+        raise CohortError(f"nodes_per_patient must be >= 1, got {nodes_per_patient!r}")
+    if not 1024 <= slide_size <= 65536:
+        raise CohortError(f"slide_size must be between 1024 and 65536 px, got {slide_size!r}")
+    if not 0.05 <= mpp <= 5:
+        raise CohortError(f"mpp must be a pixel size in microns between 0.05 and 5, got {mpp!r}")
+    if not 0 <= test_fraction <= 1:
+        raise CohortError(f"test_fraction must be in [0, 1], got {test_fraction!r}")
+    if centres < 1:
+        raise CohortError(f"centres must be >= 1, got {centres!r}")
+    if node_labels is not None:
+        node_labels = [list(x) for x in node_labels]
+        if len(node_labels) != patients:
+            raise CohortError(f"node_labels gives {len(node_labels)} patients but patients={patients}")
+        for labs in node_labels:
+            bad = [x for x in labs if x not in NODE_LABELS]
+            if bad or len(labs) != nodes_per_patient:
+                raise CohortError(
+                    f"each patient's node_labels must be {nodes_per_patient} of {NODE_LABELS}, got {labs}"
+                )
+
+    rng = np.random.default_rng([seed, 0])
+    n_test = int(round(test_fraction * patients))
+    if 0 < test_fraction < 1 and patients > 1:
+        n_test = min(max(n_test, 1), patients - 1)
+    test_patients = set(int(p) for p in rng.permutation(patients)[:n_test])
+    patient_centre = [int(c) for c in (np.arange(patients) + int(rng.integers(centres))) % centres]
+    out = []
+    for p in range(patients):
+        prng = np.random.default_rng([seed, 1, p])
+        if node_labels is not None:
+            labels = list(node_labels[p])
+        else:
+            labels = node_labels_for_stage(prng, STAGE_CYCLE[p % len(STAGE_CYCLE)], nodes_per_patient)
+        stage = _pn_stage(labels)
+        for n, label in enumerate(labels):
+            plan = plan_slide(
+                np.random.default_rng([seed, 2, p, n]), slide_id(p, n), label,
+                seed=int(np.random.SeedSequence([seed, 3, p, n]).generate_state(1)[0]),
+                centre=patient_centre[p], slide_size=slide_size, mpp=mpp, stain_seed=seed,
+            )
+            out.append(PlannedSlide(plan, patient_id(p), n, label, stage,
+                                    "test" if p in test_patients else "train", patient_centre[p]))
+    return out
+
+
 def make_cohort(
     out_dir: str | os.PathLike,
     *,
@@ -341,70 +420,32 @@ def make_cohort(
     """
     t_start = time.perf_counter()
     out_dir = os.fspath(out_dir)
-    if isinstance(patients, bool) or not isinstance(patients, int) or patients < 1:
-        raise CohortError(f"patients must be an integer >= 1, got {patients!r}")
-    if nodes_per_patient < 1:
-        raise CohortError(f"nodes_per_patient must be >= 1, got {nodes_per_patient!r}")
-    if not 1024 <= slide_size <= 65536:
-        raise CohortError(f"slide_size must be between 1024 and 65536 px, got {slide_size!r}")
-    if not 0.05 <= mpp <= 5:
-        raise CohortError(f"mpp must be a pixel size in microns between 0.05 and 5, got {mpp!r}")
-    if not 0 <= test_fraction <= 1:
-        raise CohortError(f"test_fraction must be in [0, 1], got {test_fraction!r}")
-    if centres < 1:
-        raise CohortError(f"centres must be >= 1, got {centres!r}")
-    if node_labels is not None:
-        node_labels = [list(x) for x in node_labels]
-        if len(node_labels) != patients:
-            raise CohortError(f"node_labels gives {len(node_labels)} patients but patients={patients}")
-        for labs in node_labels:
-            bad = [x for x in labs if x not in NODE_LABELS]
-            if bad or len(labs) != nodes_per_patient:
-                raise CohortError(
-                    f"each patient's node_labels must be {nodes_per_patient} of {NODE_LABELS}, got {labs}"
-                )
-
-    rng = np.random.default_rng([seed, 0])
-    n_test = int(round(test_fraction * patients))
-    if 0 < test_fraction < 1 and patients > 1:
-        n_test = min(max(n_test, 1), patients - 1)
-    test_patients = set(int(p) for p in rng.permutation(patients)[:n_test])
-    patient_centre = [int(c) for c in (np.arange(patients) + int(rng.integers(centres))) % centres]
-
+    planned = plan_cohort(seed=seed, patients=patients, nodes_per_patient=nodes_per_patient,
+                          slide_size=slide_size, mpp=mpp, test_fraction=test_fraction, centres=centres,
+                          node_labels=node_labels)
     slides, lesion_rows, stages, nodes = [], [], {}, {}
-    for p in range(patients):
-        prng = np.random.default_rng([seed, 1, p])
-        if node_labels is not None:
-            labels = node_labels[p]
-        else:
-            labels = node_labels_for_stage(prng, STAGE_CYCLE[p % len(STAGE_CYCLE)], nodes_per_patient)
-        stages[patient_id(p)] = _pn_stage(labels)
-        for n, label in enumerate(labels):
-            sid = slide_id(p, n)
-            srng = np.random.default_rng([seed, 2, p, n])
-            plan = plan_slide(
-                srng, sid, label, seed=int(np.random.SeedSequence([seed, 3, p, n]).generate_state(1)[0]),
-                centre=patient_centre[p], slide_size=slide_size, mpp=mpp, stain_seed=seed,
-            )
-            t0 = time.perf_counter()
-            written = write_slide(plan, out_dir, mpp=mpp, tile_px=tile_px, quality=quality, workers=workers)
-            nodes[sid] = label
-            slides.append({
-                "slide": sid, "patient": patient_id(p), "node": n,
-                "split": "test" if p in test_patients else "train", "label": label,
-                "centre": patient_centre[p], "width": plan.width, "height": plan.height,
-                "path": os.path.join(out_dir, "images", f"{sid}.tif"), "levels": len(written["levels"]),
+    for entry in planned:
+        plan, label = entry.plan, entry.label
+        sid = plan.slide_id
+        stages[entry.patient] = entry.stage
+        t0 = time.perf_counter()
+        written = write_slide(plan, out_dir, mpp=mpp, tile_px=tile_px, quality=quality, workers=workers)
+        nodes[sid] = label
+        slides.append({
+            "slide": sid, "patient": entry.patient, "node": entry.node, "split": entry.split, "label": label,
+            "centre": entry.centre, "width": plan.width, "height": plan.height,
+            "path": os.path.join(out_dir, "images", f"{sid}.tif"), "levels": len(written["levels"]),
+        })
+        for lesion in plan.lesions:
+            _, centroid, _ = lesion_lib.polygon_moments(lesion.outline.coords_xy)
+            lesion_rows.append({
+                "slide": sid, "lesion_id": lesion.lesion_id, "class": lesion.cls,
+                "centre_x": int(round(centroid[0])), "centre_y": int(round(centroid[1])),
+                "major_axis_um": round(lesion.major_axis_um, 1),
             })
-            for lesion in plan.lesions:
-                _, centroid, _ = lesion_lib.polygon_moments(lesion.outline.coords_xy)
-                lesion_rows.append({
-                    "slide": sid, "lesion_id": lesion.lesion_id, "class": lesion.cls,
-                    "centre_x": int(round(centroid[0])), "centre_y": int(round(centroid[1])),
-                    "major_axis_um": round(lesion.major_axis_um, 1),
-                })
-            if progress is not None:
-                progress(f"{sid}: {label}, {plan.width}x{plan.height} px, {len(plan.lesions)} lesion(s), "
-                         f"{len(plan.mimics)} mimic(s), {time.perf_counter() - t0:.1f} s")
+        if progress is not None:
+            progress(f"{sid}: {label}, {plan.width}x{plan.height} px, {len(plan.lesions)} lesion(s), "
+                     f"{len(plan.mimics)} mimic(s), {time.perf_counter() - t0:.1f} s")
 
     from pfascannet.evaluation.pn_stage import write_camelyon17_csv  # noqa: PLC0415
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from typing import Optional, Sequence
 
 import numpy as np
@@ -160,6 +161,31 @@ def hash_uniform(seed: int, i: np.ndarray, j: np.ndarray, count: int) -> np.ndar
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
+_BANKS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+_BANKS_LOCK = threading.Lock()
+
+
+def _noise_banks(side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit sensor noise (side', side', 3) and chromatin grain (side', side'), shared by all slides.
+
+    Fixed content (seeded by a constant): slides differ by the per-tile offsets
+    into the banks, which are hashed from the slide's seed and the tile position.
+    """
+    import cv2  # noqa: PLC0415
+
+    with _BANKS_LOCK:
+        for have, banks in _BANKS.items():
+            if have >= side:
+                return banks
+        bank = side + _BANK_SLACK + 64
+        rng = np.random.default_rng(20191013)
+        noise = rng.standard_normal((bank, bank, 3), dtype=np.float32)
+        grain = cv2.GaussianBlur(rng.random((bank, bank), dtype=np.float32), (0, 0), 1.0)
+        grain = (grain - grain.mean()) / (grain.std() + 1e-6)
+        _BANKS[side] = (noise, (0.01 + 0.0018 * grain).astype(np.float32))
+        return _BANKS[side]
+
+
 class SlideRenderer:
     """Renders one planned slide's level-0 tiles, tissue truth and region labels.
 
@@ -217,18 +243,7 @@ class SlideRenderer:
         # OD = H * h + E * e as one 3x2 transform; exp(-OD) scaled by the glass colour.
         self._od_matrix = np.stack([self._h_od.ravel(), self._e_od.ravel()], axis=1).astype(np.float32)
         self._glass_scalar = tuple(float(v) for v in stain.glass_rgb)
-        self._grow_banks(_TILE_BANK)
-
-    def _grow_banks(self, side: int) -> None:
-        """Noise banks big enough for tiles of ``side`` px (plus blur margin) at any offset."""
-        import cv2  # noqa: PLC0415
-
-        bank = side + _BANK_SLACK + 64
-        nrng = np.random.default_rng([self.plan.seed, 2, side])
-        self._noise = nrng.standard_normal((bank, bank, 3), dtype=np.float32) * np.float32(self.plan.stain.noise_sd)
-        grain = cv2.GaussianBlur(nrng.random((bank, bank), dtype=np.float32), (0, 0), 1.0)
-        grain = (grain - grain.mean()) / (grain.std() + 1e-6)
-        self._grain = (0.01 + 0.0018 * grain).astype(np.float32)
+        _noise_banks(_TILE_BANK)  # build the shared banks once, outside the tile threads
 
     # ------------------------------------------------------------------ fields
 
@@ -335,9 +350,8 @@ class SlideRenderer:
         # Tile-position-seeded offsets into fixed noise banks: as random as fresh
         # draws per tile for the eye and a CNN, far cheaper, still deterministic.
         ox, oy = (int(v) for v in hash_uniform(self.plan.seed * 31 + 5, np.array(x), np.array(y), 2) * _BANK_SLACK)
-        if max(cw, ch) > self._grain.shape[0] - _BANK_SLACK:
-            self._grow_banks(max(cw, ch))
-        grain = self._grain[oy:oy + ch, ox:ox + cw]
+        noise_bank, grain_bank = _noise_banks(max(cw, ch))
+        grain = grain_bank[oy:oy + ch, ox:ox + cw]
         # Chromatin texture: nuclei are not flat.
         hema = np.maximum(hema, nuc.astype(np.float32) * grain)
         od = cv2.transform(cv2.merge([hema, eosin]), self._od_matrix)
@@ -346,7 +360,7 @@ class SlideRenderer:
             rgb = cv2.GaussianBlur(rgb, (0, 0), sigma)
         rgb = np.ascontiguousarray(rgb[bm:bm + h, bm:bm + w])
         on_tissue = (lab[m:m + h, m:m + w] > 0).view(np.uint8)
-        noise = np.ascontiguousarray(self._noise[oy:oy + h, ox:ox + w])
+        noise = noise_bank[oy:oy + h, ox:ox + w] * np.float32(self.plan.stain.noise_sd)
         cv2.add(rgb, noise, dst=rgb, mask=on_tissue)  # sensor noise on tissue only: glass stays flat
         return cv2.convertScaleAbs(rgb)
 
