@@ -148,15 +148,32 @@ def plan_slide(
     slide_size: int,
     mpp: float,
     stain_seed: int,
+    size_xy: Optional[tuple[int, int]] = None,
 ) -> SlidePlan:
     """Plans one node's slide: size, section, lesions of its class, mimics.
 
     A node labelled ``itc``/``micro``/``macro`` holds one lesion of that class
     (its largest) and possibly smaller ones; ``negative`` holds none.
+
+    Args:
+      size_xy: a fixed slide size instead of sizing the slide to its content
+        (the benchmark's 16k and 32k slides); the section then fills it.
     """
     um = 1.0 / mpp  # px per micron
     lesions_xy: list[tuple[str, np.ndarray, list[np.ndarray]]] = []
-    if label == "macro":
+    if label not in NODE_LABELS:
+        raise CohortError(f"node label must be one of {NODE_LABELS}, got {label!r}")
+    if size_xy is not None:
+        width, height = int(size_xy[0]), int(size_xy[1])
+        if width < 256 or height < 256:
+            raise CohortError(f"{sid}: slide size must be at least 256 x 256 px, got {size_xy}")
+        border = int(0.04 * min(width, height))
+        sec_w, sec_h = width - 2 * border, height - 2 * border
+        if label == "macro":
+            lo, hi = lesion_lib.class_range_um("macro", 0.85 * sec_w / um)
+            major = rng.uniform(lo, hi) * um
+            aspect = float(np.clip(rng.uniform(0.3, 0.4), None, 0.8 * sec_h / major))
+    elif label == "macro":
         lo, hi = lesion_lib.class_range_um("macro")
         major = rng.uniform(lo, hi) * um
         aspect = rng.uniform(0.3, 0.4)
