@@ -143,15 +143,20 @@ def write_heatmap_png(
     h, w = prob_map.shape
     shown = np.ma.masked_array(prob_map, mask=None if scanned is None else ~scanned)
     scale = 8.0 / max(h, w)
-    fig, ax = plt.subplots(figsize=(max(w * scale, 2.0) + 1.4, max(h * scale, 2.0)), dpi=max(100, max(h, w) // 8))
+    fig, ax = plt.subplots(figsize=(max(w * scale, 2.0) + 2.6, max(h * scale, 2.0) + 0.6), dpi=max(100, max(h, w) // 8))
     try:
         ax.imshow(thumbnail, interpolation="nearest")
-        im = ax.imshow(shown, cmap="jet", vmin=0.0, vmax=1.0, alpha=opacity, interpolation="nearest")
+        ax.imshow(shown, cmap="jet", vmin=0.0, vmax=1.0, alpha=opacity, interpolation="nearest")
         ax.set_axis_off()
         if title:
             ax.set_title(title)
-        bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-        bar.set_alpha(1.0)
+        from mpl_toolkits.axes_grid1 import make_axes_locatable  # noqa: PLC0415
+
+        # The bar gets its own opaque mappable (the overlay's alpha would fade it)
+        # and an axis as tall as the image.
+        cax = make_axes_locatable(ax).append_axes("right", size="4%", pad=0.1)
+        mappable = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0.0, 1.0), cmap="jet")
+        bar = fig.colorbar(mappable, cax=cax)
         bar.set_label("tumour probability")
         with atomic_path(path, suffix=".png") as tmp:
             fig.savefig(tmp, bbox_inches="tight")
