@@ -21,7 +21,7 @@ from absl import flags  # noqa: E402
 
 from pfascannet.cliutil import run_main  # noqa: E402
 from pfascannet.errors import PfaError  # noqa: E402
-from pfascannet.evaluation import froc, reference, report, slide_metrics  # noqa: E402
+from pfascannet.evaluation import reference, report, run, slide_metrics  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("scores", None, "name,probability CSV of slide scores.")
@@ -36,16 +36,6 @@ flags.DEFINE_string("out", None, "Report folder.")
 flags.mark_flags_as_required(["reference", "out"])
 
 
-def _scores_from_lesions(folder: str, slides) -> dict[str, float]:
-    out = {}
-    for slide in slides:
-        path = os.path.join(folder, f"{slide}.csv")
-        if os.path.isfile(path):
-            det = froc.read_detections_csv(path)
-            out[slide] = float(det[:, 0].max()) if len(det) else 0.0
-    return out
-
-
 def main(argv):
     if len(argv) > 1:
         raise PfaError(f"unexpected arguments {argv[1:]}; all inputs are flags")
@@ -57,19 +47,13 @@ def main(argv):
     else:
         if not os.path.isdir(FLAGS.lesions_dir):
             raise PfaError(f"--lesions_dir {FLAGS.lesions_dir}: not a folder")
-        scores = _scores_from_lesions(FLAGS.lesions_dir, refs)
-    names, labels, values = slide_metrics.match_scores({s: int(r.tumour) for s, r in refs.items()},
-                                                       scores, FLAGS.missing_score)
-    rep = slide_metrics.auc_with_ci(labels, values, n_bootstrap=FLAGS.n_bootstrap, seed=FLAGS.seed)
-    rep["slides"] = [{"slide": n, "tumour": y, "score": s} for n, y, s in zip(names, labels, values)]
-    note = FLAGS.note or report.synthetic_note_for(FLAGS.reference)
-    rep["note"] = note
-    _, md = report.write_report(FLAGS.out, "auc", rep, report.auc_markdown(rep, note))
-    slide_metrics.plot_roc(os.path.join(FLAGS.out, "roc.png"), labels, values,
-                           title="Slide-level ROC" + (" (synthetic cohort)" if note == report.SYNTHETIC_NOTE else ""))
+        scores = run.scores_from_lesions(FLAGS.lesions_dir, refs)
+    rep = run.auc_report(scores, refs, FLAGS.out, missing_score=FLAGS.missing_score,
+                         n_bootstrap=FLAGS.n_bootstrap, seed=FLAGS.seed,
+                         note=FLAGS.note or report.synthetic_note_for(FLAGS.reference))
     ci = rep["auc_ci"]
     print(f"AUC = {rep['auc']:.4f}" + (f"  (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""))
-    print(f"report: {md}")
+    print(f"report: {os.path.join(FLAGS.out, 'auc.md')}")
 
 
 if __name__ == "__main__":

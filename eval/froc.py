@@ -24,7 +24,7 @@ from absl import flags  # noqa: E402
 
 from pfascannet.cliutil import run_main  # noqa: E402
 from pfascannet.errors import PfaError  # noqa: E402
-from pfascannet.evaluation import froc, reference, report  # noqa: E402
+from pfascannet.evaluation import froc, reference, report, run  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("lesions_dir", None, "Folder of <slide>.csv lesion files (confidence,X,Y).")
@@ -47,28 +47,17 @@ flags.mark_flags_as_required(["lesions_dir", "reference", "out"])
 def main(argv):
     if len(argv) > 1:
         raise PfaError(f"unexpected arguments {argv[1:]}; all inputs are flags")
-    if not os.path.isdir(FLAGS.lesions_dir):
-        raise PfaError(f"--lesions_dir {FLAGS.lesions_dir}: not a folder")
-    if not (FLAGS.masks_dir or FLAGS.annotations_dir):
-        raise PfaError("give --masks_dir or --annotations_dir for the tumour slides' truth")
     refs = reference.select_split(reference.read_reference(FLAGS.reference), FLAGS.split)
-    truth = froc.read_truth_lesions(FLAGS.truth_lesions) if FLAGS.truth_lesions else None
-    results = froc.score_submission(FLAGS.lesions_dir, refs, FLAGS.masks_dir, FLAGS.annotations_dir,
-                                    FLAGS.images_dir, truth, FLAGS.allow_missing, FLAGS.mpp)
-    rep = froc.evaluate(results, n_bootstrap=FLAGS.n_bootstrap, seed=FLAGS.seed,
-                        class_threshold=FLAGS.class_threshold)
-    rep["inputs"] = {k: getattr(FLAGS, k) for k in ("lesions_dir", "reference", "masks_dir", "annotations_dir",
-                                                    "truth_lesions", "split", "allow_missing", "mpp")}
-    note = FLAGS.note or report.synthetic_note_for(FLAGS.reference)
-    rep["note"] = note
-    _, md = report.write_report(FLAGS.out, "froc", rep, report.froc_markdown(rep, note))
-    curve = rep["curve"]
-    froc.plot_froc(os.path.join(FLAGS.out, "froc.png"), curve["avg_fps"], curve["sensitivity"],
-                   title="Camelyon16 FROC" + (" (synthetic cohort)" if note == report.SYNTHETIC_NOTE else ""),
-                   scores={k: rep[k] for k in ("froc_interpolated", "froc_nearest_point")})
+    inputs = {k: getattr(FLAGS, k) for k in ("lesions_dir", "reference", "masks_dir", "annotations_dir",
+                                             "truth_lesions", "split", "allow_missing", "mpp")}
+    rep = run.froc_report(FLAGS.lesions_dir, refs, FLAGS.out, masks_dir=FLAGS.masks_dir,
+                          annotations_dir=FLAGS.annotations_dir, images_dir=FLAGS.images_dir,
+                          truth_lesions=FLAGS.truth_lesions, allow_missing=FLAGS.allow_missing, mpp=FLAGS.mpp,
+                          n_bootstrap=FLAGS.n_bootstrap, seed=FLAGS.seed, class_threshold=FLAGS.class_threshold,
+                          note=FLAGS.note or report.synthetic_note_for(FLAGS.reference), inputs=inputs)
     for key in ("froc_interpolated", "froc_nearest_point"):
         print(f"{key} = {rep[key]:.4f}  [{froc.SCORE_NAMES[key]}]")
-    print(f"report: {md}")
+    print(f"report: {os.path.join(FLAGS.out, 'froc.md')}")
 
 
 if __name__ == "__main__":

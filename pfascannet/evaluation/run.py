@@ -1,0 +1,173 @@
+"""Whole evaluations: FROC, slide AUC and pN-stage kappa, each to a report folder.
+
+These are what the ``eval/`` scripts, ``experiments/table1.py`` and the demo
+run; the scripts only parse flags.  Each writes ``<name>.json`` and
+``<name>.md`` (``evaluation.report``) plus its plot, atomically, and returns
+the report dict.  ``evaluate_scan`` scores a scan folder (ARCHITECTURE.md)
+against a cohort laid out like the synthetic one (or Camelyon with a
+``slides.csv``-style reference).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Mapping, Optional
+
+from pfascannet.errors import PfaError
+from pfascannet.evaluation import features, froc, pn_stage, reference, report, slide_metrics
+
+
+def _title(base: str, note: Optional[str]) -> str:
+    return base + (" (synthetic cohort)" if note == report.SYNTHETIC_NOTE else "")
+
+
+def froc_report(lesions_dir: str, refs: Mapping[str, reference.SlideRef], out_dir: str, *,
+                masks_dir: Optional[str] = None, annotations_dir: Optional[str] = None,
+                images_dir: Optional[str] = None, truth_lesions: Optional[str] = None,
+                allow_missing: bool = False, mpp: float = froc.LEVEL0_MPP, n_bootstrap: int = 1000,
+                seed: int = 0, class_threshold: float = 0.5, note: Optional[str] = None,
+                inputs: Optional[Mapping] = None) -> dict:
+    """Camelyon16 FROC (both scores, named) of a folder of lesion CSVs; writes froc.{json,md,png}."""
+    if not os.path.isdir(lesions_dir):
+        raise PfaError(f"lesions folder {lesions_dir}: not a folder")
+    if not (masks_dir or annotations_dir):
+        raise PfaError("FROC needs a masks folder or an annotations folder for the tumour slides' truth")
+    truth = froc.read_truth_lesions(truth_lesions) if truth_lesions else None
+    results = froc.score_submission(lesions_dir, refs, masks_dir, annotations_dir, images_dir, truth,
+                                    allow_missing, mpp)
+    rep = froc.evaluate(results, n_bootstrap=n_bootstrap, seed=seed, class_threshold=class_threshold)
+    rep["inputs"] = dict(inputs or {"lesions_dir": lesions_dir, "masks_dir": masks_dir,
+                                    "annotations_dir": annotations_dir, "truth_lesions": truth_lesions,
+                                    "allow_missing": allow_missing, "mpp": mpp})
+    rep["note"] = note
+    report.write_report(out_dir, "froc", rep, report.froc_markdown(rep, note))
+    curve = rep["curve"]
+    froc.plot_froc(os.path.join(out_dir, "froc.png"), curve["avg_fps"], curve["sensitivity"],
+                   title=_title("Camelyon16 FROC", note),
+                   scores={k: rep[k] for k in ("froc_interpolated", "froc_nearest_point")})
+    return rep
+
+
+def scores_from_lesions(folder: str, slides) -> dict[str, float]:
+    """A slide score per slide: its most confident lesion candidate (0 if none)."""
+    out = {}
+    for slide in slides:
+        path = os.path.join(folder, f"{slide}.csv")
+        if os.path.isfile(path):
+            det = froc.read_detections_csv(path)
+            out[slide] = float(det[:, 0].max()) if len(det) else 0.0
+    return out
+
+
+def auc_report(scores: Mapping[str, float], refs: Mapping[str, reference.SlideRef], out_dir: str, *,
+               missing_score: Optional[float] = None, n_bootstrap: int = 1000, seed: int = 0,
+               note: Optional[str] = None) -> dict:
+    """Slide-level AUC with a bootstrap CI; writes auc.{json,md} and roc.png."""
+    names, labels, values = slide_metrics.match_scores({s: int(r.tumour) for s, r in refs.items()},
+                                                       scores, missing_score)
+    rep = slide_metrics.auc_with_ci(labels, values, n_bootstrap=n_bootstrap, seed=seed)
+    rep["slides"] = [{"slide": n, "tumour": y, "score": s} for n, y, s in zip(names, labels, values)]
+    rep["note"] = note
+    report.write_report(out_dir, "auc", rep, report.auc_markdown(rep, note))
+    slide_metrics.plot_roc(os.path.join(out_dir, "roc.png"), labels, values,
+                           title=_title("Slide-level ROC", note))
+    return rep
+
+
+def pn_stage_report(maps_dir: str, refs: Mapping[str, reference.SlideRef], out_dir: str, *,
+                    stages: Optional[str] = None, train_split: str = "train", test_split: str = "test",
+                    seed: int = 0, n_estimators: int = 300, note: Optional[str] = None,
+                    warn: Callable[[str], None] = print) -> Optional[dict]:
+    """Section 2.4 (3): features -> random forest -> node labels -> pN-stage -> kappa.
+
+    Writes ``features.csv`` and the Camelyon17 ``submission.csv``; with the
+    test patients' truth (node labels in ``refs`` or ``stages``) also
+    ``pn_stage.{json,md}``, whose dict is returned (else None).
+    """
+    if not os.path.isdir(maps_dir):
+        raise PfaError(f"maps folder {maps_dir}: not a folder")
+    table = pn_stage.read_camelyon17_csv(stages) if stages else None
+    train = reference.select_split(refs, train_split)
+    test = reference.select_split(refs, test_split)
+
+    def node_label(slide: str):
+        label = refs[slide].node_label
+        if label is None and table is not None:
+            label = table.nodes.get(slide)
+        return label
+
+    train_labels = {s: node_label(s) for s in train}
+    unlabeled = [s for s, v in train_labels.items() if v is None]
+    if unlabeled:
+        raise PfaError(f"{len(unlabeled)} training slide(s) lack a node label (negative/itc/micro/macro), "
+                       f"e.g. {unlabeled[:3]}; give a stage CSV with node rows")
+    counts = {c: sum(v == c for v in train_labels.values()) for c in pn_stage.NODE_LABELS}
+    absent = [c for c, n in counts.items() if not n]
+    if absent:
+        warn(f"warning: no training slide of class {', '.join(absent)}: the forest cannot predict it")
+    feats = {}
+    for slide in sorted(set(train) | set(test)):
+        path = os.path.join(maps_dir, f"{slide}.npy")
+        if not os.path.isfile(path):
+            raise PfaError(f"no probability map for slide {slide}: {path}")
+        feats[slide] = features.features_from_map_file(path)
+    features.write_features_csv(os.path.join(out_dir, "features.csv"), feats)
+
+    predicted, patient_stages = pn_stage.stage_cohort(feats, train_labels, sorted(test),
+                                                      seed=seed, n_estimators=n_estimators)
+    pn_stage.write_camelyon17_csv(os.path.join(out_dir, "submission.csv"), patient_stages, predicted)
+
+    truth_nodes = {s: node_label(s) for s in test}
+    truth = pn_stage.Camelyon17Table()
+    if table is not None and all(p in table.stages for p in patient_stages):
+        truth.stages = {p: table.stages[p] for p in patient_stages}
+    elif all(v is not None for v in truth_nodes.values()):
+        truth.stages = pn_stage.stages_from_node_table(truth_nodes)
+    if not truth.stages:
+        return None
+    truth.nodes = {s: v for s, v in truth_nodes.items() if v is not None}
+    rep = pn_stage.score_submission(truth, pn_stage.Camelyon17Table(patient_stages, predicted))
+    rep["inputs"] = {"maps_dir": maps_dir, "stages": stages, "train_split": train_split,
+                     "test_split": test_split, "seed": seed, "n_estimators": n_estimators}
+    rep["n_train_slides"] = len(train_labels)
+    rep["train_class_counts"] = counts
+    rep["predicted_stages"] = patient_stages
+    rep["reference_stages"] = dict(truth.stages)
+    rep["note"] = note
+    report.write_report(out_dir, "pn_stage", rep, report.kappa_markdown(rep, note))
+    return rep
+
+
+def evaluate_scan(scan_dir: str, cohort_dir: str, out_dir: str, *, split: str = "test",
+                  n_bootstrap: int = 1000, seed: int = 0, warn: Callable[[str], None] = print) -> dict:
+    """FROC, AUC and pN-stage kappa of a scan folder against a cohort folder.
+
+    The cohort folder holds ``slides.csv`` (with a split column), ``masks/``,
+    ``annotations/``, ``lesions.csv`` (optional) and ``stages.csv``; the
+    scan folder ``lesions/``, ``maps/`` and ``slide_scores.csv``.  Reports
+    land in ``out_dir/{froc,auc,pn_stage}``.
+
+    Returns:
+      ``{"froc": ..., "auc": ..., "pn_stage": ...}`` report dicts.
+    """
+    slides_csv = os.path.join(cohort_dir, "slides.csv")
+    refs_all = reference.read_reference(slides_csv)
+    refs = reference.select_split(refs_all, split)
+    note = report.synthetic_note_for(slides_csv)
+    lesions_csv = os.path.join(cohort_dir, "lesions.csv")
+    stages_csv = os.path.join(cohort_dir, "stages.csv")
+    out = {
+        "froc": froc_report(
+            os.path.join(scan_dir, "lesions"), refs, os.path.join(out_dir, "froc"),
+            masks_dir=os.path.join(cohort_dir, "masks"),
+            annotations_dir=os.path.join(cohort_dir, "annotations"),
+            images_dir=os.path.join(cohort_dir, "images"),
+            truth_lesions=lesions_csv if os.path.isfile(lesions_csv) else None,
+            n_bootstrap=n_bootstrap, seed=seed, note=note),
+        "auc": auc_report(slide_metrics.read_slide_scores(os.path.join(scan_dir, "slide_scores.csv")),
+                          refs, os.path.join(out_dir, "auc"), n_bootstrap=n_bootstrap, seed=seed, note=note),
+        "pn_stage": pn_stage_report(os.path.join(scan_dir, "maps"), refs_all, os.path.join(out_dir, "pn_stage"),
+                                    stages=stages_csv if os.path.isfile(stages_csv) else None,
+                                    test_split=split, seed=seed, note=note, warn=warn),
+    }
+    return out
