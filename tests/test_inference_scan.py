@@ -287,3 +287,29 @@ def test_level_whose_openslide_downsample_is_not_whole_is_refused(tmp_path, caps
     assert not summary.ok
     assert "scan at level 0" in capsys.readouterr().err
     assert engine.scan_slides(path, [_run()], str(tmp_path / "out0"), engine.ScanOptions(**QUIET)).ok
+
+
+def test_cohort_slide_at_paper_geometry(cohort, tmp_path):
+    """A Camelyon-like JPEG slide, Otsu tissue, 2708 ROIs: exact where scanned, and no tumour left unscanned."""
+    from pfascannet.slide.annotations import read_mask_level
+
+    sid = "patient_000_node_1"  # the macro slide, about 11k x 5.5k
+    path = str(cohort / "images" / f"{sid}.tif")
+    run = engine.ModelRun(OracleDetector(16, 2708), geometry.ScanGeometry(), name="oracle")
+    summary = engine.scan_slides(path, [run], str(tmp_path), engine.ScanOptions(**dict(QUIET, tissue="otsu")))
+    assert summary.ok
+    prob_map = np.load(tmp_path / "maps" / f"{sid}.npy")
+    members = json.loads((tmp_path / "maps" / f"{sid}.json").read_text())["members"][0]
+    assert members["roi_px"] == 2708 and members["tile_px"] == 64
+    assert 0 < members["n_rois"] <= members["n_rois_grid"]
+    scanned = prob_map > 0  # the oracle is > 0 wherever it ran (white glass gives 1.0)
+    tumour = read_mask_level(cohort / "masks" / f"{sid}_mask.tif", 32) > 0
+    assert tumour.any() and tumour.shape == prob_map.shape
+    assert scanned[tumour].all()
+    rng = np.random.default_rng(0)
+    rows, cols = np.nonzero(scanned)
+    with SlideReader(path) as reader:
+        for k in rng.choice(len(rows), 40, replace=False):
+            r, c = int(rows[k]), int(cols[k])
+            cell = reader.read_region((32 * c, 32 * r), 0, (32, 32))
+            assert prob_map[r, c] == pytest.approx(cell.astype(np.float64).mean() / 255.0, abs=1e-6)
