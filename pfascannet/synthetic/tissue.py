@@ -210,7 +210,10 @@ class SlideRenderer:
         cv2.fillPoly(inside, [np.round(poly * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
         d_in = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
         d_out = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 5)
-        sd = np.where(inside > 0, d_in - 0.5, -(d_out - 0.5)) * FIELD_DS
+        sd = (np.where(inside > 0, d_in - 0.5, -(d_out - 0.5)) * FIELD_DS).astype(np.float32)
+        # Smoothing keeps it a distance away from the edge but turns the edge's
+        # 16-px staircase (the coarse raster) into a smooth contour at level 0.
+        sd = cv2.GaussianBlur(sd, (0, 0), 1.2)
 
         def smooth_noise(scale_um: float) -> np.ndarray:
             sigma = max(scale_um / self.mpp / FIELD_DS, 0.5)
