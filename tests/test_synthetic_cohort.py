@@ -231,3 +231,28 @@ def test_bad_settings_are_clear_errors(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "error: mpp must be a pixel size in microns between 0.05 and 5, got 0.0"]
     assert not (tmp_path / "y").exists()
+
+
+def test_lesion_longest_diameter_agrees_with_its_class(cohort):
+    """Camelyon17 classes by longest diameter; the moment axis in lesions.csv must agree."""
+    for r in _rows(cohort / "slides.csv"):
+        if r["label"] == "negative":
+            continue
+        for ann in read_asap_xml(cohort / "annotations" / f"{r['slide']}.xml"):
+            if ann.is_tumour:
+                longest_um = lesion_lib.longest_diameter_px(ann.coords_xy) * 0.243
+                moment_um = lesion_lib.major_axis_px(ann.coords_xy) * 0.243
+                assert lesion_lib.lesion_class(longest_um) == lesion_lib.lesion_class(moment_um)
+
+
+def test_regions_do_not_depend_on_the_tile_grid():
+    """Tiles rendered separately meet without seams: labels of one window equal those of its quarters."""
+    from pfascannet.synthetic.tissue import SlideRenderer  # noqa: PLC0415
+
+    entry = next(e for e in plan_cohort(**COHORT_KWARGS) if e.label == "micro")
+    renderer = SlideRenderer(entry.plan, COHORT_KWARGS["mpp"])
+    x, y = (int(v) - 500 for v in entry.plan.lesions[0].outline.coords_xy.mean(0))
+    whole = renderer.region_labels(x, y, 1000, 1000)
+    quarters = np.block([[renderer.region_labels(x + dx, y + dy, 500, 500) for dx in (0, 500)] for dy in (0, 500)])
+    assert len(np.unique(whole)) >= 3
+    np.testing.assert_array_equal(whole, quarters)
