@@ -156,11 +156,17 @@ def test_killed_scan_resumes_to_the_same_map(slide_path, tmp_path):
     class Killed(Exception):
         pass
 
+    out = str(tmp_path / "resumed")
+    partial = os.path.join(out, "partial", "patient_000_node_0.m0.npz")
+
     def kill_after(n_done):
+        # With checkpoint_every_s=0 the checkpoint on disk is already up to
+        # date here, so a SIGKILL at this point would lose nothing.
+        with np.load(partial) as ckpt:
+            assert int(ckpt["done"].sum()) == n_done
         if n_done >= 12:
             raise Killed
 
-    out = str(tmp_path / "resumed")
     summary = engine.scan_slides(slide_path, [_run()], out, options, on_batch=kill_after)
     assert [r.status for r in summary.results] == ["failed"]
     assert not summary.ok
@@ -257,6 +263,22 @@ def test_ensemble_of_alpha_16_and_32_on_the_32px_grid(slide_path, tmp_path):
     pooled = engine.pool_to_stride(fine, 2, (22, 32))
     expected = (direct_map(image, 32) + pooled) / 2
     np.testing.assert_allclose(prob_map, expected, atol=1e-5)
+
+    # Killed in the second member: the rerun redoes neither the first member nor the done batches.
+    calls = []
+
+    def kill(n_done):
+        calls.append(n_done)
+        if len(calls) == 16 + 2:  # member 0 has 48 ROIs = 16 batches of 3
+            raise KeyboardInterrupt
+
+    out2 = str(tmp_path / "ens_killed")
+    with pytest.raises(KeyboardInterrupt):
+        engine.scan_slides(slide_path, [_run(16, 4), _run(32, 8)], out2, engine.ScanOptions(**QUIET), on_batch=kill)
+    again = [_run(16, 4), _run(32, 8)]
+    summary = engine.scan_slides(slide_path, again, out2, engine.ScanOptions(**QUIET))
+    assert summary.ok and [r.detector.rois_seen for r in again] == [0, 48 - 6]
+    assert np.array_equal(np.load(os.path.join(out2, "maps", "patient_000_node_0.npy")), prob_map)
 
 
 def test_list_and_shard(tmp_path):

@@ -205,6 +205,12 @@ class Progress:
         self.t0 = time.monotonic()
         self._print(force=True)
 
+    def resume(self, n: int) -> None:
+        """Counts ``n`` ROIs of the current slide as done by an earlier run."""
+        if n:
+            self.n_done += n
+            self._print(force=True)
+
     def update(self, n: int) -> None:
         self.n_done += n
         self.n_computed += n
@@ -235,7 +241,7 @@ class Progress:
         pct = 100.0 * self.n_done / self.n_rois if self.n_rois else 100.0
         return (
             f"[{self.slide_index}/{self.n_slides}] {self.name}: {self.n_done}/{self.n_rois} ROIs "
-            f"{pct:5.1f}% {rate:.2f} ROI/s ETA {_fmt_s(eta)} | all slides ETA {_fmt_s(eta_all)}"
+            f"{pct:5.1f}% {'--' if not rate > 0 else f'{rate:.2f}'} ROI/s ETA {_fmt_s(eta)} | all slides ETA {_fmt_s(eta_all)}"
         )
 
     def _print(self, force: bool = False) -> None:
@@ -347,7 +353,7 @@ def scan_map(
       options: batch, workers, prefetch, checkpoint interval, mpp.
       checkpoint_path: ``.npz`` for the partial map; None disables resuming.
       fingerprint: settings the checkpoint must match to be resumed.
-      progress: progress printer (``start_slide`` is called here).
+      progress: progress printer, its slide already started by the caller.
       on_batch: called with the number of ROIs done after each batch (tests
         use it to stop a scan part way).
 
@@ -369,7 +375,7 @@ def scan_map(
     chunks = [np.arange(s, min(s + options.batch, len(plan))) for s in range(0, len(plan), options.batch)]
     chunks = [c for c in chunks if not done[c].all()]
     if progress is not None:
-        progress.start_slide(os.path.splitext(os.path.basename(slide_path))[0], len(plan), stats.n_resumed)
+        progress.resume(stats.n_resumed)  # the caller started the slide (all members' ROIs)
     lr = plan.geometry.roi_px
     readers = _ThreadReaders(slide_path, options.mpp)
 
@@ -427,6 +433,10 @@ def scan_map(
                 f.cancel()
         pool.shutdown(wait=True)
         readers.close()
+    if checkpoint_path and dirty:
+        # Keep a finished map until the slide's outputs are written: an
+        # ensemble killed in its second member resumes without redoing the first.
+        _save_checkpoint(checkpoint_path, fingerprint, prob_map, done)
     stats.wall_s = time.perf_counter() - t_start
     return prob_map, stats
 
@@ -539,13 +549,14 @@ def scan_slide(
             )
         tissue = _tissue(reader, options)
         dims, mpp = reader.dimensions, reader.mpp
-    maps, plans, stats = [], [], []
-    for m, run in enumerate(runs):
-        plan = make_plan(dims, run.grid, tissue, options.tissue_downsample, options.scan_level, downsample)
+    plans = [make_plan(dims, r.grid, tissue, options.tissue_downsample, options.scan_level, downsample) for r in runs]
+    if progress is not None:
+        progress.start_slide(slide, sum(len(p) for p in plans), 0)
+    maps, stats = [], []
+    for m, (run, plan) in enumerate(zip(runs, plans)):
         ckpt = os.path.join(out_dir, "partial", f"{slide}.m{m}.npz")
         prob_map, st = scan_map(path, run, plan, options, ckpt, fingerprint, progress, on_batch)
         maps.append(prob_map)
-        plans.append(plan)
         stats.append(st)
     coarse = max(range(len(plans)), key=lambda i: plans[i].stride_px)
     grid_plan = plans[coarse]
@@ -708,9 +719,10 @@ def scan_slides(
         {
             "runs": [r.describe() for r in runs],
             "options": {
-                k: (v if isinstance(v, (int, float, str, type(None))) else repr(v))
-                for k, v in dataclasses.asdict(options).items()
-                if k != "progress_stream"
+                f.name: (v if isinstance(v, (int, float, str, type(None))) else repr(v))
+                for f in dataclasses.fields(options)
+                if f.name != "progress_stream"
+                for v in [getattr(options, f.name)]
             },
             "shard": list(shard) if shard else None,
             "slides": paths,
