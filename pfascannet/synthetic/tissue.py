@@ -5,8 +5,8 @@ What a slide shows (``shared/DESIGN.md`` section 4):
 * lymph-node parenchyma: dense small dark nuclei (lymphocytes, ~6.5 um);
 * stroma: pink fibrous bands (trabeculae) with sparse elongated nuclei;
 * capsule: a pink fibrous rim along the section's edge;
-* fat: white vacuoles (adipocytes, ~60-75 um) with thin pink septa;
-* tumour (the lesion polygons): nests of larger (~8-15 um), paler,
+* fat: white vacuoles (adipocytes, ~55-65 um) with thin pink septa;
+* tumour (the lesion polygons): nests of larger (~7-15 um), paler,
   pleomorphic, vesicular nuclei with nucleoli and more cytoplasm;
 * hard mimics: germinal centres (large pale centroblasts among
   lymphocytes) and sinus histiocytes (large pale oval nuclei in abundant
@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -230,7 +230,6 @@ class SlideRenderer:
         pad = 2
         self._fields = np.pad(fields, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
         self._pad = pad
-        self._max_sd_cells = None
         self._capsule_px = 22.0 / self.mpp
         self._stroma_half_width = 0.10
         stain = plan.stain
