@@ -54,13 +54,62 @@ def spread_classifier(model, config, roi: np.ndarray, logit_spread: float = 3.0)
     model.get_layer("classifier_conv").set_weights([kernel, bias])
 
 
-def equivalence_case(config, seed: int = 0, roi_px: int = geometry.PAPER_ROI_PX):
-    """A patch classifier with deterministic, spread-out weights and a structured ROI."""
+def equivalence_case(seed: int = 0, roi_px: int = geometry.PAPER_ROI_PX):
+    """(config, patch classifier with deterministic spread-out weights, structured uint8 ROI)."""
+    from pfascannet.model.config import ModelConfig
     from pfascannet.model.detector import build_patch_classifier
     from pfascannet.model.equivalence import structured_roi
 
+    config = ModelConfig.tiny()
     roi = structured_roi(roi_px, seed)
     patch_model = build_patch_classifier(config)
     randomise_weights(patch_model, seed)
     spread_classifier(patch_model, config, roi)
-    return patch_model, roi
+    return config, patch_model, roi
+
+
+def run_case(alpha: int, roi_px: int, case=None, seed: int = 0, shift_px: int = 8) -> dict:
+    """Dense vs patch at ``alpha`` on the top-left ``roi_px`` of the case's ROI, plus the shifted control.
+
+    Returns JSON-ready numbers: max |dense - patch| at 16 positions (corners
+    included), the spread of the dense tile and of the sampled patch outputs,
+    the control's max |difference|.
+    """
+    from pfascannet.model.equivalence import compare_dense_to_patches, sample_positions
+
+    config, patch_model, roi = case or equivalence_case(seed, roi_px)
+    roi = roi[:roi_px, :roi_px]
+    dense_model = build_detector(config, alpha=alpha, input_px=roi_px)
+    transfer_weights(patch_model, dense_model)
+    tile = np.asarray(dense_model.predict_on_batch(roi[None].astype(np.float32)))[0, ..., 1]
+
+    def patch_fn(patches):
+        return np.asarray(patch_model.predict_on_batch(patches.astype(np.float32)))[..., 1]
+
+    positions = sample_positions(tile.shape[0], 16, seed)
+    same = compare_dense_to_patches(None, patch_fn, roi, alpha, positions, dense_tile=tile)
+    # A few positions suffice for the control: any patch 8 px off is a different patch.
+    shifted = compare_dense_to_patches(None, patch_fn, roi, alpha, positions[:4], dense_tile=tile, shift_px=shift_px)
+    return {
+        "backend": keras.backend.backend(),
+        "alpha": alpha,
+        "roi_px": roi_px,
+        "tile_px": int(tile.shape[0]),
+        "positions": [list(p) for p in same.positions],
+        "max_abs_diff": same.max_abs_diff,
+        "spread": same.spread,
+        "sampled_spread": float(same.patch.max() - same.patch.min()),
+        "shifted_max_abs_diff": shifted.max_abs_diff,
+    }
+
+
+if __name__ == "__main__":
+    # ``python -m tests.model_support ALPHA ROI_PX [ALPHA ROI_PX ...]``: the
+    # equivalence cases as JSON lines, for running under another KERAS_BACKEND.
+    import json
+    import sys
+
+    args = [int(a) for a in sys.argv[1:]]
+    shared = equivalence_case(0, max(args[1::2]))
+    for a, lr in zip(args[::2], args[1::2]):
+        print("RESULT " + json.dumps(run_case(a, lr, shared)), flush=True)

@@ -130,7 +130,7 @@ class KerasDetector(_GeometryMixin):
         return np.ascontiguousarray(probs[..., TUMOUR_CHANNEL], dtype=np.float32)
 
     def predict_patches(self, patches: np.ndarray) -> np.ndarray:
-        """The patch classifier (same weights, alpha irrelevant at Lm = 1): uint8 [N, 692, 692, 3] -> [N]."""
+        """The patch classifier (same weights, alpha = 1): uint8 [N, 692, 692, 3] -> tumour probability [N]."""
         patches = self._check_batch(patches, geometry.PATCH_PX, "patches")
         if self._patch_model is None:
             self._patch_model = patch_model_for(self.model)
@@ -186,14 +186,13 @@ def config_from_model(model: keras.Model, name: str = "inferred") -> ModelConfig
 
 
 def patch_model_for(model: keras.Model) -> keras.Model:
-    """A model that runs ``model``'s weights on single 692 patches.
+    """The patch classifier with ``model``'s weights: the detector rebuilt at alpha = 1 on 692 inputs.
 
-    A detector with free spatial dims is its own patch classifier (on a 692
-    input every DensePooling yields one window, whatever its stride); a
-    fixed-size one is rebuilt at alpha = 1 and given the same weights.
+    (A detector with free input sides would give the same numbers on a 692
+    patch, since every DensePooling then sees one window whatever its stride;
+    rebuilding at alpha = 1 makes the comparison literally the paper's patch
+    classifier.)
     """
-    if model.input_shape[1] is None:
-        return model
     patch = build_detector(config_from_model(model), alpha=1, input_px=geometry.PATCH_PX)
     transfer_weights(model, patch)
     return patch
