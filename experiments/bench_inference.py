@@ -101,8 +101,6 @@ def write_bench_slide(path: str, side_px: int, tissue_px: int, seed: int = 0) ->
 
 
 def _detector(alpha: int, roi_px: int):
-    import keras  # noqa: F401
-
     from pfascannet.inference.export import KerasDetector
     from pfascannet.model.config import get_config
     from pfascannet.model.detector import build_detector
