@@ -27,8 +27,14 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-", suffix=suffix, dir=directory)
     os.close(fd)
+    # mkstemp makes the file owner-only; outputs get the usual permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
+        if os.path.isdir(tmp):  # a writer that replaced the file with a folder (SavedModel)
+            os.chmod(tmp, 0o777 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
