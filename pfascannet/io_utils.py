@@ -33,8 +33,6 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
-        if os.path.isdir(tmp):  # a writer that replaced the file with a folder (SavedModel)
-            os.chmod(tmp, 0o777 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
