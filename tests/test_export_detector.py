@@ -1,0 +1,110 @@
+"""Detector export: SavedModel (uint8 signature) and .keras, reloaded and compared with the live model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pfascannet.inference import export
+from pfascannet.model.dense_pooling import DensePooling
+from pfascannet.model.detector import build_detector, transfer_weights
+from tests.model_support import equivalence_case
+
+ALPHA, ROI_PX, TILE_PX = 16, 1204, 17
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    config, patch_model, roi = equivalence_case(seed=3, roi_px=ROI_PX)
+    out = tmp_path_factory.mktemp("export")
+    meta = export.export_detector(patch_model, config, out, alpha=ALPHA, roi_px=ROI_PX)
+    live = build_detector(config, alpha=ALPHA, input_px=ROI_PX)
+    transfer_weights(patch_model, live)
+    rois = np.stack([roi, roi[::-1, ::-1]])
+    want = np.asarray(live.predict_on_batch(rois.astype(np.float32)))[..., 1]
+    return out, meta, rois, want, patch_model
+
+
+def test_export_json_describes_the_geometry(exported):
+    out, meta, *_ = exported
+    on_disk = json.load(open(os.path.join(out, "export.json")))
+    assert on_disk == json.loads(json.dumps(meta))
+    assert (meta["alpha"], meta["roi_px"], meta["tile_px"], meta["stride_px"]) == (ALPHA, ROI_PX, TILE_PX, 32)
+    assert meta["map_origin_px"] == 346 - 16 and meta["config"]["name"] == "tiny"
+    assert set(meta["formats"]) == {"savedmodel", "keras"}
+
+
+def test_saved_model_signature_equals_live_model(exported):
+    out, _meta, rois, want, _ = exported
+    loaded = tf.saved_model.load(os.path.join(out, "saved_model"))
+    serve = loaded.signatures["serving_default"]
+    spec = serve.structured_input_signature[1]["rgb"]
+    assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, ROI_PX, ROI_PX, 3]
+    got = serve(rgb=tf.constant(rois))["tumour_probability"].numpy()
+    assert got.shape == (2, TILE_PX, TILE_PX) and got.dtype == np.float32
+    assert np.ptp(want) > 0.5  # a comparison that can fail
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_keras_round_trip_is_equal(exported):
+    out, _meta, rois, want, _ = exported
+    model = keras.saving.load_model(os.path.join(out, "detector.keras"), compile=False)
+    assert any(isinstance(layer, DensePooling) and layer.alpha == ALPHA for layer in model.layers)
+    got = np.asarray(model.predict_on_batch(rois.astype(np.float32)))[..., 1]
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("fmt,cls", [("savedmodel", export.SavedModelDetector), ("keras", export.KerasDetector)])
+def test_load_detector_protocol(exported, fmt, cls):
+    out, _meta, rois, want, patch_model = exported
+    det = export.load_detector(out, format=fmt)
+    assert isinstance(det, cls) and isinstance(det, export.Detector)
+    assert (det.alpha, det.roi_px, det.tile_px, det.stride_px) == (ALPHA, ROI_PX, TILE_PX, 32)
+    got = det.predict(rois)
+    assert got.dtype == np.float32 and got.shape == (2, TILE_PX, TILE_PX)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # The patch classifier: output (u, v) = (3, 5) is the patch at 32 * (3, 5).
+    patch = rois[:1, 160:160 + 692, 96:96 + 692]
+    np.testing.assert_allclose(det.predict_patches(patch), [want[0, 5, 3]], atol=1e-5)
+    with pytest.raises(export.ExportError, match="uint8"):
+        det.predict(rois.astype(np.float32))
+    with pytest.raises(export.ExportError, match=r"\[N, 1204, 1204, 3\]"):
+        det.predict(rois[:, :692, :692])
+
+
+def test_keras_detector_wraps_a_live_model(exported):
+    _out, _meta, rois, want, patch_model = exported
+    with pytest.raises(export.ExportError, match="alpha=16, not alpha=32"):
+        export.KerasDetector(build_detector(export.config_from_model(patch_model), alpha=16), alpha=32, roi_px=2708)
+    live = build_detector(export.config_from_model(patch_model), alpha=ALPHA)
+    transfer_weights(patch_model, live)
+    det = export.KerasDetector(live, ALPHA, ROI_PX)
+    np.testing.assert_allclose(det.predict(rois), want, atol=1e-5)
+
+
+def test_load_detector_errors(tmp_path, exported):
+    with pytest.raises(FileNotFoundError):
+        export.load_detector(tmp_path / "missing")
+    with pytest.raises(export.ExportError, match="no export.json"):
+        export.load_detector(tmp_path)
+    out = exported[0]
+    with pytest.raises(export.ExportError, match="serves roi_px=1204 only"):
+        export.load_detector(out, format="savedmodel", roi_px=2708)
+
+
+def test_check_equivalence_command(exported):
+    out = exported[0]
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="2")
+    cmd = [sys.executable, os.path.join(REPO, "experiments", "check_equivalence.py"), "--model", str(out), "--positions", "6"]
+    ok = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "OK" in ok.stdout and "max |diff|" in ok.stdout
+    control = cmd + ["--shift_px", "8", "--format", "keras", "--positions", "4"]
+    bad = subprocess.run(control, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "MISMATCH" in bad.stdout
