@@ -122,3 +122,24 @@ def transfer_weights(src: keras.Model, dst: keras.Model) -> int:
         layer.set_weights(values)
         copied += 1
     return copied
+
+
+def detector_macs(side_px: int, config: ModelConfig, alpha: int = 1) -> int:
+    """Multiply-accumulates of one detector forward pass on a ``side_px`` square input.
+
+    Trunk (``trunk.trunk_macs``; 2.17e12 for a 2708 ROI at the paper's widths)
+    plus the PFE convolutions at levels 3-5 and the 1x1 classifier; average
+    pooling is additions only and not counted.
+    """
+    from pfascannet.model.trunk import trunk_macs  # noqa: PLC0415
+
+    k = geometry.GLOBAL_CONV_K
+    macs = trunk_macs(side_px, config)
+    sides = geometry.feature_sides(side_px)
+    for level in geometry.HEAD_LEVELS:
+        n, c = sides[level], config.widths[level - 1]
+        first = (n - k + 1) * n * k * c * SCORE_CHANNELS  # 15x1 or 1x15 on X_i
+        second = (n - k + 1) ** 2 * k * SCORE_CHANNELS * SCORE_CHANNELS
+        macs += 2 * (first + second)
+    lm = geometry.tile_px(side_px, alpha)
+    return macs + lm * lm * SCORE_CHANNELS * SCORE_CHANNELS
