@@ -1,0 +1,140 @@
+"""``pfascannet demo``: the whole pipeline on a laptop CPU, in minutes, with pictures.
+
+1. a synthetic Camelyon-like cohort (``synthetic``): patients of five nodes, half for training;
+2. a ``tiny`` PFA-ScanNet: the weights shipped in ``pfascannet/weights`` (made by the
+   command recorded beside them), or trained right here with ``--train``;
+3. the detector exported at alpha 16 (SavedModel + .keras);
+4. every slide scanned densely (2708 ROIs, 32 px map), training slides too (the
+   pN-stage random forest learns from their maps);
+5. Camelyon16 FROC and AUC on the test slides, pN-stage and quadratic kappa on the
+   test patients;
+6. a report folder: ``report/index.html`` and ``index.md``.
+
+Every step resumes: rerun the same command after an interruption.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+from typing import Optional
+
+from pfascannet import geometry, workflow
+from pfascannet.errors import PfaError
+
+SIZES = {
+    # patients (half train, half test), slide side of non-macro slides
+    "fast": workflow.CohortSettings(seed=0, patients=2, slide_size=3072, test_fraction=0.5),
+    "default": workflow.CohortSettings(seed=0, patients=6, slide_size=4096, test_fraction=0.5),
+}
+SHIPPED = "tiny_demo"
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+    """What ``pfascannet demo`` was asked for."""
+
+    out: str = "demo_out"
+    size: str = "default"
+    train: bool = False
+    train_steps: int = 300
+    train_minutes: float = 4.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.size not in SIZES:
+            raise PfaError(f"--size must be one of {sorted(SIZES)}, got {self.size!r}")
+        if self.train_steps < 1 or not self.train_minutes > 0:
+            raise PfaError("--train_steps must be >= 1 and --train_minutes > 0")
+
+
+def obtain_model(s: DemoSettings, cohort_dir: str, log: workflow.Log) -> tuple[str, str]:
+    """``(weights path, provenance sentence)``: shipped weights, or a run trained here."""
+    shipped = None if s.train else workflow.shipped_weights(SHIPPED)
+    if shipped is not None:
+        path, meta = shipped
+        log(f"      using the shipped tiny weights {path}")
+        return path, (f"model: shipped `tiny` weights ({os.path.basename(path)}), made by "
+                      f"`{meta.get('command', '?')}` ({meta.get('note', '')})")
+    if not s.train:
+        log("      no shipped weights found: training here instead")
+    from pfascannet.training.trainer import TrainSettings  # noqa: PLC0415
+
+    settings = TrainSettings(data=cohort_dir, workdir=os.path.join(s.out, "train"), config="tiny",
+                             steps=s.train_steps, batch_size=8, learning_rate=0.01, seed=s.seed,
+                             max_seconds=60 * s.train_minutes, log_every=10, checkpoint_every=50)
+    weights = workflow.train_model(settings, log)
+    return weights, (f"model: `tiny` trained here for up to {s.train_steps} steps / {s.train_minutes:g} min "
+                     f"(lr {settings.learning_rate}, batch {settings.batch_size}, seed {s.seed})")
+
+
+def run_demo(s: DemoSettings, log: Optional[workflow.Log] = None) -> dict:
+    """Runs the demo; returns paths of the report and the headline numbers."""
+    from pfascannet import reporting  # noqa: PLC0415
+    from pfascannet.evaluation import reference, run  # noqa: PLC0415
+
+    log = log or workflow.Log(total_steps=6)
+    out = os.path.abspath(s.out)
+    cohort_dir, export_dir = os.path.join(out, "cohort"), os.path.join(out, "model_a16")
+    scan_dir, eval_dir, report_dir = (os.path.join(out, d) for d in ("scan", "eval", "report"))
+    cohort_settings = dataclasses.replace(SIZES[s.size], seed=s.seed)
+
+    log.begin(f"synthetic cohort: {cohort_settings.patients} patients x 5 nodes -> {cohort_dir}")
+    workflow.ensure_cohort(cohort_dir, cohort_settings, log)
+    log.end()
+
+    log.begin("model")
+    weights, provenance = obtain_model(s, cohort_dir, log)
+    log.end()
+
+    log.begin(f"export the detector at alpha {geometry.PAPER_ALPHA}, ROI {geometry.PAPER_ROI_PX}")
+    workflow.export_model(weights, "tiny", export_dir, geometry.PAPER_ALPHA, geometry.PAPER_ROI_PX, log)
+    log.end()
+
+    slides = workflow.cohort_slides(cohort_dir)
+    log.begin(f"dense scan of {len(slides)} slides -> {scan_dir}")
+    workflow.scan([export_dir], slides, scan_dir)
+    log.end()
+
+    log.begin("evaluate: FROC, AUC, pN-stage, kappa (test split)")
+    ev = run.evaluate_scan(scan_dir, cohort_dir, eval_dir, n_bootstrap=200, warn=log)
+    timing = workflow.scan_timing(scan_dir)
+    log.end()
+
+    log.begin("report")
+    row = reporting.results_row("PFA-ScanNet (tiny, this run)", ev, timing)
+    table = reporting.table1_markdown([row], title="Table 1-shaped results (synthetic cohort, this machine)")
+    refs = reference.select_split(reference.read_reference(os.path.join(cohort_dir, "slides.csv")), "test")
+    heatmaps = [(f"{sid} ({r.node_label})", os.path.join(scan_dir, "heatmaps", f"{sid}.png"))
+                for sid, r in sorted(refs.items())]
+    facts = [
+        f"cohort: {cohort_settings.patients} synthetic patients x 5 nodes (seed {s.seed}), "
+        f"test split {len(refs)} slides",
+        provenance,
+        f"scan: alpha {geometry.PAPER_ALPHA}, ROI {geometry.PAPER_ROI_PX} px, map stride "
+        f"{geometry.output_stride_px(geometry.PAPER_ALPHA)} px; {timing.get('rois', 0)} ROIs scanned in "
+        f"{timing.get('wall_s', 0):.0f} s on {platform.machine()} with {os.cpu_count()} CPU(s)",
+        f"FROC: {ev['froc']['froc_interpolated']:.3f} interpolated, {ev['froc']['froc_nearest_point']:.3f} "
+        f"nearest point; AUC {ev['auc']['auc']:.3f}",
+    ]
+    artefacts = [
+        ("slides, annotations, masks, stage CSV", cohort_dir),
+        ("trained weights", weights),
+        ("exported detector (SavedModel, .keras, export.json)", export_dir),
+        ("probability maps (.npy, .json, pyramidal TIFF)", os.path.join(scan_dir, "maps")),
+        ("lesion candidates (Camelyon16 CSV)", os.path.join(scan_dir, "lesions")),
+        ("slide scores", os.path.join(scan_dir, "slide_scores.csv")),
+        ("contours (GeoJSON, ASAP XML)", os.path.join(scan_dir, "contours")),
+        ("FROC report", os.path.join(eval_dir, "froc", "froc.md")),
+        ("AUC report", os.path.join(eval_dir, "auc", "auc.md")),
+        ("pN-stage submission (Camelyon17 CSV)", os.path.join(eval_dir, "pn_stage", "submission.csv")),
+    ]
+    md, page = reporting.write_demo_report(
+        report_dir, table=table, pn_markdown=reporting.pn_table_markdown(ev["pn_stage"]), heatmaps=heatmaps,
+        froc_png=os.path.join(eval_dir, "froc", "froc.png"), roc_png=os.path.join(eval_dir, "auc", "roc.png"),
+        artefacts=artefacts, facts=facts)
+    log.end()
+    log(f"report: {page}")
+    log(table)
+    return {"report_html": page, "report_md": md, "row": row, "evaluation": ev, "timing": timing}

@@ -1,0 +1,234 @@
+"""The pipeline end to end, as resumable steps: cohort -> model -> export -> scan -> evaluate.
+
+``pfascannet demo`` and ``experiments/table1.py`` are both made of these
+steps.  Every step writes files (ARCHITECTURE.md) and is skipped when its
+output already exists with the same settings, so a killed run resumes where
+it stopped: the cohort by its ``cohort.json``, training by its checkpoints,
+exports by ``export.json``, scans slide by slide (and ROI by ROI).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+from pfascannet import geometry
+from pfascannet.errors import PfaError
+
+SHIPPED_WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
+
+
+class Log:
+    """Step-by-step progress on the terminal, with the elapsed time and an ETA for each step."""
+
+    def __init__(self, stream=None, total_steps: int = 0):
+        self.stream = stream or sys.stderr
+        self.total_steps = total_steps
+        self.step = 0
+        self.t0 = time.perf_counter()
+        self.step_t0 = self.t0
+
+    def begin(self, title: str) -> None:
+        self.step += 1
+        self.step_t0 = time.perf_counter()
+        of = f"/{self.total_steps}" if self.total_steps else ""
+        self(f"[{self.step}{of}] {title}")
+
+    def end(self, what: str = "done") -> float:
+        dt = time.perf_counter() - self.step_t0
+        self(f"      {what} in {dt:.0f} s (total {time.perf_counter() - self.t0:.0f} s)")
+        return dt
+
+    def counter(self, total: int, noun: str) -> Callable[[str], None]:
+        """A callback that prints ``k/total`` with an ETA each time one of ``total`` items finishes."""
+        state = {"k": 0, "t0": time.perf_counter()}
+
+        def tick(message: str = "") -> None:
+            state["k"] += 1
+            k = state["k"]
+            elapsed = time.perf_counter() - state["t0"]
+            eta = elapsed / k * max(total - k, 0)
+            self(f"      {noun} {k}/{total} ETA {eta:.0f} s  {message}")
+
+        return tick
+
+    def __call__(self, message: str) -> None:
+        print(message, file=self.stream, flush=True)
+
+
+# --------------------------------------------------------------------------- cohort
+
+
+@dataclasses.dataclass(frozen=True)
+class CohortSettings:
+    """Arguments of ``synthetic.cohort.make_cohort`` that define a cohort."""
+
+    seed: int = 0
+    patients: int = 4
+    slide_size: int = 4096
+    test_fraction: float = 0.5
+    nodes_per_patient: int = 5
+
+
+def ensure_cohort(cohort_dir: str, settings: CohortSettings, log: Log) -> None:
+    """Generates the synthetic cohort unless ``cohort_dir`` already holds it with these settings."""
+    from pfascannet.synthetic import cohort  # noqa: PLC0415
+
+    marker = os.path.join(cohort_dir, "cohort.json")
+    if os.path.isfile(marker):
+        with open(marker, encoding="utf-8") as f:
+            have = json.load(f)
+        if all(have.get(k) == v for k, v in dataclasses.asdict(settings).items()):
+            log(f"      cohort already in {cohort_dir}: reused")
+            return
+        raise PfaError(f"{cohort_dir} holds a different cohort ({marker}); choose another --out or remove it")
+    n = settings.patients * settings.nodes_per_patient
+    cohort.make_cohort(cohort_dir, progress=log.counter(n, "slide"), **dataclasses.asdict(settings))
+
+
+def cohort_slides(cohort_dir: str, split: Optional[str] = None) -> list[str]:
+    """Slide paths of a cohort's ``slides.csv`` (one split, or all)."""
+    from pfascannet.evaluation import reference  # noqa: PLC0415
+
+    refs = reference.select_split(reference.read_reference(os.path.join(cohort_dir, "slides.csv")), split)
+    return [os.path.join(cohort_dir, "images", f"{s}.tif") for s in sorted(refs)]
+
+
+# --------------------------------------------------------------------------- model
+
+
+def shipped_weights(name: str) -> Optional[tuple[str, dict]]:
+    """``(weights path, provenance)`` of weights shipped with the package, or None."""
+    path = os.path.join(SHIPPED_WEIGHTS_DIR, f"{name}.weights.h5")
+    meta_path = os.path.join(SHIPPED_WEIGHTS_DIR, f"{name}.json")
+    if not (os.path.isfile(path) and os.path.isfile(meta_path)):
+        return None
+    with open(meta_path, encoding="utf-8") as f:
+        return path, json.load(f)
+
+
+def train_model(settings, log: Log) -> str:
+    """Trains (or resumes) a run with ``training.trainer.train``; returns its final weights."""
+    from pfascannet.training import trainer  # noqa: PLC0415
+
+    final = os.path.join(settings.workdir, "final.weights.h5")
+    cfg = os.path.join(settings.workdir, "config.json")
+    if os.path.isfile(final) and os.path.isfile(cfg):
+        with open(cfg, encoding="utf-8") as f:
+            done = json.load(f).get("settings", {})
+        if done.get("steps") == settings.steps and done.get("max_seconds") == settings.max_seconds:
+            log(f"      trained weights already in {final}: reused")
+            return final
+
+    def progress(p) -> None:
+        losses = " ".join(f"{k} {v:.4f}" for k, v in p.losses.items())
+        log(f"      step {p.step}/{p.steps}  {losses}  {p.patches_per_s:.1f} patches/s  ETA {p.eta_s:.0f} s")
+
+    result = trainer.train(settings, on_progress=progress)
+    return result.final_weights
+
+
+def export_model(weights: str, config_name: str, out_dir: str, alpha: int, roi_px: int,
+                 log: Log, extra: Optional[dict] = None) -> str:
+    """Exports the detector at ``alpha`` (SavedModel + .keras) unless already exported from these weights."""
+    from pfascannet.inference import export  # noqa: PLC0415
+    from pfascannet.model.config import get_config  # noqa: PLC0415
+    from pfascannet.training.trainer import load_training_model  # noqa: PLC0415
+
+    meta_path = os.path.join(out_dir, export.EXPORT_JSON)
+    stamp = {"weights": os.path.abspath(weights), "weights_mtime": os.path.getmtime(weights)}
+    if os.path.isfile(meta_path):
+        meta = export.read_export_json(out_dir)
+        if (meta.get("alpha"), meta.get("roi_px")) == (alpha, roi_px) and meta.get("extra", {}).get("source") == stamp:
+            log(f"      export already in {out_dir}: reused")
+            return out_dir
+    model = load_training_model(weights, config_name)
+    export.export_detector(model, get_config(config_name), out_dir, alpha=alpha, roi_px=roi_px,
+                           extra=dict(extra or {}, source=stamp))
+    return out_dir
+
+
+# --------------------------------------------------------------------------- scan
+
+
+def scan(model_dirs: Sequence[str], slides: Sequence[str], out_dir: str, *, mode: str = "dense",
+         batch: int = 1, workers: int = 2, threshold: float = 0.5):
+    """Scans ``slides`` with the first model (and the rest as an ensemble at their own alphas)."""
+    from pfascannet.inference import engine, runs  # noqa: PLC0415
+
+    model_runs = [runs.load_run(m, mode=mode, batch=batch) for m in model_dirs]
+    options = engine.ScanOptions(batch=batch, workers=workers, threshold=threshold)
+    summary = engine.scan_slides(list(slides), model_runs, out_dir, options)
+    if not summary.ok:
+        raise PfaError(f"{len(summary.failed)} slide(s) failed to scan: "
+                       + "; ".join(f"{r.slide}: {r.message}" for r in summary.failed))
+    return summary
+
+
+def scan_timing(scan_dir: str) -> dict:
+    """Seconds per ROI over a scan folder's maps (model time and wall time), from each map's JSON."""
+    n_rois = model_s = wall_s = 0.0
+    slides = 0
+    maps_dir = os.path.join(scan_dir, "maps")
+    for name in sorted(os.listdir(maps_dir)):
+        if not name.endswith(".json"):
+            continue
+        with open(os.path.join(maps_dir, name), encoding="utf-8") as f:
+            meta = json.load(f)
+        slides += 1
+        members = meta.get("timing", [])
+        if members:
+            # An ensemble reads each ROI once per member: count the first
+            # member's ROIs and every member's time (seconds per ensemble ROI).
+            n_rois += members[0]["n_rois"] - members[0].get("n_resumed", 0)
+            model_s += sum(t["model_s"] for t in members)
+            wall_s += sum(t["wall_s"] for t in members)
+    if not n_rois:
+        return {"slides": slides, "rois": 0}
+    return {"slides": slides, "rois": int(n_rois), "model_s_per_roi": model_s / n_rois,
+            "wall_s_per_roi": wall_s / n_rois, "wall_s": wall_s}
+
+
+def minutes_per_wsi(seconds_per_roi: float, rois_per_wsi: int = 400) -> float:
+    """The paper's conversion (Sec. 3): a typical WSI is about 400 ROIs of 2708 x 2708."""
+    return seconds_per_roi * rois_per_wsi / 60.0
+
+
+PAPER_ROI_PX = geometry.PAPER_ROI_PX
+
+
+def time_patch_mode(export_dir: str, cohort_dir: str, n_patches: int = 32, batch: int = 8) -> dict:
+    """Seconds per 2708 ROI of the patch-wise baseline, from ``n_patches`` timed patches.
+
+    Patch mode applies the same weights at alpha = 1 to every 692 patch of the
+    32-px grid: 64 x 64 = 4096 patches per 2708 ROI give the same 64 x 64
+    outputs as one dense pass.  Timing all of them on a CPU takes minutes per
+    ROI, so a sample of real tissue patches is timed and scaled to 4096.
+    """
+    import numpy as np  # noqa: PLC0415
+
+    from pfascannet.inference import runs  # noqa: PLC0415
+    from pfascannet.slide.reader import SlideReader  # noqa: PLC0415
+
+    run = runs.load_run(export_dir, mode="patch")
+    slide = cohort_slides(cohort_dir)[0]
+    with SlideReader(slide) as reader:
+        w, h = reader.dimensions
+        rng = np.random.default_rng(0)
+        patches = np.stack([
+            reader.read_region((int(rng.integers(0, max(w - geometry.PATCH_PX, 1))),
+                                int(rng.integers(0, max(h - geometry.PATCH_PX, 1)))), 0,
+                               (geometry.PATCH_PX, geometry.PATCH_PX))
+            for _ in range(n_patches)])
+    run.detector.predict_patches(patches[:batch])  # warm-up (graph build)
+    t0 = time.perf_counter()
+    for i in range(0, n_patches, batch):
+        run.detector.predict_patches(patches[i:i + batch])
+    per_patch = (time.perf_counter() - t0) / n_patches
+    per_roi_patches = geometry.tile_px(geometry.PAPER_ROI_PX, geometry.PAPER_ALPHA) ** 2
+    return {"s_per_patch": per_patch, "patches_per_roi": per_roi_patches,
+            "s_per_roi": per_patch * per_roi_patches, "n_timed": n_patches}
