@@ -14,6 +14,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["pfascannet", "pfascannet.*"]),
+    # The demo's tiny weights (reproduced by the command in weights/tiny_demo.json).
+    package_data={"pfascannet": ["weights/*.weights.h5", "weights/*.json"]},
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3.3",
