@@ -1,0 +1,484 @@
+"""Synergistic training of detector and decoder under tf.distribute (Sec. 2.3, eq. (3)).
+
+Zhao et al. (MICCAI 2019), Implementation Details: 692 x 692 training
+patches with 512 x 512 masks; eq. (2) with gamma = 0.04, eq. (3) with
+lambda = 0.5; SGD with momentum 0.9 and learning rate 1e-4; four GPUs.
+
+``train(settings)`` runs the whole job:
+
+1. samples the cohort's training slides (``data.sampling``: random,
+   boundary, ITC patches) once, and writes them to ``workdir/samples.csv``;
+2. streams them through ``data.pipeline`` (or TFRecord shards);
+3. trains the ``build_training_model`` under ``MirroredStrategy`` over every
+   visible GPU (every logical CPU device when there is no GPU), or
+   ``MultiWorkerMirroredStrategy`` across machines (``TF_CONFIG``);
+4. optionally, at step ``hard_negative_at``, scans normal tissue with the
+   current model and adds its false positives to the samples
+   (``workdir/hard_negatives.csv``);
+5. checkpoints every ``checkpoint_every`` steps (``workdir/checkpoints``),
+   logs TensorBoard scalars (``workdir/tensorboard``), and writes
+   ``workdir/final.weights.h5`` (what ``experiments/export.py`` reads).
+
+Resume: rerunning the same settings on the same workdir restores the latest
+checkpoint (weights, SGD momentum, step) and restarts the input stream at
+element ``step * batch_size``; since the stream is a pure function of
+(samples, seed) (``pipeline.py``), the resumed run ends with the weights an
+uninterrupted run would have, up to floating-point reduction order.
+
+Learning rate: the paper's 1e-4 fine-tunes an ImageNet-initialised VGG16
+for days on four GPUs.  The from-scratch ``tiny`` runs on a 2-core CPU
+(tests, ``experiments/bench_training.py``) use a larger stated rate; every
+run writes the rate it used into ``workdir/config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from pfascannet import io_utils
+from pfascannet.data import pipeline, sampling
+from pfascannet.data.augment import AugmentConfig
+from pfascannet.errors import PfaError
+
+STRATEGIES = ("mirrored", "multiworker")
+KERNEL_INITS = ("he_normal", "model")
+
+# Settings that change what a run computes: a resumed run must match them.
+_RUN_DEFINING = (
+    "data", "config", "batch_size", "learning_rate", "momentum", "lambda_seg", "gamma", "synergistic",
+    "seed", "split", "random_per_class", "boundary", "itc", "augment", "tfrecords", "hard_negative_at", "kernel_init",
+)
+
+
+class TrainingError(PfaError, ValueError):
+    """A training setting or work directory that cannot be used."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """Everything one training run depends on (validated on construction).
+
+    Attributes:
+      data: cohort folder (``images/``, ``annotations/``, ``slides.csv``).
+      workdir: checkpoints, logs, resolved config and final weights.
+      config: model config name (``tiny`` or ``paper``).
+      steps: total optimisation steps (a resumed run continues to this).
+      batch_size: global batch (split over the replicas; a multiple of them).
+      learning_rate, momentum: SGD (paper: 1e-4, 0.9).
+      lambda_seg: lambda of eq. (3) (paper: 0.5).
+      gamma: truncation point of eq. (2) (paper: 0.04).
+      synergistic: False is the paper's "w/o SL" ablation (Lcla only).
+      seed: sampling, initialisation, shuffling and augmentation.
+      split: slides of ``slides.csv`` to train on.
+      random_per_class, boundary, itc: sampler counts (``SamplerConfig``).
+      augment: Sec. 2.4 augmentation on (False: raw patches).
+      tfrecords: glob of TFRecord shards to read instead of the slides.
+      checkpoint_every: steps between checkpoints.
+      keep_checkpoints: checkpoints kept.
+      log_every: steps between log lines / TensorBoard points.
+      hard_negative_at: step at which to mine hard negatives (0: never).
+      hard_negative_candidates, hard_negative_threshold, hard_negative_max:
+        ``HardNegativeMiner`` settings.
+      max_seconds: stop early (checkpoint + final weights) after this long.
+      strategy: ``mirrored`` (one machine) or ``multiworker`` (TF_CONFIG).
+      num_parallel_calls: parallel slide reads (-1: tf.data AUTOTUNE).
+      kernel_init: ``he_normal`` redraws every convolution kernel with He
+        initialisation before the first step; ``model`` keeps the model's own
+        (Glorot) initialisation.  The paper fine-tunes an ImageNet VGG16;
+        from scratch, 13 ReLU convolutions without normalisation lose half
+        their signal variance per layer under Glorot, and the patch output
+        barely moves from 0.5 (He et al., ICCV 2015).
+    """
+
+    data: str
+    workdir: str
+    config: str = "tiny"
+    steps: int = 1000
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    momentum: float = 0.9
+    lambda_seg: float = 0.5
+    gamma: float = 0.04
+    synergistic: bool = True
+    seed: int = 0
+    split: str = "train"
+    random_per_class: int = 64
+    boundary: int = 32
+    itc: int = 16
+    augment: bool = True
+    tfrecords: Optional[str] = None
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    hard_negative_at: int = 0
+    hard_negative_candidates: int = 256
+    hard_negative_threshold: float = 0.5
+    hard_negative_max: int = 64
+    max_seconds: Optional[float] = None
+    strategy: str = "mirrored"
+    num_parallel_calls: int = -1
+    kernel_init: str = "he_normal"
+
+    def __post_init__(self):
+        def pos_int(name, minimum=1):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                raise TrainingError(f"{name} must be an integer >= {minimum}, got {v!r}")
+
+        for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
+            pos_int(name)
+        for name in ("random_per_class", "boundary", "itc", "hard_negative_at", "hard_negative_candidates",
+                     "hard_negative_max"):
+            pos_int(name, 0)
+        if not self.learning_rate > 0:
+            raise TrainingError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if not 0 <= self.momentum < 1:
+            raise TrainingError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.kernel_init not in KERNEL_INITS:
+            raise TrainingError(f"kernel_init must be one of {KERNEL_INITS}, got {self.kernel_init!r}")
+        if self.strategy not in STRATEGIES:
+            raise TrainingError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise TrainingError(f"max_seconds must be > 0, got {self.max_seconds!r}")
+        if self.tfrecords is None and not os.path.isdir(self.data):
+            raise TrainingError(f"--data {self.data!r} is not a cohort folder")
+        # Loss settings are validated by the loss itself (eq. (2) range of gamma).
+        from pfascannet.model.losses import SynergisticLoss  # noqa: PLC0415
+
+        SynergisticLoss(gamma=self.gamma, lam=self.lambda_seg, synergistic=self.synergistic)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainProgress:
+    """What a progress callback sees after each step."""
+
+    step: int
+    steps: int
+    losses: dict
+    elapsed_s: float
+    patches_per_s: float
+
+    @property
+    def eta_s(self) -> float:
+        """Seconds left at the current rate."""
+        done = max(self.step - self.first_step, 1)
+        return (self.steps - self.step) * self.elapsed_s / done
+
+    first_step: int = 0
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """Outcome of ``train``.
+
+    Attributes:
+      step: the step reached.
+      final_weights: ``workdir/final.weights.h5``.
+      checkpoint: the latest checkpoint prefix.
+      history: [(step, {loss name: value})] of this process's steps.
+      trainer_patches_per_s: training throughput of this process.
+      stopped_early: True when ``max_seconds`` ended the run.
+      resumed_from: the step the run started at (0: fresh).
+      samples: number of training samples (with hard negatives).
+    """
+
+    step: int
+    final_weights: str
+    checkpoint: Optional[str]
+    history: list
+    trainer_patches_per_s: float
+    stopped_early: bool
+    resumed_from: int
+    samples: int
+
+
+def make_strategy(kind: str = "mirrored") -> tf.distribute.Strategy:
+    """MirroredStrategy over every GPU (else every logical CPU), or multi-worker."""
+    if kind == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+    return tf.distribute.MirroredStrategy(devices=devices)
+
+
+def _is_chief(strategy: tf.distribute.Strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in ("chief", None) or (resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+def print_progress(p: TrainProgress) -> None:
+    """Default progress line: step, losses, throughput, ETA."""
+    parts = " ".join(f"{k}={v:.4f}" for k, v in p.losses.items())
+    print(f"step {p.step}/{p.steps} {parts} {p.patches_per_s:.1f} patches/s eta {p.eta_s / 60:.1f} min", flush=True)
+
+
+def write_scalars(writer, step: int, scalars: dict) -> None:
+    """TensorBoard scalar events, without needing the tensorboard package installed.
+
+    ``tf.summary.scalar`` lives in tensorboard; the event it writes is
+    ``tf.summary.write`` with the ``scalars`` plugin's metadata, done here.
+    """
+    from tensorflow.core.framework import summary_pb2  # noqa: PLC0415
+
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+        data_class=summary_pb2.DATA_CLASS_SCALAR,
+    )
+    with writer.as_default(step=step):
+        for tag, value in scalars.items():
+            tf.summary.write(tag, tf.constant(float(value), tf.float32), metadata=metadata)
+    writer.flush()
+
+
+def _check_workdir_config(path: str, resolved: dict) -> None:
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f).get("settings", {})
+    diff = {k: (old.get(k), resolved["settings"][k]) for k in _RUN_DEFINING if old.get(k) != resolved["settings"][k]}
+    if diff:
+        raise TrainingError(
+            f"{os.path.dirname(path)} holds a run with other settings {diff} (old, new); "
+            "use a fresh --workdir or the same settings to resume"
+        )
+
+
+def train(
+    settings: TrainSettings,
+    on_progress: Optional[Callable[[TrainProgress], None]] = print_progress,
+    strategy: Optional[tf.distribute.Strategy] = None,
+) -> TrainResult:
+    """Trains (or resumes) one run; see the module docstring.
+
+    Args:
+      settings: the run.
+      on_progress: called after every ``log_every`` steps and the last (None: silent).
+      strategy: overrides ``make_strategy(settings.strategy)``.
+
+    Returns:
+      A ``TrainResult``; the weights are in ``result.final_weights``.
+    """
+    import keras  # noqa: PLC0415
+
+    from pfascannet.model.config import get_config  # noqa: PLC0415
+    from pfascannet.model.decoder import decoder_targets  # noqa: PLC0415
+    from pfascannet.model.detector import build_training_model  # noqa: PLC0415
+    from pfascannet.model.losses import SynergisticLoss  # noqa: PLC0415
+
+    s = settings
+    model_config = get_config(s.config)
+    strategy = strategy or make_strategy(s.strategy)
+    replicas = strategy.num_replicas_in_sync
+    if s.batch_size % replicas:
+        raise TrainingError(f"batch_size {s.batch_size} is not a multiple of the {replicas} replicas")
+    chief = _is_chief(strategy)
+    workdir = os.path.abspath(s.workdir)
+    # Non-chief workers of a multi-worker run write to a scratch copy (BUILD.md).
+    writedir = workdir if chief else os.path.join(workdir, f".worker-{strategy.cluster_resolver.task_id}")
+    os.makedirs(writedir, exist_ok=True)
+
+    resolved = {
+        "settings": s.to_dict(),
+        "model": model_config.to_dict(),
+        "replicas": replicas,
+        "devices": list(getattr(strategy.extended, "worker_devices", [])),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+        "paper_defaults": {"learning_rate": 1e-4, "momentum": 0.9, "lambda_seg": 0.5, "gamma": 0.04},
+    }
+    config_path = os.path.join(workdir, "config.json")
+    _check_workdir_config(config_path, resolved)
+
+    # -- data ---------------------------------------------------------------
+    sampler = reader = None
+    samples: list[sampling.PatchSample] = []
+    hard_path = os.path.join(workdir, "hard_negatives.csv")
+    if s.tfrecords is None:
+        slides = sampling.load_cohort(s.data, s.split)
+        sampler = sampling.PatchSampler(
+            slides, sampling.SamplerConfig(random_per_class=s.random_per_class, boundary=s.boundary, itc=s.itc)
+        )
+        samples_path = os.path.join(workdir, "samples.csv")
+        if os.path.exists(samples_path):
+            samples = sampling.load_samples(samples_path)
+        else:
+            samples = sampler.sample(s.seed)
+            if chief:
+                sampling.save_samples(samples_path, samples)
+        reader = pipeline.PatchReader(sampler)
+    elif s.hard_negative_at:
+        raise TrainingError("hard-negative mining reads slides; it cannot be combined with --tfrecords")
+    if chief:
+        io_utils.write_json(config_path, resolved)
+
+    augment_config = AugmentConfig() if s.augment else None
+    parallel = tf.data.AUTOTUNE if s.num_parallel_calls < 0 else s.num_parallel_calls
+
+    def make_dataset(start_step: int, extra: list) -> tf.data.Dataset:
+        start = start_step * s.batch_size
+        if s.tfrecords is not None:
+            ds = pipeline.tfrecord_dataset(
+                s.tfrecords, batch_size=s.batch_size, seed=s.seed, augment_config=augment_config,
+                start_index=start, num_parallel_calls=parallel,
+            )
+        else:
+            ds = pipeline.slide_dataset(
+                samples + extra, reader, batch_size=s.batch_size, seed=s.seed, augment_config=augment_config,
+                start_index=start, num_parallel_calls=parallel,
+            )
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return strategy.experimental_distribute_dataset(ds.with_options(options))
+
+    # -- model, optimiser, checkpoint ----------------------------------------
+    keras.utils.set_random_seed(s.seed)
+    with strategy.scope():
+        model = build_training_model(model_config)
+        optimizer = keras.optimizers.SGD(learning_rate=s.learning_rate, momentum=s.momentum)
+        # Built here, not lazily inside tf.function: slot variables must be
+        # created under the strategy's scope, outside the replica context.
+        optimizer.build(model.trainable_variables)
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(writedir, "checkpoints"), max_to_keep=s.keep_checkpoints)
+    # Every worker restores the chief's checkpoint.
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+    start_step = int(step_var.numpy())
+    if start_step == 0 and s.kernel_init == "he_normal":
+        he_initialise(model, s.seed)
+
+    hard: list = []
+    if s.hard_negative_at and start_step >= s.hard_negative_at and os.path.exists(hard_path):
+        hard = sampling.load_samples(hard_path)
+
+    loss_fn = SynergisticLoss(gamma=s.gamma, lam=s.lambda_seg, synergistic=s.synergistic)
+    variables = model.trainable_variables
+
+    def replica_step(image, targets):
+        with tf.GradientTape() as tape:
+            outputs = model(image, training=True)
+            seg = decoder_targets(targets["mask"]) if s.synergistic else None
+            losses = loss_fn(targets["label"], seg, outputs)
+            # Losses are per-replica means; the optimiser sums gradients over
+            # replicas, so divide to get the gradient of the global mean.
+            scaled = losses["total"] / replicas
+        grads = tape.gradient(scaled, variables)
+        # Without synergistic learning the decoder gets no gradient at all.
+        optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
+        predicted = tf.cast(tf.argmax(outputs["classifier"], -1), tf.int32)
+        losses = dict(losses)
+        losses["accuracy"] = tf.reduce_mean(tf.cast(tf.equal(predicted, targets["label"]), tf.float32))
+        return losses
+
+    @tf.function
+    def train_step(batch):
+        image, targets = batch
+        per_replica = strategy.run(replica_step, args=(image, targets))
+        step_var.assign_add(1)
+        return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in per_replica.items()}
+
+    writer = tf.summary.create_file_writer(os.path.join(writedir, "tensorboard"))
+    history: list = []
+    t0 = time.perf_counter()
+    step = start_step
+    stopped_early = False
+    train_time = 0.0
+    iterator = iter(make_dataset(step, hard)) if step < s.steps else None
+
+    while step < s.steps:
+        if s.hard_negative_at and step == s.hard_negative_at and not hard:
+            hard = _mine(s, sampler, reader, model, chief, hard_path)
+            iterator = iter(make_dataset(step, hard))
+        batch = next(iterator)
+        ts = time.perf_counter()
+        losses = {k: float(v) for k, v in train_step(batch).items()}
+        train_time += time.perf_counter() - ts
+        step += 1
+        history.append((step, losses))
+        if not np.isfinite(losses["total"]):
+            raise TrainingError(f"loss became {losses['total']} at step {step}; lower --learning_rate")
+        last = step == s.steps
+        over_time = s.max_seconds is not None and time.perf_counter() - t0 > s.max_seconds
+        if step % s.log_every == 0 or last or over_time:
+            rate = (step - start_step) * s.batch_size / max(train_time, 1e-9)
+            scalars = {f"train/{k}": v for k, v in losses.items()}
+            scalars.update({"train/learning_rate": s.learning_rate, "train/patches_per_s": rate})
+            write_scalars(writer, step, scalars)
+            if on_progress is not None:
+                on_progress(TrainProgress(step, s.steps, losses, time.perf_counter() - t0, rate, start_step))
+        if step % s.checkpoint_every == 0 or last or over_time:
+            manager.save(checkpoint_number=step)
+        if over_time and not last:
+            stopped_early = True
+            break
+
+    final = os.path.join(writedir, "final.weights.h5")
+    if chief:
+        with io_utils.atomic_path(final, suffix=".weights.h5") as tmp:
+            model.save_weights(tmp)
+    if reader is not None:
+        reader.close()
+    return TrainResult(
+        step=step,
+        final_weights=final,
+        checkpoint=manager.latest_checkpoint,
+        history=history,
+        trainer_patches_per_s=(step - start_step) * s.batch_size / max(train_time, 1e-9),
+        stopped_early=stopped_early,
+        resumed_from=start_step,
+        samples=len(samples) + len(hard),
+    )
+
+
+def _mine(s: TrainSettings, sampler, reader, model, chief: bool, path: str) -> list:
+    """Hard-negative stage: the current model scans normal tissue (Sec. 1)."""
+    miner = sampling.HardNegativeMiner(
+        candidates=s.hard_negative_candidates, threshold=s.hard_negative_threshold, max_keep=s.hard_negative_max,
+        batch_size=max(1, min(8, s.batch_size)),
+    )
+    found = miner(sampler, sampling.classifier_predict_fn(model), reader.read_patch, seed=s.seed + 1)
+    if chief:
+        sampling.save_samples(path, found)
+    print(f"hard-negative mining: {len(found)} false positives of {s.hard_negative_candidates} normal patches", flush=True)
+    return found
+
+
+def he_initialise(model, seed: int) -> int:
+    """Redraws every Conv2D/Conv2DTranspose kernel with He-normal (seeded); returns how many."""
+    import keras  # noqa: PLC0415
+
+    n = 0
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
+            init = keras.initializers.HeNormal(seed=seed * 1000 + i)
+            layer.kernel.assign(init(tuple(layer.kernel.shape)))
+            n += 1
+    return n
+
+
+def load_training_model(weights: str, config_name: str):
+    """The training model of ``config_name`` with ``weights`` (a ``.weights.h5``) loaded."""
+    from pfascannet.model.config import get_config  # noqa: PLC0415
+    from pfascannet.model.detector import build_training_model  # noqa: PLC0415
+
+    if not os.path.exists(weights):
+        raise TrainingError(f"{weights}: no such weights file")
+    model = build_training_model(get_config(config_name))
+    model.load_weights(weights)
+    return model

@@ -1,0 +1,159 @@
+"""The trainer: MirroredStrategy over two devices, kill and resume, loss falls (Sec. 2.3, eq. (3))."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from pfascannet.training import trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _dir(cohort):
+    return os.fspath(getattr(cohort, "out_dir", cohort))
+
+
+def _settings(cohort, workdir, **kw):
+    base = dict(data=_dir(cohort), workdir=str(workdir), steps=4, batch_size=2, learning_rate=0.002,
+                random_per_class=2, boundary=1, itc=1, checkpoint_every=2, log_every=1, num_parallel_calls=2)
+    base.update(kw)
+    return trainer.TrainSettings(**base)
+
+
+def _run_child(code, *args, timeout=240):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3"))
+
+
+def _weights(path):
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
+    return out
+
+
+def test_two_steps_under_mirrored_strategy_on_two_cpu_devices(cohort, tmp_path):
+    # Logical devices must be configured before TensorFlow initialises: a child process.
+    code = """
+        import json, sys
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from pfascannet.training import trainer
+        strategy = trainer.make_strategy()
+        s = trainer.TrainSettings(data=sys.argv[1], workdir=sys.argv[2], steps=2, batch_size=2,
+                                  learning_rate=0.002, random_per_class=1, boundary=1, itc=0,
+                                  log_every=1, num_parallel_calls=2)
+        r = trainer.train(s, on_progress=None, strategy=strategy)
+        print(json.dumps({"replicas": strategy.num_replicas_in_sync, "step": r.step,
+                          "losses": [h[1]["total"] for h in r.history]}))
+    """
+    proc = _run_child(code, _dir(cohort), str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["replicas"] == 2 and out["step"] == 2
+    assert all(np.isfinite(out["losses"]))
+    cfg = json.load(open(tmp_path / "config.json"))
+    assert cfg["replicas"] == 2 and len(cfg["devices"]) == 2
+    assert cfg["settings"]["momentum"] == 0.9 and cfg["settings"]["lambda_seg"] == 0.5
+    assert os.path.exists(tmp_path / "final.weights.h5")
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(tmp_path / "tensorboard"))
+
+
+def test_killed_run_resumes_to_the_uninterrupted_weights(cohort, tmp_path):
+    kw = dict(steps=3, batch_size=1, random_per_class=1, boundary=1, itc=0, checkpoint_every=1)
+    whole = trainer.train(_settings(cohort, tmp_path / "whole", **kw), on_progress=None)
+    assert whole.step == 3 and whole.resumed_from == 0
+
+    # The same run, killed with SIGKILL right after step 2 (checkpoint of step 1 on disk).
+    code = """
+        import os, signal, sys
+        from pfascannet.training import trainer
+        s = trainer.TrainSettings(data=sys.argv[1], workdir=sys.argv[2], steps=3, batch_size=1,
+                                  learning_rate=0.002, random_per_class=1, boundary=1, itc=0,
+                                  checkpoint_every=1, log_every=1, num_parallel_calls=2)
+        def die(p):
+            if p.step == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        trainer.train(s, on_progress=die)
+    """
+    killed = tmp_path / "killed"
+    proc = _run_child(code, _dir(cohort), str(killed))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert not os.path.exists(killed / "final.weights.h5")
+    assert os.path.exists(killed / "checkpoints" / "ckpt-1.index")
+    assert not os.path.exists(killed / "checkpoints" / "ckpt-2.index")
+
+    resumed = trainer.train(_settings(cohort, killed, **kw), on_progress=None)
+    assert resumed.resumed_from == 1 and resumed.step == 3
+    a, b = _weights(whole.final_weights), _weights(resumed.final_weights)
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=k)
+    # A finished run resumed again does nothing and keeps its weights.
+    again = trainer.train(_settings(cohort, killed, **kw), on_progress=None)
+    assert again.resumed_from == 3 and again.history == []
+
+
+def test_loss_falls_over_twenty_steps(cohort, tmp_path):
+    s = _settings(cohort, tmp_path, steps=20, batch_size=1, random_per_class=1, boundary=0, itc=0,
+                  augment=False, checkpoint_every=100, log_every=100)
+    r = trainer.train(s, on_progress=None)
+    total = [h[1]["total"] for h in r.history]
+    assert len(total) == 20 and np.all(np.isfinite(total))
+    assert np.mean(total[-6:]) < 0.9 * np.mean(total[:6]), total
+
+
+def test_without_synergistic_learning_and_with_hard_negatives(cohort, tmp_path):
+    # One short run checks two switches: "w/o SL" leaves the decoder untouched, and
+    # the hard-negative stage (threshold 0: every scanned normal patch is a false
+    # positive) adds what it found to the training samples.
+    s = _settings(cohort, tmp_path, steps=2, batch_size=1, random_per_class=1, boundary=0, itc=0,
+                  synergistic=False, augment=False, hard_negative_at=1, hard_negative_candidates=3,
+                  hard_negative_threshold=0.0)
+    r = trainer.train(s, on_progress=None)
+    assert [h[1]["segmentation"] for h in r.history] == [0.0, 0.0]
+    from pfascannet.data import sampling
+
+    hard = sampling.load_samples(tmp_path / "hard_negatives.csv")
+    assert len(hard) == 3 and all(h.kind == "hard_negative" and h.label == 0 for h in hard)
+    assert r.samples == 2 + 3
+
+    model = trainer.load_training_model(r.final_weights, "tiny")
+    fresh = trainer.load_training_model(r.final_weights, "tiny")
+    trainer.he_initialise(fresh, s.seed)  # the decoder weights as they were before step 1
+    from pfascannet.model.config import get_config
+    from pfascannet.model.detector import build_patch_classifier
+
+    detector_names = {layer.name for layer in build_patch_classifier(get_config("tiny")).layers}
+    dec = [layer for layer in model.layers if layer.weights and layer.name not in detector_names]
+    assert len(dec) >= 4
+    for a, b in zip(dec, [fresh.get_layer(layer.name) for layer in dec]):
+        for wa, wb in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_array_equal(wa, wb)
+    trunk = model.get_layer("block1_conv1").get_weights()[0]
+    assert not np.array_equal(trunk, fresh.get_layer("block1_conv1").get_weights()[0])
+
+
+def test_settings_and_workdir_errors_are_clear(cohort, tmp_path):
+    with pytest.raises(trainer.TrainingError, match="batch_size"):
+        _settings(cohort, tmp_path, batch_size=0)
+    with pytest.raises(trainer.TrainingError, match="not a cohort folder"):
+        _settings(cohort, tmp_path, data=str(tmp_path / "nope"))
+    from pfascannet.errors import PfaError
+
+    with pytest.raises(PfaError, match="gamma"):
+        _settings(cohort, tmp_path, gamma=0.9)
+    os.makedirs(tmp_path / "w")
+    json.dump({"settings": dict(_settings(cohort, tmp_path / "w").to_dict(), seed=99)},
+              open(tmp_path / "w" / "config.json", "w"))
+    with pytest.raises(trainer.TrainingError, match="other settings"):
+        trainer.train(_settings(cohort, tmp_path / "w"), on_progress=None)
