@@ -111,6 +111,18 @@ def test_loss_falls_over_twenty_steps(cohort, tmp_path):
     assert len(total) == 20 and np.all(np.isfinite(total))
     assert np.mean(total[-6:]) < 0.9 * np.mean(total[:6]), total
 
+    # The trained weights export as a detector whose patch output is the
+    # training model's classifier (experiments/export.py's library path).
+    from pfascannet.inference.export import load_detector
+
+    trainer.export_trained(str(tmp_path / "export"), "tiny", alpha=1, roi_px=692, formats=("keras",),
+                           checkpoint=r.checkpoint)
+    detector = load_detector(tmp_path / "export")
+    model = trainer.load_training_model(r.final_weights, "tiny")
+    patch = np.random.default_rng(0).integers(0, 256, (1, 692, 692, 3), dtype=np.uint8)
+    want = np.asarray(model(patch.astype(np.float32))["classifier"])[:, 1]
+    np.testing.assert_allclose(detector.predict(patch).reshape(-1), want, atol=1e-5)
+
 
 def test_without_synergistic_learning_and_with_hard_negatives(cohort, tmp_path):
     # One short run checks two switches: "w/o SL" leaves the decoder untouched, and

@@ -482,3 +482,43 @@ def load_training_model(weights: str, config_name: str):
     model = build_training_model(get_config(config_name))
     model.load_weights(weights)
     return model
+
+
+def load_checkpoint_model(checkpoint: str, config_name: str):
+    """The training model of ``config_name`` restored from a ``tf.train.Checkpoint`` prefix."""
+    from pfascannet.model.config import get_config  # noqa: PLC0415
+    from pfascannet.model.detector import build_training_model  # noqa: PLC0415
+
+    if not tf.io.gfile.exists(checkpoint + ".index"):
+        raise TrainingError(f"{checkpoint}: no such checkpoint (expected {checkpoint}.index)")
+    model = build_training_model(get_config(config_name))
+    tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial().assert_existing_objects_matched()
+    return model
+
+
+def export_trained(
+    out_dir: str,
+    config_name: str,
+    alpha: int,
+    roi_px: int,
+    formats: tuple = ("savedmodel", "keras"),
+    weights: Optional[str] = None,
+    checkpoint: Optional[str] = None,
+    export_fn: Optional[Callable] = None,
+    extra: Optional[dict] = None,
+) -> dict:
+    """Detector export of trained weights (a ``.weights.h5`` or a checkpoint) at ``alpha``.
+
+    Only the detector is exported (Sec. 2.2: the decoder serves training);
+    ``export_fn`` defaults to ``pfascannet.inference.export.export_detector``.
+    Returns its export.json contents.
+    """
+    from pfascannet.model.config import get_config  # noqa: PLC0415
+
+    if (weights is None) == (checkpoint is None):
+        raise TrainingError("give exactly one of weights or checkpoint")
+    if export_fn is None:
+        from pfascannet.inference.export import export_detector as export_fn  # noqa: PLC0415
+    model = load_training_model(weights, config_name) if weights else load_checkpoint_model(checkpoint, config_name)
+    return export_fn(model, get_config(config_name), out_dir, alpha=alpha, roi_px=roi_px, formats=formats,
+                     extra=extra)

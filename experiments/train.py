@@ -1,0 +1,92 @@
+"""Train PFA-ScanNet (detector + decoder, synergistic learning) on a cohort.
+
+Zhao et al., MICCAI 2019, Sec. 2.3 and Implementation Details: 692 patches
+with 512 masks, eq. (3) with lambda 0.5 and eq. (2) with gamma 0.04, SGD
+momentum 0.9, learning rate 1e-4 (the defaults here).  Runs under
+``tf.distribute.MirroredStrategy`` on every visible GPU (every CPU device
+without one); ``--strategy=multiworker`` spans machines via ``TF_CONFIG``
+(BUILD.md).
+
+Examples::
+
+    python experiments/train.py --config=paper --data=/data/camelyon --workdir=runs/pfa --steps=200000
+    python experiments/train.py --config=tiny --data=cohort --workdir=runs/tiny --steps=300 \\
+        --learning_rate=0.002          # from-scratch tiny runs need more than the paper's 1e-4
+    python experiments/train.py ... --no_synergistic    # the paper's "w/o SL" ablation
+
+Kill it at any time and rerun the same command: it resumes from the latest
+checkpoint and ends with the weights an uninterrupted run would have.
+Writes ``<workdir>/config.json``, ``checkpoints/``, ``tensorboard/``,
+``samples.csv`` and ``final.weights.h5`` (read by experiments/export.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import flags
+
+if __package__ in (None, ""):  # run as a script from a checkout without `pip install -e .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pfascannet.cliutil import run_main  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", "tiny", "Model config: tiny or paper.")
+flags.DEFINE_string("data", None, "Cohort folder (images/, annotations/, slides.csv).")
+flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, config.json, final.weights.h5.")
+flags.DEFINE_integer("steps", 1000, "Total optimisation steps (a resumed run continues to this).")
+flags.DEFINE_integer("batch_size", 8, "Global batch size (a multiple of the number of replicas).")
+flags.DEFINE_float("learning_rate", 1e-4, "SGD learning rate (paper: 1e-4).")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum (paper: 0.9).")
+flags.DEFINE_float("lambda_seg", 0.5, "lambda of eq. (3) (paper: 0.5).")
+flags.DEFINE_float("gamma", 0.04, "Truncation point of eq. (2) (paper: 0.04; 0 = plain BCE).")
+flags.DEFINE_boolean("synergistic", True, "Synergistic learning; --no_synergistic trains the detector alone.")
+flags.DEFINE_integer("seed", 0, "Seed of sampling, initialisation, shuffling and augmentation.")
+flags.DEFINE_string("split", "train", "Slides of slides.csv to train on.")
+flags.DEFINE_integer("random_per_class", 64, "Random tumour patches and random normal patches (each).")
+flags.DEFINE_integer("boundary", 32, "Boundary patches (centre on a lesion border).")
+flags.DEFINE_integer("itc", 16, "ITC patches (centred on lesions < 275 um).")
+flags.DEFINE_boolean("augment", True, "Flip/rotation/scaling/cropping + colour/HSV jitter (Sec. 2.4).")
+flags.DEFINE_string("tfrecords", None, "Glob of TFRecord shards (data_prep/write_tfrecords.py) to read instead.")
+flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints.")
+flags.DEFINE_integer("log_every", 10, "Steps between progress lines / TensorBoard points.")
+flags.DEFINE_integer("hard_negative_at", 0, "Step at which to mine hard negatives (0: never).")
+flags.DEFINE_integer("hard_negative_candidates", 256, "Normal patches scanned when mining.")
+flags.DEFINE_float("hard_negative_threshold", 0.5, "Tumour probability from which a normal patch is a false positive.")
+flags.DEFINE_integer("hard_negative_max", 64, "Most hard negatives kept.")
+flags.DEFINE_float("max_minutes", None, "Stop early (checkpoint + final weights) after this many minutes.")
+flags.DEFINE_enum("strategy", "mirrored", ["mirrored", "multiworker"], "tf.distribute strategy.")
+flags.DEFINE_enum("kernel_init", "he_normal", ["he_normal", "model"], "Initialisation of a fresh run.")
+
+
+def main(argv):
+    from pfascannet.training import trainer  # noqa: PLC0415  (TensorFlow import after flag parsing)
+
+    if len(argv) > 1:
+        raise trainer.TrainingError(f"unexpected arguments {argv[1:]}")
+
+    if not FLAGS.data and not FLAGS.tfrecords:
+        raise trainer.TrainingError("--data (a cohort folder) or --tfrecords is required")
+    if not FLAGS.workdir:
+        raise trainer.TrainingError("--workdir is required")
+    settings = trainer.TrainSettings(
+        data=FLAGS.data or "", workdir=FLAGS.workdir, config=FLAGS.config, steps=FLAGS.steps,
+        batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, momentum=FLAGS.momentum,
+        lambda_seg=FLAGS.lambda_seg, gamma=FLAGS.gamma, synergistic=FLAGS.synergistic, seed=FLAGS.seed,
+        split=FLAGS.split, random_per_class=FLAGS.random_per_class, boundary=FLAGS.boundary, itc=FLAGS.itc,
+        augment=FLAGS.augment, tfrecords=FLAGS.tfrecords, checkpoint_every=FLAGS.checkpoint_every,
+        log_every=FLAGS.log_every, hard_negative_at=FLAGS.hard_negative_at,
+        hard_negative_candidates=FLAGS.hard_negative_candidates,
+        hard_negative_threshold=FLAGS.hard_negative_threshold, hard_negative_max=FLAGS.hard_negative_max,
+        max_seconds=FLAGS.max_minutes * 60 if FLAGS.max_minutes else None, strategy=FLAGS.strategy,
+        kernel_init=FLAGS.kernel_init,
+    )
+    result = trainer.train(settings)
+    state = "stopped at --max_minutes" if result.stopped_early else "done"
+    print(f"{state}: step {result.step}/{settings.steps}; weights {result.final_weights}")
+
+
+if __name__ == "__main__":
+    run_main(main)
