@@ -14,7 +14,7 @@ from typing import Callable
 
 from pfascannet.errors import PfaError
 
-USER_ERRORS = (PfaError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+USER_ERRORS = (PfaError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 def fail(message: str, status: int = 2) -> "NoReturn":  # noqa: F821
