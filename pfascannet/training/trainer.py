@@ -161,21 +161,33 @@ class TrainSettings:
 
 @dataclasses.dataclass(frozen=True)
 class TrainProgress:
-    """What a progress callback sees after each step."""
+    """What a progress callback sees after each logged step.
+
+    Attributes:
+      step, steps: the step reached and the run's total.
+      losses: {total, classification, segmentation, accuracy} of the step.
+      elapsed_s: wall time of this process so far.
+      patches_per_s: training throughput of this process.
+      first_step: the step this process started at (after a resume).
+      max_seconds: the run's time limit, if any.
+    """
 
     step: int
     steps: int
     losses: dict
     elapsed_s: float
     patches_per_s: float
+    first_step: int = 0
+    max_seconds: Optional[float] = None
 
     @property
     def eta_s(self) -> float:
-        """Seconds left at the current rate."""
+        """Seconds left at the current rate (or to the time limit, if sooner)."""
         done = max(self.step - self.first_step, 1)
-        return (self.steps - self.step) * self.elapsed_s / done
-
-    first_step: int = 0
+        eta = (self.steps - self.step) * self.elapsed_s / done
+        if self.max_seconds is not None:
+            eta = min(eta, max(self.max_seconds - self.elapsed_s, 0.0))
+        return eta
 
 
 @dataclasses.dataclass
@@ -421,7 +433,8 @@ def train(
             scalars.update({"train/learning_rate": s.learning_rate, "train/patches_per_s": rate})
             write_scalars(writer, step, scalars)
             if on_progress is not None:
-                on_progress(TrainProgress(step, s.steps, losses, time.perf_counter() - t0, rate, start_step))
+                elapsed = time.perf_counter() - t0
+                on_progress(TrainProgress(step, s.steps, losses, elapsed, rate, start_step, s.max_seconds))
         if step % s.checkpoint_every == 0 or last or over_time:
             manager.save(checkpoint_number=step)
         if over_time and not last:
