@@ -35,7 +35,7 @@ flags.DEFINE_integer("patients", None, "Patients of 5 nodes (default 6 with --qu
 flags.DEFINE_integer("seed", 0, "Cohort and training seed.")
 flags.DEFINE_integer("train_steps", None, "Steps per trained model (default 400 with --quick, else 3000).")
 flags.DEFINE_float("train_minutes", None, "Time limit per trained model (default 8 with --quick, else none).")
-flags.DEFINE_float("learning_rate", 0.01, "SGD rate of the from-scratch tiny runs (paper: 1e-4 fine-tuning).")
+flags.DEFINE_float("learning_rate", 0.002, "SGD rate of the from-scratch tiny runs (paper: 1e-4 fine-tuning).")
 flags.DEFINE_integer("batch_size", 8, "Training batch.")
 flags.DEFINE_string("config", "tiny", "Model config.")
 flags.DEFINE_string("sl_weights", None, "Use these trained PFA-ScanNet weights instead of training them here.")

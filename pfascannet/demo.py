@@ -62,7 +62,7 @@ def obtain_model(s: DemoSettings, cohort_dir: str, log: workflow.Log) -> tuple[s
     from pfascannet.training.trainer import TrainSettings  # noqa: PLC0415
 
     settings = TrainSettings(data=cohort_dir, workdir=os.path.join(s.out, "train"), config="tiny",
-                             steps=s.train_steps, batch_size=8, learning_rate=0.01, seed=s.seed,
+                             steps=s.train_steps, batch_size=8, learning_rate=0.002, seed=s.seed,
                              max_seconds=60 * s.train_minutes, log_every=10, checkpoint_every=50)
     weights = workflow.train_model(settings, log)
     return weights, (f"model: `tiny` trained here for up to {s.train_steps} steps / {s.train_minutes:g} min "
