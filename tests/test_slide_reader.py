@@ -181,3 +181,32 @@ def test_read_after_close(slide_path):
     r.close()  # idempotent
     with pytest.raises(SlideError, match="read after close"):
         r.read_region((0, 0), 0, (4, 4))
+
+
+def test_close_waits_for_reads_in_flight_then_refuses_new_ones(cohort):
+    # tf.data prefetch threads may still be reading when a pipeline is closed;
+    # OpenSlide aborts the whole process if a handle is closed under a read.
+    import threading
+
+    from pfascannet.slide.reader import SlideError, SlideReader
+
+    reader = SlideReader(sorted((cohort / "images").glob("*.tif"))[0])
+    refused, started = [], threading.Barrier(4)
+
+    def read_many():
+        started.wait()
+        for i in range(400):
+            try:
+                reader.read_region((8 * i, 8 * i), 0, (512, 512))
+            except SlideError as exc:
+                refused.append(str(exc))
+                return
+
+    threads = [threading.Thread(target=read_many) for _ in range(3)]
+    for t in threads:
+        t.start()
+    started.wait()
+    reader.close()
+    for t in threads:
+        t.join()
+    assert len(refused) == 3 and all("read after close()" in m for m in refused)

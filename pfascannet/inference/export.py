@@ -29,7 +29,6 @@ The ``.keras`` file loads under any Keras backend.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -39,20 +38,15 @@ import keras
 import numpy as np
 
 from pfascannet import geometry
-from pfascannet.errors import PfaError
+from pfascannet.inference.export_meta import EXPORT_JSON, ExportError, read_export_json  # noqa: F401  (re-exported)
 from pfascannet.io_utils import atomic_path, write_json
 from pfascannet.model.config import ModelConfig
 from pfascannet.model.detector import TUMOUR_CHANNEL, build_detector, transfer_weights
 
-EXPORT_JSON = "export.json"
 SAVED_MODEL_DIR = "saved_model"
 KERAS_FILE = "detector.keras"
 FORMATS = ("savedmodel", "keras")
 EXPORT_VERSION = 1
-
-
-class ExportError(PfaError):
-    """An export that cannot be written or a path that holds no usable detector."""
 
 
 @runtime_checkable
@@ -306,20 +300,6 @@ def _write_saved_model(detector: keras.Model, path: str, roi_px: int) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def read_export_json(export_dir: str) -> dict:
-    """The export.json of ``export_dir``, with a clear error if it is missing or unreadable."""
-    path = os.path.join(export_dir, EXPORT_JSON)
-    if not os.path.isfile(path):
-        raise ExportError(f"{export_dir} has no {EXPORT_JSON}: not an export directory, or an interrupted export")
-    try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
-        int(meta["alpha"]), int(meta["roi_px"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ExportError(f"{path} is not a valid export description: {exc}") from None
-    return meta
 
 
 def load_detector(

@@ -10,11 +10,11 @@ export's ``.keras`` file instead.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional, Sequence, Union
 
 from pfascannet import geometry
+from pfascannet.inference import export_meta
 from pfascannet.inference.engine import ModelRun, ScanError
 from pfascannet.inference.plan import auto_roi_px
 
@@ -53,16 +53,9 @@ def paper_like_roi_px(alpha: int) -> int:
 def _export_meta(path: str) -> Optional[dict]:
     # Read export.json without importing Keras, so bad --alpha/--roi values
     # are reported before the (slow) framework import.
-    meta_path = os.path.join(path, "export.json")
-    if not (os.path.isdir(path) and os.path.isfile(meta_path)):
+    if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, export_meta.EXPORT_JSON))):
         return None
-    try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-        int(meta["alpha"]), int(meta["roi_px"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ScanError(f"{meta_path} is not a valid export description: {exc}") from None
-    return meta
+    return export_meta.read_export_json(path)
 
 
 def load_run(

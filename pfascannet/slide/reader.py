@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from typing import Optional
 
 import numpy as np
@@ -80,6 +81,9 @@ class SlideReader:
                 raise SlideError(f"{self.path}: mpp override must be a positive number of microns per pixel")
         openslide = _openslide()
         is_tiff = _has_tiff_magic(self.path)
+        self._inflight = 0
+        self._inflight_cond = threading.Condition()
+        self._slide = None
         try:
             self._slide = openslide.OpenSlide(self.path)
         except openslide.OpenSlideUnsupportedFormatError as exc:
@@ -165,17 +169,26 @@ class SlideReader:
                 f"{self.path}: region {w}x{h} at level {level} is larger than {_MAX_REGION_PX} pixels; "
                 "read it in tiles or at a coarser level"
             )
-        if self._slide is None:
-            raise SlideError(f"{self.path}: read after close()")
         openslide = _openslide()
-        # No lock: OpenSlide handles are thread-safe and ctypes releases the
-        # GIL, so prefetching threads decode tiles in parallel.
+        # No lock around the read: OpenSlide handles are thread-safe and ctypes
+        # releases the GIL, so prefetching threads decode tiles in parallel.
+        # Reads in flight are counted so close() waits for them: OpenSlide
+        # aborts the process if a handle is closed under a running read.
+        with self._inflight_cond:
+            if self._slide is None:
+                raise SlideError(f"{self.path}: read after close()")
+            self._inflight += 1
+            slide = self._slide
         try:
-            rgba = np.asarray(self._slide.read_region((int(xy[0]), int(xy[1])), level, (w, h)))
+            rgba = np.asarray(slide.read_region((int(xy[0]), int(xy[1])), level, (w, h)))
         except openslide.OpenSlideError as exc:
             raise SlideError(
                 f"{self.path}: read failed at {tuple(xy)} level {level} ({exc}); corrupt or truncated file?"
             ) from exc
+        finally:
+            with self._inflight_cond:
+                self._inflight -= 1
+                self._inflight_cond.notify_all()
         return composite_on_white(rgba)
 
     def read_level(self, level: int) -> np.ndarray:
@@ -228,10 +241,14 @@ class SlideReader:
 
     def close(self) -> None:
         """Releases the OpenSlide handle (idempotent)."""
-        slide = getattr(self, "_slide", None)
+        cond = getattr(self, "_inflight_cond", None)
+        if cond is None:  # __init__ failed before the handle was opened
+            return
+        with cond:
+            slide, self._slide = self._slide, None
+            cond.wait_for(lambda: self._inflight == 0)
         if slide is not None:
             slide.close()
-            self._slide = None
 
     def __enter__(self) -> "SlideReader":
         return self
