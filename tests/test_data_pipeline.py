@@ -12,13 +12,9 @@ from pfascannet.data.augment import AugmentConfig
 M0 = geometry.MASK_OFFSET_PX
 
 
-def _dir(cohort):
-    return os.fspath(getattr(cohort, "out_dir", cohort))
-
-
 @pytest.fixture(scope="module")
 def setup(cohort):
-    slides = sampling.load_cohort(_dir(cohort), "train")
+    slides = sampling.load_cohort(os.fspath(cohort), "train")
     sampler = sampling.PatchSampler(slides, sampling.SamplerConfig(random_per_class=3, boundary=2, itc=1))
     samples = sampler.sample(seed=0)
     reader = pipeline.PatchReader(sampler)

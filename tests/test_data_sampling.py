@@ -13,13 +13,9 @@ from pfascannet.data import sampling
 C = geometry.PATCH_CENTRE_PX
 
 
-def _dir(cohort):
-    return os.fspath(getattr(cohort, "out_dir", cohort))
-
-
 @pytest.fixture(scope="module")
 def sampler(cohort):
-    slides = sampling.load_cohort(_dir(cohort), "train")
+    slides = sampling.load_cohort(os.fspath(cohort), "train")
     return sampling.PatchSampler(slides, sampling.SamplerConfig(random_per_class=6, boundary=6, itc=4))
 
 
@@ -64,7 +60,7 @@ def test_boundary_patches_straddle_a_border(sampler, samples):
 def test_itc_patches_contain_an_itc(cohort, sampler, samples):
     itc = [s for s in samples if s.kind == "itc"]
     assert itc
-    with open(os.path.join(_dir(cohort), "lesions.csv"), newline="") as f:
+    with open(os.path.join(os.fspath(cohort), "lesions.csv"), newline="") as f:
         truth = [r for r in csv.DictReader(f)]
     for s in itc:
         t = sampler.truth(s.slide_id)
