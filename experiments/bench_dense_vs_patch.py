@@ -88,7 +88,7 @@ def main(argv):
         dense = build_detector(config, alpha=FLAGS.alpha, input_px=lr)
         transfer_weights(patch_model, dense)
         roi = structured_roi(lr)[None].astype(np.float32)
-        dense_s = _time(lambda: dense.predict_on_batch(roi), FLAGS.repeats)
+        dense_s = _time(lambda d=dense: d.predict_on_batch(roi), FLAGS.repeats)
         patch_s = per_patch_s * lm * lm
         row = {
             "roi_px": lr,

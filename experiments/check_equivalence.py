@@ -18,13 +18,12 @@ offsets the patches: a control that must report a mismatch.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 from absl import flags
 
-from pfascannet import cliutil, geometry
+from pfascannet import cliutil
 from pfascannet.errors import PfaError
 
 FLAGS = flags.FLAGS

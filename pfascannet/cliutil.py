@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
 from pfascannet.errors import PfaError
 
 USER_ERRORS = (PfaError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
-def fail(message: str, status: int = 2) -> "NoReturn":  # noqa: F821
+def fail(message: str, status: int = 2) -> NoReturn:
     """Prints ``error: message`` on one line and exits."""
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
     sys.exit(status)
