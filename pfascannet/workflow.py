@@ -198,8 +198,6 @@ def minutes_per_wsi(seconds_per_roi: float, rois_per_wsi: int = 400) -> float:
     return seconds_per_roi * rois_per_wsi / 60.0
 
 
-PAPER_ROI_PX = geometry.PAPER_ROI_PX
-
 
 def time_patch_mode(export_dir: str, cohort_dir: str, n_patches: int = 32, batch: int = 8) -> dict:
     """Seconds per 2708 ROI of the patch-wise baseline, from ``n_patches`` timed patches.
