@@ -34,8 +34,11 @@ setup(
         "psutil>=5.9",
     ],
     extras_require={
-        "dev": ["pytest>=7.4", "jax>=0.4.30"],
+        # Ray: cohort scans over a cluster (experiments/scan.py --ray); the dev
+        # extra includes it so CI runs the Ray tests instead of skipping them.
+        "dev": ["pytest>=7.4", "jax>=0.4.30", "ray>=2.9"],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
+        "ray": ["ray>=2.9"],
     },
     entry_points={
         "console_scripts": [
