@@ -29,6 +29,14 @@ class ModelConfig:
         paper's trunk is VGG16 (64, 128, 256, 512, 512).
       bm_channels: channels of the inner 3x3 convolution of each
         boundary-aware module; Fig. 2b labels it "Conv 3x3, 2", so 2.
+      input_convention: how the model turns raw RGB 0..255 into the trunk's
+        input, inside the model so that every export carries it:
+        ``"unit"`` scales to [-1, 1] (the project's from-scratch default);
+        ``"caffe"`` is what Keras' ImageNet VGG16 weights expect
+        (``keras.applications.vgg16.preprocess_input``: RGB -> BGR, minus
+        the ImageNet channel means, no scaling).  The paper fine-tunes an
+        ImageNet VGG16 (Sec. 3), so a trunk started from those weights must
+        see that convention (``model.imagenet``).
 
     Not configurable, because the figures fix them: the PFE score maps X'_i,
     M_i and the decoder maps all have 2 channels (normal, tumour) -- Fig. 2a
@@ -38,6 +46,7 @@ class ModelConfig:
     name: str = "paper"
     widths: tuple[int, int, int, int, int] = (64, 128, 256, 512, 512)
     bm_channels: int = 2
+    input_convention: str = "unit"
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -50,6 +59,10 @@ class ModelConfig:
         object.__setattr__(self, "widths", widths)
         if not _is_pos_int(self.bm_channels):
             raise ConfigError(f"ModelConfig.bm_channels must be a positive integer, got {self.bm_channels!r}")
+        if self.input_convention not in INPUT_CONVENTIONS:
+            raise ConfigError(
+                f"ModelConfig.input_convention must be one of {INPUT_CONVENTIONS}, got {self.input_convention!r}"
+            )
 
     @classmethod
     def paper(cls) -> "ModelConfig":
@@ -97,6 +110,9 @@ def get_config(name: str) -> ModelConfig:
 def _is_pos_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
+
+INPUT_CONVENTIONS = ("unit", "caffe")
+"""``unit``: RGB/127.5 - 1; ``caffe``: BGR minus ImageNet means (Keras' VGG16 weights)."""
 
 SCORE_CHANNELS = 2
 """Channels of X'_i, M_i and every decoder map (Fig. 2a: "Conv 15x1, 2"); channel 1 = tumour."""

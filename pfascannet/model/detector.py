@@ -1,6 +1,6 @@
 """PFA-ScanNet's detector and its training model (Fig. 1, Sec. 2.1-2.3).
 
-Detector: normalise -> no-padding VGG16 conv1..conv5 -> PFE on X3, X4, X5
+Detector: normalise (``ModelConfig.input_convention``) -> no-padding VGG16 conv1..conv5 -> PFE on X3, X4, X5
 -> DensePooling (stride s_i / alpha) -> M3 + M4 + M5 -> 1x1 conv (2) ->
 softmax.  Built at alpha = 1 on a 692 patch it is the patch classifier (one
 output); built at alpha on an ROI of side LR = 692 + (512/alpha)(Lm - 1)
@@ -22,6 +22,7 @@ from pfascannet import geometry
 from pfascannet.model.config import SCORE_CHANNELS, ConfigError, ModelConfig
 from pfascannet.model.decoder import build_decoder
 from pfascannet.model.dense_pooling import dense_pooling_for_level
+from pfascannet.model.imagenet import CaffeNormalisation
 from pfascannet.model.pfe import pfe_block
 from pfascannet.model.trunk import vgg16_trunk
 
@@ -29,9 +30,12 @@ TUMOUR_CHANNEL = 1
 """Channel of the softmax outputs that is the tumour probability."""
 
 
-def _normalise(x):
-    # RGB 0..255 (uint8 or float) -> [-1, 1]; inside the model so every export
-    # takes raw pixels and no caller can forget or double the normalisation.
+def _normalise(x, config: ModelConfig):
+    # RGB 0..255 (uint8 or float) -> the trunk's input convention; inside the
+    # model so every export takes raw pixels and no caller can forget or double
+    # the normalisation.  "caffe" is what ImageNet VGG16 weights expect.
+    if config.input_convention == "caffe":
+        return CaffeNormalisation(name="normalise")(x)
     return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise")(x)
 
 
@@ -60,7 +64,7 @@ def build_detector(config: ModelConfig, alpha: int = 1, input_px: int | None = N
     if input_px is not None:
         geometry.ScanGeometry(alpha=alpha, roi_px=input_px)  # eq. (1) and even pooling sides
     inputs = keras.Input((input_px, input_px, 3), name="rgb")
-    feats = vgg16_trunk(_normalise(inputs), config)
+    feats = vgg16_trunk(_normalise(inputs, config), config)
     pfe_maps = {level: pfe_block(feats[level], level) for level in geometry.HEAD_LEVELS}
     probs = _detector_head(pfe_maps, alpha)
     return keras.Model(inputs, probs, name=f"pfascannet_detector_{config.name}_alpha{alpha}")
@@ -82,7 +86,7 @@ def build_training_model(config: ModelConfig) -> keras.Model:
         ``decoder.DECODER_SCALES`` for the mask region each covers).
     """
     inputs = keras.Input((geometry.PATCH_PX, geometry.PATCH_PX, 3), name="rgb")
-    feats = vgg16_trunk(_normalise(inputs), config)
+    feats = vgg16_trunk(_normalise(inputs, config), config)
     pfe_maps = {level: pfe_block(feats[level], level) for level in (2, *geometry.HEAD_LEVELS)}
     probs = _detector_head(pfe_maps, alpha=1)
     outputs = {"classifier": keras.layers.Reshape((SCORE_CHANNELS,), name="classifier")(probs)}
