@@ -2,18 +2,23 @@
 
 Zhao et al. (MICCAI 2019), section 3, report "average FROC": the mean
 sensitivity at 1/4, 1/2, 1, 2, 4 and 8 false positives per whole-slide image.
-Two implementations of that number circulate and they differ, so this module
-computes both from one FROC curve and names them everywhere:
+Three rules for that number circulate and they differ, so this module
+computes all three from one FROC curve and names them everywhere
+(``SCORE_NAMES``):
 
 * ``froc_interpolated``: ``np.interp`` of the curve at the six FP rates, FPs
-  averaged over all slides (the widely used Python port of the organisers'
-  ``Evaluation_FROC.py``);
-* ``froc_nearest_point``: the organisers' grading, which takes, for each
-  target FP rate, the first curve point (in increasing-FP order) whose
-  average FP count is at or above the target (``bisect_left``), or the
-  last point if none is. This is the score of the paper's group.
+  averaged over all slides (the widely used Python port, e.g. NCRF);
+* ``froc_nearest_point``: for each rate, the curve point (in the order the
+  curve is built, lowest threshold first) with the smallest ``|fp - rate|``,
+  the first one winning a tie; FPs over all slides (the paper's group's own
+  script);
+* ``froc_organisers``: the organisers' grading, the same nearest-point rule
+  with only the FPs of normal slides counted, per normal slide.
 
-The curve follows ``Evaluation_FROC.py``:
+The paper does not say which rule its 89.1 % / 90.2 % come from
+(``PAPER_COMPARABILITY``).
+
+The curve follows the organisers' ``Evaluation_FROC.py``:
 
 * evaluation mask at level 5 (32 level-0 px): tumour is value 255; the
   Euclidean distance transform of the non-tumour is kept below
@@ -26,15 +31,16 @@ The curve follows ``Evaluation_FROC.py``:
   0 is a false positive; each lesion keeps its highest-probability hit as its
   TP probability; further hits on it are neither TP nor FP; on normal slides
   every detection is a FP;
-* thresholds: every distinct probability (TP probabilities, with 0 for a
-  missed lesion and for every ITC region of a tumour slide, and FP
-  probabilities) except the lowest; a final point (0 FP, 0 sensitivity)
-  closes the curve.
+* per slide, FP probabilities are Python floats and the lesion probabilities
+  a float32 array starting at 0 (one entry per label, ITC regions included,
+  which stay 0 like missed lesions); thresholds are the distinct values of
+  both together, sorted, minus the lowest; for each threshold ``t``:
+  FPs = #(FP >= t), TPs = #(lesion >= t, compared in float32); then a final
+  (0, 0) point.
 """
 
 from __future__ import annotations
 
-import bisect
 import csv
 import dataclasses
 import os
@@ -43,6 +49,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from pfascannet import io_utils
+from pfascannet.evaluation import csv_rows
 from pfascannet.errors import PfaError
 
 LEVEL0_MPP = 0.243
@@ -60,13 +67,33 @@ ITC_MAJOR_AXIS_UM = 275.0
 FP_RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 """False positives per slide at which the average sensitivity is taken."""
 
+SCORE_KEYS = ("froc_interpolated", "froc_nearest_point", "froc_organisers")
+"""The three FROC scores, in the order every report prints them."""
+
 SCORE_NAMES = {
-    "froc_interpolated": "FROC, interpolated (np.interp at 1/4..8 FPs per slide, FPs over all "
-                         "slides; the widely used port of Evaluation_FROC.py)",
-    "froc_nearest_point": "FROC, nearest curve point (first curve point with average FPs >= each "
-                          "target; the organisers' grading, the score of Zhao et al.)",
+    "froc_interpolated": "FROC, interpolated (np.interp of the curve at 1/4..8 FPs per slide, FPs over "
+                         "all slides; the widely used port of Evaluation_FROC.py, e.g. NCRF)",
+    "froc_nearest_point": "FROC, nearest point (per FP rate the curve point with the smallest |FPs - rate|, "
+                          "first wins a tie, no interpolation, FPs over all slides; the paper's group's "
+                          "own script)",
+    "froc_organisers": "FROC, organisers' grading (the nearest-point rule with only the FPs of normal "
+                       "slides counted, per normal slide; Camelyon16's grading)",
 }
 """One-line names printed beside every FROC number this project reports."""
+
+SCORE_SHORT = {"froc_interpolated": "interpolated", "froc_nearest_point": "nearest point",
+               "froc_organisers": "organisers' grading"}
+"""Column titles of the three scores in tables."""
+
+PAPER_COMPARABILITY = (
+    "Zhao et al. (2019) report an average FROC of 89.1 % (PFA-ScanNet) and 90.2 % (PFA-ScanNet*, "
+    "ensemble) on the Camelyon16 test set without saying which rule computed it. The paper's group's "
+    "own script uses the nearest point over all slides, so froc_nearest_point is the likeliest match, "
+    "but the paper does not state it: compare any of the three with that caveat.")
+"""Which score the paper's numbers are comparable to: the paper does not say; every report states so."""
+
+CAMELYON16_EXCLUDED = ("Test_049", "Test_114")
+"""Camelyon16 test slides the organisers left out of the FROC evaluation (``exclude``)."""
 
 SIZE_CLASSES = ("itc", "micro", "macro")
 
@@ -204,25 +231,30 @@ def tumour_mask_from_xml(path: str | os.PathLike, dimensions_xy: tuple[int, int]
 def read_detections_csv(path: str | os.PathLike) -> np.ndarray:
     """Reads a Camelyon16 lesion CSV: rows ``confidence,X,Y`` (level-0 px), no header.
 
-    A header line whose first field is not a number is tolerated and skipped.
+    Read so that it cannot be misread: the first line may be a header only if
+    it names three columns and none is a number (``confidence,X,Y``); every
+    other non-blank line must be exactly three finite numbers, and X, Y must
+    not be negative.  Anything else (binary garbage included) is an error
+    naming the file and line, never a silently skipped line.
 
     Returns:
       float64 ``[n, 3]`` array of (confidence, X, Y).
+
+    Raises:
+      FrocError: the file and line of the first bad line.
     """
     rows = []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        for lineno, row in enumerate(csv.reader(f), start=1):
-            if not row or not any(c.strip() for c in row):
-                continue
-            try:
-                values = [float(c) for c in row[:3]]
-            except ValueError:
-                if lineno == 1 and not rows:
-                    continue  # a header
-                raise FrocError(f"{path}:{lineno}: expected `confidence,X,Y` numbers, got {','.join(row)!r}") from None
-            if len(values) != 3 or not np.all(np.isfinite(values)):
-                raise FrocError(f"{path}:{lineno}: expected three finite numbers `confidence,X,Y`, got {','.join(row)!r}")
-            rows.append(values)
+    for lineno, row in csv_rows.read_rows(path, FrocError):
+        if lineno == 1 and csv_rows.is_header(row, 3):
+            continue
+        values = [csv_rows.finite(c) for c in row]
+        if len(values) != 3 or any(v is None for v in values):
+            raise FrocError(f"{path}:{lineno}: expected three finite numbers `confidence,X,Y`, "
+                            f"got {csv_rows.show(row)}")
+        if values[1] < 0 or values[2] < 0:
+            raise FrocError(f"{path}:{lineno}: detection at (X={values[1]:g}, Y={values[2]:g}) lies outside "
+                            f"the slide (level-0 coordinates are >= 0)")
+        rows.append(values)
     return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
 
 
@@ -232,15 +264,19 @@ class SlideResult:
 
     Attributes:
       name: slide id.
-      fp_probs: probabilities of the false positives.
+      fp_probs: probabilities of the false positives (float64: the organisers'
+        FP list holds Python floats).
       tp_probs: per counted lesion (non-ITC label, ascending), its highest hit
-        probability, 0 if missed.
+        probability, 0 if missed; float32, as the organisers' ``TP_probs``.
       lesion_labels: evaluation-mask label of each entry of ``tp_probs``.
       lesion_classes: size class of each counted lesion (``itc``/``micro``/``macro``).
       n_ignored: hits on ITC regions plus repeated hits on a lesion.
       n_itc: ITC regions on the slide. The organisers keep a TP probability
         of 0 for each of them, which puts 0 among the distinct probabilities
         (and so decides which probability is "the lowest").
+      tumour: a tumour slide (its FPs do not count in the organisers' grading).
+      size_known: whether its detections were checked against the slide's
+        level-0 size (a tumour slide's always are, against its mask).
     """
 
     name: str
@@ -250,6 +286,8 @@ class SlideResult:
     lesion_classes: list[str]
     n_ignored: int = 0
     n_itc: int = 0
+    tumour: bool = True
+    size_known: bool = True
 
     @property
     def n_lesions(self) -> int:
@@ -258,7 +296,8 @@ class SlideResult:
 
 def score_slide(name: str, detections: np.ndarray, labels: Optional[np.ndarray],
                 itc: Iterable[int] = (), classes: Optional[Mapping[int, str]] = None,
-                downsample: int = EVAL_DOWNSAMPLE) -> SlideResult:
+                downsample: int = EVAL_DOWNSAMPLE, dimensions_xy: Optional[tuple[int, int]] = None,
+                source: Optional[str] = None) -> SlideResult:
     """Counts TPs and FPs of one slide by the organisers' rules.
 
     Args:
@@ -269,41 +308,55 @@ def score_slide(name: str, detections: np.ndarray, labels: Optional[np.ndarray],
       itc: labels of ITC regions (hits ignored, not counted as lesions).
       classes: size class per label; labels without one are ``"unknown"``.
       downsample: level-0 px per evaluation-mask pixel.
+      dimensions_xy: the slide's level-0 ``(width, height)`` when known: a
+        detection at or beyond it is an error, on normal slides too.
+      source: the file the detections came from, for messages.
 
     Raises:
-      FrocError: a detection outside the mask.
+      FrocError: a detection outside the slide or its mask.
     """
     detections = np.asarray(detections, dtype=np.float64).reshape(-1, 3)
+    where = source or f"slide {name}"
+    for p, x, y in detections:
+        outside = x < 0 or y < 0
+        if dimensions_xy is not None:
+            outside = outside or x >= dimensions_xy[0] or y >= dimensions_xy[1]
+        if outside:
+            size = f"{dimensions_xy[0]}x{dimensions_xy[1]} " if dimensions_xy is not None else ""
+            raise FrocError(f"{where}: detection ({p:g}, X={x:g}, Y={y:g}) lies outside the {size}slide "
+                            f"(slide {name}, level-0 px)")
     probs = detections[:, 0]
     if labels is None:
-        return SlideResult(name, probs.copy(), np.zeros(0), [], [], 0)
+        return SlideResult(name, probs.copy(), np.zeros(0, np.float32), [], [], 0, tumour=False)
     itc = set(int(i) for i in itc)
     n_labels = int(labels.max()) if labels.size else 0
     lesion_labels = [lab for lab in range(1, n_labels + 1) if lab not in itc]
-    best = np.zeros(n_labels + 1, dtype=np.float64)
+    # float32 as the organisers' TP_probs (np.zeros(max_label, dtype=np.float32)).
+    best = np.zeros(n_labels + 1, dtype=np.float32)
     hit = np.zeros(n_labels + 1, dtype=bool)
     fps, n_ignored = [], 0
     rows = np.floor_divide(detections[:, 2].astype(np.int64), downsample)
     cols = np.floor_divide(detections[:, 1].astype(np.int64), downsample)
     for p, r, c, x, y in zip(probs, rows, cols, detections[:, 1], detections[:, 2]):
         if not (0 <= r < labels.shape[0] and 0 <= c < labels.shape[1]):
-            raise FrocError(f"slide {name}: detection at level-0 (X={x:g}, Y={y:g}) lies outside "
-                            f"the {labels.shape[1]}x{labels.shape[0]} level-5 mask")
+            raise FrocError(f"{where}: detection at level-0 (X={x:g}, Y={y:g}) lies outside "
+                            f"the {labels.shape[1]}x{labels.shape[0]} level-5 mask of slide {name}")
         lab = int(labels[r, c])
         if lab == 0:
-            fps.append(p)
+            fps.append(float(p))
         elif lab in itc:
             n_ignored += 1
         else:
             n_ignored += int(hit[lab])
             hit[lab] = True
-            # Strict '>' as the organisers: only the highest hit is kept.
-            if p > best[lab]:
+            # Strict '>' as the organisers: only the highest hit is kept (compared as they
+            # do, a Python float against a float32 entry, i.e. in float32).
+            if np.float32(p) > best[lab]:
                 best[lab] = p
     classes = classes or {}
     return SlideResult(name, np.asarray(fps, dtype=np.float64), best[lesion_labels],
                        lesion_labels, [classes.get(lab, "unknown") for lab in lesion_labels], n_ignored,
-                       n_itc=sum(1 for lab in range(1, n_labels + 1) if lab in itc))
+                       n_itc=sum(1 for lab in range(1, n_labels + 1) if lab in itc), tumour=True)
 
 
 def classes_from_truth(labels: np.ndarray, lesions_xy_class: Sequence[tuple[float, float, str]],
@@ -326,53 +379,113 @@ def classes_from_truth(labels: np.ndarray, lesions_xy_class: Sequence[tuple[floa
 
 
 # ----------------------------------------------------------------------------
-# The FROC curve and the two scores.
+# The FROC curve and the three scores.
 
 
-def froc_curve(results: Sequence[SlideResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The organisers' FROC curve over slides.
+def froc_curve(results: Sequence[SlideResult], fps_of: str = "all"
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The organisers' FROC curve over slides (``shared/DESIGN.md`` section 3).
+
+    Lesion probabilities are a float32 array (each lesion's highest hit, 0
+    when missed, plus a 0 per ITC region); FP probabilities are float64 (the
+    organisers' Python floats).  Thresholds are the distinct values of both
+    together, sorted, minus the lowest; at each threshold ``t`` (ascending)
+    FPs = #(FP >= t) and TPs = #(lesion >= t) compared in float32; a closing
+    point (0, 0) follows.
+
+    Why float32 is kept: the organisers' ``Evaluation_FROC.py`` stores
+    ``TP_probs`` as ``np.float32`` and the FPs as Python floats, so a lesion
+    and a FP that share a probability ``v`` with ``float32(v) != v`` are two
+    thresholds, and where ``float32(v) > v`` the curve gains a point (the FP
+    dropped, the lesion kept) that moves both scores. Every published
+    Camelyon16 FROC carries that quirk; "fixing" it would make our numbers
+    incomparable, so it is reproduced on purpose.
+
+    Args:
+      results: per-slide results.
+      fps_of: ``"all"``: FPs of every slide, per slide (interpolated and
+        nearest-point scores); ``"normal"``: only the FPs of normal slides,
+        per normal slide (the organisers' grading). The thresholds are the
+        same in both: the distinct values of every FP and lesion probability.
 
     Returns:
-      ``(avg_fps, sensitivity, thresholds)``: for each threshold (every
-      distinct probability but the lowest, ascending) the FPs per slide
-      (averaged over all slides) and the lesion sensitivity, then a closing
-      point (0, 0) with threshold ``inf``. ``avg_fps`` is non-increasing.
+      ``(avg_fps, sensitivity, thresholds)``, lowest threshold first, then the
+      closing point with threshold ``inf``; ``avg_fps`` is non-increasing.
+
+    Raises:
+      FrocError: no slide, no (non-ITC) lesion, or no normal slide for ``"normal"``.
     """
     if not results:
         raise FrocError("FROC needs at least one slide")
+    if fps_of not in ("all", "normal"):
+        raise FrocError(f"fps_of must be 'all' or 'normal', got {fps_of!r}")
     n_lesions = sum(r.n_lesions for r in results)
     if n_lesions == 0:
         raise FrocError("FROC needs at least one (non-ITC) lesion among the slides")
-    fps = np.concatenate([r.fp_probs for r in results])
-    tps = np.concatenate([r.tp_probs for r in results])
+    fps = np.concatenate([np.asarray(r.fp_probs, np.float64) for r in results])
     # The organisers' TP list has an entry per label of a tumour slide, ITC labels
     # included (always 0): those zeros join the distinct probabilities, so with an
     # ITC (or a missed lesion) "the lowest" dropped is 0, not the lowest detection.
-    itc_zeros = np.zeros(int(sum(r.n_itc for r in results)))
-    thresholds = np.unique(np.concatenate([fps, tps, itc_zeros]))[1:]
+    lesions = np.concatenate([np.asarray(r.tp_probs, np.float32) for r in results]
+                             + [np.zeros(int(sum(r.n_itc for r in results)), np.float32)])
+    # Distinct values of the two lists: a float32 lesion value is exact in float64,
+    # so np.unique over float64 is Python's sorted(set(FPs + TPs)).
+    thresholds = np.unique(np.concatenate([fps, lesions.astype(np.float64)]))[1:]
+    if fps_of == "normal":
+        normal = [r for r in results if not r.tumour]
+        if not normal:
+            raise FrocError("the organisers' grading counts FPs on normal slides; there is none")
+        counted = np.concatenate([np.asarray(r.fp_probs, np.float64) for r in normal])
+        n_slides = len(normal)
+    else:
+        counted, n_slides = fps, len(results)
     # Counts of values >= t for all t at once (sorted search, exact like the loop).
-    fps_sorted, tps_sorted = np.sort(fps), np.sort(tps)
+    # FPs compare in float64; lesions in float32, as numpy compares a float32 array
+    # with a Python float threshold (the threshold is rounded to float32).
+    fps_sorted, lesions_sorted = np.sort(counted), np.sort(lesions)
     n_fp = len(fps_sorted) - np.searchsorted(fps_sorted, thresholds, side="left")
-    n_tp = len(tps_sorted) - np.searchsorted(tps_sorted, thresholds, side="left")
-    avg_fps = np.append(n_fp, 0) / float(len(results))
+    n_tp = len(lesions_sorted) - np.searchsorted(lesions_sorted, thresholds.astype(np.float32), side="left")
+    avg_fps = np.append(n_fp, 0) / float(n_slides)
     sensitivity = np.append(n_tp, 0) / float(n_lesions)
     return avg_fps, sensitivity, np.append(thresholds, np.inf)
 
 
 def froc_interpolated(avg_fps: np.ndarray, sensitivity: np.ndarray,
                       rates: Sequence[float] = FP_RATES) -> tuple[float, list[float]]:
-    """The port's score: ``np.interp`` of the reversed curve at each FP rate, averaged."""
+    """The port's score: ``np.interp(rates, fps[::-1], sens[::-1])``, averaged."""
     at = np.interp(rates, np.asarray(avg_fps)[::-1], np.asarray(sensitivity)[::-1])
     return float(np.mean(at)), [float(v) for v in at]
 
 
 def froc_nearest_point(avg_fps: np.ndarray, sensitivity: np.ndarray,
                        rates: Sequence[float] = FP_RATES) -> tuple[float, list[float]]:
-    """The organisers' grading: per rate, the first reversed-curve point with FPs >= rate."""
-    fps_r = list(np.asarray(avg_fps, dtype=np.float64)[::-1])
-    sens_r = list(np.asarray(sensitivity, dtype=np.float64)[::-1])
-    at = [sens_r[min(bisect.bisect_left(fps_r, r), len(sens_r) - 1)] for r in rates]
-    return float(np.mean(at)), [float(v) for v in at]
+    """Nearest point: per rate, the sensitivity of the curve point with the smallest ``|fp - rate|``.
+
+    The curve is taken in the order ``froc_curve`` builds it (lowest threshold
+    first) and the first point wins a tie (strict ``<``; ``np.argmin`` returns
+    the first minimum); no interpolation.  With ``froc_curve(..., "normal")``
+    this is the organisers' grading.
+    """
+    fps = np.asarray(avg_fps, dtype=np.float64)
+    sens = np.asarray(sensitivity, dtype=np.float64)
+    at = [float(sens[int(np.argmin(np.abs(fps - r)))]) for r in rates]
+    return float(np.mean(at)), at
+
+
+def froc_scores(results: Sequence[SlideResult]) -> dict[str, Optional[tuple[float, list[float]]]]:
+    """The three named scores ``{key: (score, sensitivity at each FP rate)}``.
+
+    ``froc_organisers`` is None when no slide is normal (its FPs per normal
+    slide are undefined).
+    """
+    fps, sens, _ = froc_curve(results)
+    out = {"froc_interpolated": froc_interpolated(fps, sens),
+           "froc_nearest_point": froc_nearest_point(fps, sens),
+           "froc_organisers": None}
+    if any(not r.tumour for r in results):
+        nfps, nsens, _ = froc_curve(results, fps_of="normal")
+        out["froc_organisers"] = froc_nearest_point(nfps, nsens)
+    return out
 
 
 def class_sensitivity(results: Sequence[SlideResult], threshold: float) -> dict[str, dict]:
@@ -389,48 +502,61 @@ def class_sensitivity(results: Sequence[SlideResult], threshold: float) -> dict[
 
 def evaluate(results: Sequence[SlideResult], n_bootstrap: int = 1000, seed: int = 0,
              ci: float = 0.95, class_threshold: float = 0.5) -> dict:
-    """Both FROC scores, the curve, per-class sensitivity and bootstrap CIs.
+    """The three FROC scores, both curves, per-class sensitivity and bootstrap CIs.
 
     The bootstrap resamples slides with replacement (``np.random.default_rng(seed)``);
-    replicates that draw no lesion have no sensitivity: they are skipped and counted.
+    replicates that draw no lesion have no sensitivity, and those that draw no
+    normal slide no organisers' grading: they are skipped and counted.
 
     Returns:
-      A JSON-ready dict; ``score_names`` says which FROC score is which.
+      A JSON-ready dict; ``score_names`` says which FROC score is which and
+      ``paper_comparability`` which one the paper's numbers compare with.
     """
     avg_fps, sens, thr = froc_curve(results)
-    interp, interp_at = froc_interpolated(avg_fps, sens)
-    nearest, nearest_at = froc_nearest_point(avg_fps, sens)
-    report = {
-        "froc_interpolated": interp,
-        "froc_nearest_point": nearest,
+    scores = froc_scores(results)
+    n_normal = sum(1 for r in results if not r.tumour)
+    report = {key: (scores[key][0] if scores[key] else None) for key in SCORE_KEYS}
+    report.update({
         "score_names": dict(SCORE_NAMES),
+        "paper_comparability": PAPER_COMPARABILITY,
         "fp_rates": list(FP_RATES),
-        "sensitivity_at_rates_interpolated": interp_at,
-        "sensitivity_at_rates_nearest_point": nearest_at,
+    })
+    for key in SCORE_KEYS:
+        report[f"sensitivity_at_rates_{key[len('froc_'):]}"] = scores[key][1] if scores[key] else None
+    report.update({
         "n_slides": len(results),
+        "n_normal_slides": n_normal,
         "n_lesions": int(sum(r.n_lesions for r in results)),
         "n_false_positives": int(sum(len(r.fp_probs) for r in results)),
+        "n_false_positives_normal_slides": int(sum(len(r.fp_probs) for r in results if not r.tumour)),
         "n_ignored_hits": int(sum(r.n_ignored for r in results)),
+        "slides_size_unknown": [r.name for r in results if not r.size_known],
         "curve": {"avg_fps": avg_fps.tolist(), "sensitivity": sens.tolist(),
                   "thresholds": [float(t) if np.isfinite(t) else None for t in thr]},
         "class_threshold": class_threshold,
         "sensitivity_by_class": class_sensitivity(results, class_threshold),
-    }
+    })
+    if n_normal:
+        nfps, nsens, _ = froc_curve(results, fps_of="normal")
+        report["curve_normal_fps"] = {"avg_fps": nfps.tolist(), "sensitivity": nsens.tolist()}
     if n_bootstrap > 0:
         rng = np.random.default_rng(seed)
-        boots = {"froc_interpolated": [], "froc_nearest_point": []}
-        skipped = 0
+        boots: dict[str, list[float]] = {key: [] for key in SCORE_KEYS}
+        skipped = skipped_normal = 0
         for _ in range(n_bootstrap):
             sample = [results[i] for i in rng.integers(0, len(results), len(results))]
             if not sum(r.n_lesions for r in sample):
                 skipped += 1
                 continue
-            f, s, _ = froc_curve(sample)
-            boots["froc_interpolated"].append(froc_interpolated(f, s)[0])
-            boots["froc_nearest_point"].append(froc_nearest_point(f, s)[0])
+            for key, value in froc_scores(sample).items():
+                if value is None:
+                    skipped_normal += 1
+                else:
+                    boots[key].append(value[0])
         lo, hi = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2
         report["bootstrap"] = {"n": n_bootstrap, "seed": seed, "ci": ci,
-                               "skipped_without_lesions": skipped}
+                               "skipped_without_lesions": skipped,
+                               "skipped_without_normal_slides": skipped_normal}
         for key, vals in boots.items():
             report[f"{key}_ci"] = ([float(np.percentile(vals, lo)), float(np.percentile(vals, hi))]
                                    if vals else None)
@@ -457,7 +583,7 @@ def plot_froc(path: str | os.PathLike, avg_fps: np.ndarray, sensitivity: np.ndar
     ax.set_xlabel("average false positives per slide")
     ax.set_ylabel("lesion sensitivity")
     if scores:
-        title += "\n" + ", ".join(f"{k} = {v:.3f}" for k, v in scores.items())
+        title += "".join(f"\n{SCORE_SHORT.get(k, k)} = {v:.3f}" for k, v in scores.items() if v is not None)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     with io_utils.atomic_path(path, suffix=".png") as tmp:
@@ -475,21 +601,23 @@ def read_truth_lesions(path: str | os.PathLike) -> dict[str, list[tuple[float, f
     Returns:
       {slide: [(centre X, centre Y, class)]} in level-0 px.
     """
+    rows = csv_rows.read_rows(path, FrocError)
+    need = ("slide", "class", "centre_x", "centre_y")
+    header = [c.strip() for c in rows[0][1]] if rows else []
+    if not rows or rows[0][0] != 1 or set(need) - set(header):
+        raise FrocError(f"{path}: first line must be a header with columns {list(need)}, got {header}")
+    col = {name: header.index(name) for name in need}
     out: dict[str, list[tuple[float, float, str]]] = {}
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        need = {"slide", "class", "centre_x", "centre_y"}
-        if not reader.fieldnames or need - set(reader.fieldnames):
-            raise FrocError(f"{path}: needs columns {sorted(need)}, got {reader.fieldnames}")
-        for lineno, row in enumerate(reader, start=2):
-            cls = row["class"].strip().lower()
-            if cls not in SIZE_CLASSES:
-                raise FrocError(f"{path}:{lineno}: lesion class {row['class']!r} is not one of {SIZE_CLASSES}")
-            try:
-                x, y = float(row["centre_x"]), float(row["centre_y"])
-            except ValueError:
-                raise FrocError(f"{path}:{lineno}: centre_x/centre_y must be numbers") from None
-            out.setdefault(row["slide"].strip(), []).append((x, y, cls))
+    for lineno, row in rows[1:]:
+        if len(row) != len(header):
+            raise FrocError(f"{path}:{lineno}: expected {len(header)} fields like the header, got {csv_rows.show(row)}")
+        cls = row[col["class"]].strip().lower()
+        if cls not in SIZE_CLASSES:
+            raise FrocError(f"{path}:{lineno}: lesion class {row[col['class']]!r} is not one of {SIZE_CLASSES}")
+        x, y = csv_rows.finite(row[col["centre_x"]]), csv_rows.finite(row[col["centre_y"]])
+        if x is None or y is None:
+            raise FrocError(f"{path}:{lineno}: centre_x/centre_y must be finite numbers, got {csv_rows.show(row)}")
+        out.setdefault(row[col["slide"]].strip(), []).append((x, y, cls))
     return out
 
 
@@ -507,6 +635,19 @@ def _find(directory: str, names: Sequence[str]) -> Optional[str]:
         if name.lower() in by_lower:
             return os.path.join(directory, by_lower[name.lower()])
     return None
+
+
+def _image_dimensions(slide: str, images_dir: Optional[str]) -> Optional[tuple[int, int]]:
+    """Level-0 ``(width, height)`` of ``<images_dir>/<slide>.tif|.tiff|.svs``, or None without one."""
+    if not images_dir:
+        return None
+    image = _find(images_dir, [f"{slide}.tif", f"{slide}.tiff", f"{slide}.svs"])
+    if not image:
+        return None
+    from pfascannet.slide.reader import SlideReader  # noqa: PLC0415
+
+    with SlideReader(image) as reader:
+        return tuple(int(v) for v in reader.dimensions)
 
 
 def slide_tumour_mask(slide: str, masks_dir: Optional[str] = None,
@@ -528,13 +669,8 @@ def slide_tumour_mask(slide: str, masks_dir: Optional[str] = None,
     if annotations_dir:
         path = _find(annotations_dir, [f"{slide}.xml"])
         if path:
-            if dimensions_xy is None and images_dir:
-                from pfascannet.slide.reader import SlideReader  # noqa: PLC0415
-
-                image = _find(images_dir, [f"{slide}.tif", f"{slide}.tiff", f"{slide}.svs"])
-                if image:
-                    with SlideReader(image) as reader:
-                        dimensions_xy = tuple(reader.dimensions)
+            if dimensions_xy is None:
+                dimensions_xy = _image_dimensions(slide, images_dir)
             if dimensions_xy is None:
                 raise FrocError(f"slide {slide}: rasterising {path} needs the slide's level-0 size; "
                                 f"give a reference with width,height or the images folder")
@@ -543,23 +679,67 @@ def slide_tumour_mask(slide: str, masks_dir: Optional[str] = None,
     raise FrocError(f"tumour slide {slide}: no mask `{slide}_mask.tif` or annotation `{slide}.xml` in {where}")
 
 
+def split_excluded(reference: Mapping[str, object], exclude: Iterable[str]
+                   ) -> tuple[dict[str, object], list[str]]:
+    """``(reference without the excluded slides, the excluded ids found)``; ids match in any case.
+
+    ``exclude=CAMELYON16_EXCLUDED`` drops Test_049 and Test_114 as the
+    Camelyon16 organisers did for their FROC.
+    """
+    drop = {str(s).lower() for s in exclude}
+    kept = {s: r for s, r in reference.items() if s.lower() not in drop}
+    return kept, sorted(s for s in reference if s.lower() in drop)
+
+
+def extra_csvs(lesions_dir: str, known_slides: Iterable[str]) -> list[str]:
+    """The ``*.csv`` files of ``lesions_dir`` whose slide is not among ``known_slides`` (any case)."""
+    known = {str(s).lower() for s in known_slides}
+    return sorted(os.path.join(lesions_dir, f) for f in os.listdir(lesions_dir)
+                  if f.lower().endswith(".csv") and f[:-4].lower() not in known
+                  and os.path.isfile(os.path.join(lesions_dir, f)))
+
+
 def score_submission(lesions_dir: str, reference: Mapping[str, object],
                      masks_dir: Optional[str] = None, annotations_dir: Optional[str] = None,
                      images_dir: Optional[str] = None,
                      truth_lesions: Optional[Mapping[str, list]] = None,
-                     allow_missing: bool = False, mpp: float = LEVEL0_MPP) -> list[SlideResult]:
+                     allow_missing: bool = False, mpp: float = LEVEL0_MPP, *,
+                     known_slides: Optional[Iterable[str]] = None, ignore_extra: bool = False,
+                     reference_name: Optional[str] = None) -> list[SlideResult]:
     """Per-slide results of a folder of Camelyon16 lesion CSVs (``<slide>.csv``).
 
     Args:
       lesions_dir: folder of ``confidence,X,Y`` CSVs, one per slide.
       reference: {slide: SlideRef} (``evaluation.reference``); the slides scored.
-      masks_dir, annotations_dir, images_dir: where tumour slides' truth is.
+      masks_dir, annotations_dir, images_dir: where tumour slides' truth is;
+        ``images_dir`` also gives the level-0 size of slides the reference
+        gives none for.
       truth_lesions: {slide: [(X, Y, class)]} for per-class sensitivity;
         without it a lesion's class is measured from the ungrown mask.
       allow_missing: a slide without a CSV has no detections (else an error,
         as the organisers' script requires a file per slide).
       mpp: level-0 pixel size for the growth and ITC limits (0.243).
+      known_slides: every slide of the reference file (default: ``reference``'s):
+        a CSV in ``lesions_dir`` for a slide outside it is an error (the
+        organisers' loop over CSV files would have scored it as a normal
+        slide), unless ``ignore_extra``. Slides of the reference outside the
+        scored split (or excluded) are known, so their CSVs are fine.
+      ignore_extra: skip CSVs of slides not in the reference instead.
+      reference_name: the reference file, for messages.
+
+    Raises:
+      FrocError: an extra or bad CSV, a missing CSV, a detection outside its slide,
+        a tumour slide without truth; each message names the file.
     """
+    if not os.path.isdir(lesions_dir):
+        raise FrocError(f"lesions folder {lesions_dir}: not a folder")
+    extras = extra_csvs(lesions_dir, reference if known_slides is None else known_slides)
+    if extras and not ignore_extra:
+        more = f" ({len(extras)} such files)" if len(extras) > 1 else ""
+        raise FrocError(f"{extras[0]}: lesion CSV of slide {os.path.basename(extras[0])[:-4]!r}, which is not in "
+                        f"the reference{f' {reference_name}' if reference_name else ''}{more}; the organisers "
+                        f"would score it as a normal slide: add it to the reference, remove it, or ignore "
+                        f"such files explicitly (--ignore_extra)")
     results = []
     for slide in sorted(reference):
         ref = reference[slide]
@@ -571,16 +751,18 @@ def score_submission(lesions_dir: str, reference: Mapping[str, object],
         else:
             raise FrocError(f"no lesion CSV for slide {slide} in {lesions_dir} (expected {slide}.csv; "
                             f"allow_missing scores it as empty)")
+        dims = getattr(ref, "dimensions_xy", None) or _image_dimensions(slide, images_dir)
         if not getattr(ref, "tumour"):
-            results.append(score_slide(slide, detections, None))
-            continue
-        mask = slide_tumour_mask(slide, masks_dir, annotations_dir,
-                                 getattr(ref, "dimensions_xy", None), images_dir)
-        labels = evaluation_mask(mask, mpp=mpp)
-        itc = itc_labels(labels, mpp=mpp)
-        if truth_lesions is not None:
-            classes = classes_from_truth(labels, truth_lesions.get(slide, []))
+            result = score_slide(slide, detections, None, dimensions_xy=dims, source=csv_path)
         else:
-            classes = {lab: size_class(um) for lab, um in lesion_sizes_um(labels, mask, mpp).items()}
-        results.append(score_slide(slide, detections, labels, itc, classes))
+            mask = slide_tumour_mask(slide, masks_dir, annotations_dir, dims, images_dir)
+            labels = evaluation_mask(mask, mpp=mpp)
+            itc = itc_labels(labels, mpp=mpp)
+            if truth_lesions is not None:
+                classes = classes_from_truth(labels, truth_lesions.get(slide, []))
+            else:
+                classes = {lab: size_class(um) for lab, um in lesion_sizes_um(labels, mask, mpp).items()}
+            result = score_slide(slide, detections, labels, itc, classes, dimensions_xy=dims, source=csv_path)
+        result.size_known = dims is not None or bool(result.tumour)
+        results.append(result)
     return results

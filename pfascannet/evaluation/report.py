@@ -1,8 +1,9 @@
 """Evaluation reports: one JSON for machines and one Markdown for people, written atomically.
 
 Every FROC number is printed next to the name of the score it is
-(``froc.SCORE_NAMES``), because the interpolated and nearest-point scores of
-the same curve differ.
+(``froc.SCORE_NAMES``), because the interpolated, nearest-point and
+organisers' scores of the same submission differ, and next to the statement
+that the paper does not say which rule its numbers use.
 """
 
 from __future__ import annotations
@@ -33,20 +34,37 @@ def _ci(v) -> str:
 
 
 def froc_markdown(rep: Mapping, note: Optional[str] = None) -> str:
-    """Markdown of ``froc.evaluate``'s report."""
+    """Markdown of ``froc.evaluate``'s report (plus ``run.froc_report``'s exclusions)."""
     lines = ["# Camelyon16 lesion-level FROC", ""]
     if note:
         lines += [f"> {note}", ""]
     lines += ["Which FROC score is which:", ""]
-    for key in ("froc_interpolated", "froc_nearest_point"):
-        lines.append(f"- **{key}** = {_fmt(rep[key])}{_ci(rep.get(key + '_ci'))}: {froc.SCORE_NAMES[key]}")
-    lines += ["", f"Slides {rep['n_slides']}, lesions (ITC excluded) {rep['n_lesions']}, "
-                  f"false positives {rep['n_false_positives']}, ignored hits (ITC or repeated) "
-                  f"{rep['n_ignored_hits']}.", "",
-              "| FPs per slide | " + " | ".join(f"{r:g}" for r in rep["fp_rates"]) + " |",
-              "|---|" + "---|" * len(rep["fp_rates"]),
-              "| sensitivity, interpolated | " + " | ".join(f"{v:.4f}" for v in rep["sensitivity_at_rates_interpolated"]) + " |",
-              "| sensitivity, nearest point | " + " | ".join(f"{v:.4f}" for v in rep["sensitivity_at_rates_nearest_point"]) + " |",
+    for key in froc.SCORE_KEYS:
+        value = rep.get(key)
+        why = "" if value is not None else " (no normal slide among the scored slides)"
+        lines.append(f"- **{key}** = {_fmt(value)}{_ci(rep.get(key + '_ci'))}{why}: {froc.SCORE_NAMES[key]}")
+    lines += ["", f"Comparing with the paper: {froc.PAPER_COMPARABILITY}", ""]
+    excluded, asked = rep.get("excluded_slides"), rep.get("exclusion_asked")
+    if asked:
+        lines += [f"Excluded from the FROC as the Camelyon16 organisers did: "
+                  f"{', '.join(excluded) if excluded else 'none of them is in the reference'} "
+                  f"(asked: {', '.join(asked)}).", ""]
+    lines += [f"Slides {rep['n_slides']} ({rep.get('n_normal_slides', 0)} normal), lesions (ITC excluded) "
+              f"{rep['n_lesions']}, false positives {rep['n_false_positives']} "
+              f"({rep.get('n_false_positives_normal_slides', 0)} on normal slides), ignored hits (ITC or repeated) "
+              f"{rep['n_ignored_hits']}.", ""]
+    if rep.get("slides_size_unknown"):
+        names = rep["slides_size_unknown"]
+        lines += [f"Detections on {len(names)} normal slide(s) were checked for negative coordinates only: "
+                  f"their level-0 size is unknown (give the images folder or a reference with width,height), "
+                  f"e.g. {', '.join(names[:5])}.", ""]
+    lines += ["| FPs per slide | " + " | ".join(f"{r:g}" for r in rep["fp_rates"]) + " |",
+              "|---|" + "---|" * len(rep["fp_rates"])]
+    for key in froc.SCORE_KEYS:
+        at = rep.get(f"sensitivity_at_rates_{key[len('froc_'):]}")
+        if at is not None:
+            lines.append(f"| sensitivity, {froc.SCORE_SHORT[key]} | " + " | ".join(f"{v:.4f}" for v in at) + " |")
+    lines += ["", "(organisers' grading: the rates are FPs per normal slide, counting normal slides' FPs only.)",
               "", f"Sensitivity per lesion size class at probability >= {rep['class_threshold']:g}:", "",
               "| class | lesions | detected | sensitivity |", "|---|---|---|---|"]
     for cls, v in rep["sensitivity_by_class"].items():
