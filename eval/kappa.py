@@ -36,7 +36,10 @@ def main(argv):
     sub = pn_stage.read_camelyon17_csv(FLAGS.submission)
     if not ref.stages:
         raise PfaError(f"{FLAGS.reference}: no patient rows (`patient_XXX.zip,<stage>`)")
-    rep = pn_stage.score_submission(ref, sub)
+    try:
+        rep = pn_stage.score_submission(ref, sub)
+    except pn_stage.StageError as exc:
+        raise PfaError(f"{FLAGS.submission} against {FLAGS.reference}: {exc}") from None
     note = FLAGS.note or report.synthetic_note_for(FLAGS.reference)
     rep["note"] = note
     print(f"kappa_quadratic = {rep['kappa_quadratic']:.4f}  over {rep['n_patients']} patients "

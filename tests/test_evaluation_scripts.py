@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pfascannet import io_utils
-from pfascannet.evaluation import pn_stage
+from pfascannet.evaluation import froc, pn_stage
 from pfascannet.slide import annotations as ann
 from tests.test_evaluation_froc import NORMAL, T1_DETECTIONS
 
@@ -83,18 +83,23 @@ def test_froc_script_reproduces_the_golden_scores(cohort, tmp_path):
     assert rc == 0, err
     rep = json.loads((tmp_path / "r" / "froc.json").read_text())
     assert rep["froc_interpolated"] == pytest.approx(29 / 36)
-    assert rep["froc_nearest_point"] == pytest.approx(7 / 9)
+    assert rep["froc_nearest_point"] == pytest.approx(5 / 6)
+    assert rep["froc_organisers"] == pytest.approx(13 / 18)
     md = (tmp_path / "r" / "froc.md").read_text()
-    assert "Which FROC score is which" in md and "nearest curve point" in md and "Synthetic cohort" in md
+    assert "Which FROC score is which" in md and "Synthetic cohort" in md
+    for key in froc.SCORE_KEYS:
+        assert f"**{key}**" in md and froc.SCORE_NAMES[key] in md
+    assert "does not" in md and "89.1" in md          # which score the paper's numbers compare with
     assert (tmp_path / "r" / "froc.png").stat().st_size > 0
-    assert "froc_interpolated = 0.8056" in out
+    assert "froc_interpolated = 0.8056" in out and "froc_nearest_point = 0.8333" in out
+    assert "froc_organisers = 0.7222" in out and "paper: " in out
     # From the ASAP XML instead of the mask TIFF: the same truth, the same scores.
     rc, _, err = _run("froc.py", f"--lesions_dir={cohort / 'lesions'}", f"--reference={cohort / 'slides.csv'}",
                       f"--annotations_dir={cohort / 'annotations'}", "--split=test", "--n_bootstrap=0",
                       f"--out={tmp_path / 'x'}")
     assert rc == 0, err
     rep = json.loads((tmp_path / "x" / "froc.json").read_text())
-    assert rep["froc_nearest_point"] == pytest.approx(7 / 9)
+    assert rep["froc_nearest_point"] == pytest.approx(5 / 6)
 
 
 def test_froc_script_missing_csv_is_one_line_error(cohort, tmp_path):
@@ -137,3 +142,146 @@ def test_pn_stage_and_kappa_scripts(cohort, tmp_path):
     assert rep["kappa_quadratic"] == pytest.approx(8 / 13)
     rc, _, err = _run("kappa.py", f"--submission={tmp_path / 'nope.csv'}", f"--reference={ref}")
     assert rc == 2 and err.startswith("error:") and err.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------
+# Inputs that cannot be misread: each bad file is one `error:` line naming it,
+# exit 2, and nothing written.
+
+
+def _copy_lesions(cohort, tmp_path):
+    import shutil
+
+    dst = tmp_path / "lesions"
+    shutil.copytree(cohort / "lesions", dst)
+    return dst
+
+
+def _assert_one_line_error(rc, err, names, out_dir):
+    assert rc == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert str(names) in err, err
+    assert not os.path.exists(out_dir), "nothing may be written"
+
+
+T1 = "patient_000_node_0"
+N1 = "patient_000_node_1"
+
+
+@pytest.mark.parametrize("slide, content", [
+    (N1, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"),         # binary: was "a header", exit 0
+    (N1, b"\x01\x02\x03 garbage,in,here\n0.5,10,10\n"),                 # garbage first line
+    (N1, b"0.5,10,10\nconfidence,X,Y\n"),                               # a header after data
+    (N1, b"0.5,10\n"),                                                  # two fields
+    (N1, b"0.5,10,10,3\n"),                                             # four fields
+    (T1, b"0.5,nan,10\n"),
+    (N1, b"0.5,3200,10\n"),                        # outside the 3200 x 2048 normal slide
+    (N1, b"0.5,10,-1\n"),                          # negative
+    (T1, b"0.5,10,2048\n"),                        # outside the tumour slide
+])
+def test_froc_script_bad_lesion_csv(cohort, tmp_path, slide, content):
+    lesions = _copy_lesions(cohort, tmp_path)
+    (lesions / f"{slide}.csv").write_bytes(content)
+    out = tmp_path / "r"
+    rc, _, err = _run("froc.py", f"--lesions_dir={lesions}", f"--reference={cohort / 'slides.csv'}",
+                      f"--masks_dir={cohort / 'masks'}", "--split=test", "--n_bootstrap=0", f"--out={out}")
+    _assert_one_line_error(rc, err, lesions / f"{slide}.csv", out)
+
+
+def test_froc_script_extra_csv(cohort, tmp_path):
+    lesions = _copy_lesions(cohort, tmp_path)
+    (lesions / "patient_099_node_0.csv").write_text("0.9,10,10\n")      # not in slides.csv
+    args = [f"--lesions_dir={lesions}", f"--reference={cohort / 'slides.csv'}", f"--masks_dir={cohort / 'masks'}",
+            "--split=test", "--n_bootstrap=0"]
+    rc, _, err = _run("froc.py", *args, f"--out={tmp_path / 'r'}")
+    _assert_one_line_error(rc, err, lesions / "patient_099_node_0.csv", tmp_path / "r")
+    assert "not in the reference" in err and "--ignore_extra" in err
+    rc, out, err = _run("froc.py", *args, "--ignore_extra", f"--out={tmp_path / 'ok'}")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "ok" / "froc.json").read_text())["froc_nearest_point"] == pytest.approx(5 / 6)
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage", b"slide,label\n", b"test_001\n"])
+def test_froc_script_bad_reference_names_it(cohort, tmp_path, content):
+    ref = tmp_path / "bad_reference.csv"
+    ref.write_bytes(content)
+    rc, _, err = _run("froc.py", f"--lesions_dir={cohort / 'lesions'}", f"--reference={ref}",
+                      f"--masks_dir={cohort / 'masks'}", f"--out={tmp_path / 'r'}")
+    _assert_one_line_error(rc, err, ref, tmp_path / "r")
+
+
+def test_froc_script_unknown_split_names_the_reference(cohort, tmp_path):
+    rc, _, err = _run("froc.py", f"--lesions_dir={cohort / 'lesions'}", f"--reference={cohort / 'slides.csv'}",
+                      f"--masks_dir={cohort / 'masks'}", "--split=val", f"--out={tmp_path / 'r'}")
+    _assert_one_line_error(rc, err, cohort / "slides.csv", tmp_path / "r")
+
+
+def test_froc_script_camelyon16_exclusions(cohort, tmp_path):
+    """A Camelyon16-style reference: Test_049 and Test_114 carry FPs that the organisers'
+    exclusion removes, which gives back the golden T1 + normal-slide scores."""
+    import shutil
+
+    masks, lesions = tmp_path / "masks", tmp_path / "lesions"
+    masks.mkdir()
+    lesions.mkdir()
+    shutil.copy(cohort / "masks" / f"{T1}_mask.tif", masks / "Test_001_mask.tif")
+    names = {"Test_001": T1, "Test_002": N1, "Test_003": "patient_001_node_0", "Test_004": "patient_001_node_1"}
+    for new, old in names.items():
+        shutil.copy(cohort / "lesions" / f"{old}.csv", lesions / f"{new}.csv")
+    for s in ("Test_049", "Test_114"):
+        (lesions / f"{s}.csv").write_text("0.99,10,10\n0.98,20,20\n0.97,30,30\n")
+    ref = tmp_path / "reference.csv"
+    ref.write_text("Test_001,Tumor,Macro,Primary\nTest_002,Normal\nTest_003,Normal\nTest_004,Normal\n"
+                   "Test_049,Normal\nTest_114,Normal\n")
+    args = [f"--lesions_dir={lesions}", f"--reference={ref}", f"--masks_dir={masks}", "--n_bootstrap=0"]
+    rc, out, err = _run("froc.py", *args, "--camelyon16_exclusions", f"--out={tmp_path / 'ex'}")
+    assert rc == 0, err
+    rep = json.loads((tmp_path / "ex" / "froc.json").read_text())
+    assert rep["excluded_slides"] == ["Test_049", "Test_114"] and rep["n_slides"] == 4
+    assert [rep[k] for k in froc.SCORE_KEYS] == pytest.approx([29 / 36, 5 / 6, 13 / 18])
+    assert "excluded from the FROC: Test_049, Test_114" in out
+    assert "Test_049, Test_114" in (tmp_path / "ex" / "froc.md").read_text()
+    # No slide sizes (no images, no width/height): the report says the normal slides were
+    # checked for negative coordinates only.
+    assert rep["slides_size_unknown"] == ["Test_002", "Test_003", "Test_004"]
+    rc, _, err = _run("froc.py", *args, f"--out={tmp_path / 'all'}")
+    assert rc == 0, err
+    rep = json.loads((tmp_path / "all" / "froc.json").read_text())
+    assert rep["excluded_slides"] == [] and rep["n_slides"] == 6
+    assert rep["froc_nearest_point"] != pytest.approx(5 / 6)
+
+
+@pytest.mark.parametrize("content", [
+    b"name,probability\n\xff\xfe\x00\x00",                                 # binary
+    b"\x01\x02,\x03\npatient_000_node_0,0.9\n",                             # garbage header
+    b"patient_000_node_0,0.9\nname,probability\n",                          # header after data
+    b"patient_000_node_0,0.9\npatient_000_node_1,0.1\npatient_001_node_0,0.2\n"
+    b"patient_001_node_1,0.3\npatient_099_node_0,0.5\n",                    # a slide not in the reference
+    b"patient_000_node_0,0.9\n",                                             # missing test slides
+])
+def test_auc_script_bad_scores_names_the_file(cohort, tmp_path, content):
+    scores = tmp_path / "scores.csv"
+    scores.write_bytes(content)
+    rc, _, err = _run("auc.py", f"--scores={scores}", f"--reference={cohort / 'slides.csv'}", "--split=test",
+                      "--n_bootstrap=0", f"--out={tmp_path / 'r'}")
+    _assert_one_line_error(rc, err, scores, tmp_path / "r")
+
+
+def test_auc_script_extra_lesion_csv(cohort, tmp_path):
+    lesions = _copy_lesions(cohort, tmp_path)
+    (lesions / "patient_099_node_0.csv").write_text("0.9,10,10\n")
+    args = [f"--lesions_dir={lesions}", f"--reference={cohort / 'slides.csv'}", "--split=test", "--n_bootstrap=0"]
+    rc, _, err = _run("auc.py", *args, f"--out={tmp_path / 'r'}")
+    _assert_one_line_error(rc, err, lesions / "patient_099_node_0.csv", tmp_path / "r")
+    rc, _, err = _run("auc.py", *args, "--ignore_extra", f"--out={tmp_path / 'ok'}")
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize("content", [b"patient,stage\n\xff\xfe\x00", b"\x01\x02\n", b"patient,stage\nfoo.zip,pN1\n"])
+def test_kappa_script_bad_csv_names_the_file(tmp_path, content):
+    ref = tmp_path / "ref.csv"
+    ref.write_text("patient,stage\npatient_000.zip,pN1\n")
+    sub = tmp_path / "sub.csv"
+    sub.write_bytes(content)
+    rc, _, err = _run("kappa.py", f"--submission={sub}", f"--reference={ref}", f"--out={tmp_path / 'k'}")
+    _assert_one_line_error(rc, err, sub, tmp_path / "k")

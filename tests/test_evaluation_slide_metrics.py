@@ -47,10 +47,32 @@ def test_read_scores_and_match(tmp_path):
     assert scores == {"test_001": 0.9, "test_002": 0.1}
     with pytest.raises(slide_metrics.SlideMetricsError, match="no score for 1"):
         slide_metrics.match_scores({"test_001": 1, "test_003": 0}, scores)
-    names, y, s = slide_metrics.match_scores({"test_001": 1, "test_003": 0}, scores, missing_score=0.0)
+    # test_002 has a score but is not in the reference: an error naming the source ...
+    with pytest.raises(slide_metrics.SlideMetricsError, match="scores.csv: score for 1 slide.* not in the reference"):
+        slide_metrics.match_scores({"test_001": 1, "test_003": 0}, scores, missing_score=0.0, source="scores.csv")
+    # ... unless it is a known slide outside the scored split, or extras are ignored explicitly.
+    names, y, s = slide_metrics.match_scores({"test_001": 1, "test_003": 0}, scores, missing_score=0.0,
+                                             known_slides=["test_001", "test_002", "test_003"])
     assert (names, y, s) == (["test_001", "test_003"], [1, 0], [0.9, 0.0])
+    assert slide_metrics.match_scores({"test_001": 1, "test_003": 0}, scores, missing_score=0.0,
+                                      ignore_extra=True)[2] == [0.9, 0.0]
     p.write_text("test_001,0.5\ntest_002,abc\n")
     with pytest.raises(slide_metrics.SlideMetricsError, match=":2: probability 'abc'"):
+        slide_metrics.read_slide_scores(p)
+
+
+@pytest.mark.parametrize("content, line", [
+    (b"test_001,0.5\nname,probability\n", 2),        # a header only on the first line
+    (b"test_001,0.5,0.7\n", 1),                       # three fields
+    (b"test_001,nan\n", 1),
+    (b"\x01\x02,\x03\n", 1),                          # garbage is no header
+    (b"name,probability\n\xff\xfe\x00\x01\n", 2),       # binary
+    (b"name,probability\ntest_001,0.5\ntest_001,0.6\n", 3),  # listed twice
+])
+def test_read_scores_cannot_be_misread(tmp_path, content, line):
+    p = tmp_path / "scores.csv"
+    p.write_bytes(content)
+    with pytest.raises(slide_metrics.SlideMetricsError, match=f"scores\\.csv:{line}: "):
         slide_metrics.read_slide_scores(p)
 
 
@@ -65,8 +87,8 @@ def test_reference_formats(tmp_path):
     assert not refs["patient_000_node_2"].tumour
     assert refs["patient_000_node_0"].dimensions_xy == (3200, 2048)
     assert set(reference.select_split(refs, "test")) == {"patient_000_node_1", "patient_000_node_2"}
-    with pytest.raises(reference.ReferenceError, match="no slide in split 'val'"):
-        reference.select_split(refs, "val")
+    with pytest.raises(reference.ReferenceError, match="slides.csv: no slide in split 'val'"):
+        reference.select_split(refs, "val", source=cohort)
     c16 = tmp_path / "reference.csv"
     c16.write_text("test_001,Tumor,Macro,Primary\ntest_002,Normal\n")
     refs = reference.read_reference(c16)
@@ -77,7 +99,16 @@ def test_reference_formats(tmp_path):
     refs = reference.read_reference(c17)
     assert refs["patient_004_node_3"].tumour and refs["patient_004_node_3"].patient == "patient_004"
     c16.write_text("test_001,Maybe\n")
-    with pytest.raises(reference.ReferenceError, match="unknown node label 'Maybe'"):
+    with pytest.raises(reference.ReferenceError, match=r"reference\.csv:1: unknown node label 'Maybe'"):
+        reference.read_reference(c16)
+    c16.write_text("test_001,Tumor\ntest_001,Normal\n")
+    with pytest.raises(reference.ReferenceError, match=r"reference\.csv:2: slide 'test_001' is listed twice"):
+        reference.read_reference(c16)
+    c16.write_bytes(b"test_001,Tumor\n\x89PNG\xff\n")
+    with pytest.raises(reference.ReferenceError, match=r"reference\.csv:2: .*not UTF-8"):
+        reference.read_reference(c16)
+    c16.write_text("test_001\n")
+    with pytest.raises(reference.ReferenceError, match=r"reference\.csv:1: expected"):
         reference.read_reference(c16)
 
 

@@ -22,7 +22,6 @@ rank first.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 import re
@@ -32,6 +31,7 @@ import numpy as np
 
 from pfascannet import io_utils
 from pfascannet.errors import PfaError
+from pfascannet.evaluation import csv_rows
 
 NODE_LABELS = ("negative", "itc", "micro", "macro")
 """Node classes in order of severity (the random forest's classes)."""
@@ -171,16 +171,17 @@ def read_camelyon17_csv(path: str | os.PathLike) -> Camelyon17Table:
       StageError: on a missing header, an unknown stage/label, a duplicate row.
     """
     table = Camelyon17Table()
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    if not rows:
+    numbered = csv_rows.read_rows(path, StageError)
+    if not numbered:
         raise StageError(f"{path}: empty file; expected a `patient,stage` header and rows")
-    header = [c.strip().lower() for c in rows[0]]
-    if header[:2] != ["patient", "stage"]:
-        raise StageError(f"{path}: first line must be the header `patient,stage`, got {','.join(rows[0])!r}")
-    for lineno, row in enumerate(rows[1:], start=2):
+    first_line, first = numbered[0]
+    header = [c.strip().lower() for c in first]
+    if first_line != 1 or header[:2] != ["patient", "stage"]:
+        raise StageError(f"{path}:{first_line}: the first line must be the header `patient,stage`, "
+                         f"got {csv_rows.show(first)}")
+    for lineno, row in numbered[1:]:
         if len(row) < 2:
-            raise StageError(f"{path}:{lineno}: expected `name,stage`, got {','.join(row)!r}")
+            raise StageError(f"{path}:{lineno}: expected `name,stage`, got {csv_rows.show(row)}")
         name, value = row[0].strip(), row[1].strip()
         where = f"{path}:{lineno}"
         try:

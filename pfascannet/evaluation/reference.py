@@ -17,13 +17,12 @@ negative: ITC-only slides are tumour slides, as in Camelyon16's reference.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 from typing import Optional
 
 from pfascannet.errors import PfaError
-from pfascannet.evaluation import pn_stage
+from pfascannet.evaluation import csv_rows, pn_stage
 from pfascannet.evaluation.slide_metrics import slide_id
 
 
@@ -66,15 +65,17 @@ def _parse_label(value: str) -> tuple[bool, Optional[str]]:
 def read_reference(path: str | os.PathLike) -> dict[str, SlideRef]:
     """Reads any of the three reference formats into {slide id: SlideRef}.
 
+    Every error names the file (and line): a file that is not text, an
+    unrecognised layout, an unknown label, a slide listed twice.
+
     Raises:
       FileNotFoundError: when ``path`` does not exist.
-      ReferenceError: an unrecognised layout or an unknown label.
+      ReferenceError: an unrecognised layout, an unknown label, a duplicate slide.
     """
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    if not rows:
+    numbered = csv_rows.read_rows(path, ReferenceError)
+    if not numbered:
         raise ReferenceError(f"{path}: empty reference file")
-    header = [c.strip().lower() for c in rows[0]]
+    header = [c.strip().lower() for c in numbered[0][1]]
     try:
         if header[:2] == ["patient", "stage"]:
             table = pn_stage.read_camelyon17_csv(path)
@@ -83,23 +84,29 @@ def read_reference(path: str | os.PathLike) -> dict[str, SlideRef]:
             return {s: SlideRef(s, lab != "negative", lab, None, s.rsplit("_node_", 1)[0])
                     for s, lab in sorted(table.nodes.items())}
         if "slide" in header and "label" in header:
-            return _read_cohort(path, header, rows[1:])
+            return _read_cohort(path, header, numbered[1:])
         out = {}
-        for lineno, row in enumerate(rows, start=1):
+        for lineno, row in numbered:
             if len(row) < 2:
-                raise ReferenceError(f"line {lineno}: expected `slide,Tumor|Normal[,...]`, got {','.join(row)!r}")
+                raise ReferenceError(f"{path}:{lineno}: expected `slide,Tumor|Normal[,...]`, "
+                                     f"got {csv_rows.show(row)}")
             sid = slide_id(row[0])
-            tumour, node = _parse_label(row[1])
+            try:
+                tumour, node = _parse_label(row[1])
+            except pn_stage.StageError as exc:
+                raise ReferenceError(f"{path}:{lineno}: {exc} (expected `slide,Tumor|Normal[,...]`)") from None
+            if sid in out:
+                raise ReferenceError(f"{path}:{lineno}: slide {sid!r} is listed twice")
             out[sid] = SlideRef(sid, tumour, node)
         return out
     except pn_stage.StageError as exc:
-        raise ReferenceError(f"{path}: {exc}") from None
+        raise ReferenceError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
 
 
-def _read_cohort(path, header: list[str], rows: list[list[str]]) -> dict[str, SlideRef]:
+def _read_cohort(path, header: list[str], rows: list[tuple[int, list[str]]]) -> dict[str, SlideRef]:
     col = {name: i for i, name in enumerate(header)}
     out = {}
-    for lineno, row in enumerate(rows, start=2):
+    for lineno, row in rows:
         def get(name: str) -> Optional[str]:
             i = col.get(name)
             return row[i].strip() if i is not None and i < len(row) and row[i].strip() else None
@@ -108,26 +115,35 @@ def _read_cohort(path, header: list[str], rows: list[list[str]]) -> dict[str, Sl
         if sid is None or get("label") is None:
             raise ReferenceError(f"{path}:{lineno}: missing slide or label")
         sid = slide_id(sid)
+        if sid in out:
+            raise ReferenceError(f"{path}:{lineno}: slide {sid!r} is listed twice")
         try:
             tumour, node = _parse_label(get("label"))
         except pn_stage.StageError as exc:
             raise ReferenceError(f"{path}:{lineno}: {exc}") from None
         dims = None
-        if get("width") and get("height"):
-            try:
-                dims = (int(float(get("width"))), int(float(get("height"))))
-            except ValueError:
-                raise ReferenceError(f"{path}:{lineno}: width/height must be numbers") from None
+        if get("width") or get("height"):
+            w, h = csv_rows.finite(get("width") or ""), csv_rows.finite(get("height") or "")
+            if w is None or h is None or w < 1 or h < 1 or w != int(w) or h != int(h):
+                raise ReferenceError(f"{path}:{lineno}: width/height must be positive whole numbers of "
+                                     f"level-0 px, got {get('width')!r}/{get('height')!r}")
+            dims = (int(w), int(h))
         out[sid] = SlideRef(sid, tumour, node, get("split"), get("patient"), dims)
     return out
 
 
-def select_split(reference: dict[str, SlideRef], split: Optional[str]) -> dict[str, SlideRef]:
-    """The slides of one split (all slides when ``split`` is None or empty)."""
+def select_split(reference: dict[str, SlideRef], split: Optional[str],
+                 source: Optional[str | os.PathLike] = None) -> dict[str, SlideRef]:
+    """The slides of one split (all slides when ``split`` is None or empty).
+
+    Args:
+      source: the reference file, named in the error.
+    """
     if not split:
         return dict(reference)
     chosen = {s: r for s, r in reference.items() if (r.split or "").lower() == split.lower()}
     if not chosen:
         splits = sorted({r.split for r in reference.values() if r.split})
-        raise ReferenceError(f"no slide in split {split!r}; the reference has splits {splits or 'none'}")
+        where = f"{source}: " if source else ""
+        raise ReferenceError(f"{where}no slide in split {split!r}; the reference has splits {splits or 'none'}")
     return chosen

@@ -11,7 +11,7 @@ against a cohort laid out like the synthetic one (or Camelyon with a
 from __future__ import annotations
 
 import os
-from typing import Callable, Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 from pfascannet.errors import PfaError
 from pfascannet.evaluation import features, froc, pn_stage, reference, report, slide_metrics
@@ -26,34 +26,68 @@ def froc_report(lesions_dir: str, refs: Mapping[str, reference.SlideRef], out_di
                 images_dir: Optional[str] = None, truth_lesions: Optional[str] = None,
                 allow_missing: bool = False, mpp: float = froc.LEVEL0_MPP, n_bootstrap: int = 1000,
                 seed: int = 0, class_threshold: float = 0.5, note: Optional[str] = None,
-                inputs: Optional[Mapping] = None) -> dict:
-    """Camelyon16 FROC (both scores, named) of a folder of lesion CSVs; writes froc.{json,md,png}."""
+                inputs: Optional[Mapping] = None, known_slides: Optional[Iterable[str]] = None,
+                ignore_extra: bool = False, exclude: Iterable[str] = (),
+                reference_name: Optional[str] = None) -> dict:
+    """Camelyon16 FROC (the three scores, named) of a folder of lesion CSVs; writes froc.{json,md,png}.
+
+    Every input is read and scored before anything is written, so a bad CSV
+    leaves ``out_dir`` untouched.
+
+    Args:
+      known_slides: every slide of the reference file (default: ``refs``);
+        CSVs of other slides are an error unless ``ignore_extra``.
+      exclude: slide ids left out of the FROC (e.g. ``froc.CAMELYON16_EXCLUDED``);
+        the report names those it dropped.
+      reference_name: the reference file, for messages.
+    """
     if not os.path.isdir(lesions_dir):
         raise PfaError(f"lesions folder {lesions_dir}: not a folder")
     if not (masks_dir or annotations_dir):
         raise PfaError("FROC needs a masks folder or an annotations folder for the tumour slides' truth")
+    exclude = list(exclude)
+    scored, excluded = froc.split_excluded(refs, exclude)
+    if not scored:
+        raise PfaError(f"no slide left to score{f' in {reference_name}' if reference_name else ''} "
+                       f"after excluding {excluded}")
     truth = froc.read_truth_lesions(truth_lesions) if truth_lesions else None
-    results = froc.score_submission(lesions_dir, refs, masks_dir, annotations_dir, images_dir, truth,
-                                    allow_missing, mpp)
+    results = froc.score_submission(lesions_dir, scored, masks_dir, annotations_dir, images_dir, truth,
+                                    allow_missing, mpp, known_slides=refs if known_slides is None else known_slides,
+                                    ignore_extra=ignore_extra, reference_name=reference_name)
     rep = froc.evaluate(results, n_bootstrap=n_bootstrap, seed=seed, class_threshold=class_threshold)
+    rep["excluded_slides"] = excluded
+    rep["exclusion_asked"] = exclude
     rep["inputs"] = dict(inputs or {"lesions_dir": lesions_dir, "masks_dir": masks_dir,
                                     "annotations_dir": annotations_dir, "truth_lesions": truth_lesions,
-                                    "allow_missing": allow_missing, "mpp": mpp})
+                                    "allow_missing": allow_missing, "mpp": mpp, "ignore_extra": ignore_extra,
+                                    "exclude": exclude})
     rep["note"] = note
     report.write_report(out_dir, "froc", rep, report.froc_markdown(rep, note))
     curve = rep["curve"]
     froc.plot_froc(os.path.join(out_dir, "froc.png"), curve["avg_fps"], curve["sensitivity"],
-                   title=_title("Camelyon16 FROC", note),
-                   scores={k: rep[k] for k in ("froc_interpolated", "froc_nearest_point")})
+                   title=_title("Camelyon16 FROC (FPs over all slides)", note),
+                   scores={k: rep[k] for k in froc.SCORE_KEYS})
     return rep
 
 
-def scores_from_lesions(folder: str, slides) -> dict[str, float]:
-    """A slide score per slide: its most confident lesion candidate (0 if none)."""
+def scores_from_lesions(folder: str, slides, known_slides: Optional[Iterable[str]] = None,
+                        ignore_extra: bool = False) -> dict[str, float]:
+    """A slide score per slide: its most confident lesion candidate (0 if none).
+
+    The CSVs are read as strictly as for the FROC; a CSV of a slide outside
+    ``known_slides`` (default: ``slides``) is an error unless ``ignore_extra``.
+    """
+    if not os.path.isdir(folder):
+        raise PfaError(f"lesions folder {folder}: not a folder")
+    extras = froc.extra_csvs(folder, slides if known_slides is None else known_slides)
+    if extras and not ignore_extra:
+        raise PfaError(f"{extras[0]}: lesion CSV of a slide that is not in the reference"
+                       + (f" ({len(extras)} such files)" if len(extras) > 1 else "")
+                       + "; remove it or ignore such files explicitly (--ignore_extra)")
     out = {}
     for slide in slides:
-        path = os.path.join(folder, f"{slide}.csv")
-        if os.path.isfile(path):
+        path = froc._find(folder, [f"{slide}.csv"])
+        if path:
             det = froc.read_detections_csv(path)
             out[slide] = float(det[:, 0].max()) if len(det) else 0.0
     return out
@@ -61,10 +95,16 @@ def scores_from_lesions(folder: str, slides) -> dict[str, float]:
 
 def auc_report(scores: Mapping[str, float], refs: Mapping[str, reference.SlideRef], out_dir: str, *,
                missing_score: Optional[float] = None, n_bootstrap: int = 1000, seed: int = 0,
-               note: Optional[str] = None) -> dict:
-    """Slide-level AUC with a bootstrap CI; writes auc.{json,md} and roc.png."""
+               note: Optional[str] = None, known_slides: Optional[Iterable[str]] = None,
+               ignore_extra: bool = False, source: Optional[str] = None) -> dict:
+    """Slide-level AUC with a bootstrap CI; writes auc.{json,md} and roc.png.
+
+    ``known_slides`` (every slide of the reference file) and ``ignore_extra``
+    are as in ``slide_metrics.match_scores``; ``source`` names the scores' file.
+    """
     names, labels, values = slide_metrics.match_scores({s: int(r.tumour) for s, r in refs.items()},
-                                                       scores, missing_score)
+                                                       scores, missing_score, known_slides=known_slides,
+                                                       ignore_extra=ignore_extra, source=source)
     rep = slide_metrics.auc_with_ci(labels, values, n_bootstrap=n_bootstrap, seed=seed)
     rep["slides"] = [{"slide": n, "tumour": y, "score": s} for n, y, s in zip(names, labels, values)]
     rep["note"] = note
@@ -152,10 +192,11 @@ def evaluate_scan(scan_dir: str, cohort_dir: str, out_dir: str, *, split: str = 
     """
     slides_csv = os.path.join(cohort_dir, "slides.csv")
     refs_all = reference.read_reference(slides_csv)
-    refs = reference.select_split(refs_all, split)
+    refs = reference.select_split(refs_all, split, source=slides_csv)
     note = report.synthetic_note_for(slides_csv)
     lesions_csv = os.path.join(cohort_dir, "lesions.csv")
     stages_csv = os.path.join(cohort_dir, "stages.csv")
+    scores_csv = os.path.join(scan_dir, "slide_scores.csv")
     out = {
         "froc": froc_report(
             os.path.join(scan_dir, "lesions"), refs, os.path.join(out_dir, "froc"),
@@ -163,9 +204,10 @@ def evaluate_scan(scan_dir: str, cohort_dir: str, out_dir: str, *, split: str = 
             annotations_dir=os.path.join(cohort_dir, "annotations"),
             images_dir=os.path.join(cohort_dir, "images"),
             truth_lesions=lesions_csv if os.path.isfile(lesions_csv) else None,
-            n_bootstrap=n_bootstrap, seed=seed, note=note),
-        "auc": auc_report(slide_metrics.read_slide_scores(os.path.join(scan_dir, "slide_scores.csv")),
-                          refs, os.path.join(out_dir, "auc"), n_bootstrap=n_bootstrap, seed=seed, note=note),
+            n_bootstrap=n_bootstrap, seed=seed, note=note, known_slides=refs_all, reference_name=slides_csv),
+        "auc": auc_report(slide_metrics.read_slide_scores(scores_csv), refs, os.path.join(out_dir, "auc"),
+                          n_bootstrap=n_bootstrap, seed=seed, note=note, known_slides=refs_all,
+                          source=scores_csv),
         "pn_stage": pn_stage_report(os.path.join(scan_dir, "maps"), refs_all, os.path.join(out_dir, "pn_stage"),
                                     stages=stages_csv if os.path.isfile(stages_csv) else None,
                                     test_split=split, seed=seed, note=note, warn=warn),

@@ -7,14 +7,14 @@ is sklearn's ``roc_auc_score`` against the slides' tumour/normal truth.
 
 from __future__ import annotations
 
-import csv
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from pfascannet import io_utils
 from pfascannet.errors import PfaError
+from pfascannet.evaluation import csv_rows
 
 
 class SlideMetricsError(PfaError, ValueError):
@@ -25,27 +25,26 @@ def read_slide_scores(path: str | os.PathLike) -> dict[str, float]:
     """Reads a ``name,probability`` CSV (header optional) into {slide id: probability}.
 
     Names lose a trailing ``.tif``/``.tiff`` so Camelyon submissions and our
-    slide ids match.
+    slide ids match.  Read so that it cannot be misread: only the first line
+    may be a header, and only if both its fields are names (not numbers);
+    every other line must be a name and one finite number.
+
+    Raises:
+      SlideMetricsError: the file and line of the first bad line, or a slide listed twice.
     """
     out: dict[str, float] = {}
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        for lineno, row in enumerate(csv.reader(f), start=1):
-            if not row or not any(c.strip() for c in row):
-                continue
-            if len(row) < 2:
-                raise SlideMetricsError(f"{path}:{lineno}: expected `name,probability`, got {','.join(row)!r}")
-            name, value = slide_id(row[0]), row[1].strip()
-            try:
-                p = float(value)
-            except ValueError:
-                if lineno == 1 and not out:
-                    continue  # header
-                raise SlideMetricsError(f"{path}:{lineno}: probability {value!r} is not a number") from None
-            if not np.isfinite(p):
-                raise SlideMetricsError(f"{path}:{lineno}: probability {value!r} is not finite")
-            if name in out:
-                raise SlideMetricsError(f"{path}:{lineno}: duplicate slide {name!r}")
-            out[name] = p
+    for lineno, row in csv_rows.read_rows(path, SlideMetricsError):
+        if lineno == 1 and csv_rows.is_header(row, 2):
+            continue
+        if len(row) != 2 or not row[0].strip():
+            raise SlideMetricsError(f"{path}:{lineno}: expected `name,probability`, got {csv_rows.show(row)}")
+        name, value = slide_id(row[0]), row[1].strip()
+        p = csv_rows.finite(value)
+        if p is None:
+            raise SlideMetricsError(f"{path}:{lineno}: probability {value!r} is not a finite number")
+        if name in out:
+            raise SlideMetricsError(f"{path}:{lineno}: duplicate slide {name!r}")
+        out[name] = p
     return out
 
 
@@ -102,16 +101,31 @@ def auc_with_ci(labels: Sequence[int], scores: Sequence[float], n_bootstrap: int
 
 
 def match_scores(reference: Mapping[str, int], scores: Mapping[str, float],
-                 missing_score: Optional[float] = None) -> tuple[list[str], list[int], list[float]]:
+                 missing_score: Optional[float] = None, *, known_slides: Optional[Iterable[str]] = None,
+                 ignore_extra: bool = False, source: Optional[str] = None
+                 ) -> tuple[list[str], list[int], list[float]]:
     """Aligns slide scores to a reference {slide: 0/1}.
 
     A reference slide without a score is an error unless ``missing_score``
-    is given (e.g. 0.0: a method that skipped a slide called it normal).
+    is given (e.g. 0.0: a method that skipped a slide called it normal).  A
+    score for a slide outside ``known_slides`` (default: ``reference``; pass
+    the whole reference file when ``reference`` is one split of it) is an
+    error unless ``ignore_extra``: it is a typo or a wrong reference, not a
+    slide to drop silently.
+
+    Args:
+      source: where the scores came from (a file or folder), named in errors.
     """
+    where = f"{source}: " if source else ""
     names = sorted(reference)
     missing = [n for n in names if n not in scores]
     if missing and missing_score is None:
-        raise SlideMetricsError(f"no score for {len(missing)} reference slide(s), e.g. {missing[:3]}")
+        raise SlideMetricsError(f"{where}no score for {len(missing)} reference slide(s), e.g. {missing[:3]}")
+    known = set(reference if known_slides is None else known_slides)
+    extra = sorted(n for n in scores if n not in known)
+    if extra and not ignore_extra:
+        raise SlideMetricsError(f"{where}score for {len(extra)} slide(s) not in the reference, e.g. {extra[:3]}; "
+                                f"fix the names or ignore such rows explicitly (--ignore_extra)")
     return (names, [int(reference[n]) for n in names],
             [float(scores.get(n, missing_score)) for n in names])
 
