@@ -27,7 +27,9 @@ background: such tiles cost one cached, already-encoded tile.  Level ``L+1``
 is made from level ``L`` by 2x2 ``resample`` while level ``L`` is streamed
 out; the half-resolution bands go to a raw scratch file beside the output and
 are read back band by band, so at most a band of tiles of one level is ever
-in memory.  Pass ``level_source(level, x, y, w, h)`` (coordinates and sizes
+in memory.  The temporary TIFF and the scratch folder are hidden
+(``.<name>.tmp-*``) and locked while in use, so the next run's
+``io_utils.remove_stale_temps`` clears what a killed one left.  Pass ``level_source(level, x, y, w, h)`` (coordinates and sizes
 in that level's pixels) to render lower levels directly instead, e.g. to
 rasterise a mask's polygons exactly at level 5.
 
@@ -40,13 +42,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import tempfile
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from pfascannet.errors import PfaError
-from pfascannet.io_utils import atomic_path
+from pfascannet.io_utils import atomic_path, temp_dir
 
 TileSource = Callable[[int, int, int, int], Optional[np.ndarray]]
 LevelSource = Callable[[int, int, int, int, int], Optional[np.ndarray]]
@@ -190,11 +191,11 @@ def write_pyramid_tiff(
             return blank_bytes
         return encode(tile)
 
-    with atomic_path(path, suffix=".tif") as tmp, tempfile.TemporaryDirectory(
-        prefix=".pyramid-", dir=os.path.dirname(os.path.abspath(tmp))
-    ) as scratch, concurrent.futures.ThreadPoolExecutor(workers) as pool, tifffile.TiffWriter(
-        tmp, bigtiff=bigtiff
-    ) as tiff:
+    # The scratch folder is hidden and locked like the temporary TIFF
+    # (``io_utils``): a killed run's leftovers are removed by the next run.
+    with atomic_path(path, suffix=".tif") as tmp, temp_dir(path) as scratch, concurrent.futures.ThreadPoolExecutor(
+        workers
+    ) as pool, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tiff:
         prev_file: Optional[str] = None
         for level, (lw, lh) in enumerate(dims):
             need_next = level + 1 < len(dims) and level_source is None

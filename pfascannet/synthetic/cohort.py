@@ -440,6 +440,10 @@ def make_cohort(
     planned = plan_cohort(seed=seed, patients=patients, nodes_per_patient=nodes_per_patient,
                           slide_size=slide_size, mpp=mpp, test_fraction=test_fraction, centres=centres,
                           node_labels=node_labels)
+    # A killed run leaves hidden, unlocked temporaries (partial TIFFs, scratch
+    # pyramid levels); clear them before writing anything new.
+    for sub in ("", "images", "annotations", "masks", "tissue"):
+        io_utils.remove_stale_temps(os.path.join(out_dir, sub))
     slides, lesion_rows, stages, nodes = [], [], {}, {}
     for entry in planned:
         plan, label = entry.plan, entry.label
