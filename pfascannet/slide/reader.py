@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 from typing import Optional
 
@@ -37,7 +38,8 @@ class SlideReader:
     Args:
       path: the slide file (.tif, .svs, .mrxs, ...).
       mpp: microns per level-0 pixel, overriding (or standing in for) the
-        slide's own ``openslide.mpp-x``. Required for slides that carry none.
+        slide's own (``openslide.mpp-x``, else an Aperio ``MPP =`` field).
+        Required for slides that carry none.
 
     Attributes:
       dimensions: level-0 ``(width, height)`` in pixels.
@@ -132,7 +134,10 @@ class SlideReader:
     def require_mpp(self) -> float:
         """The level-0 pixel size, or a clear error if the slide has none."""
         if self.mpp is None:
-            raise SlideError(f"{self.path}: the slide carries no microns-per-pixel; pass mpp explicitly")
+            raise SlideError(
+                f"{self.path}: the slide carries no pixel size (no TIFF resolution, openslide.mpp-x or Aperio "
+                "MPP field); give it with --mpp (microns per level-0 pixel, 0.243 for Camelyon)"
+            )
         return self.mpp
 
     def best_level(self, downsample: float) -> int:
@@ -333,14 +338,30 @@ def _snap_downsample(ds: float, level0_xy: tuple[int, int], level_xy: tuple[int,
     return float(nearest) if nearest >= 1 and abs(ds - nearest) <= 0.01 * ds else ds
 
 
+# Aperio's ImageDescription: "Aperio Image Library v10 ... |AppMag = 40|MPP = 0.2430|...".
+_DESCRIPTION_MPP_RE = re.compile(r"(?:^|[|;\n])\s*MPP\s*=\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)", re.IGNORECASE)
+
+
+def _positive(raw) -> Optional[float]:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
 def _property_mpp(properties: dict) -> Optional[float]:
-    """``openslide.mpp-x`` (or ``-y``) as a positive float, else None."""
-    for key in ("openslide.mpp-x", "openslide.mpp-y"):
-        raw = properties.get(key)
-        try:
-            value = float(raw)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(value) and value > 0:
+    """The level-0 pixel size in microns from the slide's properties, else None.
+
+    In order: ``openslide.mpp-x`` / ``-y`` (TIFF resolution tags or the
+    vendor's own field), ``aperio.MPP``, then an Aperio-style ``MPP = 0.2430``
+    field in the TIFF ImageDescription, which OpenSlide reads only for files
+    it recognises as Aperio (a generic TIFF written by Aperio's tools, or a
+    converted slide, carries it there and nowhere else).
+    """
+    for key in ("openslide.mpp-x", "openslide.mpp-y", "aperio.MPP"):
+        value = _positive(properties.get(key))
+        if value is not None:
             return value
-    return None
+    match = _DESCRIPTION_MPP_RE.search(str(properties.get("tiff.ImageDescription") or ""))
+    return _positive(match.group(1)) if match else None
