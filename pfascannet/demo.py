@@ -6,7 +6,7 @@
 3. the detector exported at alpha 16 (SavedModel + .keras);
 4. every slide scanned densely (2708 ROIs, 32 px map), training slides too (the
    pN-stage random forest learns from their maps);
-5. Camelyon16 FROC and AUC on the test slides, pN-stage and quadratic kappa on the
+5. Camelyon16 FROC (three named scores) and AUC on the test slides, pN-stage and quadratic kappa on the
    test patients;
 6. a report folder: ``report/index.html`` and ``index.md``.
 
@@ -69,10 +69,14 @@ def obtain_model(s: DemoSettings, cohort_dir: str, log: workflow.Log) -> tuple[s
                      f"(lr {settings.learning_rate}, batch {settings.batch_size}, seed {s.seed})")
 
 
+def _froc_value(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def run_demo(s: DemoSettings, log: Optional[workflow.Log] = None) -> dict:
     """Runs the demo; returns paths of the report and the headline numbers."""
     from pfascannet import reporting  # noqa: PLC0415
-    from pfascannet.evaluation import reference, run  # noqa: PLC0415
+    from pfascannet.evaluation import froc, reference, run  # noqa: PLC0415
 
     log = log or workflow.Log(total_steps=6)
     out = os.path.abspath(s.out)
@@ -115,8 +119,9 @@ def run_demo(s: DemoSettings, log: Optional[workflow.Log] = None) -> dict:
         f"scan: alpha {geometry.PAPER_ALPHA}, ROI {geometry.PAPER_ROI_PX} px, map stride "
         f"{geometry.output_stride_px(geometry.PAPER_ALPHA)} px; {timing.get('rois', 0)} ROIs scanned in "
         f"{timing.get('wall_s', 0):.0f} s on {platform.machine()} with {os.cpu_count()} CPU(s)",
-        f"FROC: {ev['froc']['froc_interpolated']:.3f} interpolated, {ev['froc']['froc_nearest_point']:.3f} "
-        f"nearest point; AUC {ev['auc']['auc']:.3f}",
+        "FROC: " + ", ".join(_froc_value(ev["froc"].get(k)) + f" {froc.SCORE_SHORT[k]}" for k in froc.SCORE_KEYS)
+        + f" (each rule named under the table; the paper does not say which one its FROC uses); "
+        f"AUC {ev['auc']['auc']:.3f}",
     ]
     artefacts = [
         ("slides, annotations, masks, stage CSV", cohort_dir),

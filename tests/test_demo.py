@@ -51,6 +51,8 @@ def test_demo_numbers_are_this_runs(demo_run):
     assert cells[2] == f"{100 * auc:.1f}%"
     assert cells[3] == f"{100 * froc['froc_interpolated']:.1f}%"
     assert cells[4] == f"{100 * froc['froc_nearest_point']:.1f}%"
+    assert cells[5] == f"{100 * froc['froc_organisers']:.1f}%"     # the test split has normal slides
+    assert "FROC (organisers' grading)" in md and "do not say which rule" in md
     # the scan really happened: one map per slide, timings recorded
     n_slides = len((out / "cohort" / "slides.csv").read_text().strip().splitlines()) - 1
     assert len(list((out / "scan" / "maps").glob("*.npy"))) == n_slides

@@ -325,7 +325,7 @@ def test_class_sensitivity_and_bootstrap():
     assert rep == froc.evaluate(results, n_bootstrap=50, seed=3, class_threshold=0.6)  # seeded
     assert set(rep["score_names"]) == set(froc.SCORE_KEYS) == {"froc_interpolated", "froc_nearest_point",
                                                                "froc_organisers"}
-    assert "does not" in rep["paper_comparability"] and "89.1" in rep["paper_comparability"]
+    assert "do not say which rule" in rep["paper_comparability"] and "89.1" in rep["paper_comparability"]
     assert rep["froc_organisers_ci"] is not None
 
 

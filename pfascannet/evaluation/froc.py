@@ -87,9 +87,10 @@ SCORE_SHORT = {"froc_interpolated": "interpolated", "froc_nearest_point": "neare
 
 PAPER_COMPARABILITY = (
     "Zhao et al. (2019) report an average FROC of 89.1 % (PFA-ScanNet) and 90.2 % (PFA-ScanNet*, "
-    "ensemble) on the Camelyon16 test set without saying which rule computed it. The paper's group's "
-    "own script uses the nearest point over all slides, so froc_nearest_point is the likeliest match, "
-    "but the paper does not state it: compare any of the three with that caveat.")
+    "ensemble) on the Camelyon16 test set, calling it the metric 'provided in Camelyon16 Challenge', "
+    "but do not say which rule computed it. Their group's own script uses the nearest point over all "
+    "slides (froc_nearest_point), the challenge graded by froc_organisers; the paper states neither, "
+    "so no one of the three is known to be comparable.")
 """Which score the paper's numbers are comparable to: the paper does not say; every report states so."""
 
 CAMELYON16_EXCLUDED = ("Test_049", "Test_114")
