@@ -46,7 +46,7 @@ flags.DEFINE_string("shard", None, "i/N: scan only slides k with k mod N == i of
 flags.DEFINE_float("mpp", None, "Microns per level-0 pixel, overriding the slides' own.")
 flags.DEFINE_integer("scan_level", 0, "Pyramid level to read ROIs at (its downsample must be whole).")
 flags.DEFINE_enum("tissue", "otsu", ["otsu", "all"], "Scan only tissue (Otsu), or every ROI.")
-flags.DEFINE_float("threshold", 0.5, "Probability for lesion candidates and contours.")
+flags.DEFINE_float("threshold", 0.5, "Probability for the contours (lesion candidates: every local maximum >= 0.05).")
 flags.DEFINE_float("checkpoint_s", 30.0, "Seconds between checkpoints of a slide in progress.")
 flags.DEFINE_integer("patch_batch", 32, "Patches per model call in --mode=patch.")
 flags.DEFINE_bool("heatmap", True, "Write heatmap PNGs.")

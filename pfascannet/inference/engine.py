@@ -122,7 +122,7 @@ class ScanOptions:
       tissue_downsample: level-0 pixels per tissue-mask pixel.
       checkpoint_every_s: seconds between checkpoints (0: after every batch).
       patch_batch: patches per model call in patch mode.
-      threshold: probability for lesion candidates and contours.
+      threshold: probability for the contours (lesion candidates are every local maximum >= 0.05).
       mpp: microns per level-0 pixel, overriding the slides' own.
       heatmap: write the heatmap PNG.
       progress: print progress with ETA to ``progress_stream``.

@@ -199,8 +199,8 @@ def write_slide_outputs(
       meta: the map's sidecar (must hold ``stride_px``; ``mpp`` may be None).
       thumbnail: RGB ``[h, w, 3]`` at ``heatmap_grid`` map pixels per pixel, or None to skip the heatmap.
       scanned: bool map of the pixels that were computed.
-      threshold: probability for contours and lesion candidates.
-      nms_radius_um: NMS suppression radius.
+      threshold: probability for the contours (lesion candidates have their own low floor).
+      nms_radius_um: unused since candidates are every local maximum (``lesions.lesion_candidates``).
 
     Returns:
       The sidecar as written (with ``slide_score`` and ``n_lesions``).
@@ -208,7 +208,8 @@ def write_slide_outputs(
     paths = map_paths(out_dir, slide)
     stride = int(meta["stride_px"])
     mpp = meta.get("mpp")
-    found = lesions_lib.nms_lesions(prob_map, stride, threshold=threshold, radius_um=nms_radius_um, mpp=mpp)
+    # FROC candidates: every local maximum down to a low floor, not the contour threshold (ARCHITECTURE.md).
+    found = lesions_lib.lesion_candidates(prob_map, stride, dimensions_xy=meta.get("dimensions"))
     write_lesions_csv(paths["lesions"], found)
     write_contours(paths["geojson"], paths["xml"], lesions_lib.lesion_contours(prob_map, stride, threshold))
     write_map_tiff(paths["tif"], prob_map, None if mpp is None else mpp * stride)
@@ -217,7 +218,8 @@ def write_slide_outputs(
         small = block_max(prob_map, f)
         small_scanned = None if scanned is None else block_max(scanned, f)
         write_heatmap_png(paths["heatmap"], thumbnail[: small.shape[0], : small.shape[1]], small, small_scanned, slide)
-    meta = dict(meta, slide_score=lesions_lib.slide_score(prob_map), n_lesions=len(found), threshold=threshold)
+    meta = dict(meta, slide_score=lesions_lib.slide_score(prob_map), n_lesions=len(found), threshold=threshold,
+                candidate_floor=lesions_lib.CANDIDATE_FLOOR)
     save_npy(paths["npy"], np.asarray(prob_map, np.float32))
     write_json(paths["json"], meta)
     return meta
