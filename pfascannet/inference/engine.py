@@ -15,8 +15,21 @@ How the scan keeps the model busy and the memory flat:
   seconds, and when the scan is stopped by an exception or Ctrl-C) at batch
   boundaries.  A rerun resumes from the checkpoint and runs the very same
   remaining batches, so the final map equals an uninterrupted run's.
-- A slide's outputs are written last and atomically; a slide whose sidecar
-  carries the same settings fingerprint is skipped on a rerun.
+- A slide's outputs are written last and atomically.  Whether a rerun
+  skips, redoes or resumes a slide depends on what determines its map: the
+  slide file (name, size, mtime), each model's content (a digest of its
+  files or weights, ``ModelRun.digest``), alpha, ROI side, mode, scan level,
+  tissue settings and mpp.  A checkpoint made with anything else (another
+  model behind the same path, say) is discarded; a finished map made with
+  them is kept, and settings that only change what is derived from the map
+  (lesion threshold, heatmap) are redone from the saved map without the model.
+- One slide is scanned by one process at a time: ``scan_slide`` holds an
+  ``flock`` on ``S/locks/<slide>.lock`` (released by the kernel if the
+  process dies), so several processes started on one folder and one ``--out``
+  share the slides; ``scan_slides`` passes over a slide another process holds
+  and comes back to it at the end.
+- Temporary files are hidden (``.name.tmp-*``) and removed by the next run
+  (``io_utils.remove_stale_temps``); the slide lister never lists dot-files.
 
 The detector protocol (``inference.export.load_detector`` gives one):
 ``alpha``, ``roi_px``, ``tile_px``, ``stride_px`` and
@@ -44,7 +57,7 @@ from pfascannet import geometry
 from pfascannet.errors import PfaError
 from pfascannet.inference import outputs
 from pfascannet.inference.plan import RoiPlan, level_downsample, make_plan
-from pfascannet.io_utils import atomic_path, write_json
+from pfascannet.io_utils import FileLock, atomic_path, is_temp_name, remove_stale_temps, write_json
 from pfascannet.slide.reader import SlideReader
 
 SLIDE_EXTENSIONS = (".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
@@ -79,15 +92,22 @@ class ModelRun:
         of an alpha-1 / 692 detector -- applied to every ``stride``-spaced
         patch of each ROI).
       name: the model's path or id, recorded in the outputs.
+      digest: the model's content (a hash of its files or weights); resume and
+        skip decisions compare it, so a model replaced behind the same path is
+        rescanned.  None: the detector's own ``digest`` attribute (the
+        exported detectors have one, computed once per load), else the name.
     """
 
     detector: Detector
     grid: geometry.ScanGeometry
     mode: str = "dense"
     name: str = "model"
+    digest: Optional[str] = None
 
     def __post_init__(self):
         d = self.detector
+        if self.digest is None:
+            self.digest = getattr(d, "digest", None)
         if self.mode == "dense":
             if (int(d.alpha), int(d.roi_px)) != (self.grid.alpha, self.grid.roi_px):
                 raise ScanError(
@@ -105,12 +125,20 @@ class ModelRun:
             raise ScanError(f"mode must be 'dense' or 'patch', got {self.mode!r}")
 
     def describe(self) -> dict:
-        return {"name": self.name, "mode": self.mode, "alpha": self.grid.alpha, "roi_px": self.grid.roi_px}
+        return {
+            "name": self.name, "mode": self.mode, "alpha": self.grid.alpha, "roi_px": self.grid.roi_px,
+            "digest": self.digest,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
 class ScanOptions:
-    """Runtime settings of a scan (none of them changes the map's values).
+    """Runtime settings of a scan.
+
+    ``scan_level``, ``tissue``, ``tissue_downsample`` and ``mpp`` (the tissue
+    mask's morphology is physical) decide which ROIs are scanned, so they are
+    part of a map's fingerprint; ``threshold`` and ``heatmap`` only change
+    what is derived from the map; the rest are speed knobs.
 
     Attributes:
       batch: ROIs per model call.
@@ -150,8 +178,22 @@ class ScanOptions:
                 raise ScanError(f"{name} must be an integer >= 1, got {value!r}")
         if not (isinstance(self.tissue, str) and self.tissue in ("otsu", "all")) and not callable(self.tissue):
             raise ScanError(f"tissue must be 'otsu', 'all' or a callable, got {self.tissue!r}")
-        if self.mpp is not None and not self.mpp > 0:
-            raise ScanError(f"mpp must be > 0, got {self.mpp}")
+        if self.mpp is not None and not (_is_number(self.mpp) and math.isfinite(self.mpp) and self.mpp > 0):
+            raise ScanError(f"mpp must be a positive number of microns per level-0 pixel, got {self.mpp!r}")
+        if not (_is_number(self.threshold) and 0.0 <= self.threshold <= 1.0):
+            raise ScanError(f"threshold must be a probability in [0, 1], got {self.threshold!r}")
+        if isinstance(self.scan_level, bool) or not isinstance(self.scan_level, int) or self.scan_level < 0:
+            raise ScanError(f"scan_level must be an integer >= 0, got {self.scan_level!r}")
+        td = self.tissue_downsample
+        if isinstance(td, bool) or not isinstance(td, int) or td < 1:
+            raise ScanError(f"tissue_downsample must be an integer >= 1, got {td!r}")
+        if not (_is_number(self.checkpoint_every_s) and 0 <= self.checkpoint_every_s < math.inf):
+            raise ScanError(f"checkpoint_every_s must be a number of seconds >= 0, got {self.checkpoint_every_s!r}")
+
+
+def _is_number(value) -> bool:
+    # NaN fails every comparison, so range checks written as `lo <= x <= hi` reject it.
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass
@@ -270,17 +312,47 @@ def _fingerprint_id(fingerprint: dict) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _load_checkpoint(path: str, fingerprint: dict, map_shape: tuple[int, int], n_rois: int):
+def _warn(text: str, progress: Optional[Progress] = None, options: Optional["ScanOptions"] = None) -> None:
+    """One ``warning:`` line on the progress stream (always shown, progress or not)."""
+    line = "warning: " + " ".join(str(text).split())
+    if progress is not None:
+        progress.message(line, always=True)
+    else:
+        stream = (options.progress_stream if options is not None else None) or sys.stderr
+        stream.write(line + "\n")
+        stream.flush()
+
+
+def _load_checkpoint(
+    path: str, fingerprint: dict, map_shape: tuple[int, int], n_rois: int, warn: Callable[[str], None] = _warn
+):
+    """The checkpoint's ``(map, done)``, or None (and one warning) if it cannot serve this scan.
+
+    A checkpoint that cannot be read (truncated, empty, not a zip: any
+    exception from loading it) or that another model or other settings made
+    is deleted, and the map starts afresh.
+    """
+    if not os.path.exists(path):
+        return None
+    problem = None
     try:
         with np.load(path, allow_pickle=False) as data:
             if str(data["fingerprint"]) != _fingerprint_id(fingerprint):
-                return None
-            prob_map, done = data["map"], data["done"]
-    except (OSError, KeyError, ValueError):
-        return None  # unreadable or from other settings: start afresh
-    if prob_map.shape != tuple(map_shape) or done.shape != (n_rois,):
-        return None
-    return prob_map.astype(np.float32), done.astype(bool)
+                problem = "was made by another model or with other settings"
+            else:
+                prob_map, done = np.asarray(data["map"]), np.asarray(data["done"])
+                if prob_map.shape != tuple(map_shape) or done.shape != (n_rois,):
+                    problem = f"holds a {prob_map.shape} map of {done.shape} ROIs, not {tuple(map_shape)} of {n_rois}"
+    except Exception as exc:  # noqa: BLE001  (BadZipFile, EOFError, zlib.error, ...: all mean unreadable)
+        problem = f"cannot be read ({type(exc).__name__}: {' '.join(str(exc).split()) or 'empty or truncated'})"
+    if problem is None:
+        return prob_map.astype(np.float32), done.astype(bool)
+    warn(f"{path} {problem}; discarded, the slide's map starts afresh")
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+    return None
 
 
 def _save_checkpoint(path: str, fingerprint: dict, prob_map: np.ndarray, done: np.ndarray) -> None:
@@ -364,7 +436,10 @@ def scan_map(
         raise ScanError(f"plan geometry {plan.geometry} does not match the model grid {run.grid}")
     fingerprint = dict(fingerprint or {}, plan=plan.describe(), run=run.describe())
     stats = ScanStats(n_rois=len(plan))
-    resumed = _load_checkpoint(checkpoint_path, fingerprint, plan.map_shape, len(plan)) if checkpoint_path else None
+    resumed = None
+    if checkpoint_path:
+        warn = lambda text: _warn(text, progress, options)  # noqa: E731
+        resumed = _load_checkpoint(checkpoint_path, fingerprint, plan.map_shape, len(plan), warn)
     if resumed is not None:
         prob_map, done = resumed
     else:
@@ -484,7 +559,13 @@ def ensemble_maps(maps: Sequence[np.ndarray], strides: Sequence[int], map_shape:
 
 @dataclasses.dataclass
 class SlideResult:
-    """What happened to one slide: ``done``, ``skipped`` (already done) or ``failed``."""
+    """What happened to one slide.
+
+    ``status``: ``done`` (scanned now, or its lesions/heatmap redone from the
+    saved map), ``skipped`` (already done with these settings), ``failed``, or
+    ``locked`` (another live process holds the slide; nothing was done).
+    ``warnings``: lines worth a user's eye (e.g. no tissue found).
+    """
 
     slide: str
     path: str
@@ -492,6 +573,7 @@ class SlideResult:
     message: str = ""
     stats: list = dataclasses.field(default_factory=list)
     meta: dict = dataclasses.field(default_factory=dict)
+    warnings: list = dataclasses.field(default_factory=list)
 
 
 def _tissue(reader: SlideReader, options: ScanOptions) -> Optional[np.ndarray]:
@@ -504,19 +586,36 @@ def _tissue(reader: SlideReader, options: ScanOptions) -> Optional[np.ndarray]:
     return tissue_mask(reader, downsample=options.tissue_downsample)
 
 
-def _slide_fingerprint(path: str, runs: Sequence[ModelRun], options: ScanOptions) -> dict:
+def slide_identity(path: str) -> dict:
+    """What identifies a slide file's content cheaply: its name, size and modification time."""
     st = os.stat(path)
+    return {"file": os.path.basename(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def map_fingerprint(path: str, runs: Sequence[ModelRun], options: ScanOptions) -> dict:
+    """Everything a slide's map depends on (the model's content included); see the module docstring."""
     tissue = options.tissue if isinstance(options.tissue, str) else getattr(options.tissue, "__name__", "custom")
     return {
-        "file": os.path.basename(path),
-        "bytes": st.st_size,
+        "slide": slide_identity(path),
         "runs": [r.describe() for r in runs],
         "scan_level": options.scan_level,
         "tissue": tissue,
         "tissue_downsample": options.tissue_downsample,
         "mpp": options.mpp,
-        "threshold": options.threshold,
     }
+
+
+def post_settings(options: ScanOptions) -> dict:
+    """The settings of what is derived from a finished map (lesions, contours); they never force a rescan."""
+    return {"threshold": float(options.threshold)}
+
+
+def slide_lock(out_dir: str, slide: str) -> FileLock:
+    """The lock a process holds while it scans ``slide`` into ``out_dir``."""
+    return FileLock(os.path.join(out_dir, "locks", f"{slide}.lock"))
+
+
+_SLIDE_SUBDIRS = ("maps", "lesions", "heatmaps", "contours", "partial")
 
 
 def scan_slide(
@@ -526,17 +625,63 @@ def scan_slide(
     options: ScanOptions,
     progress: Optional[Progress] = None,
     on_batch: Optional[Callable[[int], None]] = None,
+    wait: bool = False,
 ) -> SlideResult:
     """Scans one slide with one model or an ensemble and writes its outputs.
+
+    Safe to call from several processes (or threads) on one ``out_dir``: the
+    slide's lock (``slide_lock``) makes one of them scan it.  A slide already
+    done with the same map fingerprint is ``skipped`` (or, if only the lesion
+    threshold or the heatmap differ, post-processed again from its saved map
+    without calling the model).
+
+    Args:
+      path, runs, out_dir, options: the slide, its model(s), the scan folder and settings.
+      progress: progress printer (optional).
+      on_batch: test hook, see ``scan_map``.
+      wait: if another process holds the slide, wait for it (then usually
+        find the slide done) instead of returning ``status="locked"``.
 
     Raises whatever the slide or model raises; ``scan_slides`` turns that into
     a failed result and goes on.
     """
     slide = os.path.splitext(os.path.basename(path))[0]
-    fingerprint = _slide_fingerprint(path, runs, options)
-    if outputs.slide_done(out_dir, slide, fingerprint):
+    lock = slide_lock(out_dir, slide)
+    if not lock.acquire(blocking=False):
+        if not wait:
+            return SlideResult(slide, path, "locked", f"being scanned by {lock.holder()}")
+        lock.acquire(blocking=True)
+    try:
+        # Under the lock nobody else writes this slide's files: its leftovers can go.
+        for sub in _SLIDE_SUBDIRS:
+            remove_stale_temps(os.path.join(out_dir, sub), prefix="." + slide)
+        return _scan_slide_locked(path, slide, runs, out_dir, options, progress, on_batch)
+    finally:
+        lock.release()
+
+
+def _saved_map(out_dir: str, slide: str, fingerprint: dict, options: ScanOptions) -> tuple[bool, Optional[np.ndarray]]:
+    """``(skip, map)``: skip when done with these settings; else the saved map if only post-processing differs."""
+    meta = outputs.read_sidecar(out_dir, slide)
+    if meta is None or meta.get("fingerprint") != fingerprint or not outputs.outputs_complete(out_dir, slide):
+        return False, None
+    heatmap_ok = not options.heatmap or os.path.exists(outputs.map_paths(out_dir, slide)["heatmap"])
+    if meta.get("post") == post_settings(options) and heatmap_ok:
+        return True, None
+    try:
+        return False, np.load(outputs.map_paths(out_dir, slide)["npy"], allow_pickle=False).astype(np.float32)
+    except Exception:  # noqa: BLE001  (an unreadable map is rescanned)
+        return False, None
+
+
+def _scan_slide_locked(path, slide, runs, out_dir, options, progress, on_batch) -> SlideResult:
+    fingerprint = map_fingerprint(path, runs, options)
+    skip, saved = _saved_map(out_dir, slide, fingerprint, options)
+    if skip:
         return SlideResult(slide, path, "skipped", "already scanned with these settings")
     with SlideReader(path, mpp=options.mpp) as reader:
+        if reader.mpp is None:
+            reader.require_mpp()  # the error names --mpp: no silent 0.243 um/px
         downsample = level_downsample(reader.level_downsamples, options.scan_level)
         # OpenSlide maps level-0 xy onto a level with its own downsample; where
         # that is not the whole value (odd level sizes) ROIs would drift and
@@ -550,17 +695,35 @@ def scan_slide(
         tissue = _tissue(reader, options)
         dims, mpp = reader.dimensions, reader.mpp
     plans = [make_plan(dims, r.grid, tissue, options.tissue_downsample, options.scan_level, downsample) for r in runs]
-    if progress is not None:
-        progress.start_slide(slide, sum(len(p) for p in plans), 0)
-    maps, stats = [], []
-    for m, (run, plan) in enumerate(zip(runs, plans)):
-        ckpt = os.path.join(out_dir, "partial", f"{slide}.m{m}.npz")
-        prob_map, st = scan_map(path, run, plan, options, ckpt, fingerprint, progress, on_batch)
-        maps.append(prob_map)
-        stats.append(st)
     coarse = max(range(len(plans)), key=lambda i: plans[i].stride_px)
     grid_plan = plans[coarse]
-    prob_map = ensemble_maps(maps, [p.stride_px for p in plans], grid_plan.map_shape)
+    if saved is not None and saved.shape != tuple(grid_plan.map_shape):
+        saved = None
+    warnings = []
+    if sum(len(p) for p in plans) == 0:
+        warnings.append(f"{slide}: no tissue found, nothing scanned; its map is all 0 (--tissue=all scans every ROI)")
+        _warn(warnings[-1], progress, options)
+    stats = []
+    if saved is not None:
+        # Same map, other post-processing settings: lesions, contours and
+        # heatmap are redone from the saved map; the model is not called.
+        prob_map = saved
+    else:
+        if progress is not None:
+            progress.start_slide(slide, sum(len(p) for p in plans), 0)
+        maps = []
+        for m, (run, plan) in enumerate(zip(runs, plans)):
+            ckpt = os.path.join(out_dir, "partial", f"{slide}.m{m}.npz")
+            prob_map, st = scan_map(path, run, plan, options, ckpt, fingerprint, progress, on_batch)
+            maps.append(prob_map)
+            stats.append(st)
+        prob_map = ensemble_maps(maps, [p.stride_px for p in plans], grid_plan.map_shape)
+        if not options.heatmap:
+            # A heatmap of the previous map would now be stale.
+            try:
+                os.remove(outputs.map_paths(out_dir, slide)["heatmap"])
+            except FileNotFoundError:
+                pass
     scanned = np.zeros(grid_plan.map_shape, bool)
     for k in range(len(grid_plan)):
         r0, r1, c0, c1 = grid_plan.roi_window(k)
@@ -581,16 +744,41 @@ def scan_slide(
         "mode": runs[0].mode,
         "members": [dict(r.describe(), **p.describe()) for r, p in zip(runs, plans)],
         "n_rois": [len(p) for p in plans],
-        "timing": [dataclasses.asdict(s) for s in stats],
         "fingerprint": fingerprint,
+        "post": post_settings(options),
+        "warnings": warnings,
     }
-    meta = outputs.write_slide_outputs(out_dir, slide, prob_map, meta, thumbnail, scanned, options.threshold)
+    if saved is not None:
+        old = outputs.read_sidecar(out_dir, slide) or {}
+        meta["timing"] = old.get("timing", [])
+    else:
+        meta["timing"] = [dataclasses.asdict(s) for s in stats]
+    meta = outputs.write_slide_outputs(
+        out_dir, slide, prob_map, meta, thumbnail, scanned, options.threshold, write_map=saved is None
+    )
     for m in range(len(runs)):
         try:
             os.remove(os.path.join(out_dir, "partial", f"{slide}.m{m}.npz"))
         except FileNotFoundError:
             pass
-    return SlideResult(slide, path, "done", stats=stats, meta=meta)
+    message = "lesions and heatmap redone from the saved map" if saved is not None else ""
+    return SlideResult(slide, path, "done", message, stats=stats, meta=meta, warnings=warnings)
+
+
+def check_slide(path: str, mpp: Optional[float] = None) -> Optional[str]:
+    """Why ``path`` cannot be scanned (missing, unreadable, no pixel size without ``mpp``), or None.
+
+    Opens the slide's directories only (no pixels): cheap enough to check a
+    whole list before a model loads.
+    """
+    try:
+        with SlideReader(path, mpp=mpp) as reader:
+            reader.require_mpp()
+    except PfaError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    return None
 
 
 # --------------------------------------------------------------------------- slide lists
@@ -603,7 +791,8 @@ def list_slides(spec: str | Sequence[str]) -> list[str]:
     (relative paths are relative to the list file; ``#`` starts a comment; a
     CSV's first column is used and a header line whose first field is not a
     path is skipped).  A sequence of such specs is concatenated.  The result
-    is sorted, without duplicates.
+    is sorted, without duplicates.  A folder's dot-files and temporary files
+    (``io_utils.is_temp_name``) are not slides.
 
     Raises:
       ScanError: nothing found, or two slides with the same id (their outputs would collide).
@@ -614,8 +803,11 @@ def list_slides(spec: str | Sequence[str]) -> list[str]:
         s = os.fspath(s)
         if os.path.isdir(s):
             folder = os.path.join(s, "images") if os.path.isdir(os.path.join(s, "images")) else s
+            # Dot-files (a copy's or a writer's temporaries, macOS "._" files) are never slides.
             paths += [
-                os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.lower().endswith(SLIDE_EXTENSIONS)
+                os.path.join(folder, f)
+                for f in sorted(os.listdir(folder))
+                if f.lower().endswith(SLIDE_EXTENSIONS) and not f.startswith(".") and not is_temp_name(f)
             ]
         elif s.lower().endswith((".txt", ".csv", ".lst")):
             if not os.path.exists(s):
@@ -681,7 +873,9 @@ class ScanSummary:
         lines = [
             f"scanned {len(self.results)} slide(s) in {_fmt_s(self.wall_s)}: "
             f"{counts['done']} done, {counts['skipped']} already done, {counts['failed']} failed"
+            + (f", {counts['locked']} left to another process" if counts["locked"] else "")
         ]
+        lines += [f"  WARNING {w}" for r in self.results for w in r.warnings]
         lines += [f"  FAILED {r.slide}: {r.message}" for r in self.failed]
         return "\n".join(lines)
 
@@ -707,6 +901,10 @@ def scan_slides(
 
     Returns:
       A ScanSummary; ``slide_scores.csv`` is rebuilt from every finished slide.
+
+    Several processes may run this on one ``out_dir`` at once (the same list,
+    overlapping lists or shards): each slide is scanned by one of them (see
+    ``scan_slide``), and each process's summary reports every slide of its list.
     """
     if not runs:
         raise ScanError("no model to scan with")
@@ -728,13 +926,14 @@ def scan_slides(
             "slides": paths,
         },
     )
+    remove_stale_temps(out_dir)  # slide_scores.csv, scan_config: a killed run's temporaries
     progress = Progress(len(paths), options.progress_stream, options.progress)
     t0 = time.perf_counter()
-    results = []
-    for path in paths:
+
+    def one(path: str, wait: bool) -> SlideResult:
         slide = os.path.splitext(os.path.basename(path))[0]
         try:
-            result = scan_slide(path, runs, out_dir, options, progress, on_batch)
+            result = scan_slide(path, runs, out_dir, options, progress, on_batch, wait=wait)
             progress.end_slide()
         except Exception as exc:  # noqa: BLE001  (one bad slide must not stop a 400-slide run)
             progress.end_slide(ok=False)
@@ -743,8 +942,19 @@ def scan_slides(
             message = str(exc) if isinstance(exc, PfaError) else f"{type(exc).__name__}: {exc}"
             progress.message(f"error: {slide}: {' '.join(message.split())}", always=True)
             result = SlideResult(slide, path, "failed", message)
-        results.append(result)
+        return result
+
+    results: dict[str, SlideResult] = {}
+    for path in paths:
+        results[path] = one(path, wait=False)
+    # Slides another process was scanning: come back to them once ours are
+    # done, and wait for their lock (then they are usually done; if that
+    # process died or failed, this one scans them).
+    for path in [p for p, r in results.items() if r.status == "locked"]:
+        progress.message(f"{results[path].slide}: {results[path].message}; waiting for it", always=True)
+        results[path] = one(path, wait=True)
+    results = [results[p] for p in paths]
     outputs.write_slide_scores(out_dir)
-    summary = ScanSummary(results, time.perf_counter() - t0)
+    summary = ScanSummary(list(results), time.perf_counter() - t0)
     progress.message(summary.text(), always=True)
     return summary

@@ -189,6 +189,7 @@ def write_slide_outputs(
     scanned: Optional[np.ndarray] = None,
     threshold: float = 0.5,
     nms_radius_um: float = lesions_lib.DEFAULT_NMS_RADIUS_UM,
+    write_map: bool = True,
 ) -> dict:
     """Writes every per-slide output; the map's ``.npy`` and ``.json`` last, as the 'done' mark.
 
@@ -201,6 +202,8 @@ def write_slide_outputs(
       scanned: bool map of the pixels that were computed.
       threshold: probability for the contours (lesion candidates have their own low floor).
       nms_radius_um: unused since candidates are every local maximum (``lesions.lesion_candidates``).
+      write_map: False when ``prob_map`` is the saved ``.npy`` itself (only
+        the derived files are redone); the sidecar is still written last.
 
     Returns:
       The sidecar as written (with ``slide_score`` and ``n_lesions``).
@@ -220,22 +223,31 @@ def write_slide_outputs(
         write_heatmap_png(paths["heatmap"], thumbnail[: small.shape[0], : small.shape[1]], small, small_scanned, slide)
     meta = dict(meta, slide_score=lesions_lib.slide_score(prob_map), n_lesions=len(found), threshold=threshold,
                 candidate_floor=lesions_lib.CANDIDATE_FLOOR)
-    save_npy(paths["npy"], np.asarray(prob_map, np.float32))
+    if write_map:
+        save_npy(paths["npy"], np.asarray(prob_map, np.float32))
     write_json(paths["json"], meta)
     return meta
 
 
-def slide_done(out_dir: str, slide: str, fingerprint: dict) -> bool:
-    """True if the slide's outputs are complete and were made with the same settings."""
-    paths = map_paths(out_dir, slide)
-    if not all(os.path.exists(p) for k, p in paths.items() if k != "heatmap"):
-        return False
+def read_sidecar(out_dir: str, slide: str) -> Optional[dict]:
+    """The slide's ``maps/<slide>.json``, or None if missing or unreadable."""
     try:
-        with open(paths["json"], encoding="utf-8") as f:
+        with open(map_paths(out_dir, slide)["json"], encoding="utf-8") as f:
             meta = json.load(f)
     except (OSError, ValueError):
-        return False
-    return meta.get("fingerprint") == fingerprint
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def outputs_complete(out_dir: str, slide: str) -> bool:
+    """True if every output of the slide exists (the heatmap is optional)."""
+    return all(os.path.exists(p) for k, p in map_paths(out_dir, slide).items() if k != "heatmap")
+
+
+def slide_done(out_dir: str, slide: str, fingerprint: dict) -> bool:
+    """True if the slide's outputs are complete and its map was made with ``fingerprint``."""
+    meta = read_sidecar(out_dir, slide)
+    return meta is not None and outputs_complete(out_dir, slide) and meta.get("fingerprint") == fingerprint
 
 
 def write_slide_scores(out_dir: str) -> str:
