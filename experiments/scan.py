@@ -13,7 +13,11 @@ Examples::
 
 Kill it at any time and rerun the same command: finished slides are skipped
 and a slide in progress resumes from its last checkpoint, giving the same map.
-Exit status: 0 all slides done, 1 some slide failed (see the summary), 2 bad input.
+Several processes may scan one folder into one --out at once: each slide is
+scanned by one of them (a lock per slide), the others pass over it and come
+back to it at the end.
+Exit status (README): 0 all slides done, 1 some slide failed (each named in
+the summary), 2 bad input or flags (one ``error:`` line, before any model loads).
 """
 
 from __future__ import annotations
@@ -59,8 +63,9 @@ def main(argv) -> None:
     for name in ("model", "slides", "out"):
         if not getattr(FLAGS, name):
             _usage(f"--{name} is required")
-    from pfascannet.inference import engine, runs  # noqa: PLC0415  (imports Keras)
+    from pfascannet.inference import engine, runs  # noqa: PLC0415  (no Keras yet)
 
+    # Every flag and input is checked here, before the (slow) model load.
     shard = engine.parse_shard(FLAGS.shard) if FLAGS.shard else None
     options = engine.ScanOptions(
         batch=FLAGS.batch,
@@ -81,8 +86,16 @@ def main(argv) -> None:
             roi = int(roi)
         except ValueError:
             _usage(f"--roi must be an integer or 'auto', got {FLAGS.roi!r}")
-    slides = engine.list_slides(FLAGS.slides)  # bad input fails here, before the model loads
-    model_runs = runs.load_runs(
+    if FLAGS.memory_gb is not None and not FLAGS.memory_gb > 0:
+        _usage(f"--memory_gb must be a positive number of GiB, got {FLAGS.memory_gb}")
+    from pfascannet import geometry  # noqa: PLC0415
+
+    for name in ("alpha", "ensemble_alpha"):
+        if getattr(FLAGS, name) is not None:
+            geometry.check_alpha(getattr(FLAGS, name))  # even when no --ensemble uses it
+    if os.path.exists(FLAGS.out) and not os.path.isdir(FLAGS.out):
+        _usage(f"--out {FLAGS.out} exists and is not a folder")
+    specs = runs.resolve_runs(
         FLAGS.model,
         alpha=FLAGS.alpha,
         roi=roi,
@@ -92,15 +105,34 @@ def main(argv) -> None:
         batch=FLAGS.batch,
         memory_budget_bytes=None if FLAGS.memory_gb is None else FLAGS.memory_gb * 2**30,
     )
+    slides = engine.list_slides(FLAGS.slides)
+    _check_slides(engine, engine.shard_slides(slides, shard) if shard is not None else slides)
+    model_runs = [runs.load_spec(spec) for spec in specs]
     for r in model_runs:
         print(
             f"model {r.name}: alpha={r.grid.alpha} roi={r.grid.roi_px} tile={r.grid.tile_px} "
-            f"stride={r.grid.stride_px} px mode={r.mode}",
+            f"stride={r.grid.stride_px} px mode={r.mode} digest={r.digest}",
             file=sys.stderr,
         )
     summary = engine.scan_slides(slides, model_runs, FLAGS.out, options, shard=shard)  # prints the summary
     if not summary.ok:
         sys.exit(1)
+
+
+def _check_slides(engine, slides) -> None:
+    """Exit 2 (one line) for a missing slide path, or when no listed slide can be scanned at all.
+
+    Slides that exist but cannot be scanned (unreadable, no pixel size) among
+    others that can are left to the scan, which names each as failed (exit 1).
+    """
+    missing = [p for p in slides if not os.path.exists(p)]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        _usage(f"{missing[0]}: no such slide file{more}")
+    problems = [engine.check_slide(p, FLAGS.mpp) for p in slides]
+    if problems and all(problems):
+        more = f" (and {len(problems) - 1} more slide(s) that cannot be scanned)" if len(problems) > 1 else ""
+        _usage(f"{problems[0]}{more}")
 
 
 def _usage(message: str) -> None:

@@ -29,17 +29,22 @@ The ``.keras`` file loads under any Keras backend.
 
 from __future__ import annotations
 
+import hashlib
 import os
-import shutil
-import tempfile
+import zipfile
 from typing import Protocol, runtime_checkable
 
 import keras
 import numpy as np
 
 from pfascannet import geometry
-from pfascannet.inference.export_meta import EXPORT_JSON, ExportError, read_export_json  # noqa: F401  (re-exported)
-from pfascannet.io_utils import atomic_path, write_json
+from pfascannet.inference.export_meta import (  # noqa: F401  (re-exported)
+    EXPORT_JSON,
+    ExportError,
+    files_digest,
+    read_export_json,
+)
+from pfascannet.io_utils import atomic_dir, atomic_path, remove_stale_temps, write_json
 from pfascannet.model.config import ModelConfig
 from pfascannet.model.detector import TUMOUR_CHANNEL, build_detector, transfer_weights
 
@@ -100,9 +105,11 @@ class KerasDetector(_GeometryMixin):
       model: RGB [N, H, W, 3] -> softmax [N, Lm, Lm, 2], built at ``alpha``.
       alpha: the dense coefficient the model was built with.
       roi_px: LR; must fit eq. (1) at ``alpha``.
+      digest: the model's content id (``load_detector`` gives the file's);
+        None: a hash of the weights, computed when first asked for.
     """
 
-    def __init__(self, model: keras.Model, alpha: int, roi_px: int):
+    def __init__(self, model: keras.Model, alpha: int, roi_px: int, digest: str | None = None):
         geometry.ScanGeometry(alpha=alpha, roi_px=roi_px)
         built = detector_alpha(model)
         if built is not None and built != alpha:
@@ -114,6 +121,14 @@ class KerasDetector(_GeometryMixin):
         self.alpha = alpha
         self.roi_px = roi_px
         self._patch_model = None
+        self._digest = digest
+
+    @property
+    def digest(self) -> str:
+        """The model's content id: its file's digest, else a hash of its weights (names, shapes, values)."""
+        if self._digest is None:
+            self._digest = weights_digest(self.model)
+        return self._digest
 
     def predict(self, rois: np.ndarray) -> np.ndarray:
         """uint8 [N, LR, LR, 3] -> tumour probability float32 [N, Lm, Lm]."""
@@ -135,14 +150,18 @@ class KerasDetector(_GeometryMixin):
 class SavedModelDetector(_GeometryMixin):
     """A SavedModel written by ``export_detector``, loaded with ``tf.saved_model.load``."""
 
-    def __init__(self, path: str, alpha: int, roi_px: int):
+    def __init__(self, path: str, alpha: int, roi_px: int, digest: str | None = None):
         import tensorflow as tf  # noqa: PLC0415  (SavedModel is TensorFlow's format)
 
         geometry.ScanGeometry(alpha=alpha, roi_px=roi_px)
         self.path = path
         self.alpha = alpha
         self.roi_px = roi_px
-        self._loaded = tf.saved_model.load(path)
+        self.digest = digest or files_digest(path)
+        try:
+            self._loaded = tf.saved_model.load(path)
+        except Exception as exc:  # noqa: BLE001  (DataLossError, IndexError, NotFoundError...: all a broken export)
+            raise ExportError(_broken_saved_model(path, exc)) from exc
         try:
             self._serve = self._loaded.signatures["serving_default"]
         except KeyError:
@@ -160,6 +179,52 @@ class SavedModelDetector(_GeometryMixin):
             raise ExportError(f"{self.path} has no patch_classifier endpoint")
         patches = self._check_batch(patches, geometry.PATCH_PX, "patches")
         return np.asarray(self._patch(patches)["tumour_probability"], dtype=np.float32)
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def _broken_saved_model(path: str, exc: BaseException) -> str:
+    files = []
+    for sub in ("saved_model.pb", "variables"):
+        full = os.path.join(path, sub)
+        if os.path.isdir(full):
+            files += [f"variables/{n}" for n in sorted(os.listdir(full))]
+        elif os.path.exists(full):
+            files.append(sub)
+    return (
+        f"{path}: the SavedModel cannot be loaded ({_short(exc)}); one of its files "
+        f"({', '.join(files) or 'none found'}) is truncated or corrupt: export the model again"
+    )
+
+
+def weights_digest(model: keras.Model) -> str:
+    """SHA-256 (hex, 16 chars) of a model's weights in order: paths, shapes, dtypes and values."""
+    h = hashlib.sha256()
+    for w in model.weights:
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(w))
+        h.update(f"{w.path}\0{value.shape}\0{value.dtype}\0".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_keras_model(path: str) -> keras.Model:
+    """``keras.saving.load_model`` with a one-line error naming the file when it is not a whole .keras archive."""
+    if not zipfile.is_zipfile(path):
+        size = os.path.getsize(path)
+        raise ExportError(
+            f"{path}: not a valid .keras file ({size} bytes, not a complete zip archive): "
+            "truncated or corrupt; export the model again"
+        )
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001  (Keras raises ValueError, KeyError, OSError... for broken archives)
+        raise ExportError(
+            f"{path}: cannot be loaded as a Keras model ({_short(exc)}); truncated, corrupt or not a "
+            "PFA-ScanNet detector: export the model again"
+        ) from exc
 
 
 def detector_alpha(model: keras.Model) -> int | None:
@@ -233,6 +298,7 @@ def export_detector(
 
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    remove_stale_temps(out_dir)  # a killed export's .detector.keras.tmp-*, .saved_model.tmp-*
     json_path = os.path.join(out_dir, EXPORT_JSON)
     if os.path.exists(json_path):
         os.remove(json_path)  # the directory is incomplete until the new json lands
@@ -290,16 +356,9 @@ def _write_saved_model(detector: keras.Model, path: str, roi_px: int) -> None:
         patch_classifier,
         input_signature=[tf.TensorSpec([None, geometry.PATCH_PX, geometry.PATCH_PX, 3], tf.uint8, name="rgb")],
     )
-    parent = os.path.dirname(os.path.abspath(path))
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
-    try:
+    # Written into a hidden, locked folder beside the target, which then replaces it.
+    with atomic_dir(path) as tmp:
         archive.write_out(tmp, verbose=False)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_detector(
@@ -359,7 +418,7 @@ def load_detector(
         if lr != int(meta["roi_px"]):
             raise ExportError(f"the SavedModel at {sm_path} serves roi_px={meta['roi_px']} only, not {lr}; use the .keras export")
         try:
-            return SavedModelDetector(sm_path, int(meta["alpha"]), lr)
+            return SavedModelDetector(sm_path, int(meta["alpha"]), lr, digest=files_digest(sm_path))
         except ImportError:
             raise ExportError(
                 f"loading a SavedModel needs TensorFlow, which is not importable under backend {backend!r}; "
@@ -371,7 +430,10 @@ def load_detector(
             f"{path} holds no .keras model; under the {backend!r} backend only the .keras export works "
             "(a SavedModel is served with format='savedmodel' and TensorFlow)"
         )
-    model = keras.saving.load_model(keras_path, compile=False)
+    if not os.path.isfile(keras_path):
+        raise ExportError(f"{keras_path}: no such file; export.json lists it, so the export is incomplete")
+    digest = files_digest(keras_path)
+    model = load_keras_model(keras_path)
     alpha = detector_alpha(model)
     if alpha is None:
         raise ExportError(f"{keras_path} is not a PFA-ScanNet detector (no DensePooling layer)")
@@ -380,4 +442,4 @@ def load_detector(
     lr = roi_px or (int(meta["roi_px"]) if meta else model.input_shape[1])
     if lr is None:
         raise ExportError(f"{keras_path} has free input sides and no {EXPORT_JSON}: pass roi_px")
-    return KerasDetector(model, alpha, int(lr))
+    return KerasDetector(model, alpha, int(lr), digest=digest)

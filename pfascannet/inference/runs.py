@@ -10,6 +10,8 @@ export's ``.keras`` file instead.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from typing import Optional, Sequence, Union
 
@@ -58,6 +60,51 @@ def _export_meta(path: str) -> Optional[dict]:
     return export_meta.read_export_json(path)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """What ``load_run`` will load, settled without Keras (so bad flags fail before the slow import)."""
+
+    model_path: str
+    alpha: int
+    roi_px: int
+    mode: str
+    format: str
+    meta: Optional[dict]
+
+
+def resolve_run(
+    model_path: str,
+    alpha: Optional[int] = None,
+    roi: Union[int, str, None] = None,
+    mode: str = "dense",
+    batch: int = 1,
+    memory_budget_bytes: Optional[float] = None,
+) -> RunSpec:
+    """Checks a model path and the requested alpha / ROI side, and settles them, without loading anything.
+
+    Raises:
+      ScanError / ExportError / GeometryError: a missing or incomplete export,
+        an alpha or ROI side off the grid of eq. (1), a bad mode or budget.
+    """
+    if mode not in ("dense", "patch"):
+        raise ScanError(f"mode must be 'dense' or 'patch', got {mode!r}")
+    if not os.path.exists(model_path):
+        raise ScanError(f"no detector at {model_path}")
+    if os.path.isdir(model_path) and not (
+        os.path.isfile(os.path.join(model_path, export_meta.EXPORT_JSON))
+        or os.path.isfile(os.path.join(model_path, "saved_model.pb"))
+    ):
+        raise ScanError(
+            f"{model_path}: not an export folder (no {export_meta.EXPORT_JSON}; an interrupted export?) "
+            "nor a SavedModel folder"
+        )
+    if os.path.isfile(model_path) and not model_path.endswith(".keras"):
+        raise ScanError(f"{model_path}: expected an export folder, a .keras file or a SavedModel folder")
+    if memory_budget_bytes is not None and not (memory_budget_bytes > 0 and math.isfinite(memory_budget_bytes)):
+        raise ScanError(f"the memory budget must be a positive number, got {memory_budget_bytes!r}")
+    return _resolve(model_path, alpha, roi, mode, batch, memory_budget_bytes)
+
+
 def load_run(
     model_path: str,
     alpha: Optional[int] = None,
@@ -79,10 +126,23 @@ def load_run(
       memory_budget_bytes: for ``auto``; default a quarter of RAM.
 
     Returns:
-      The ModelRun.
+      The ModelRun; its ``digest`` is the loaded file's (computed once here).
     """
-    if not os.path.exists(model_path):
-        raise ScanError(f"no detector at {model_path}")
+    return load_spec(resolve_run(model_path, alpha, roi, mode, batch, memory_budget_bytes))
+
+
+def load_spec(spec: RunSpec) -> ModelRun:
+    """Loads what ``resolve_run`` settled (the slow part: Keras / TensorFlow)."""
+    from pfascannet.inference import export  # noqa: PLC0415  (imports Keras)
+
+    detector = export.load_detector(spec.model_path, format=spec.format, roi_px=spec.roi_px)
+    if detector.alpha != spec.alpha:
+        detector = rebuild_at_alpha(detector, spec.alpha, spec.roi_px)
+    grid = geometry.ScanGeometry(detector.alpha, detector.roi_px)
+    return ModelRun(detector, grid, mode=spec.mode, name=os.path.abspath(spec.model_path), digest=detector.digest)
+
+
+def _resolve(model_path, alpha, roi, mode, batch, memory_budget_bytes) -> RunSpec:
     meta = _export_meta(model_path)
     export_alpha = int(meta["alpha"]) if meta else None
     export_roi = int(meta["roi_px"]) if meta else None
@@ -107,13 +167,7 @@ def load_run(
     if meta and (want_alpha != export_alpha or want_roi != export_roi):
         fmt = "keras"
     geometry.ScanGeometry(want_alpha, want_roi)  # a clear error before loading anything
-    from pfascannet.inference import export  # noqa: PLC0415  (imports Keras)
-
-    detector = export.load_detector(model_path, format=fmt, roi_px=want_roi)
-    if detector.alpha != want_alpha:
-        detector = rebuild_at_alpha(detector, want_alpha, want_roi)
-    grid = geometry.ScanGeometry(detector.alpha, detector.roi_px)
-    return ModelRun(detector, grid, mode=mode, name=os.path.abspath(model_path))
+    return RunSpec(model_path, want_alpha, want_roi, mode, fmt, meta)
 
 
 def rebuild_at_alpha(detector, alpha: int, roi_px: int):
@@ -129,7 +183,7 @@ def rebuild_at_alpha(detector, alpha: int, roi_px: int):
         )
     rebuilt = build_detector(export.config_from_model(model), alpha=alpha)
     transfer_weights(model, rebuilt)
-    return export.KerasDetector(rebuilt, alpha, roi_px)
+    return export.KerasDetector(rebuilt, alpha, roi_px, digest=detector.digest)
 
 
 def load_runs(
@@ -147,16 +201,33 @@ def load_runs(
     An ensemble member's ROI side is chosen on its own grid: ``auto`` again,
     or the main run's map tile Lm (so both read ROIs of about the same size).
     """
-    runs = [load_run(model_path, alpha, roi, mode, batch, memory_budget_bytes)]
+    return [load_spec(spec) for spec in resolve_runs(
+        model_path, alpha, roi, mode, ensemble, ensemble_alpha, batch, memory_budget_bytes
+    )]
+
+
+def resolve_runs(
+    model_path: str,
+    alpha: Optional[int] = None,
+    roi: Union[int, str, None] = None,
+    mode: str = "dense",
+    ensemble: Sequence[str] = (),
+    ensemble_alpha: Optional[int] = 32,
+    batch: int = 1,
+    memory_budget_bytes: Optional[float] = None,
+) -> list[RunSpec]:
+    """``load_runs`` without the loading: every model path, alpha and ROI side checked up front."""
+    specs = [resolve_run(model_path, alpha, roi, mode, batch, memory_budget_bytes)]
     for other in ensemble:
         other_roi: Union[int, str, None]
         if roi == "auto":
             other_roi = "auto"
         else:
-            member_alpha = ensemble_alpha if ensemble_alpha is not None else runs[0].grid.alpha
+            member_alpha = ensemble_alpha if ensemble_alpha is not None else specs[0].alpha
+            geometry.ScanGeometry(member_alpha, geometry.roi_px(1, member_alpha))  # alpha itself valid?
             # Same ROI side in pixels as near as the member's grid allows.
             stride = geometry.output_stride_px(member_alpha)
-            lm = max(1, (runs[0].grid.roi_px - geometry.PATCH_PX) // stride + 1)
+            lm = max(1, (specs[0].roi_px - geometry.PATCH_PX) // stride + 1)
             other_roi = geometry.roi_px(lm, member_alpha)
-        runs.append(load_run(other, ensemble_alpha, other_roi, mode, batch, memory_budget_bytes))
-    return runs
+        specs.append(resolve_run(other, ensemble_alpha, other_roi, mode, batch, memory_budget_bytes))
+    return specs
