@@ -8,6 +8,11 @@ Layout of ``C`` (ARCHITECTURE.md, "Files between stages"): ``images/``,
 ``pN1, pN0(i+), pN1mi, pN2, pN0`` in turn, so 5 patients cover every stage
 (4 already hold every node class).  Deterministic from ``--seed``.
 Results on synthetic slides measure the pipeline, not clinical accuracy.
+
+Killed part way, rerun the same command: it rewrites every file (each appears
+whole or not at all) and first removes the hidden temporaries
+(``.<name>.tmp-*``: partial TIFFs, scratch pyramid levels) the killed run left.
+Exit status (README): 0 written, 2 bad flags (one ``error:`` line).
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ def main(argv):
         centres=FLAGS.centres,
         tile_px=FLAGS.tile_px,
         quality=FLAGS.quality,
-        workers=FLAGS.workers or None,
+        workers=None if FLAGS.workers == 0 else FLAGS.workers,
         progress=lambda msg: print(msg, flush=True),
     )
     counts = {}

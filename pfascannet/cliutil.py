@@ -1,9 +1,13 @@
 """Shared plumbing for the absl command-line mains.
 
 ``run_main(main)`` replaces ``absl.app.run(main)``: a user error (a
-``PfaError``, a missing or unreadable file, a bad flag value) becomes a single
-``error: ...`` line on stderr and exit status 2, never a traceback.  Set
-``PFASCANNET_DEBUG=1`` to see the traceback anyway.
+``PfaError``, a missing or unreadable file, a bad, unknown or missing flag)
+becomes a single ``error: ...`` line on stderr and exit status 2, never a
+traceback.  Set ``PFASCANNET_DEBUG=1`` to see the traceback anyway.
+
+The exit statuses of every command (README.md): 0 all done; 1 some items
+(slides, ...) failed, each named on its own line, the others done; 2 bad
+input or flags, before any work; 130 interrupted (rerun to resume).
 """
 
 from __future__ import annotations
@@ -41,8 +45,19 @@ def guarded(fn: Callable) -> Callable:
     return wrapper
 
 
+def _parse_flags(argv):
+    # absl's own parser exits 1 with a "FATAL Flags parsing error" on a bad or
+    # missing flag; in this project a bad flag is bad input: one line, exit 2.
+    from absl import flags  # noqa: PLC0415
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as exc:
+        fail(f"{exc} (--helpfull lists the flags)")
+
+
 def run_main(main: Callable) -> None:
-    """``absl.app.run`` with user errors reported on one line (exit 2)."""
+    """``absl.app.run`` with bad flags and user errors reported on one line (exit 2)."""
     from absl import app  # noqa: PLC0415
 
-    app.run(guarded(main))
+    app.run(guarded(main), flags_parser=_parse_flags)

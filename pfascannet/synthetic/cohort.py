@@ -437,6 +437,15 @@ def make_cohort(
     """
     t_start = time.perf_counter()
     out_dir = os.fspath(out_dir)
+    # Checked before anything is planned or written (the planning alone takes seconds).
+    if isinstance(tile_px, bool) or not isinstance(tile_px, int) or tile_px < 16 or tile_px % 16:
+        raise CohortError(f"tile_px must be a positive multiple of 16, got {tile_px!r}")
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise CohortError(f"quality must be a JPEG quality in 1..100, got {quality!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise CohortError(f"workers must be an integer >= 1 (or None: CPU count), got {workers!r}")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise CohortError(f"{out_dir} exists and is not a folder")
     planned = plan_cohort(seed=seed, patients=patients, nodes_per_patient=nodes_per_patient,
                           slide_size=slide_size, mpp=mpp, test_fraction=test_fraction, centres=centres,
                           node_labels=node_labels)
