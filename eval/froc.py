@@ -37,7 +37,8 @@ flags.DEFINE_string("lesions_dir", None, "Folder of <slide>.csv lesion files (co
 flags.DEFINE_string("reference", None, "slides.csv, Camelyon16 reference.csv or Camelyon17 stage CSV.")
 flags.DEFINE_string("masks_dir", None, "Folder of <slide>_mask.tif tumour masks (255 = tumour).")
 flags.DEFINE_string("annotations_dir", None, "Folder of <slide>.xml ASAP annotations (used if no mask).")
-flags.DEFINE_string("images_dir", None, "Folder of slides, for the size of XML-only slides.")
+flags.DEFINE_string("images_dir", None, "Folder of slides: the level-0 size of slides the reference gives none for "
+                                        "(rasterising XML; detections beyond a slide are errors).")
 flags.DEFINE_string("truth_lesions", None, "Cohort lesions.csv for per-class sensitivity (optional).")
 flags.DEFINE_string("split", None, "Score only this split of the reference (e.g. test).")
 flags.DEFINE_bool("allow_missing", False, "Score a slide without a CSV as having no detections.")
