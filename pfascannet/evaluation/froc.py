@@ -41,7 +41,6 @@ The curve follows the organisers' ``Evaluation_FROC.py``:
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 from typing import Iterable, Mapping, Optional, Sequence
