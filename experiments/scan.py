@@ -95,6 +95,11 @@ def main(argv) -> None:
             geometry.check_alpha(getattr(FLAGS, name))  # even when no --ensemble uses it
     if os.path.exists(FLAGS.out) and not os.path.isdir(FLAGS.out):
         _usage(f"--out {FLAGS.out} exists and is not a folder")
+    existing = os.path.abspath(FLAGS.out)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        _usage(f"--out {FLAGS.out}: cannot write in {existing} (permission denied)")
     specs = runs.resolve_runs(
         FLAGS.model,
         alpha=FLAGS.alpha,

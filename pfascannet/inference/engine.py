@@ -588,7 +588,10 @@ def _tissue(reader: SlideReader, options: ScanOptions) -> Optional[np.ndarray]:
 
 def slide_identity(path: str) -> dict:
     """What identifies a slide file's content cheaply: its name, size and modification time."""
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ScanError(f"{path}: no such slide file") from None
     return {"file": os.path.basename(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
