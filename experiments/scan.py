@@ -47,7 +47,7 @@ flags.DEFINE_enum("mode", "dense", ["dense", "patch"], "dense FCN scan, or the p
 flags.DEFINE_multi_string("ensemble", [], "Another model to average with (repeatable); scanned at --ensemble_alpha.")
 flags.DEFINE_integer("ensemble_alpha", 32, "Alpha of the ensemble members (the paper pairs 16 with 32).")
 flags.DEFINE_string("shard", None, "i/N: scan only slides k with k mod N == i of the sorted list (0 <= i < N).")
-flags.DEFINE_float("mpp", None, "Microns per level-0 pixel, overriding the slides' own.")
+flags.DEFINE_float("mpp", None, "Microns per level-0 pixel, overriding the slides' own; required for slides that carry none.")
 flags.DEFINE_integer("scan_level", 0, "Pyramid level to read ROIs at (its downsample must be whole).")
 flags.DEFINE_enum("tissue", "otsu", ["otsu", "all"], "Scan only tissue (Otsu), or every ROI.")
 flags.DEFINE_float("threshold", 0.5, "Probability for the contours (lesion candidates: every local maximum >= 0.05).")
