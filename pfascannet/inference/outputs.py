@@ -201,7 +201,7 @@ def write_slide_outputs(
       thumbnail: RGB ``[h, w, 3]`` at ``heatmap_grid`` map pixels per pixel, or None to skip the heatmap.
       scanned: bool map of the pixels that were computed.
       threshold: probability for the contours (lesion candidates have their own low floor).
-      nms_radius_um: unused since candidates are every local maximum (``lesions.lesion_candidates``).
+      nms_radius_um: reach of a lesion candidate's local maximum (``lesions.lesion_candidates``).
       write_map: False when ``prob_map`` is the saved ``.npy`` itself (only
         the derived files are redone); the sidecar is still written last.
 
@@ -212,7 +212,8 @@ def write_slide_outputs(
     stride = int(meta["stride_px"])
     mpp = meta.get("mpp")
     # FROC candidates: every local maximum down to a low floor, not the contour threshold (ARCHITECTURE.md).
-    found = lesions_lib.lesion_candidates(prob_map, stride, dimensions_xy=meta.get("dimensions"))
+    found = lesions_lib.lesion_candidates(prob_map, stride, radius_um=nms_radius_um, mpp=mpp,
+                                          dimensions_xy=meta.get("dimensions"))
     write_lesions_csv(paths["lesions"], found)
     write_contours(paths["geojson"], paths["xml"], lesions_lib.lesion_contours(prob_map, stride, threshold))
     write_map_tiff(paths["tif"], prob_map, None if mpp is None else mpp * stride)
