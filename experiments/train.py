@@ -58,6 +58,11 @@ flags.DEFINE_float("hard_negative_threshold", 0.5, "Tumour probability from whic
 flags.DEFINE_integer("hard_negative_max", 64, "Most hard negatives kept.")
 flags.DEFINE_float("max_minutes", None, "Stop early (checkpoint + final weights) after this many minutes.")
 flags.DEFINE_enum("strategy", "mirrored", ["mirrored", "multiworker"], "tf.distribute strategy.")
+flags.DEFINE_enum("collective", "auto", ["auto", "ring", "nccl"],
+                  "--strategy=multiworker all-reduce: ring (gRPC, CPUs), nccl (GPUs), auto (NCCL if all GPUs).")
+flags.DEFINE_float("collective_timeout_s", None,
+                   "--strategy=multiworker: a collective waiting longer for a peer fails (default: none; the "
+                   "coordination service's heartbeats still detect a dead worker).")
 flags.DEFINE_enum("kernel_init", "he_normal", ["he_normal", "model"], "Initialisation of a fresh run.")
 
 
@@ -81,6 +86,7 @@ def main(argv):
         hard_negative_candidates=FLAGS.hard_negative_candidates,
         hard_negative_threshold=FLAGS.hard_negative_threshold, hard_negative_max=FLAGS.hard_negative_max,
         max_seconds=FLAGS.max_minutes * 60 if FLAGS.max_minutes else None, strategy=FLAGS.strategy,
+        collective=FLAGS.collective, collective_timeout_s=FLAGS.collective_timeout_s,
         kernel_init=FLAGS.kernel_init,
     )
     result = trainer.train(settings)

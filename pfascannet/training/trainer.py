@@ -11,7 +11,7 @@ lambda = 0.5; SGD with momentum 0.9 and learning rate 1e-4; four GPUs.
 2. streams them through ``data.pipeline`` (or TFRecord shards);
 3. trains the ``build_training_model`` under ``MirroredStrategy`` over every
    visible GPU (every logical CPU device when there is no GPU), or
-   ``MultiWorkerMirroredStrategy`` across machines (``TF_CONFIG``);
+   ``MultiWorkerMirroredStrategy`` across machines (``TF_CONFIG``, see below);
 4. optionally, at step ``hard_negative_at``, scans normal tissue with the
    current model and adds its false positives to the samples
    (``workdir/hard_negatives.csv``);
@@ -25,6 +25,24 @@ element ``step * batch_size``; since the stream is a pure function of
 (samples, seed) (``pipeline.py``), the resumed run ends with the weights an
 uninterrupted run would have, up to floating-point reduction order.
 
+Several machines (``strategy="multiworker"``): every worker runs the same
+``train`` with its own ``TF_CONFIG``.  Each reads the same global stream and
+``experimental_distribute_dataset`` splits every global batch between the
+workers (rebatch into one slice per replica, then ``AutoShardPolicy.DATA``),
+so a step sees exactly the ``batch_size`` patches a one-worker run sees, and
+the gradient is their mean (per-replica means over the local slice, divided
+by the replica count, summed by the all-reduce).  Worker 0 is the chief: it
+alone writes ``samples.csv``, ``config.json``, checkpoints, TensorBoard
+events and the final weights into ``workdir``.  The others must still call
+every save (a save may run collectives), so, as TensorFlow's multi-worker
+guide prescribes, they write into a scratch folder
+``workdir/.worker-<index>.tmp`` that is deleted when they finish (and, if a
+killed run left it, when they start).  Every worker restores the chief's
+checkpoint on a rerun.  A worker that dies makes the others' next collective
+fail (the coordination service misses its heartbeats, or the optional
+``collective_timeout_s`` expires): they stop with a ``TrainingError`` that
+names the last checkpoint, and restarting every worker resumes from it.
+
 Learning rate: the paper's 1e-4 fine-tunes an ImageNet-initialised VGG16
 for days on four GPUs.  The from-scratch ``tiny`` runs on a 2-core CPU
 (tests, ``experiments/bench_training.py``) use a larger stated rate; every
@@ -37,6 +55,8 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
+import tempfile
 import time
 from typing import Callable, Optional
 
@@ -49,6 +69,8 @@ from pfascannet.data.augment import AugmentConfig
 from pfascannet.errors import PfaError
 
 STRATEGIES = ("mirrored", "multiworker")
+COLLECTIVES = ("auto", "ring", "nccl")
+"""Multi-worker all-reduce: ``ring`` (gRPC, CPUs), ``nccl`` (GPUs), ``auto`` (NCCL where every device is a GPU)."""
 KERNEL_INITS = ("he_normal", "model")
 
 # Settings that change what a run computes: a resumed run must match them.
@@ -89,6 +111,11 @@ class TrainSettings:
         ``HardNegativeMiner`` settings.
       max_seconds: stop early (checkpoint + final weights) after this long.
       strategy: ``mirrored`` (one machine) or ``multiworker`` (TF_CONFIG).
+      collective: multi-worker all-reduce implementation (``COLLECTIVES``).
+      collective_timeout_s: multi-worker only: a collective that waits longer
+        for a peer raises (None: rely on the coordination service's
+        heartbeats alone).  TensorFlow spends a thread per collective on it,
+        so leave it None unless a hang must be bounded (tests do).
       num_parallel_calls: parallel slide reads (-1: tf.data AUTOTUNE).
       kernel_init: ``he_normal`` redraws every convolution kernel with He
         initialisation before the first step; ``model`` keeps the model's own
@@ -124,6 +151,8 @@ class TrainSettings:
     hard_negative_max: int = 64
     max_seconds: Optional[float] = None
     strategy: str = "mirrored"
+    collective: str = "auto"
+    collective_timeout_s: Optional[float] = None
     num_parallel_calls: int = -1
     kernel_init: str = "he_normal"
 
@@ -146,6 +175,10 @@ class TrainSettings:
             raise TrainingError(f"kernel_init must be one of {KERNEL_INITS}, got {self.kernel_init!r}")
         if self.strategy not in STRATEGIES:
             raise TrainingError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.collective not in COLLECTIVES:
+            raise TrainingError(f"collective must be one of {COLLECTIVES}, got {self.collective!r}")
+        if self.collective_timeout_s is not None and not self.collective_timeout_s > 0:
+            raise TrainingError(f"collective_timeout_s must be > 0, got {self.collective_timeout_s!r}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise TrainingError(f"max_seconds must be > 0, got {self.max_seconds!r}")
         if self.tfrecords is None and not os.path.isdir(self.data):
@@ -215,20 +248,81 @@ class TrainResult:
     samples: int
 
 
-def make_strategy(kind: str = "mirrored") -> tf.distribute.Strategy:
-    """MirroredStrategy over every GPU (else every logical CPU), or multi-worker."""
+def make_strategy(
+    kind: str = "mirrored", collective: str = "auto", collective_timeout_s: Optional[float] = None
+) -> tf.distribute.Strategy:
+    """MirroredStrategy over every GPU (else every logical CPU), or multi-worker.
+
+    Args:
+      kind: ``mirrored`` or ``multiworker`` (reads ``TF_CONFIG``; must be
+        created before any other TensorFlow op of the process).
+      collective: multi-worker all-reduce: ``ring`` (gRPC; the one that works
+        on CPUs), ``nccl`` (GPUs only), ``auto`` (TensorFlow picks NCCL when
+        every device is a GPU, else ring).
+      collective_timeout_s: multi-worker: a collective that waits longer
+        raises ``DeadlineExceededError`` (None: no timeout).
+    """
     if kind == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        impl = tf.distribute.experimental.CommunicationImplementation
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation={"auto": impl.AUTO, "ring": impl.RING, "nccl": impl.NCCL}[collective],
+            timeout_seconds=collective_timeout_s,
+        )
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     gpus = tf.config.list_logical_devices("GPU")
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
     return tf.distribute.MirroredStrategy(devices=devices)
 
 
 def _is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """The task that writes: a ``chief`` task if the cluster has one, else worker 0 (TF's convention)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.cluster_spec().as_dict():
         return True
-    return resolver.task_type in ("chief", None) or (resolver.task_type == "worker" and resolver.task_id == 0)
+    if resolver.task_type is None:
+        return True
+    if "chief" in resolver.cluster_spec().as_dict():
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+def _task_name(strategy: tf.distribute.Strategy) -> str:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return "this worker"
+    return f"{resolver.task_type} {resolver.task_id}"
+
+
+def _scratch_dir(workdir: str, strategy: tf.distribute.Strategy) -> str:
+    """A non-chief worker's write-only folder (TF's multi-worker guide: write, then delete)."""
+    resolver = strategy.cluster_resolver
+    return os.path.join(workdir, f".{resolver.task_type}-{resolver.task_id}.tmp")
+
+
+# A peer that died or became unreachable surfaces as one of these from the
+# next collective (all-reduce, broadcast, or the coordination service).
+_PEER_ERRORS = (
+    tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+    tf.errors.AbortedError, tf.errors.InternalError,
+)
+
+
+def _save_weights(model, path: str) -> None:
+    """``model.save_weights`` to ``path``, atomically.
+
+    HDF5 takes its own ``flock`` on the file it creates, so the ``.h5`` is
+    written inside a private scratch folder (nothing else opens it) and
+    renamed onto ``path``; a killed save leaves only that hidden folder.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=folder)
+    try:
+        tmp = os.path.join(scratch, os.path.basename(path))
+        model.save_weights(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def print_progress(p: TrainProgress) -> None:
@@ -283,24 +377,36 @@ def train(
     Returns:
       A ``TrainResult``; the weights are in ``result.final_weights``.
     """
-    import keras  # noqa: PLC0415
-
     from pfascannet.model.config import get_config  # noqa: PLC0415
-    from pfascannet.model.decoder import decoder_targets  # noqa: PLC0415
-    from pfascannet.model.detector import build_training_model  # noqa: PLC0415
-    from pfascannet.model.losses import SynergisticLoss  # noqa: PLC0415
 
     s = settings
     model_config = get_config(s.config)
-    strategy = strategy or make_strategy(s.strategy)
+    strategy = strategy or make_strategy(s.strategy, s.collective, s.collective_timeout_s)
     replicas = strategy.num_replicas_in_sync
     if s.batch_size % replicas:
         raise TrainingError(f"batch_size {s.batch_size} is not a multiple of the {replicas} replicas")
     chief = _is_chief(strategy)
     workdir = os.path.abspath(s.workdir)
-    # Non-chief workers of a multi-worker run write to a scratch copy (BUILD.md).
-    writedir = workdir if chief else os.path.join(workdir, f".worker-{strategy.cluster_resolver.task_id}")
-    os.makedirs(writedir, exist_ok=True)
+    os.makedirs(workdir, exist_ok=True)
+    # Non-chief workers of a multi-worker run save into a scratch folder that
+    # is deleted at the end (module docstring); a killed run's is cleared first.
+    writedir = workdir if chief else _scratch_dir(workdir, strategy)
+    if not chief:
+        shutil.rmtree(writedir, ignore_errors=True)
+        os.makedirs(writedir)
+    try:
+        return _train(s, on_progress, strategy, model_config, replicas, chief, workdir, writedir)
+    finally:
+        if not chief:
+            shutil.rmtree(writedir, ignore_errors=True)
+
+
+def _train(s, on_progress, strategy, model_config, replicas, chief, workdir, writedir) -> TrainResult:
+    import keras  # noqa: PLC0415
+
+    from pfascannet.model.decoder import decoder_targets  # noqa: PLC0415
+    from pfascannet.model.detector import build_training_model  # noqa: PLC0415
+    from pfascannet.model.losses import SynergisticLoss  # noqa: PLC0415
 
     resolved = {
         "settings": s.to_dict(),
@@ -352,6 +458,11 @@ def train(
                 samples + extra, reader, batch_size=s.batch_size, seed=s.seed, augment_config=augment_config,
                 start_index=start, num_parallel_calls=parallel,
             )
+        # ``ds`` yields global batches; under several workers the strategy
+        # rebatches each into one slice per replica and DATA sharding hands
+        # each worker its slices, so the global batch is the one-worker one.
+        # (Every worker reads the whole stream and keeps its part: simple and
+        # exact; reading only one's own elements would need an index-level split.)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         return strategy.experimental_distribute_dataset(ds.with_options(options))
@@ -413,13 +524,20 @@ def train(
     train_time = 0.0
     iterator = iter(make_dataset(step, hard)) if step < s.steps else None
 
+    multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
     while step < s.steps:
         if s.hard_negative_at and step == s.hard_negative_at and not hard:
             hard = _mine(s, sampler, reader, model, chief, hard_path)
             iterator = iter(make_dataset(step, hard))
         batch = next(iterator)
         ts = time.perf_counter()
-        losses = {k: float(v) for k, v in train_step(batch).items()}
+        try:
+            losses = {k: float(v) for k, v in train_step(batch).items()}
+        except _PEER_ERRORS as exc:
+            if not multiworker:
+                raise
+            _peer_lost(exc, strategy, step, workdir)
         train_time += time.perf_counter() - ts
         step += 1
         history.append((step, losses))
@@ -436,27 +554,52 @@ def train(
                 elapsed = time.perf_counter() - t0
                 on_progress(TrainProgress(step, s.steps, losses, elapsed, rate, start_step, s.max_seconds))
         if step % s.checkpoint_every == 0 or last or over_time:
-            manager.save(checkpoint_number=step)
+            try:
+                manager.save(checkpoint_number=step)
+            except _PEER_ERRORS as exc:
+                if not multiworker:
+                    raise
+                _peer_lost(exc, strategy, step, workdir)
         if over_time and not last:
             stopped_early = True
             break
 
-    final = os.path.join(writedir, "final.weights.h5")
+    final = os.path.join(workdir, "final.weights.h5")
     if chief:
-        with io_utils.atomic_path(final, suffix=".weights.h5") as tmp:
-            model.save_weights(tmp)
+        _save_weights(model, final)
     if reader is not None:
         reader.close()
     return TrainResult(
         step=step,
         final_weights=final,
-        checkpoint=manager.latest_checkpoint,
+        checkpoint=tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")),
         history=history,
         trainer_patches_per_s=(step - start_step) * s.batch_size / max(train_time, 1e-9),
         stopped_early=stopped_early,
         resumed_from=start_step,
         samples=len(samples) + len(hard),
     )
+
+
+def _peer_lost(exc: Exception, strategy, step: int, workdir: str):
+    """Turns a failed collective into one clear error that says how to resume."""
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    where = f"the last checkpoint is {os.path.basename(latest)}" if latest else "no checkpoint was written yet"
+    detail = _cause(str(getattr(exc, "message", exc)))
+    raise TrainingError(
+        f"{_task_name(strategy)}: lost another worker during step {step + 1} "
+        f"({type(exc).__name__}: {detail}); {where}: restart every worker with the same command to resume"
+    ) from exc
+
+
+def _cause(message: str) -> str:
+    """The line of a TensorFlow error that says what happened (not its graph traceback)."""
+    skip = ("Graph execution error", "Detected at node", "File ", "The error could be", "[[", ":UNKNOWN:")
+    for line in message.splitlines():
+        line = line.strip()
+        if line and not line.startswith(skip) and not line.startswith("defined at"):
+            return line[:240]
+    return " ".join(message.split())[:240]
 
 
 def _mine(s: TrainSettings, sampler, reader, model, chief: bool, path: str) -> list:
