@@ -62,3 +62,14 @@ def test_features_csv_round_trip(tmp_path):
     assert x.shape == (2, len(features.feature_names()))
     with pytest.raises(features.FeatureError, match="no features for 1"):
         features.feature_matrix(feats, ["c"])
+
+
+def test_features_csv_bad_lines_name_file_and_line(tmp_path):
+    p = tmp_path / "f.csv"
+    for content, match in ((b"slide,max_prob\na,abc\n", r"f\.csv:2: feature values must be numbers"),
+                           (b"slide,max_prob\na,0.5\na,0.6\n", r"f\.csv:3: slide 'a' is listed twice"),
+                           (b"slide,max_prob\n\xff\xfe\n", r"f\.csv:2: .*not UTF-8"),
+                           (b"a,0.5\n", r"f\.csv: expected a first line")):
+        p.write_bytes(content)
+        with pytest.raises(features.FeatureError, match=match):
+            features.read_features_csv(p)

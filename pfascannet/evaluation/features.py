@@ -159,17 +159,20 @@ def write_features_csv(path: str | os.PathLike, features: Mapping[str, Mapping[s
 
 
 def read_features_csv(path: str | os.PathLike) -> dict[str, dict[str, float]]:
-    """Reads a CSV written by ``write_features_csv``."""
-    import csv  # noqa: PLC0415
+    """Reads a CSV written by ``write_features_csv``; a bad line is an error naming file and line."""
+    from pfascannet.evaluation import csv_rows  # noqa: PLC0415
 
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    if not rows or rows[0][:1] != ["slide"]:
-        raise FeatureError(f"{path}: expected a header starting with `slide`")
-    names = rows[0][1:]
+    rows = csv_rows.read_rows(path, FeatureError)
+    if not rows or rows[0][0] != 1 or rows[0][1][:1] != ["slide"]:
+        raise FeatureError(f"{path}: expected a first line (header) starting with `slide`")
+    names = rows[0][1][1:]
     out = {}
-    for lineno, row in enumerate(rows[1:], start=2):
+    for lineno, row in rows[1:]:
         if len(row) != len(names) + 1:
             raise FeatureError(f"{path}:{lineno}: expected {len(names) + 1} fields, got {len(row)}")
+        if not all(csv_rows.is_number(v) for v in row[1:]):
+            raise FeatureError(f"{path}:{lineno}: feature values must be numbers, got {csv_rows.show(row)}")
+        if row[0] in out:
+            raise FeatureError(f"{path}:{lineno}: slide {row[0]!r} is listed twice")
         out[row[0]] = {n: float(v) for n, v in zip(names, row[1:])}
     return out
