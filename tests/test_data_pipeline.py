@@ -81,3 +81,21 @@ def test_tfrecords_round_trip(setup, tmp_path):
         np.testing.assert_array_equal(targets["mask"][0], expected[key])
     with pytest.raises(pipeline.PipelineError, match="no TFRecord shards"):
         pipeline.tfrecord_dataset(str(tmp_path / "nothing-*.tfrecord"), batch_size=1)
+
+
+def test_slide_stream_keeps_a_bounded_number_of_slide_handles(setup):
+    # Training memory must not grow with steps: a slide handle (with its tile
+    # cache) opened per patch and kept is what grew training by ~6 MB a patch.
+    sampler, samples, _ = setup
+    reader = pipeline.PatchReader(sampler)
+    parallel = 2
+    ds = pipeline.slide_dataset(samples, reader, batch_size=2, augment_config=None, num_parallel_calls=parallel)
+    elements = 0
+    for image, _ in ds.take(30).as_numpy_iterator():
+        elements += len(image)
+    handles = reader.open_handles
+    reader.close()
+    assert elements == 60 and handles >= 1
+    # No more handles per slide than reads that can overlap (the parallel map's
+    # calls plus one for tf.data's own prefetch), however many patches stream.
+    assert handles <= (parallel + 1) * len(sampler.slides) < elements

@@ -50,9 +50,16 @@ class PipelineError(PfaError, ValueError):
 class PatchReader:
     """Reads a sample's 692 patch and the 692 mask of the same window.
 
-    Thread-safe for the parallel map of tf.data: each thread keeps its own
-    OpenSlide handles, so reads of different threads do not serialise on
-    one handle's lock.
+    Thread-safe for the parallel map of tf.data, and bounded: each slide has a
+    pool of OpenSlide handles; a read borrows an idle one (or opens one when
+    all are busy) and gives it back, so no two threads share a handle's lock
+    and a slide never has more handles than reads that ran at once on it.
+
+    Why a pool and not ``threading.local``: ``tf.numpy_function`` runs its
+    Python on TensorFlow's own threads, and CPython gives such a foreign
+    thread a fresh thread state on each call, so a thread-local cache was
+    empty on every call.  Each patch opened a new handle (with its tile
+    cache) that was kept until ``close()``: training grew by ~6 MB per patch.
 
     Args:
       sampler: gives the slides and their annotations.
@@ -60,36 +67,50 @@ class PatchReader:
 
     def __init__(self, sampler: PatchSampler):
         self.sampler = sampler
-        self._local = threading.local()
+        self._idle: dict[str, list] = {}
         self._all: list = []
-        self._all_lock = threading.Lock()
+        self._lock = threading.Lock()
 
-    def _reader(self, slide_id: str):
+    def _borrow(self, slide_id: str):
         from pfascannet.slide.reader import SlideReader  # noqa: PLC0415
 
-        cache = getattr(self._local, "readers", None)
-        if cache is None:
-            cache = self._local.readers = {}
-        if slide_id not in cache:
-            r = SlideReader(self.sampler.slides[slide_id].image_path)
-            cache[slide_id] = r
-            with self._all_lock:
-                self._all.append(r)
-        return cache[slide_id]
+        with self._lock:
+            idle = self._idle.setdefault(slide_id, [])
+            if idle:
+                return idle.pop()
+        reader = SlideReader(self.sampler.slides[slide_id].image_path)
+        with self._lock:
+            self._all.append(reader)
+        return reader
+
+    def _give_back(self, slide_id: str, reader) -> None:
+        with self._lock:
+            self._idle[slide_id].append(reader)
+
+    @property
+    def open_handles(self) -> int:
+        """OpenSlide handles opened so far (bounded by the reads that overlapped)."""
+        with self._lock:
+            return len(self._all)
 
     def read_patch(self, sample: PatchSample) -> np.ndarray:
         """uint8 ``[692, 692, 3]`` RGB at level 0."""
-        return self._reader(sample.slide_id).read_region((sample.x, sample.y), 0, (P, P))
+        reader = self._borrow(sample.slide_id)
+        try:
+            return reader.read_region((sample.x, sample.y), 0, (P, P))
+        finally:
+            self._give_back(sample.slide_id, reader)
 
     def read_pair(self, sample: PatchSample) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 patch ``[692, 692, 3]``, uint8 mask ``[692, 692]`` 1 = tumour), aligned."""
         return self.read_patch(sample), self.sampler.mask(sample, size_px=P)
 
     def close(self) -> None:
-        with self._all_lock:
+        with self._lock:
             for r in self._all:
                 r.close()
             self._all.clear()
+            self._idle.clear()
 
 
 def element_to_sample_index(index: tf.Tensor, n: int, seed: int, shuffle: bool) -> tf.Tensor:
