@@ -55,7 +55,7 @@ import numpy as np
 
 from pfascannet import geometry
 from pfascannet.errors import PfaError
-from pfascannet.inference import outputs
+from pfascannet.inference import lesions, outputs
 from pfascannet.inference.plan import RoiPlan, level_downsample, make_plan
 from pfascannet.io_utils import FileLock, atomic_path, is_temp_name, remove_stale_temps, write_json
 from pfascannet.slide.reader import SlideReader
@@ -610,7 +610,7 @@ def map_fingerprint(path: str, runs: Sequence[ModelRun], options: ScanOptions) -
 
 def post_settings(options: ScanOptions) -> dict:
     """The settings of what is derived from a finished map (lesions, contours); they never force a rescan."""
-    return {"threshold": float(options.threshold)}
+    return {"threshold": float(options.threshold), "candidates": dict(lesions.CANDIDATE_RULE)}
 
 
 def slide_lock(out_dir: str, slide: str) -> FileLock:

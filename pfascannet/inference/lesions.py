@@ -50,6 +50,10 @@ MAX_CANDIDATES = 10000
 """Most candidates per slide (the most confident are kept): a guard against a noisy map, far
 above what an 8-FPs-per-slide FROC reads."""
 
+CANDIDATE_RULE = {"rule": "local maxima", "floor": CANDIDATE_FLOOR, "radius_um": DEFAULT_NMS_RADIUS_UM,
+                  "max_per_slide": MAX_CANDIDATES}
+"""The candidate rule as recorded with a scan: when it changes, a resumed scan redoes its lesion CSVs."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Lesion:
