@@ -10,6 +10,8 @@ Examples::
     python experiments/scan.py --model m16 --ensemble m32 --slides list.txt --out scan/ --roi auto
     python experiments/scan.py ... --shard 0/4     # on machine 0 of 4; no slide is done twice
     python experiments/scan.py ... --mode patch    # the patch-by-patch speed baseline
+    python experiments/scan.py ... --ray           # one Ray task per slide on a local Ray (pip install -e '.[ray]')
+    python experiments/scan.py ... --ray=auto      # ... or on the Ray cluster this machine belongs to (BUILD.md)
 
 Kill it at any time and rerun the same command: finished slides are skipped
 and a slide in progress resumes from its last checkpoint, giving the same map.
@@ -55,6 +57,8 @@ flags.DEFINE_float("checkpoint_s", 30.0, "Seconds between checkpoints of a slide
 flags.DEFINE_integer("patch_batch", 32, "Patches per model call in --mode=patch.")
 flags.DEFINE_bool("heatmap", True, "Write heatmap PNGs.")
 flags.DEFINE_bool("progress", True, "Print progress with ETA to stderr.")
+flags.DEFINE_string("ray", None, "Scan one slide per Ray task: --ray alone starts a local Ray on this machine, "
+                    "--ray=ADDRESS joins a cluster (auto, host:6379, ray://host:10001). Needs the 'ray' extra.")
 
 
 def main(argv) -> None:
@@ -64,6 +68,11 @@ def main(argv) -> None:
         if not getattr(FLAGS, name):
             _usage(f"--{name} is required")
     from pfascannet.inference import engine, runs  # noqa: PLC0415  (no Keras yet)
+
+    if FLAGS.ray is not None:
+        from pfascannet.inference import ray_scan  # noqa: PLC0415
+
+        ray_scan.import_ray()  # not installed: one line, before anything else
 
     # Every flag and input is checked here, before the (slow) model load.
     shard = engine.parse_shard(FLAGS.shard) if FLAGS.shard else None
@@ -112,6 +121,10 @@ def main(argv) -> None:
     )
     slides = engine.list_slides(FLAGS.slides)
     _check_slides(engine, engine.shard_slides(slides, shard) if shard is not None else slides)
+    if FLAGS.ray is not None:  # the workers load the model; the driver never does
+        summary = ray_scan.scan_slides_ray(slides, specs, FLAGS.out, options, shard=shard,
+                                           ray_options=ray_scan.RayOptions(address=FLAGS.ray))
+        sys.exit(0 if summary.ok else 1)
     model_runs = [runs.load_spec(spec) for spec in specs]
     for r in model_runs:
         print(
@@ -147,4 +160,7 @@ def _usage(message: str) -> None:
 
 
 if __name__ == "__main__":
+    # A bare --ray (no address) means a local Ray; absl string flags need a value.
+    sys.argv = [a + "=local" if a == "--ray" and (sys.argv[i + 1:i + 2] or ["-"])[0].startswith("-") else a
+                for i, a in enumerate(sys.argv)]
     run_main(main)
