@@ -39,6 +39,9 @@ setup(
         "dev": ["pytest>=7.4", "jax>=0.4.30", "ray>=2.9"],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         "ray": ["ray>=2.9"],
+        # TensorBoard shows the scalars the trainer writes (train/*) under
+        # <workdir>/tensorboard; TensorFlow no longer installs it itself.
+        "train": ["tensorboard>=2.16"],
     },
     entry_points={
         "console_scripts": [
