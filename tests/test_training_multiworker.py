@@ -16,7 +16,8 @@ Loopback only: TensorFlow's gRPC server listens on the wildcard address
 (``0.0.0.0``/``[::]``, no option changes it), so the workers run inside a
 network namespace of their own (``unshare --net``) whose only interface is
 ``lo``: they can reach 127.0.0.1 and nothing else, and nothing else can
-reach them.  Every process is killed at the end, whatever happens.
+reach them (and every port is free there: fixed ports cannot collide with
+anything on the machine).  Every process is killed at the end, whatever happens.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import time
 import numpy as np
 import pytest
 
-from pfascannet.training import trainer
+from pfascannet.training import trainer  # only to read the weights back
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 5
@@ -140,12 +141,20 @@ def _steps_logged(text):
 
 @pytest.fixture(scope="module")
 def one_worker_weights(cohort, tmp_path_factory):
-    """The reference: the same run on one worker (MirroredStrategy, one CPU device), global batch 2."""
+    """The reference: the same command on one worker (MirroredStrategy, one CPU device), global batch 2.
+
+    Run as a fresh process like the workers, so no state of earlier tests in
+    this pytest process (Keras globals, TF config) can reach it.
+    """
     workdir = tmp_path_factory.mktemp("one_worker")
-    flags = {k: v for k, v in RUN_FLAGS.items()}
-    r = trainer.train(trainer.TrainSettings(data=str(cohort), workdir=str(workdir), **flags), on_progress=None)
-    assert r.step == STEPS
-    return r.final_weights
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    env.pop("TF_CONFIG", None)
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"), f"--data={cohort}", f"--workdir={workdir}",
+           *[f"--{k}={v}" for k, v in RUN_FLAGS.items()]]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=PHASE_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _steps_logged(proc.stdout) == list(range(1, STEPS + 1))
+    return str(workdir / "final.weights.h5")
 
 
 def test_two_workers_equal_one_worker_and_only_the_chief_writes(cohort, loopback_netns, one_worker_weights,
