@@ -10,7 +10,6 @@ rerun by Ray and resumes from the slide's checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import filecmp
 import io
 import json
