@@ -2,9 +2,10 @@
 
 Every file the project writes appears whole or not at all: it is written
 to a temporary name beside the target and renamed onto it.  Temporary names
-start with a dot and carry ``.tmp-`` (``.name.tmp-XXXXXXXX.ext``), so no
-output glob (``*.npy``), no slide lister and no ``ls`` picks one up; the
-writer holds an ``flock`` on it while it writes, so
+start with a dot and carry ``.tmp-`` (``.name.tmp-XXXXXXXX``, a scratch
+folder holding the file being written), so no output glob (``*.npy``), no
+slide lister and no ``ls`` picks one up; the writer holds an ``flock`` on
+the folder while it writes, so
 :func:`remove_stale_temps` (run by the next run of the same stage) deletes
 exactly the leftovers of killed processes and never a live writer's file.
 
@@ -61,33 +62,28 @@ def _lock_fd(path: str, directory: bool = False) -> int:
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     """Yields a temporary path beside ``path``; renames it onto ``path`` on success.
 
-    The temporary is ``.<basename>.tmp-XXXXXXXX<suffix>``: hidden, and locked
-    while in use (see the module docstring).  ``suffix`` keeps an extension
-    on it for writers that choose their format from it (``.png``, ``.tif``).
+    The temporary file lies in a scratch folder ``.<basename>.tmp-XXXXXXXX``
+    (:func:`temp_dir`): hidden, and locked while in use (see the module
+    docstring).  The folder, not the file, carries the lock, because some
+    writers lock the file they write themselves (HDF5 ``flock``s its file, so
+    a lock of ours on it made every ``.weights.h5`` write fail).  ``suffix``
+    keeps an extension on the file for writers that choose their format from
+    it (``.png``, ``.tif``, ``.weights.h5``).
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix, dir=directory)
-    try:
-        # Held until the rename: remove_stale_temps leaves a locked temporary alone.
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        pass  # a filesystem without flock: the file is still hidden and removed below
-    try:
-        # mkstemp makes the file owner-only; outputs get the usual permissions.
+    name = os.path.basename(path)
+    if suffix and not name.endswith(suffix):
+        name += suffix
+    with temp_dir(path) as scratch:
+        tmp = os.path.join(scratch, name)
+        yield tmp
+        if not os.path.exists(tmp):
+            raise FileNotFoundError(f"{path}: the writer produced no file")
+        # Files get the usual permissions (umask), as a plain open() would give.
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        try:
-            yield tmp
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-            raise
-    finally:
-        os.close(fd)
+        os.replace(tmp, path)
 
 
 @contextlib.contextmanager

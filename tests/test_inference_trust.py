@@ -223,12 +223,27 @@ def test_killed_writer_leaves_a_hidden_temp_the_next_run_removes(slide_path, tmp
 def test_a_live_writers_temp_is_left_alone(tmp_path):
     target = tmp_path / "x.json"
     with io_utils.atomic_path(target) as tmp:
-        assert os.path.basename(tmp).startswith(".x.json.tmp-")
+        assert os.path.basename(os.path.dirname(tmp)).startswith(".x.json.tmp-")
         assert io_utils.remove_stale_temps(tmp_path) == []
-        assert os.path.exists(tmp)
+        assert os.path.isdir(os.path.dirname(tmp))
         with open(tmp, "w") as f:
             f.write("{}")
     assert os.listdir(tmp_path) == ["x.json"]
+
+
+def test_atomic_write_of_a_file_its_writer_locks_itself(tmp_path):
+    # HDF5 flocks the file it writes; a lock of ours on the same file made
+    # every .weights.h5 write fail with "Resource temporarily unavailable".
+    import keras  # noqa: PLC0415
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    target = tmp_path / "final.weights.h5"
+    with io_utils.atomic_path(target, suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
+    assert os.listdir(tmp_path) == ["final.weights.h5"]
+    again = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    again.load_weights(str(target))
+    np.testing.assert_array_equal(again.get_weights()[0], model.get_weights()[0])
 
 
 def test_slide_lister_skips_temps_and_dot_files(slide_path, tmp_path):
