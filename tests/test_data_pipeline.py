@@ -99,3 +99,24 @@ def test_slide_stream_keeps_a_bounded_number_of_slide_handles(setup):
     # No more handles per slide than reads that can overlap (the parallel map's
     # calls plus one for tf.data's own prefetch), however many patches stream.
     assert handles <= (parallel + 1) * len(sampler.slides) < elements
+
+
+def test_sample_stream_draws_fresh_positions_every_epoch_and_resumes(setup):
+    sampler, samples, reader = setup
+    stream = pipeline.SampleStream(sampler, seed=0, first=samples)
+    n = stream.n
+    assert n == len(samples) and stream.epoch(0) == samples
+    e1, e2 = stream.epoch(1), stream.epoch(2)
+    assert len(e1) == len(e2) == n
+    # Fresh positions (normal tissue above all), same kinds in the same numbers.
+    assert {(s.slide_id, s.x, s.y) for s in e1} != {(s.slide_id, s.x, s.y) for s in samples}
+    assert sorted(s.kind for s in e1) == sorted(s.kind for s in samples)
+    # A pure function of (sampler, seed, epoch): a new stream draws the same epoch.
+    assert pipeline.SampleStream(sampler, seed=0).epoch(1) == e1
+    # Element n + k (epoch 1) is read from epoch 1's list, also when the stream starts there.
+    kw = dict(batch_size=1, seed=3, augment_config=None, num_parallel_calls=1)
+    start = n + 2
+    (image, targets), = pipeline.slide_dataset(stream, reader, start_index=start, **kw).take(1).as_numpy_iterator()
+    k = int(pipeline.element_to_sample_index(start, n, 3, True))
+    np.testing.assert_array_equal(image[0], reader.read_patch(e1[k]).astype(np.float32))
+    assert targets["label"][0] == e1[k].label

@@ -113,6 +113,59 @@ class PatchReader:
             self._idle.clear()
 
 
+class SampleStream:
+    """Fresh, seeded patch positions every epoch (Sec. 2.4 sampling as a stream).
+
+    Epoch ``e`` is ``sampler.sample(seed)`` for ``e = 0`` and
+    ``sampler.sample(SeedSequence([seed, e]))`` after it, followed by the
+    fixed ``extra`` samples (hard negatives).  Every epoch has the same
+    length, so stream element ``i`` is sample ``index_shuffle(i mod n)`` of
+    epoch ``i div n``: a pure function of ``(sampler, seed, extra, i)``, and
+    the training step (in the checkpoint) is the stream's position.  Normal
+    positions are drawn afresh over all tissue each epoch, so over a run they
+    cover the whole of it, hard mimics included, instead of replaying one
+    thin draw.
+
+    Args:
+      sampler: draws the positions.
+      seed: the run's seed.
+      extra: samples appended to every epoch (e.g. mined hard negatives).
+      first: epoch 0's list when it is already known (a resumed run's
+        ``samples.csv``), else drawn.
+    """
+
+    def __init__(self, sampler: PatchSampler, seed: int, extra: Sequence[PatchSample] = (),
+                 first: Optional[Sequence[PatchSample]] = None):
+        self.sampler = sampler
+        self.seed = int(seed)
+        self.extra = list(extra)
+        self._cache: dict[int, list[PatchSample]] = {}
+        self._lock = threading.Lock()
+        if first is not None:
+            self._cache[0] = list(first) + self.extra
+        self.n = len(self.epoch(0))
+        if self.n == 0:
+            raise PipelineError("the sampler gave no samples to stream")
+
+    def _draw(self, epoch: int) -> list[PatchSample]:
+        seed = self.seed if epoch == 0 else np.random.SeedSequence([self.seed, epoch])
+        return list(self.sampler.sample(seed)) + self.extra
+
+    def epoch(self, epoch: int) -> list[PatchSample]:
+        """The samples of one epoch (the last few are cached; thread-safe)."""
+        epoch = int(epoch)
+        with self._lock:
+            if epoch not in self._cache:
+                drawn = self._draw(epoch)
+                if hasattr(self, "n") and len(drawn) != self.n:
+                    raise PipelineError(f"epoch {epoch} drew {len(drawn)} samples, epoch 0 {self.n}")
+                self._cache[epoch] = drawn
+                for old in sorted(self._cache)[:-3]:
+                    if old != 0:
+                        del self._cache[old]
+            return self._cache[epoch]
+
+
 def element_to_sample_index(index: tf.Tensor, n: int, seed: int, shuffle: bool) -> tf.Tensor:
     """Sample index of stream element ``index``: a fresh permutation per epoch."""
     index = tf.cast(index, tf.int64)
@@ -152,7 +205,7 @@ def _finish(
 
 
 def slide_dataset(
-    samples: Sequence[PatchSample],
+    samples: Sequence[PatchSample] | SampleStream,
     reader: PatchReader,
     *,
     batch_size: int,
@@ -167,7 +220,9 @@ def slide_dataset(
     """Streams batches straight from the slides.
 
     Args:
-      samples: the patches (``PatchSampler.sample`` plus hard negatives).
+      samples: the patches (``PatchSampler.sample`` plus hard negatives),
+        replayed every epoch; or a ``SampleStream``, which draws fresh
+        positions for every epoch.
       reader: reads them.
       batch_size: global batch size.
       seed: shuffling and augmentation seed.
@@ -178,20 +233,26 @@ def slide_dataset(
       drop_remainder: only full batches (needed for a fixed global batch).
       num_parallel_calls: parallel slide reads / augmentations.
     """
-    samples = list(samples)
-    n = len(samples)
-    if n == 0:
-        raise PipelineError("no samples to stream")
+    if isinstance(samples, SampleStream):
+        stream = samples
+    else:
+        fixed = list(samples)
+        if not fixed:
+            raise PipelineError("no samples to stream")
+        stream = None
+    n = stream.n if stream is not None else len(fixed)
     if batch_size < 1:
         raise PipelineError(f"batch_size must be >= 1, got {batch_size}")
 
-    def read(idx):
-        image, mask = reader.read_pair(samples[int(idx)])
+    def read(epoch, idx):
+        epoch_samples = stream.epoch(int(epoch)) if stream is not None else fixed
+        image, mask = reader.read_pair(epoch_samples[int(idx)])
         return image, mask
 
     def load(index):
         sidx = element_to_sample_index(index, n, seed, shuffle)
-        image, mask = tf.numpy_function(read, [sidx], [tf.uint8, tf.uint8], stateful=False)
+        epoch = tf.cast(index, tf.int64) // n
+        image, mask = tf.numpy_function(read, [epoch, sidx], [tf.uint8, tf.uint8], stateful=False)
         image.set_shape([P, P, 3])
         mask.set_shape([P, P])
         return index, image, mask
