@@ -10,8 +10,9 @@ without one); ``--strategy=multiworker`` spans machines via ``TF_CONFIG``
 Examples::
 
     python experiments/train.py --config=paper --data=/data/camelyon --workdir=runs/pfa --steps=200000
-    python experiments/train.py --config=tiny --data=cohort --workdir=runs/tiny --steps=300 \\
-        --learning_rate=0.002          # from-scratch tiny runs need more than the paper's 1e-4
+    python experiments/train.py --config=paper_imagenet --kernel_init=imagenet ...   # the paper's recipe
+    python experiments/train.py --config=small --data=cohort --workdir=runs/small --steps=600 \\
+        --optimizer=adam --learning_rate=1e-3 --warmup_steps=20   # from scratch on a CPU
     python experiments/train.py ... --no_synergistic    # the paper's "w/o SL" ablation
 
 Kill it at any time and rerun the same command: it resumes from the latest
@@ -33,12 +34,16 @@ if __package__ in (None, ""):  # run as a script from a checkout without `pip in
 from pfascannet.cliutil import run_main  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", "tiny", "Model config: tiny or paper.")
+flags.DEFINE_string("config", "tiny", "Model config: tiny, small, paper or paper_imagenet (with --kernel_init imagenet).")
 flags.DEFINE_string("data", None, "Cohort folder (images/, annotations/, slides.csv).")
 flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, config.json, final.weights.h5.")
 flags.DEFINE_integer("steps", 1000, "Total optimisation steps (a resumed run continues to this).")
 flags.DEFINE_integer("batch_size", 8, "Global batch size (a multiple of the number of replicas).")
-flags.DEFINE_float("learning_rate", 1e-4, "SGD learning rate (paper: 1e-4).")
+flags.DEFINE_float("learning_rate", 1e-4, "Learning rate (paper: SGD 1e-4 from ImageNet; from scratch: Adam 1e-3).")
+flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"],
+                  "sgd (paper, with --momentum) or adam (from-scratch runs: SGD kills the ReLUs of narrow blocks).")
+flags.DEFINE_integer("warmup_steps", 0, "Linear learning-rate warm-up over this many steps (0: none).")
+flags.DEFINE_boolean("stream", True, "Fresh seeded patch positions every epoch (--nostream replays one draw).")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum (paper: 0.9).")
 flags.DEFINE_float("lambda_seg", 0.5, "lambda of eq. (3) (paper: 0.5).")
 flags.DEFINE_float("gamma", 0.04, "Truncation point of eq. (2) (paper: 0.04; 0 = plain BCE).")
@@ -63,7 +68,10 @@ flags.DEFINE_enum("collective", "auto", ["auto", "ring", "nccl"],
 flags.DEFINE_float("collective_timeout_s", None,
                    "--strategy=multiworker: a collective waiting longer for a peer fails (default: none; the "
                    "coordination service's heartbeats still detect a dead worker).")
-flags.DEFINE_enum("kernel_init", "he_normal", ["he_normal", "model"], "Initialisation of a fresh run.")
+flags.DEFINE_enum("kernel_init", "he_normal", ["he_normal", "model", "imagenet"],
+                  "Initialisation of a fresh run; imagenet: the paper's ImageNet VGG16 trunk (--config paper_imagenet).")
+flags.DEFINE_string("imagenet_weights", "imagenet",
+                    "--kernel_init imagenet: 'imagenet' (Keras downloads VGG16 weights) or a VGG16-without-top weights file.")
 
 
 def main(argv):
@@ -87,7 +95,8 @@ def main(argv):
         hard_negative_threshold=FLAGS.hard_negative_threshold, hard_negative_max=FLAGS.hard_negative_max,
         max_seconds=FLAGS.max_minutes * 60 if FLAGS.max_minutes else None, strategy=FLAGS.strategy,
         collective=FLAGS.collective, collective_timeout_s=FLAGS.collective_timeout_s,
-        kernel_init=FLAGS.kernel_init,
+        kernel_init=FLAGS.kernel_init, imagenet_weights=FLAGS.imagenet_weights, optimizer=FLAGS.optimizer,
+        warmup_steps=FLAGS.warmup_steps, stream=FLAGS.stream,
     )
     result = trainer.train(settings)
     state = "stopped at --max_minutes" if result.stopped_early else "done"

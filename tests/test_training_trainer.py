@@ -69,17 +69,21 @@ def test_two_steps_under_mirrored_strategy_on_two_cpu_devices(cohort, tmp_path):
 
 
 def test_killed_run_resumes_to_the_uninterrupted_weights(cohort, tmp_path):
-    kw = dict(steps=3, batch_size=1, random_per_class=1, boundary=1, itc=0, checkpoint_every=1)
+    # 3 samples an epoch, 5 steps of 1: the run crosses into epoch 1, whose
+    # positions the sample stream draws afresh, so resume covers the stream too.
+    kw = dict(steps=5, batch_size=1, random_per_class=1, boundary=1, itc=0, checkpoint_every=1,
+              optimizer="adam", warmup_steps=3)
     whole = trainer.train(_settings(cohort, tmp_path / "whole", **kw), on_progress=None)
-    assert whole.step == 3 and whole.resumed_from == 0
+    assert whole.step == 5 and whole.resumed_from == 0
 
     # The same run, killed with SIGKILL right after step 2 (checkpoint of step 1 on disk).
     code = """
         import os, signal, sys
         from pfascannet.training import trainer
-        s = trainer.TrainSettings(data=sys.argv[1], workdir=sys.argv[2], steps=3, batch_size=1,
+        s = trainer.TrainSettings(data=sys.argv[1], workdir=sys.argv[2], steps=5, batch_size=1,
                                   learning_rate=0.002, random_per_class=1, boundary=1, itc=0,
-                                  checkpoint_every=1, log_every=1, num_parallel_calls=2)
+                                  checkpoint_every=1, log_every=1, num_parallel_calls=2,
+                                  optimizer="adam", warmup_steps=3)
         def die(p):
             if p.step == 2:
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -93,14 +97,14 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(cohort, tmp_path):
     assert not os.path.exists(killed / "checkpoints" / "ckpt-2.index")
 
     resumed = trainer.train(_settings(cohort, killed, **kw), on_progress=None)
-    assert resumed.resumed_from == 1 and resumed.step == 3
+    assert resumed.resumed_from == 1 and resumed.step == 5
     a, b = _weights(whole.final_weights), _weights(resumed.final_weights)
     assert sorted(a) == sorted(b)
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=k)
     # A finished run resumed again does nothing and keeps its weights.
     again = trainer.train(_settings(cohort, killed, **kw), on_progress=None)
-    assert again.resumed_from == 3 and again.history == []
+    assert again.resumed_from == 5 and again.history == []
 
 
 def test_loss_falls_over_twenty_steps(cohort, tmp_path):
@@ -169,3 +173,55 @@ def test_settings_and_workdir_errors_are_clear(cohort, tmp_path):
               open(tmp_path / "w" / "config.json", "w"))
     with pytest.raises(trainer.TrainingError, match="other settings"):
         trainer.train(_settings(cohort, tmp_path / "w"), on_progress=None)
+
+
+def test_recipe_settings_are_checked_and_resolved(cohort, tmp_path):
+    with pytest.raises(trainer.TrainingError, match="optimizer must be one of"):
+        _settings(cohort, tmp_path, optimizer="rmsprop")
+    with pytest.raises(trainer.TrainingError, match="needs config 'paper_imagenet'"):
+        _settings(cohort, tmp_path, kernel_init="imagenet", config="paper")
+    with pytest.raises(trainer.TrainingError, match="no such file"):
+        _settings(cohort, tmp_path, kernel_init="imagenet", config="paper_imagenet",
+                  imagenet_weights=str(tmp_path / "none.h5"))
+    adam = trainer.make_optimizer(_settings(cohort, tmp_path, optimizer="adam", learning_rate=1e-3, warmup_steps=4))
+    assert type(adam).__name__ == "Adam"
+    schedule = adam.learning_rate if callable(adam.learning_rate) else adam._learning_rate
+    ramp = [float(schedule(i)) for i in (0, 1, 3, 10)]
+    np.testing.assert_allclose(ramp, [2.5e-4, 5e-4, 1e-3, 1e-3], rtol=1e-6)
+    sgd = trainer.make_optimizer(_settings(cohort, tmp_path))
+    assert type(sgd).__name__ == "SGD" and float(sgd.learning_rate) == pytest.approx(0.002)
+
+
+def test_a_run_written_before_the_recipe_settings_still_resumes(cohort, tmp_path):
+    # config.json of an older run has no optimizer / warmup_steps / stream keys:
+    # it trained with SGD, no warm-up, one replayed draw.
+    work = tmp_path / "old"
+    os.makedirs(work)
+    old = _settings(cohort, work, optimizer="sgd", warmup_steps=0, stream=False).to_dict()
+    for key in ("optimizer", "warmup_steps", "stream", "imagenet_weights"):
+        old.pop(key)
+    json.dump({"settings": old}, open(work / "config.json", "w"))
+    resolved = {"settings": _settings(cohort, work, stream=False).to_dict()}
+    trainer._check_workdir_config(str(work / "config.json"), resolved)  # same run: no error
+    with pytest.raises(trainer.TrainingError, match="stream"):
+        trainer._check_workdir_config(str(work / "config.json"), {"settings": _settings(cohort, work).to_dict()})
+
+
+def test_imagenet_start_loads_the_trunk_and_keeps_he_elsewhere(cohort, tmp_path):
+    import keras
+
+    from pfascannet.model.config import get_config
+    from pfascannet.model.detector import build_training_model
+
+    keras.utils.set_random_seed(7)
+    vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
+    path = str(tmp_path / "vgg16_notop.weights.h5")
+    vgg.save_weights(path)
+    s = _settings(cohort, tmp_path / "run", config="paper_imagenet", kernel_init="imagenet", imagenet_weights=path,
+                  steps=1, batch_size=1, random_per_class=1, boundary=0, itc=0, learning_rate=1e-12)
+    result = trainer.train(s, on_progress=None)
+    model = build_training_model(get_config("paper_imagenet"))
+    model.load_weights(result.final_weights)
+    for name in ("block1_conv1", "block3_conv2", "block5_conv3"):
+        np.testing.assert_allclose(model.get_layer(name).get_weights()[0], vgg.get_layer(name).get_weights()[0],
+                                   rtol=0, atol=1e-6, err_msg=name)

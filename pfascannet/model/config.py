@@ -79,6 +79,26 @@ class ModelConfig:
         """
         return cls(name="tiny", widths=(2, 4, 8, 16, 16))
 
+    @classmethod
+    def small(cls) -> "ModelConfig":
+        """Between ``tiny`` and ``paper``: 1/8 of VGG16's widths, 8 channels from the first block.
+
+        ``tiny``'s 2-channel first block has no spare unit: when its ReLUs
+        switch off early in a from-scratch run, nothing carries the signal
+        and the output goes constant.  Eight channels learn reliably, at
+        about 0.65 s per 2708 ROI on a 2-core CPU (``tiny``: 0.2 s).
+        """
+        return cls(name="small", widths=(8, 16, 32, 64, 64))
+
+    @classmethod
+    def paper_imagenet(cls) -> "ModelConfig":
+        """The paper's widths with the input convention of ImageNet VGG16 weights (``model.imagenet``).
+
+        The paper's own recipe: start the trunk from ImageNet and fine-tune
+        (``experiments/train.py --config paper_imagenet --kernel_init imagenet``).
+        """
+        return cls(name="paper_imagenet", widths=(64, 128, 256, 512, 512), input_convention="caffe")
+
     def to_dict(self) -> dict:
         """JSON-ready dict; ``ModelConfig(**d)`` rebuilds it."""
         return dataclasses.asdict(self)
@@ -96,11 +116,16 @@ class ModelConfig:
         return cls(**d)
 
 
-_NAMED = {"paper": ModelConfig.paper, "tiny": ModelConfig.tiny}
+_NAMED = {
+    "paper": ModelConfig.paper,
+    "paper_imagenet": ModelConfig.paper_imagenet,
+    "small": ModelConfig.small,
+    "tiny": ModelConfig.tiny,
+}
 
 
 def get_config(name: str) -> ModelConfig:
-    """Returns the named config (``paper`` or ``tiny``)."""
+    """Returns the named config (``paper``, ``paper_imagenet``, ``small`` or ``tiny``)."""
     try:
         return _NAMED[name]()
     except KeyError:
