@@ -9,6 +9,7 @@ Examples::
 
     python experiments/export.py --workdir=runs/tiny --out=runs/tiny/export_a16
     python experiments/export.py --weights=w.weights.h5 --config=paper --alpha=32 --roi_px=2708 --out=exp
+    python experiments/export.py --workdir=runs/paper --precision=bfloat16 --out=runs/paper/export_bf16
 
 Exit status (README): 0 exported, 2 bad flags or inputs (a missing, corrupt or
 mismatched weights file: one ``error:`` line naming it).  A killed export
@@ -36,6 +37,8 @@ flags.DEFINE_string("config", None, "Model config (tiny/paper); default: the run
 flags.DEFINE_integer("alpha", 16, "Dense coefficient: 1, 2, 4, 8, 16 or 32 (paper: 16).")
 flags.DEFINE_integer("roi_px", 2708, "ROI side LR of the SavedModel signature (eq. (1); paper: 2708).")
 flags.DEFINE_list("formats", ["savedmodel", "keras"], "Any of savedmodel, keras.")
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16", "float16"],
+                  "Compute precision of the export (Keras mixed precision; weights and softmax stay float32).")
 flags.DEFINE_string("out", None, "Export folder.")
 
 
@@ -94,10 +97,12 @@ def main(argv):
         ) from exc
     result = export_detector(
         model, config, FLAGS.out, alpha=FLAGS.alpha, roi_px=FLAGS.roi_px, formats=tuple(FLAGS.formats),
+        precision=FLAGS.precision,
         extra={"training_run": os.path.abspath(FLAGS.workdir) if FLAGS.workdir else None,
                "training_settings": run_config.get("settings"), "source": os.path.abspath(source)},
     )
-    print(f"exported alpha={result['alpha']} roi={result['roi_px']} to {FLAGS.out}: {sorted(result['formats'])}")
+    print(f"exported alpha={result['alpha']} roi={result['roi_px']} precision={result['precision']} "
+          f"to {FLAGS.out}: {sorted(result['formats'])}")
 
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

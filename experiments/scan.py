@@ -10,6 +10,7 @@ Examples::
     python experiments/scan.py --model m16 --ensemble m32 --slides list.txt --out scan/ --roi auto
     python experiments/scan.py ... --shard 0/4     # on machine 0 of 4; no slide is done twice
     python experiments/scan.py ... --mode patch    # the patch-by-patch speed baseline
+    python experiments/scan.py ... --precision bfloat16   # mixed precision (2.5x on an AVX512-BF16 CPU; BENCHMARKS.md)
     python experiments/scan.py ... --ray           # one Ray task per slide on a local Ray (pip install -e '.[ray]')
     python experiments/scan.py ... --ray=auto      # ... or on the Ray cluster this machine belongs to (BUILD.md)
 
@@ -43,6 +44,11 @@ flags.DEFINE_string("roi", None, "ROI side LR on the grid of eq. (1) (e.g. 2708)
                     "that fits --memory_gb; default: the export's.")
 flags.DEFINE_float("memory_gb", None, "Memory budget of one batch for --roi=auto (default: a quarter of RAM).")
 flags.DEFINE_integer("batch", 1, "ROIs per model call.")
+flags.DEFINE_enum("precision", None, ["float32", "bfloat16", "float16"],
+                  "Compute precision (mixed; softmax in float32); default: the export's. "
+                  "Another than the export's loads its .keras model.")
+flags.DEFINE_enum("xla", "auto", ["auto", "on", "off"],
+                  "XLA-compile the forward pass: auto = where measured faster (TensorFlow on a GPU; always under JAX).")
 flags.DEFINE_integer("workers", 2, "Reader threads prefetching ROIs.")
 flags.DEFINE_integer("prefetch", 2, "Batches read ahead of the model.")
 flags.DEFINE_enum("mode", "dense", ["dense", "patch"], "dense FCN scan, or the patch-by-patch baseline.")
@@ -52,6 +58,8 @@ flags.DEFINE_string("shard", None, "i/N: scan only slides k with k mod N == i of
 flags.DEFINE_float("mpp", None, "Microns per level-0 pixel, overriding the slides' own; required for slides that carry none.")
 flags.DEFINE_integer("scan_level", 0, "Pyramid level to read ROIs at (its downsample must be whole).")
 flags.DEFINE_enum("tissue", "otsu", ["otsu", "all"], "Scan only tissue (Otsu), or every ROI.")
+flags.DEFINE_bool("edge_rois", True, "At the tissue's edge, quarter-size ROIs where they cost less than whole ones "
+                  "(same pixels; glass-only quarters stay 0). Needs the .keras model or a recent export.")
 flags.DEFINE_float("threshold", 0.5, "Probability for the contours (lesion candidates: every local maximum >= 0.05).")
 flags.DEFINE_float("checkpoint_s", 30.0, "Seconds between checkpoints of a slide in progress.")
 flags.DEFINE_integer("patch_batch", 32, "Patches per model call in --mode=patch.")
@@ -82,6 +90,7 @@ def main(argv) -> None:
         prefetch_batches=FLAGS.prefetch,
         scan_level=FLAGS.scan_level,
         tissue=FLAGS.tissue,
+        edge_rois=FLAGS.edge_rois,
         checkpoint_every_s=FLAGS.checkpoint_s,
         patch_batch=FLAGS.patch_batch,
         threshold=FLAGS.threshold,
@@ -118,6 +127,8 @@ def main(argv) -> None:
         ensemble_alpha=FLAGS.ensemble_alpha,
         batch=FLAGS.batch,
         memory_budget_bytes=None if FLAGS.memory_gb is None else FLAGS.memory_gb * 2**30,
+        precision=FLAGS.precision,
+        xla=FLAGS.xla,
     )
     slides = engine.list_slides(FLAGS.slides)
     _check_slides(engine, engine.shard_slides(slides, shard) if shard is not None else slides)
@@ -129,7 +140,8 @@ def main(argv) -> None:
     for r in model_runs:
         print(
             f"model {r.name}: alpha={r.grid.alpha} roi={r.grid.roi_px} tile={r.grid.tile_px} "
-            f"stride={r.grid.stride_px} px mode={r.mode} digest={r.digest}",
+            f"stride={r.grid.stride_px} px mode={r.mode} precision={r.precision} "
+            f"xla={'on' if getattr(r.detector, 'xla', False) else 'off'} digest={r.digest}",
             file=sys.stderr,
         )
     summary = engine.scan_slides(slides, model_runs, FLAGS.out, options, shard=shard)  # prints the summary

@@ -124,11 +124,22 @@ class ModelRun:
         else:
             raise ScanError(f"mode must be 'dense' or 'patch', got {self.mode!r}")
 
+    @property
+    def precision(self) -> str:
+        """What the detector computes in (``model.precision``); float32 for detectors that do not say."""
+        return str(getattr(self.detector, "precision", "float32"))
+
     def describe(self) -> dict:
-        return {
+        out = {
             "name": self.name, "mode": self.mode, "alpha": self.grid.alpha, "roi_px": self.grid.roi_px,
             "digest": self.digest,
         }
+        # The weights (hence the digest) are the same at every precision, but
+        # the map is not: a bfloat16 map is a different map.  Named only when
+        # not float32, so maps made before precision was a setting stay valid.
+        if self.precision != "float32":
+            out["precision"] = self.precision
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +163,12 @@ class ScanOptions:
       patch_batch: patches per model call in patch mode.
       threshold: probability for the contours (lesion candidates are every local maximum >= 0.05).
       mpp: microns per level-0 pixel, overriding the slides' own.
+      edge_rois: at the tissue's edge, plan quarter-tile ROIs where they cost
+        fewer pixels than the whole ROI (``plan`` module docstring); dense
+        mode with a detector that serves smaller sides (``at_roi_px``) only.
+        The pixels computed are the whole ROIs' (the central invariant); the
+        glass-only quarters are left at 0 like unplanned ROIs, so it is part
+        of the map's fingerprint.
       heatmap: write the heatmap PNG.
       progress: print progress with ETA to ``progress_stream``.
       progress_stream: where progress goes (default stderr).
@@ -167,6 +184,7 @@ class ScanOptions:
     patch_batch: int = 32
     threshold: float = 0.5
     mpp: Optional[float] = None
+    edge_rois: bool = True
     heatmap: bool = True
     progress: bool = True
     progress_stream: Optional[TextIO] = None
@@ -383,10 +401,38 @@ class _ThreadReaders:
             reader.close()
 
 
+EDGE_SPLIT = 2
+"""Edge ROIs are quarter tiles (``plan.make_plan(split=...)``)."""
+
+
+def edge_detector(run: ModelRun, side_px: int):
+    """The run's detector serving ROIs of ``side_px`` (the same model), or None if it cannot."""
+    if side_px == run.grid.roi_px:
+        return run.detector
+    cache = run.__dict__.setdefault("_edge_detectors", {})
+    if side_px not in cache:
+        at = getattr(run.detector, "at_roi_px", None)
+        cache[side_px] = at(side_px) if run.mode == "dense" and callable(at) else None
+    return cache[side_px]
+
+
+def plan_split(run: ModelRun, options: "ScanOptions") -> int:
+    """The ``split`` of a run's plan: ``EDGE_SPLIT`` where edge ROIs are on and possible, else 1."""
+    from pfascannet.inference.plan import edge_split  # noqa: PLC0415
+
+    split = edge_split(run.grid, EDGE_SPLIT) if options.edge_rois and run.mode == "dense" else 1
+    if split > 1 and edge_detector(run, geometry.roi_px(run.grid.tile_px // split, run.grid.alpha)) is None:
+        return 1
+    return split
+
+
 def _predict(run: ModelRun, rois: np.ndarray, patch_batch: int) -> np.ndarray:
-    """Tiles ``[N, Lm, Lm]`` of the batch, dense or patch by patch."""
+    """Tiles ``[N, Lm, Lm]`` of the batch, dense or patch by patch (edge ROIs: their smaller Lm)."""
     lm, stride = run.grid.tile_px, run.grid.stride_px
-    if run.mode == "dense":
+    if run.mode == "dense" and rois.shape[1] != run.grid.roi_px:
+        lm = geometry.tile_px(int(rois.shape[1]), run.grid.alpha)
+        probs = np.asarray(edge_detector(run, int(rois.shape[1])).predict(rois), np.float32)
+    elif run.mode == "dense":
         probs = np.asarray(run.detector.predict(rois), np.float32)
     else:
         probs = np.empty((rois.shape[0], lm, lm), np.float32)
@@ -446,15 +492,20 @@ def scan_map(
         prob_map, done = np.zeros(plan.map_shape, np.float32), np.zeros(len(plan), bool)
     stats.n_resumed = int(done.sum())
     # Fixed chunks of the ROI list: a resumed run repeats exactly the batches an
-    # uninterrupted one would (checkpoints fall on chunk boundaries).
-    chunks = [np.arange(s, min(s + options.batch, len(plan))) for s in range(0, len(plan), options.batch)]
+    # uninterrupted one would (checkpoints fall on chunk boundaries).  Whole
+    # ROIs and edge ROIs are never in one batch (they differ in size).
+    chunks = [
+        np.arange(s, min(s + options.batch, end))
+        for start, end in ((0, plan.n_whole), (plan.n_whole, len(plan)))
+        for s in range(start, end, options.batch)
+    ]
     chunks = [c for c in chunks if not done[c].all()]
     if progress is not None:
         progress.resume(stats.n_resumed)  # the caller started the slide (all members' ROIs)
-    lr = plan.geometry.roi_px
     readers = _ThreadReaders(slide_path, options.mpp)
 
     def read_roi(k: int) -> np.ndarray:
+        lr = plan.roi_side_px(k)
         return readers.get().read_region(plan.roi_xy(k), plan.scan_level, (lr, lr))
 
     t_start = time.perf_counter()
@@ -598,7 +649,7 @@ def slide_identity(path: str) -> dict:
 def map_fingerprint(path: str, runs: Sequence[ModelRun], options: ScanOptions) -> dict:
     """Everything a slide's map depends on (the model's content included); see the module docstring."""
     tissue = options.tissue if isinstance(options.tissue, str) else getattr(options.tissue, "__name__", "custom")
-    return {
+    out = {
         "slide": slide_identity(path),
         "runs": [r.describe() for r in runs],
         "scan_level": options.scan_level,
@@ -606,6 +657,11 @@ def map_fingerprint(path: str, runs: Sequence[ModelRun], options: ScanOptions) -
         "tissue_downsample": options.tissue_downsample,
         "mpp": options.mpp,
     }
+    # Edge ROIs leave the glass-only quarters of an ROI at 0 where whole ROIs
+    # computed them: another map, so another fingerprint (where they apply).
+    if any(plan_split(r, options) > 1 for r in runs) and options.tissue != "all":
+        out["edge_rois"] = EDGE_SPLIT
+    return out
 
 
 def post_settings(options: ScanOptions) -> dict:
@@ -697,7 +753,10 @@ def _scan_slide_locked(path, slide, runs, out_dir, options, progress, on_batch) 
             )
         tissue = _tissue(reader, options)
         dims, mpp = reader.dimensions, reader.mpp
-    plans = [make_plan(dims, r.grid, tissue, options.tissue_downsample, options.scan_level, downsample) for r in runs]
+    plans = [
+        make_plan(dims, r.grid, tissue, options.tissue_downsample, options.scan_level, downsample, plan_split(r, options))
+        for r in runs
+    ]
     coarse = max(range(len(plans)), key=lambda i: plans[i].stride_px)
     grid_plan = plans[coarse]
     if saved is not None and saved.shape != tuple(grid_plan.map_shape):

@@ -7,7 +7,9 @@ An export directory holds (``export_detector``):
                      -> {"tumour_probability": float32 [N, Lm, Lm]};
                      endpoint ``patch_classifier``: uint8 [N, 692, 692, 3]
                      -> {"tumour_probability": float32 [N]} (the same weights on
-                     single patches, for equivalence checks).
+                     single patches, for equivalence checks); endpoint
+                     ``serve_any_side``: ``serve`` for any LR on the grid
+                     (the scanner's edge ROIs).
     detector.keras   the Keras model (any input side on the grid, softmax [N, Lm, Lm, 2]).
     export.json      alpha, roi_px, tile_px, stride_px, map_origin_px, patch_px,
                      config, formats, versions.  Written last: a directory
@@ -15,6 +17,19 @@ An export directory holds (``export_detector``):
 
 LR and Lm follow eq. (1) (Zhao et al., MICCAI 2019): LR = 692 + (512/alpha)(Lm - 1).
 Normalisation is inside the model, so every consumer passes raw uint8 RGB.
+
+Precision (``model.precision``): an export is written at ``float32``,
+``bfloat16`` or ``float16`` (Keras mixed precision; weights stay float32, the
+softmax computes in float32); the ``.keras`` file keeps each layer's dtype
+policy and export.json records ``precision``.  ``load_detector(...,
+precision=...)`` rebuilds a ``.keras`` model at another precision (the same
+weights); a SavedModel computes at the precision it was exported with.
+
+XLA (``xla``): ``"auto"`` compiles the forward pass with XLA where that was
+measured faster (BENCHMARKS.md): under TensorFlow only on a GPU (on the
+2-core CPU XLA was no faster in float32 and 3x slower in bfloat16), and
+always under JAX, where ``"off"`` is ignored (eager JAX runs op by op);
+``"on"`` / ``"off"`` force it under TensorFlow.
 
 ``load_detector(path)`` returns a ``Detector``: ``alpha``, ``roi_px``,
 ``tile_px``, ``stride_px`` and ``predict(uint8 [N, LR, LR, 3]) -> float32
@@ -47,6 +62,30 @@ from pfascannet.inference.export_meta import (  # noqa: F401  (re-exported)
 from pfascannet.io_utils import atomic_dir, atomic_path, remove_stale_temps, write_json
 from pfascannet.model.config import ModelConfig
 from pfascannet.model.detector import TUMOUR_CHANNEL, build_detector, transfer_weights
+from pfascannet.model.precision import check_precision, model_precision
+
+XLA_SETTINGS = ("auto", "on", "off")
+"""``xla`` values: compile the forward pass where measured faster, always, never."""
+
+
+def check_xla(xla: str) -> str:
+    """Returns ``xla`` if it is one of ``XLA_SETTINGS``, else raises."""
+    if xla not in XLA_SETTINGS:
+        raise ExportError(f"xla must be one of {', '.join(XLA_SETTINGS)}, got {xla!r}")
+    return xla
+
+
+def resolve_xla(xla: str = "auto") -> bool:
+    """Whether ``xla`` compiles the forward pass on this backend and machine (see the module docstring)."""
+    check_xla(xla)
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return True  # always: eager JAX would run op by op
+    if backend == "tensorflow":
+        import tensorflow as tf  # noqa: PLC0415
+
+        return xla == "on" or (xla == "auto" and bool(tf.config.list_physical_devices("GPU")))
+    return False  # torch: no XLA
 
 SAVED_MODEL_DIR = "saved_model"
 KERAS_FILE = "detector.keras"
@@ -107,9 +146,14 @@ class KerasDetector(_GeometryMixin):
       roi_px: LR; must fit eq. (1) at ``alpha``.
       digest: the model's content id (``load_detector`` gives the file's);
         None: a hash of the weights, computed when first asked for.
+      xla: "auto", "on" or "off" (``resolve_xla``); under JAX the forward
+        pass is always compiled.
+
+    Attributes:
+      precision: what the model computes in (read from its layers' dtype policy).
     """
 
-    def __init__(self, model: keras.Model, alpha: int, roi_px: int, digest: str | None = None):
+    def __init__(self, model: keras.Model, alpha: int, roi_px: int, digest: str | None = None, xla: str = "auto"):
         geometry.ScanGeometry(alpha=alpha, roi_px=roi_px)
         built = detector_alpha(model)
         if built is not None and built != alpha:
@@ -122,6 +166,9 @@ class KerasDetector(_GeometryMixin):
         self.roi_px = roi_px
         self._patch_model = None
         self._digest = digest
+        self.precision = model_precision(model)
+        self.xla = resolve_xla(xla)
+        _set_jit(model, self.xla)
 
     @property
     def digest(self) -> str:
@@ -138,25 +185,41 @@ class KerasDetector(_GeometryMixin):
         probs = np.asarray(self.model.predict_on_batch(rois.astype(np.float32)))
         return np.ascontiguousarray(probs[..., TUMOUR_CHANNEL], dtype=np.float32)
 
+    def at_roi_px(self, side_px: int) -> "KerasDetector | None":
+        """The same model serving ROIs of ``side_px`` (edge ROIs), or None if its input side is fixed."""
+        if self.model.input_shape[1] is not None:
+            return None
+        return KerasDetector(self.model, self.alpha, side_px, digest=self.digest, xla="on" if self.xla else "off")
+
     def predict_patches(self, patches: np.ndarray) -> np.ndarray:
         """The patch classifier (same weights, alpha = 1): uint8 [N, 692, 692, 3] -> tumour probability [N]."""
         patches = self._check_batch(patches, geometry.PATCH_PX, "patches")
         if self._patch_model is None:
             self._patch_model = patch_model_for(self.model)
+            _set_jit(self._patch_model, self.xla)
         probs = np.asarray(self._patch_model.predict_on_batch(patches.astype(np.float32)))
         return probs.reshape(len(patches), -1)[:, TUMOUR_CHANNEL].astype(np.float32)
 
 
 class SavedModelDetector(_GeometryMixin):
-    """A SavedModel written by ``export_detector``, loaded with ``tf.saved_model.load``."""
+    """A SavedModel written by ``export_detector``, loaded with ``tf.saved_model.load``.
 
-    def __init__(self, path: str, alpha: int, roi_px: int, digest: str | None = None):
+    ``precision`` is the export's (export.json); with ``xla`` resolved on, the
+    serving function is called inside a ``tf.function(jit_compile=True)``.
+    """
+
+    def __init__(
+        self, path: str, alpha: int, roi_px: int, digest: str | None = None,
+        precision: str = "float32", xla: str = "auto",
+    ):
         import tensorflow as tf  # noqa: PLC0415  (SavedModel is TensorFlow's format)
 
         geometry.ScanGeometry(alpha=alpha, roi_px=roi_px)
         self.path = path
         self.alpha = alpha
         self.roi_px = roi_px
+        self.precision = check_precision(precision)
+        self.xla = resolve_xla(xla)
         self.digest = digest or files_digest(path)
         try:
             self._loaded = tf.saved_model.load(path)
@@ -167,11 +230,30 @@ class SavedModelDetector(_GeometryMixin):
         except KeyError:
             raise ExportError(f"{path} has no serving_default signature; was it written by export_detector?") from None
         self._patch = getattr(self._loaded, "patch_classifier", None)
+        if self.xla:
+            serve = self._serve
+            self._serve = tf.function(lambda rgb: serve(rgb=rgb), jit_compile=True)
 
     def predict(self, rois: np.ndarray) -> np.ndarray:
         """uint8 [N, LR, LR, 3] -> tumour probability float32 [N, Lm, Lm]."""
         rois = self._check_batch(rois, self.roi_px, "ROIs")
         return np.asarray(self._serve(rgb=rois)["tumour_probability"], dtype=np.float32)
+
+    def at_roi_px(self, side_px: int) -> "SavedModelDetector | None":
+        """This SavedModel serving ROIs of ``side_px`` through its ``serve_any_side`` endpoint (None if it has none)."""
+        import copy  # noqa: PLC0415
+
+        import tensorflow as tf  # noqa: PLC0415
+
+        endpoint = getattr(self._loaded, "serve_any_side", None)
+        if endpoint is None:
+            return None  # exports made before edge ROIs
+        geometry.ScanGeometry(alpha=self.alpha, roi_px=side_px)
+        other = copy.copy(self)
+        other.roi_px = side_px
+        other._serve = tf.function(lambda rgb: endpoint(rgb), jit_compile=True) if self.xla else (
+            lambda rgb: endpoint(rgb))
+        return other
 
     def predict_patches(self, patches: np.ndarray) -> np.ndarray:
         """The exported patch-classifier endpoint: uint8 [N, 692, 692, 3] -> [N]."""
@@ -198,6 +280,24 @@ def _broken_saved_model(path: str, exc: BaseException) -> str:
         f"{path}: the SavedModel cannot be loaded ({_short(exc)}); one of its files "
         f"({', '.join(files) or 'none found'}) is truncated or corrupt: export the model again"
     )
+
+
+def _set_jit(model: keras.Model, xla: bool) -> None:
+    if keras.backend.backend() != "tensorflow":
+        return  # JAX: predict is always jit-compiled here (eager JAX runs op by op); torch: no XLA
+    model.jit_compile = xla
+    model.predict_function = None  # Keras keeps the traced predict function: a new setting needs a new one
+
+
+def at_precision(model: keras.Model, precision: str) -> keras.Model:
+    """``model`` (a detector) rebuilt at ``precision`` with the same weights; ``model`` itself if already so."""
+    if model_precision(model) == check_precision(precision):
+        return model
+    rebuilt = build_detector(
+        config_from_model(model), alpha=detector_alpha(model) or 1, input_px=model.input_shape[1], precision=precision
+    )
+    transfer_weights(model, rebuilt)
+    return rebuilt
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -252,7 +352,9 @@ def patch_model_for(model: keras.Model) -> keras.Model:
     rebuilding at alpha = 1 makes the comparison literally the paper's patch
     classifier.)
     """
-    patch = build_detector(config_from_model(model), alpha=1, input_px=geometry.PATCH_PX)
+    patch = build_detector(
+        config_from_model(model), alpha=1, input_px=geometry.PATCH_PX, precision=model_precision(model)
+    )
     transfer_weights(model, patch)
     return patch
 
@@ -265,6 +367,7 @@ def export_detector(
     roi_px: int = geometry.PAPER_ROI_PX,
     formats: tuple[str, ...] = FORMATS,
     extra: dict | None = None,
+    precision: str = "float32",
 ) -> dict:
     """Builds the detector at ``alpha``, copies ``weights`` into it by layer name and writes an export.
 
@@ -277,11 +380,14 @@ def export_detector(
       roi_px: LR of the SavedModel signature; must fit eq. (1) at alpha.
       formats: any of "savedmodel", "keras".
       extra: more JSON-ready fields for export.json (e.g. the training run).
+      precision: "float32", "bfloat16" or "float16" (``model.precision``);
+        the weights are float32 whatever the precision.
 
     Returns:
       The export.json contents.
     """
     scan = geometry.ScanGeometry(alpha=alpha, roi_px=roi_px)
+    check_precision(precision)
     formats = tuple(formats)
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
@@ -293,7 +399,7 @@ def export_detector(
         )
     # Free spatial dims: one .keras model serves every ROI size on the grid and is
     # its own patch classifier on 692 inputs.
-    detector = build_detector(config, alpha=alpha, input_px=None)
+    detector = build_detector(config, alpha=alpha, input_px=None, precision=precision)
     transfer_weights(weights, detector)
 
     out_dir = os.fspath(out_dir)
@@ -320,6 +426,7 @@ def export_detector(
         "map_origin_px": geometry.map_origin_px(alpha),
         "patch_px": geometry.PATCH_PX,
         "tumour_channel": TUMOUR_CHANNEL,
+        "precision": precision,
         "config": config.to_dict(),
         "formats": written,
         "signature": {
@@ -356,6 +463,8 @@ def _write_saved_model(detector: keras.Model, path: str, roi_px: int) -> None:
         patch_classifier,
         input_signature=[tf.TensorSpec([None, geometry.PATCH_PX, geometry.PATCH_PX, 3], tf.uint8, name="rgb")],
     )
+    # Any side on the grid: the scanner's smaller edge ROIs (inference/plan.py).
+    archive.add_endpoint("serve_any_side", serve, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="rgb")])
     # Written into a hidden, locked folder beside the target, which then replaces it.
     with atomic_dir(path) as tmp:
         archive.write_out(tmp, verbose=False)
@@ -365,6 +474,8 @@ def load_detector(
     path: str | os.PathLike,
     format: str = "auto",  # noqa: A002  (the user-facing word)
     roi_px: int | None = None,
+    precision: str | None = None,
+    xla: str = "auto",
 ) -> _GeometryMixin:
     """Loads a detector from an export directory, a ``.keras`` file or a SavedModel directory.
 
@@ -375,6 +486,10 @@ def load_detector(
         else ``.keras``), "savedmodel" or "keras".
       roi_px: LR; defaults to the export's.  A SavedModel serves only its
         exported LR; a ``.keras`` model any LR on the grid of its alpha.
+      precision: None (the export's) or "float32", "bfloat16", "float16": a
+        ``.keras`` model is rebuilt at it (same weights); a SavedModel serves
+        only the precision it was exported with.
+      xla: "auto", "on" or "off" (``resolve_xla``).
 
     Returns:
       A ``KerasDetector`` or ``SavedModelDetector``.
@@ -382,6 +497,9 @@ def load_detector(
     path = os.fspath(path)
     if format not in ("auto", *FORMATS):
         raise ExportError(f"format must be auto, savedmodel or keras, got {format!r}")
+    if precision is not None:
+        check_precision(precision)
+    check_xla(xla)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no detector at {path}")
 
@@ -417,8 +535,15 @@ def load_detector(
         lr = roi_px or int(meta["roi_px"])
         if lr != int(meta["roi_px"]):
             raise ExportError(f"the SavedModel at {sm_path} serves roi_px={meta['roi_px']} only, not {lr}; use the .keras export")
+        exported = meta.get("precision", "float32")
+        if precision not in (None, exported):
+            raise ExportError(
+                f"the SavedModel at {sm_path} computes in {exported} only, not {precision}; use the .keras export"
+            )
         try:
-            return SavedModelDetector(sm_path, int(meta["alpha"]), lr, digest=files_digest(sm_path))
+            return SavedModelDetector(
+                sm_path, int(meta["alpha"]), lr, digest=files_digest(sm_path), precision=exported, xla=xla
+            )
         except ImportError:
             raise ExportError(
                 f"loading a SavedModel needs TensorFlow, which is not importable under backend {backend!r}; "
@@ -442,4 +567,6 @@ def load_detector(
     lr = roi_px or (int(meta["roi_px"]) if meta else model.input_shape[1])
     if lr is None:
         raise ExportError(f"{keras_path} has free input sides and no {EXPORT_JSON}: pass roi_px")
-    return KerasDetector(model, alpha, int(lr), digest=digest)
+    if precision is not None:
+        model = at_precision(model, precision)
+    return KerasDetector(model, alpha, int(lr), digest=digest, xla=xla)

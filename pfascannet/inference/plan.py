@@ -13,6 +13,16 @@ column of tiles beyond the map are dropped.
 
 Every map pixel lies in exactly one ROI; an ROI whose pixels hold no tissue is
 not planned at all (its map pixels stay 0, the background probability).
+
+Edge ROIs (``split``): at the tissue's edge most of an ROI's tile is glass.
+With ``split = s`` an ROI's ``Lm x Lm`` tile is cut into ``s x s`` sub-tiles of
+``Lm/s``; when the sub-tiles that hold tissue cost fewer input pixels than the
+whole ROI (``n (LR_sub)^2 < LR^2``, with ``LR_sub = Lp + (Lm/s - 1) Sp/alpha``),
+only those are planned, as smaller ROIs of side ``LR_sub`` at the sub-tile's
+place.  By the central invariant (DESIGN.md §1) their outputs are the very
+pixels the whole ROI would give there; the saving is the margins and glass
+not computed (at alpha 16, LR 2708: a quarter-tile ROI of 1684 px costs 39 %
+of a whole one, so ROIs with tissue in one or two quarters are split).
 """
 
 from __future__ import annotations
@@ -42,6 +52,10 @@ class RoiPlan:
       downsample: the (whole) level-0 pixels per scan-level pixel.
       rois_rowcol: int array ``[K, 2]`` of planned ROI grid positions ``(i, j)``,
         row-major; ROI ``k`` fills map rows ``i Lm ..`` and columns ``j Lm ..``.
+      split: s of the edge ROIs (1: none).
+      edge_rowcol: int array ``[E, 2]`` of planned edge ROIs, positions
+        ``(a, b)`` on the grid of sub-tiles (side ``Lm/s``); they are ROIs
+        ``K .. K+E-1`` of the plan, after the whole ones.
     """
 
     geometry: geometry.ScanGeometry
@@ -49,6 +63,8 @@ class RoiPlan:
     scan_level: int
     downsample: int
     rois_rowcol: np.ndarray
+    split: int = 1
+    edge_rowcol: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2), np.int64))
 
     @property
     def stride_px(self) -> int:
@@ -73,21 +89,53 @@ class RoiPlan:
         return -(-rows // self.tile_px), -(-cols // self.tile_px)
 
     def __len__(self) -> int:
+        return int(self.rois_rowcol.shape[0] + self.edge_rowcol.shape[0])
+
+    @property
+    def n_whole(self) -> int:
+        """K: the whole ROIs (plan indices ``0 .. K-1``); edge ROIs follow."""
         return int(self.rois_rowcol.shape[0])
+
+    @property
+    def edge_tile_px(self) -> int:
+        """Map pixels per edge-ROI side (``Lm / split``)."""
+        return self.tile_px // self.split
+
+    @property
+    def edge_roi_px(self) -> int:
+        """Side of an edge ROI in scan-level pixels (eq. (1) for ``Lm / split``)."""
+        return geometry.roi_px(self.edge_tile_px, self.geometry.alpha)
+
+    def _cell(self, k: int) -> tuple[int, int, int]:
+        # (first map row, first map column, tile side in map px) of ROI k
+        if k < self.n_whole:
+            i, j = (int(v) for v in self.rois_rowcol[k])
+            lm = self.tile_px
+        else:
+            i, j = (int(v) for v in self.edge_rowcol[k - self.n_whole])
+            lm = self.edge_tile_px
+        return i * lm, j * lm, lm
+
+    def roi_side_px(self, k: int) -> int:
+        """LR of ROI ``k`` in scan-level pixels (smaller for edge ROIs)."""
+        return self.geometry.roi_px if k < self.n_whole else self.edge_roi_px
 
     def roi_xy(self, k: int) -> tuple[int, int]:
         """Level-0 ``(x, y)`` of ROI ``k``'s top-left (negative at the top/left edge)."""
-        i, j = (int(v) for v in self.rois_rowcol[k])
-        step = self.geometry.roi_step_px
+        r0, c0, _ = self._cell(k)
+        stride = self.geometry.stride_px
         origin = geometry.map_origin_px(self.geometry.alpha)
-        return ((j * step - origin) * self.downsample, (i * step - origin) * self.downsample)
+        return ((c0 * stride - origin) * self.downsample, (r0 * stride - origin) * self.downsample)
 
     def roi_window(self, k: int) -> tuple[int, int, int, int]:
         """Map rows ``r0:r1`` and columns ``c0:c1`` that ROI ``k`` fills (clipped to the map)."""
-        i, j = (int(v) for v in self.rois_rowcol[k])
-        lm = self.tile_px
+        r0, c0, lm = self._cell(k)
         rows, cols = self.map_shape
-        return i * lm, min((i + 1) * lm, rows), j * lm, min((j + 1) * lm, cols)
+        return r0, min(r0 + lm, rows), c0, min(c0 + lm, cols)
+
+    def input_px(self) -> int:
+        """Scan-level input pixels of all planned ROIs (what the model computes over)."""
+        return self.n_whole * self.geometry.roi_px**2 + int(self.edge_rowcol.shape[0]) * self.edge_roi_px**2
 
     def describe(self) -> dict:
         """The plan's numbers for the map's JSON sidecar."""
@@ -103,6 +151,9 @@ class RoiPlan:
             "map_origin_px": geometry.map_origin_px(self.geometry.alpha),
             "n_rois": len(self),
             "n_rois_grid": self.grid_shape[0] * self.grid_shape[1],
+            # Only with edge ROIs, so plans (and checkpoints) made before them stay the same.
+            **({"split": self.split, "n_edge_rois": int(self.edge_rowcol.shape[0]),
+                "edge_roi_px": self.edge_roi_px} if self.edge_rowcol.shape[0] else {}),
         }
 
 
@@ -174,6 +225,7 @@ def make_plan(
     tissue_downsample: float = 32,
     scan_level: int = 0,
     downsample: int = 1,
+    split: int = 1,
 ) -> RoiPlan:
     """Plans the ROIs of a slide (§2.2, eq. (1)), keeping only those over tissue.
 
@@ -184,6 +236,9 @@ def make_plan(
       tissue_downsample: level-0 pixels per tissue-mask pixel.
       scan_level: pyramid level to read ROIs at (recorded in the plan).
       downsample: that level's whole downsample (see ``level_downsample``).
+      split: s > 1 plans edge ROIs (module docstring) where they cost fewer
+        input pixels; ignored without a tissue mask or where ``Lm/s`` is not
+        whole (``edge_split`` says which s a geometry allows).
 
     Returns:
       The RoiPlan; ``len(plan)`` may be 0 for a slide with no tissue.
@@ -204,8 +259,31 @@ def make_plan(
         padded = np.zeros((grid_rows * lm, grid_cols * lm), bool)
         padded[: on_map.shape[0], : on_map.shape[1]] = on_map
         keep = padded.reshape(grid_rows, lm, grid_cols, lm).any(axis=(1, 3))
-    rois = np.argwhere(keep).astype(np.int64)  # row-major order
-    return dataclasses.replace(plan, rois_rowcol=rois)
+    if tissue is None or split <= 1 or edge_split(scan_geometry, split) == 1:
+        rois = np.argwhere(keep).astype(np.int64)  # row-major order
+        return dataclasses.replace(plan, rois_rowcol=rois)
+    sub = lm // split
+    # Which sub-tiles of each ROI hold tissue: [rows, s, cols, s] -> per ROI.
+    sub_keep = padded.reshape(grid_rows * split, sub, grid_cols * split, sub).any(axis=(1, 3))
+    per_roi = sub_keep.reshape(grid_rows, split, grid_cols, split).sum(axis=(1, 3))
+    sub_side = geometry.roi_px(sub, scan_geometry.alpha)
+    cheaper = keep & (per_roi * sub_side**2 < scan_geometry.roi_px**2)
+    rois = np.argwhere(keep & ~cheaper).astype(np.int64)
+    edge_mask = sub_keep & np.repeat(np.repeat(cheaper, split, axis=0), split, axis=1)
+    edges = np.argwhere(edge_mask).astype(np.int64)
+    return dataclasses.replace(plan, rois_rowcol=rois, split=int(split), edge_rowcol=edges)
+
+
+def edge_split(scan_geometry: geometry.ScanGeometry, split: int = 2) -> int:
+    """``split`` if the geometry's tile cuts into ``split x split`` valid sub-tiles, else 1 (no edge ROIs)."""
+    lm = scan_geometry.tile_px
+    if split <= 1 or lm % split:
+        return 1
+    try:
+        geometry.ScanGeometry(scan_geometry.alpha, geometry.roi_px(lm // split, scan_geometry.alpha))
+    except geometry.GeometryError:
+        return 1
+    return split
 
 
 def auto_roi_px(

@@ -3,9 +3,11 @@
 The same weights serve every alpha (Zhao et al., MICCAI 2019, §2.2; layers
 are matched by name), so a ``.keras`` export made at alpha 16 also scans at
 alpha 32 (the paper's ensemble partner, §3) by rebuilding the detector at
-the new alpha and copying the weights.  A SavedModel serves only the alpha
-and ROI side it was exported with; asking it for another one loads the
-export's ``.keras`` file instead.
+the new alpha and copying the weights.  Likewise for the precision
+(``model.precision``: float32, bfloat16, float16; the weights are float32 at
+all three).  A SavedModel serves only the alpha, ROI side and precision it
+was exported with; asking it for another one loads the export's ``.keras``
+file instead.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from pfascannet import geometry
 from pfascannet.inference import export_meta
 from pfascannet.inference.engine import ModelRun, ScanError
 from pfascannet.inference.plan import auto_roi_px
+from pfascannet.model.precision import check_precision
+
+XLA_SETTINGS = ("auto", "on", "off")  # export.XLA_SETTINGS, without importing Keras
 
 DEFAULT_MEMORY_FRACTION = 0.25
 """``roi='auto'`` budget when none is given: this share of the machine's RAM."""
@@ -70,6 +75,8 @@ class RunSpec:
     mode: str
     format: str
     meta: Optional[dict]
+    precision: Optional[str] = None
+    xla: str = "auto"
 
 
 def resolve_run(
@@ -79,8 +86,12 @@ def resolve_run(
     mode: str = "dense",
     batch: int = 1,
     memory_budget_bytes: Optional[float] = None,
+    precision: Optional[str] = None,
+    xla: str = "auto",
 ) -> RunSpec:
     """Checks a model path and the requested alpha / ROI side, and settles them, without loading anything.
+
+    ``precision`` None is the export's; ``xla`` see ``export.resolve_xla``.
 
     Raises:
       ScanError / ExportError / GeometryError: a missing or incomplete export,
@@ -102,7 +113,11 @@ def resolve_run(
         raise ScanError(f"{model_path}: expected an export folder, a .keras file or a SavedModel folder")
     if memory_budget_bytes is not None and not (memory_budget_bytes > 0 and math.isfinite(memory_budget_bytes)):
         raise ScanError(f"the memory budget must be a positive number, got {memory_budget_bytes!r}")
-    return _resolve(model_path, alpha, roi, mode, batch, memory_budget_bytes)
+    if precision is not None:
+        check_precision(precision)
+    if xla not in XLA_SETTINGS:
+        raise ScanError(f"xla must be one of {', '.join(XLA_SETTINGS)}, got {xla!r}")
+    return _resolve(model_path, alpha, roi, mode, batch, memory_budget_bytes, precision, xla)
 
 
 def load_run(
@@ -112,6 +127,8 @@ def load_run(
     mode: str = "dense",
     batch: int = 1,
     memory_budget_bytes: Optional[float] = None,
+    precision: Optional[str] = None,
+    xla: str = "auto",
 ) -> ModelRun:
     """Loads an exported detector as a ModelRun at the requested alpha and ROI side.
 
@@ -124,25 +141,29 @@ def load_run(
       mode: ``"dense"`` or ``"patch"`` (same weights on 692 patches, the speed baseline).
       batch: ROIs per model call (for the ``auto`` budget).
       memory_budget_bytes: for ``auto``; default a quarter of RAM.
+      precision: None (the export's), "float32", "bfloat16" or "float16".
+      xla: "auto", "on" or "off" (``export.resolve_xla``).
 
     Returns:
       The ModelRun; its ``digest`` is the loaded file's (computed once here).
     """
-    return load_spec(resolve_run(model_path, alpha, roi, mode, batch, memory_budget_bytes))
+    return load_spec(resolve_run(model_path, alpha, roi, mode, batch, memory_budget_bytes, precision, xla))
 
 
 def load_spec(spec: RunSpec) -> ModelRun:
     """Loads what ``resolve_run`` settled (the slow part: Keras / TensorFlow)."""
     from pfascannet.inference import export  # noqa: PLC0415  (imports Keras)
 
-    detector = export.load_detector(spec.model_path, format=spec.format, roi_px=spec.roi_px)
+    detector = export.load_detector(
+        spec.model_path, format=spec.format, roi_px=spec.roi_px, precision=spec.precision, xla=spec.xla
+    )
     if detector.alpha != spec.alpha:
         detector = rebuild_at_alpha(detector, spec.alpha, spec.roi_px)
     grid = geometry.ScanGeometry(detector.alpha, detector.roi_px)
     return ModelRun(detector, grid, mode=spec.mode, name=os.path.abspath(spec.model_path), digest=detector.digest)
 
 
-def _resolve(model_path, alpha, roi, mode, batch, memory_budget_bytes) -> RunSpec:
+def _resolve(model_path, alpha, roi, mode, batch, memory_budget_bytes, precision=None, xla="auto") -> RunSpec:
     meta = _export_meta(model_path)
     export_alpha = int(meta["alpha"]) if meta else None
     export_roi = int(meta["roi_px"]) if meta else None
@@ -150,10 +171,13 @@ def _resolve(model_path, alpha, roi, mode, batch, memory_budget_bytes) -> RunSpe
     # unless told otherwise (any build converts, see rebuild_at_alpha).
     want_alpha = int(alpha) if alpha is not None else (export_alpha or geometry.PAPER_ALPHA)
 
+    export_precision = (meta or {}).get("precision", "float32")
+    want_precision = precision or export_precision
     if roi == "auto":
         first = int(meta["config"]["widths"][0]) if meta and "config" in meta else 64
         budget = memory_budget_bytes if memory_budget_bytes is not None else default_memory_budget_bytes()
-        want_roi = auto_roi_px(want_alpha, budget, batch, bytes_per_input_px(first))
+        dtype_bytes = 4 if want_precision == "float32" else 2
+        want_roi = auto_roi_px(want_alpha, budget, batch, bytes_per_input_px(first, dtype_bytes))
     elif roi is None:
         want_roi = export_roi if (export_roi and want_alpha == export_alpha) else paper_like_roi_px(want_alpha)
     else:
@@ -162,12 +186,12 @@ def _resolve(model_path, alpha, roi, mode, batch, memory_budget_bytes) -> RunSpe
         except (TypeError, ValueError):
             raise ScanError(f"roi must be an integer ROI side or 'auto', got {roi!r}") from None
 
-    # The SavedModel is fixed to its export's alpha and LR; anything else needs the .keras model.
+    # The SavedModel is fixed to its export's alpha, LR and precision; anything else needs the .keras model.
     fmt = "auto"
-    if meta and (want_alpha != export_alpha or want_roi != export_roi):
+    if meta and (want_alpha != export_alpha or want_roi != export_roi or want_precision != export_precision):
         fmt = "keras"
     geometry.ScanGeometry(want_alpha, want_roi)  # a clear error before loading anything
-    return RunSpec(model_path, want_alpha, want_roi, mode, fmt, meta)
+    return RunSpec(model_path, want_alpha, want_roi, mode, fmt, meta, precision, xla)
 
 
 def rebuild_at_alpha(detector, alpha: int, roi_px: int):
@@ -181,9 +205,10 @@ def rebuild_at_alpha(detector, alpha: int, roi_px: int):
             f"the detector (alpha={detector.alpha}) is a SavedModel and cannot be rebuilt at alpha={alpha}; "
             "use a .keras export"
         )
-    rebuilt = build_detector(export.config_from_model(model), alpha=alpha)
+    rebuilt = build_detector(export.config_from_model(model), alpha=alpha, precision=detector.precision)
     transfer_weights(model, rebuilt)
-    return export.KerasDetector(rebuilt, alpha, roi_px, digest=detector.digest)
+    xla = "on" if detector.xla else "off"
+    return export.KerasDetector(rebuilt, alpha, roi_px, digest=detector.digest, xla=xla)
 
 
 def load_runs(
@@ -195,6 +220,8 @@ def load_runs(
     ensemble_alpha: Optional[int] = 32,
     batch: int = 1,
     memory_budget_bytes: Optional[float] = None,
+    precision: Optional[str] = None,
+    xla: str = "auto",
 ) -> list[ModelRun]:
     """The runs of a scan: the main model, then each ensemble member (default alpha 32, §3).
 
@@ -202,7 +229,7 @@ def load_runs(
     or the main run's map tile Lm (so both read ROIs of about the same size).
     """
     return [load_spec(spec) for spec in resolve_runs(
-        model_path, alpha, roi, mode, ensemble, ensemble_alpha, batch, memory_budget_bytes
+        model_path, alpha, roi, mode, ensemble, ensemble_alpha, batch, memory_budget_bytes, precision, xla
     )]
 
 
@@ -215,9 +242,11 @@ def resolve_runs(
     ensemble_alpha: Optional[int] = 32,
     batch: int = 1,
     memory_budget_bytes: Optional[float] = None,
+    precision: Optional[str] = None,
+    xla: str = "auto",
 ) -> list[RunSpec]:
     """``load_runs`` without the loading: every model path, alpha and ROI side checked up front."""
-    specs = [resolve_run(model_path, alpha, roi, mode, batch, memory_budget_bytes)]
+    specs = [resolve_run(model_path, alpha, roi, mode, batch, memory_budget_bytes, precision, xla)]
     for other in ensemble:
         other_roi: Union[int, str, None]
         if roi == "auto":
@@ -229,5 +258,5 @@ def resolve_runs(
             stride = geometry.output_stride_px(member_alpha)
             lm = max(1, (specs[0].roi_px - geometry.PATCH_PX) // stride + 1)
             other_roi = geometry.roi_px(lm, member_alpha)
-        specs.append(resolve_run(other, ensemble_alpha, other_roi, mode, batch, memory_budget_bytes))
+        specs.append(resolve_run(other, ensemble_alpha, other_roi, mode, batch, memory_budget_bytes, precision, xla))
     return specs

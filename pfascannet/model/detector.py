@@ -24,6 +24,7 @@ from pfascannet.model.decoder import build_decoder
 from pfascannet.model.dense_pooling import dense_pooling_for_level
 from pfascannet.model.imagenet import CaffeNormalisation
 from pfascannet.model.pfe import pfe_block
+from pfascannet.model.precision import dtype_policy
 from pfascannet.model.trunk import vgg16_trunk
 
 TUMOUR_CHANNEL = 1
@@ -34,19 +35,25 @@ def _normalise(x, config: ModelConfig):
     # RGB 0..255 (uint8 or float) -> the trunk's input convention; inside the
     # model so every export takes raw pixels and no caller can forget or double
     # the normalisation.  "caffe" is what ImageNet VGG16 weights expect.
+    # Always float32 (``precision.py``): under mixed precision the first
+    # convolution casts its result to the compute type.
     if config.input_convention == "caffe":
-        return CaffeNormalisation(name="normalise")(x)
-    return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise")(x)
+        return CaffeNormalisation(name="normalise", dtype="float32")(x)
+    return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise", dtype="float32")(x)
 
 
 def _detector_head(pfe_maps: dict, alpha: int):
     pooled = [dense_pooling_for_level(level, alpha)(pfe_maps[level]) for level in geometry.HEAD_LEVELS]
     m = keras.layers.Add(name="pyramid_sum")(pooled)
     logits = keras.layers.Conv2D(SCORE_CHANNELS, 1, name="classifier_conv")(m)
-    return keras.layers.Softmax(name="probabilities")(logits)
+    # float32 whatever the policy (``precision.py``): probabilities near 0 and
+    # 1 are what the lesion candidates and the FROC sweep look at.
+    return keras.layers.Softmax(name="probabilities", dtype="float32")(logits)
 
 
-def build_detector(config: ModelConfig, alpha: int = 1, input_px: int | None = None) -> keras.Model:
+def build_detector(
+    config: ModelConfig, alpha: int = 1, input_px: int | None = None, precision: str | None = None
+) -> keras.Model:
     """The detector at dense coefficient ``alpha``.
 
     Args:
@@ -55,11 +62,17 @@ def build_detector(config: ModelConfig, alpha: int = 1, input_px: int | None = N
       input_px: fixed input side LR, or None for any side on the grid (one
         model serves every ROI size; a side off the grid fails in the
         pyramid sum).  Validated against eq. (1) when given.
+      precision: "float32", "bfloat16" or "float16" (``model.precision``:
+        mixed precision, softmax and normalisation in float32); None: Keras'
+        global dtype policy as it is.
 
     Returns:
       Model RGB [N, LR, LR, 3] (0..255, uint8 or float) -> softmax
-      [N, Lm, Lm, 2], channel 1 = tumour.
+      [N, Lm, Lm, 2] (float32), channel 1 = tumour.
     """
+    if precision is not None:
+        with dtype_policy(precision):
+            return build_detector(config, alpha, input_px)
     geometry.check_alpha(alpha)
     if input_px is not None:
         geometry.ScanGeometry(alpha=alpha, roi_px=input_px)  # eq. (1) and even pooling sides
@@ -70,9 +83,9 @@ def build_detector(config: ModelConfig, alpha: int = 1, input_px: int | None = N
     return keras.Model(inputs, probs, name=f"pfascannet_detector_{config.name}_alpha{alpha}")
 
 
-def build_patch_classifier(config: ModelConfig) -> keras.Model:
+def build_patch_classifier(config: ModelConfig, precision: str | None = None) -> keras.Model:
     """The detector at alpha = 1 on one 692 patch: [N, 692, 692, 3] -> [N, 1, 1, 2]."""
-    return build_detector(config, alpha=1, input_px=geometry.PATCH_PX)
+    return build_detector(config, alpha=1, input_px=geometry.PATCH_PX, precision=precision)
 
 
 def build_training_model(config: ModelConfig) -> keras.Model:

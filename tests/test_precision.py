@@ -1,0 +1,175 @@
+"""Precision (float32 / bfloat16 / float16) and XLA for export and scan.
+
+The central invariant (dense == patch classifier, DESIGN.md §1) must hold at
+every precision within ``precision.EQUIVALENCE_TOLERANCE`` (its docstring says
+why those bounds); a lower-precision map must stay within a recorded bound of
+the float32 map on a real synthetic slide with trained weights; the precision
+is part of a map's fingerprint; XLA must not change the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from pfascannet import geometry
+from pfascannet.inference import engine, export, runs
+from pfascannet.model import precision as precision_lib
+from pfascannet.model.detector import build_detector, build_patch_classifier, transfer_weights
+from pfascannet.model.equivalence import compare_dense_to_patches, sample_positions
+from tests.model_support import equivalence_case
+
+ALPHA, ROI_PX = 16, 1204
+
+MAP_BOUND = {"bfloat16": 0.02, "float16": 0.05}
+"""Largest |map - float32 map| accepted on a synthetic slide with the shipped tiny weights.
+
+Measured 2026-11-27 on patient_000_node_2 of the session cohort: bfloat16
+0.0040, float16 0.020 (float16 differs more here and, without float16
+hardware on this CPU, runs 3x slower than bfloat16); the bounds are about
+2.5-5x those.  BENCHMARKS.md "Precision" has the demo cohort's figures.
+"""
+
+
+@pytest.fixture(scope="module")
+def case():
+    return equivalence_case(seed=0, roi_px=ROI_PX)
+
+
+@pytest.mark.parametrize("precision", precision_lib.PRECISIONS)
+def test_dense_equals_patch_classifier_at_each_precision(case, precision):
+    config, patch32, roi = case
+    tol = precision_lib.EQUIVALENCE_TOLERANCE[precision]
+    dense = build_detector(config, alpha=ALPHA, input_px=ROI_PX, precision=precision)
+    patch = build_patch_classifier(config, precision=precision)
+    transfer_weights(patch32, dense)
+    transfer_weights(patch32, patch)
+    tile = np.asarray(dense.predict_on_batch(roi[None].astype(np.float32)))[0, ..., 1]
+
+    def patch_fn(p):
+        return np.asarray(patch.predict_on_batch(p.astype(np.float32)))[..., 1]
+
+    positions = sample_positions(tile.shape[0], 16, 0)
+    same = compare_dense_to_patches(None, patch_fn, roi, ALPHA, positions, dense_tile=tile)
+    # Control: patches half an output stride (16 px) off, at the same 16 positions.
+    shifted = compare_dense_to_patches(None, patch_fn, roi, ALPHA, positions, dense_tile=tile, shift_px=16)
+    assert same.spread > 0.5  # outputs spread over most of 0..1: the comparison can fail
+    assert same.max_abs_diff <= tol, (precision, same.max_abs_diff)
+    assert shifted.max_abs_diff > 5 * tol, (precision, shifted.max_abs_diff)  # the control fails
+
+
+def test_mixed_precision_keeps_normalisation_and_softmax_in_float32():
+    before = keras.config.dtype_policy().name
+    model = build_detector(_tiny(), alpha=16, precision="bfloat16")
+    assert keras.config.dtype_policy().name == before  # the global policy is restored
+    assert model.get_layer("block1_conv1").compute_dtype == "bfloat16"
+    assert model.get_layer("normalise").compute_dtype == "float32"
+    assert model.get_layer("probabilities").compute_dtype == "float32"
+    assert all(w.dtype == "float32" for w in model.weights)  # one weights file serves every precision
+    assert precision_lib.model_precision(model) == "bfloat16"
+    with pytest.raises(precision_lib.PrecisionError, match="float32, bfloat16, float16"):
+        precision_lib.check_precision("fp8")
+
+
+def _tiny():
+    from pfascannet.model.config import ModelConfig  # noqa: PLC0415
+
+    return ModelConfig.tiny()
+
+
+@pytest.fixture(scope="module")
+def bf16_export(case, tmp_path_factory):
+    config, patch32, roi = case
+    out = tmp_path_factory.mktemp("export_bf16")
+    meta = export.export_detector(patch32, config, out, alpha=ALPHA, roi_px=ROI_PX, precision="bfloat16")
+    return out, meta
+
+
+def test_export_records_precision_and_serves_it(case, bf16_export):
+    config, patch32, roi = case
+    out, meta = bf16_export
+    assert meta["precision"] == json.load(open(os.path.join(out, "export.json")))["precision"] == "bfloat16"
+    live = {}
+    for p in ("float32", "bfloat16"):
+        m = build_detector(config, alpha=ALPHA, input_px=ROI_PX, precision=p)
+        transfer_weights(patch32, m)
+        live[p] = np.asarray(m.predict_on_batch(roi[None].astype(np.float32)))[..., 1]
+    sm = export.load_detector(out, format="savedmodel")
+    assert sm.precision == "bfloat16"
+    np.testing.assert_allclose(sm.predict(roi[None]), live["bfloat16"], atol=1e-3)
+    ks = export.load_detector(out, format="keras")
+    assert ks.precision == "bfloat16"
+    np.testing.assert_allclose(ks.predict(roi[None]), live["bfloat16"], atol=1e-6)
+    # Another precision: the .keras model rebuilt with the same weights; the SavedModel refuses.
+    f32 = export.load_detector(out, format="keras", precision="float32")
+    assert f32.precision == "float32" and f32.digest == ks.digest
+    np.testing.assert_allclose(f32.predict(roi[None]), live["float32"], atol=1e-6)
+    with pytest.raises(export.ExportError, match="computes in bfloat16 only"):
+        export.load_detector(out, format="savedmodel", precision="float32")
+    assert runs.resolve_run(str(out)).format == "auto"
+    assert runs.resolve_run(str(out), precision="float32").format == "keras"
+    run = runs.load_run(str(out), precision="float32")
+    assert run.precision == "float32" and "precision" not in run.describe()
+    assert runs.load_run(str(out)).describe()["precision"] == "bfloat16"
+    with pytest.raises(precision_lib.PrecisionError):
+        runs.resolve_run(str(out), precision="half")
+
+
+def test_xla_gives_the_same_numbers(case, bf16_export):
+    config, patch32, roi = case
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's jit_compile")
+    assert export.resolve_xla("auto") is False  # no GPU here: XLA was measured slower on this CPU
+    model = build_detector(config, alpha=ALPHA, input_px=None)
+    transfer_weights(patch32, model)
+    plain = export.KerasDetector(model, ALPHA, ROI_PX, xla="off")
+    want = plain.predict(roi[None])
+    compiled = export.KerasDetector(model, ALPHA, ROI_PX, xla="on")
+    assert compiled.xla and model.jit_compile
+    np.testing.assert_allclose(compiled.predict(roi[None]), want, atol=1e-4)
+    out, _ = bf16_export
+    sm_plain = export.load_detector(out, format="savedmodel", xla="off")
+    sm_xla = export.load_detector(out, format="savedmodel", xla="on")
+    assert sm_xla.xla and not sm_plain.xla
+    # bfloat16 through two kernel families (XLA's, oneDNN's): each sums in its
+    # own order and every layer rounds to 8 bits, so on this ROI, whose
+    # classifier amplifies small feature differences into probabilities over
+    # 0..1, they differ by up to ~0.05 (float32 above: 1e-4).
+    np.testing.assert_allclose(sm_xla.predict(roi[None]), sm_plain.predict(roi[None]), atol=0.1)
+    with pytest.raises(export.ExportError, match="auto, on, off"):
+        export.load_detector(out, xla="yes")
+
+
+def test_bfloat16_map_of_a_real_slide_stays_within_the_bound(cohort, tmp_path):
+    from pfascannet import workflow  # noqa: PLC0415
+    from pfascannet.training import trainer  # noqa: PLC0415
+
+    weights, _ = workflow.shipped_weights("tiny_demo")
+    trained = trainer.load_training_model(weights, "tiny")
+    slide = str(cohort / "images" / "patient_000_node_2.tif")
+    opts = engine.ScanOptions(batch=1, heatmap=False, progress=False)
+    out = str(tmp_path / "scan")
+    maps = {}
+    for p in ("float32", "bfloat16", "float16"):
+        model = build_detector(_tiny(), alpha=16, precision=p)
+        transfer_weights(trained, model)
+        det = export.KerasDetector(model, 16, geometry.PAPER_ROI_PX, digest="shipped-tiny-demo")
+        result = engine.scan_slides(slide, [engine.ModelRun(det, det_grid(det), name="tiny")], out, opts).results[0]
+        # Same weights, same digest: only the precision in the fingerprint makes this a new map.
+        assert result.status == "done", (p, result.status)
+        maps[p] = np.load(os.path.join(out, "maps", "patient_000_node_2.npy"))
+        members = json.load(open(os.path.join(out, "maps", "patient_000_node_2.json")))["members"]
+        assert members[0].get("precision", "float32") == p
+    assert np.ptp(maps["float32"]) > 0.3  # a map with something on it
+    for p, bound in MAP_BOUND.items():
+        diff = float(np.abs(maps[p] - maps["float32"]).max())
+        print(f"{p}: max |map - float32 map| = {diff:.5f}")
+        assert diff <= bound, (p, diff)
+
+
+def det_grid(det):
+    return geometry.ScanGeometry(det.alpha, det.roi_px)
