@@ -1,0 +1,206 @@
+"""Per-ROI speed of the detector by precision and XLA, interleaved; dense vs patch; peak RSS.
+
+Zhao et al., MICCAI 2019, Table 1 (1.08 s per 2708 ROI on a TITAN Xp): the
+network alone, random weights (speed does not depend on them), batch 1.
+Every variant (precision x XLA x ROI side) is built once and warmed up once
+(tracing, compilation); then the timed passes run interleaved, A B C A B C ...,
+so that load from other processes falls on every variant alike, and the
+median of each is reported.  Patch mode (alpha 1 on 692 patches) is timed per
+precision on ``--patch_sample`` patches and extrapolated to the Lm^2 patches
+that give the same map.  ``--rss`` runs each listed variant once more in a
+fresh child process and reports its peak RSS (the whole process: Python,
+the framework, the model and one pass).
+
+    python experiments/bench_precision.py --config paper --roi_px 2708 --precisions float32,bfloat16 \
+        --xla off,on --repeats 3 --out /tmp/bench_precision.json
+    python experiments/bench_precision.py --config tiny --roi_px 916 --repeats 1 --patch_sample 1   # smoke test
+
+Under KERAS_BACKEND=jax XLA is always on (``--xla`` is ignored there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import flags
+
+if __package__ in (None, ""):  # run as a script from a checkout without `pip install -e .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pfascannet import cliutil, geometry  # noqa: E402
+from pfascannet.errors import PfaError  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", "paper", "Model config: paper or tiny.")
+flags.DEFINE_integer("alpha", geometry.PAPER_ALPHA, "Dense coefficient.")
+flags.DEFINE_list("roi_px", ["2708"], "ROI sides LR to time (each on the grid of eq. (1) at alpha).")
+flags.DEFINE_list("precisions", ["float32", "bfloat16"], "Precisions to time: float32, bfloat16, float16.")
+flags.DEFINE_list("xla", ["off"], "XLA settings to time (TensorFlow backend): off, on.")
+flags.DEFINE_integer("repeats", 2, "Timed interleaved rounds (after one warm-up pass per variant).")
+flags.DEFINE_integer("patch_sample", 2, "Patches timed per precision in patch mode (0: skip patch mode).")
+flags.DEFINE_list("rss", [], "Variants PRECISION:ROI:XLA to run once each in a fresh process for peak RSS.")
+flags.DEFINE_string("out", None, "Write the results as JSON here.")
+flags.DEFINE_string("_child", None, "Internal: PRECISION:ROI:XLA to run once, printing JSON.")
+
+
+class BenchError(PfaError):
+    """Bad benchmark settings."""
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def _build(config, precision: str, lr: int, xla: bool):
+    import keras  # noqa: PLC0415
+
+    from pfascannet.model.detector import build_detector  # noqa: PLC0415
+
+    model = build_detector(config, alpha=FLAGS.alpha, input_px=lr, precision=precision)
+    if keras.backend.backend() == "tensorflow":
+        model.jit_compile = xla
+    return model
+
+
+def _parse_variant(text: str) -> tuple[str, int, bool]:
+    try:
+        precision, lr, xla = text.split(":")
+        return precision, int(lr), xla == "on"
+    except ValueError:
+        raise BenchError(f"a variant is PRECISION:ROI:XLA (e.g. bfloat16:2708:off), got {text!r}") from None
+
+
+def _child(text: str) -> None:
+    import numpy as np  # noqa: PLC0415
+
+    from pfascannet.model.config import get_config  # noqa: PLC0415
+    from pfascannet.model.equivalence import structured_roi  # noqa: PLC0415
+
+    precision, lr, xla = _parse_variant(text)
+    model = _build(get_config(FLAGS.config), precision, lr, xla)
+    roi = structured_roi(lr)[None].astype(np.float32)
+    t0 = time.perf_counter()
+    model.predict_on_batch(roi)
+    print(json.dumps({"variant": text, "first_pass_s": time.perf_counter() - t0, "peak_rss_gb": _peak_rss_gb()}))
+
+
+def main(argv):
+    del argv
+    if FLAGS._child:
+        _child(FLAGS._child)
+        return
+    import keras  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from pfascannet.model.config import get_config  # noqa: PLC0415
+    from pfascannet.model.detector import build_patch_classifier, detector_macs  # noqa: PLC0415
+    from pfascannet.model.equivalence import structured_roi  # noqa: PLC0415
+    from pfascannet.model.precision import check_precision  # noqa: PLC0415
+
+    try:
+        sizes = [int(s) for s in FLAGS.roi_px]
+    except ValueError:
+        raise BenchError(f"--roi_px must be integers, got {FLAGS.roi_px}") from None
+    for lr in sizes:
+        geometry.ScanGeometry(alpha=FLAGS.alpha, roi_px=lr)
+    precisions = [check_precision(p) for p in FLAGS.precisions]
+    if any(x not in ("off", "on") for x in FLAGS.xla):
+        raise BenchError(f"--xla takes off and/or on, got {FLAGS.xla}")
+    backend = keras.backend.backend()
+    xlas = [x == "on" for x in FLAGS.xla] if backend == "tensorflow" else [True]
+    if FLAGS.repeats < 1 or FLAGS.patch_sample < 0:
+        raise BenchError("--repeats must be >= 1 and --patch_sample >= 0")
+    for v in FLAGS.rss:
+        _parse_variant(v)
+    config = get_config(FLAGS.config)
+
+    variants = []
+    for lr in sizes:
+        for precision in precisions:
+            for xla in xlas:
+                model = _build(config, precision, lr, xla)
+                roi = structured_roi(lr)[None].astype(np.float32)
+                t0 = time.perf_counter()
+                model.predict_on_batch(roi)  # warm-up: tracing / compilation / allocation
+                warm = time.perf_counter() - t0
+                variants.append({"model": model, "roi": roi, "roi_px": lr, "precision": precision,
+                                 "xla": xla, "warmup_s": warm, "times": []})
+                print(f"built {precision} LR {lr} xla={'on' if xla else 'off'}: warm-up {warm:.1f} s", flush=True)
+    for r in range(FLAGS.repeats):
+        for v in variants:
+            t0 = time.perf_counter()
+            v["model"].predict_on_batch(v["roi"])
+            v["times"].append(time.perf_counter() - t0)
+        print(f"round {r + 1}: " + " | ".join(f"{v['precision']}/{v['roi_px']}/{'xla' if v['xla'] else 'noxla'} "
+                                              f"{v['times'][-1]:.2f} s" for v in variants), flush=True)
+
+    per_patch = {}
+    if FLAGS.patch_sample:
+        n = FLAGS.patch_sample
+        patches = np.stack([structured_roi(geometry.PATCH_PX, seed=i) for i in range(n)]).astype(np.float32)
+        for precision in precisions:
+            model = build_patch_classifier(config, precision=precision)
+            model.predict_on_batch(patches[:1])
+            t0 = time.perf_counter()
+            for i in range(n):
+                model.predict_on_batch(patches[i:i + 1])
+            per_patch[precision] = (time.perf_counter() - t0) / n
+            print(f"patch classifier {precision}: {per_patch[precision]:.3f} s/patch", flush=True)
+
+    results = []
+    for v in variants:
+        lm = geometry.tile_px(v["roi_px"], FLAGS.alpha)
+        dense_s = statistics.median(v["times"])
+        row = {k: v[k] for k in ("roi_px", "precision", "xla", "warmup_s", "times")}
+        row.update(tile_px=lm, dense_s_per_roi=dense_s, gmac_per_roi=detector_macs(v["roi_px"], config, FLAGS.alpha) / 1e9,
+                   map_mpx_per_s=lm * lm * geometry.output_stride_px(FLAGS.alpha) ** 2 / dense_s / 1e6)
+        if v["precision"] in per_patch:
+            row["patch_s_per_roi_extrapolated"] = per_patch[v["precision"]] * lm * lm
+            row["dense_vs_patch"] = row["patch_s_per_roi_extrapolated"] / dense_s
+        results.append(row)
+    base = {(r["roi_px"], r["xla"]): r["dense_s_per_roi"] for r in results if r["precision"] == "float32"}
+    for r in results:
+        ref = base.get((r["roi_px"], r["xla"]))
+        ratio = f" | {ref / r['dense_s_per_roi']:.2f}x float32" if ref else ""
+        patch = f" | dense/patch {r['dense_vs_patch']:.0f}x" if "dense_vs_patch" in r else ""
+        print(f"LR {r['roi_px']:5d} {r['precision']:8s} xla={'on ' if r['xla'] else 'off'}: "
+              f"{r['dense_s_per_roi']:7.2f} s/ROI (median of {len(r['times'])}) | "
+              f"{r['map_mpx_per_s']:.3f} Mpx of map/s{ratio}{patch}", flush=True)
+
+    rss = []
+    for text in FLAGS.rss:
+        del variants  # free this process's models before the children run
+        variants = []
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--_child={text}",
+                              f"--config={FLAGS.config}", f"--alpha={FLAGS.alpha}"],
+                             capture_output=True, text=True, check=False)
+        line = (out.stdout.strip().splitlines() or [""])[-1]
+        try:
+            rss.append(json.loads(line))
+        except ValueError:
+            rss.append({"variant": text, "error": (out.stderr.strip().splitlines() or ["no output"])[-1],
+                        "returncode": out.returncode})
+        print(f"peak RSS {text}: {rss[-1]}", flush=True)
+
+    if FLAGS.out:
+        from pfascannet.io_utils import write_json  # noqa: PLC0415
+
+        write_json(FLAGS.out, {
+            "config": config.to_dict(), "alpha": FLAGS.alpha, "repeats": FLAGS.repeats,
+            "patch_sample": FLAGS.patch_sample, "patch_s_per_patch": per_patch,
+            "backend": backend, "keras": keras.__version__, "cpu_count": os.cpu_count(),
+            "machine": platform.processor() or platform.machine(),
+            "load_average": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "results": results, "peak_rss": rss,
+        })
+
+
+if __name__ == "__main__":
+    cliutil.run_main(main)
