@@ -1,7 +1,7 @@
 """``pfascannet demo``: the whole pipeline on a laptop CPU, in minutes, with pictures.
 
 1. a synthetic Camelyon-like cohort (``synthetic``): patients of five nodes, half for training;
-2. a ``tiny`` PFA-ScanNet: the weights shipped in ``pfascannet/weights`` (made by the
+2. a narrow PFA-ScanNet: the weights shipped in ``pfascannet/weights`` (made by the
    command recorded beside them), or trained right here with ``--train``;
 3. the detector exported at alpha 16 (SavedModel + .keras);
 4. every slide scanned densely (2708 ROIs, 32 px map), training slides too (the
@@ -29,6 +29,9 @@ SIZES = {
     "default": workflow.CohortSettings(seed=0, patients=6, slide_size=4096, test_fraction=0.5),
 }
 SHIPPED = "tiny_demo"
+"""``pfascannet/weights/<SHIPPED>.weights.h5`` and ``.json`` (command, cohort, ``config``: the widths)."""
+TRAIN_CONFIG = "tiny"
+"""Widths of a model trained by ``--train`` (a few CPU minutes)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,24 +52,28 @@ class DemoSettings:
             raise PfaError("--train_steps must be >= 1 and --train_minutes > 0")
 
 
-def obtain_model(s: DemoSettings, cohort_dir: str, log: workflow.Log) -> tuple[str, str]:
-    """``(weights path, provenance sentence)``: shipped weights, or a run trained here."""
+def obtain_model(s: DemoSettings, cohort_dir: str, log: workflow.Log) -> tuple[str, str, str]:
+    """``(weights path, model config name, provenance sentence)``: shipped weights, or a run trained here."""
     shipped = None if s.train else workflow.shipped_weights(SHIPPED)
     if shipped is not None:
         path, meta = shipped
-        log(f"      using the shipped tiny weights {path}")
-        return path, (f"model: shipped `tiny` weights ({os.path.basename(path)}), made by "
-                      f"`{meta.get('command', '?')}` ({meta.get('note', '')})")
+        config = meta.get("config", TRAIN_CONFIG)
+        log(f"      using the shipped `{config}` weights {path}")
+        return path, config, (f"model: shipped `{config}` weights ({os.path.basename(path)}), made by "
+                              f"`{meta.get('command', '?')}` ({meta.get('note', '')})")
     if not s.train:
         log("      no shipped weights found: training here instead")
     from pfascannet.training.trainer import TrainSettings  # noqa: PLC0415
 
-    settings = TrainSettings(data=cohort_dir, workdir=os.path.join(s.out, "train"), config="tiny",
-                             steps=s.train_steps, batch_size=8, learning_rate=0.002, seed=s.seed,
-                             max_seconds=60 * s.train_minutes, log_every=10, checkpoint_every=50)
+    # The from-scratch recipe (trainer.TrainSettings.optimizer): Adam with a warm-up.
+    settings = TrainSettings(data=cohort_dir, workdir=os.path.join(s.out, "train"), config=TRAIN_CONFIG,
+                             steps=s.train_steps, batch_size=8, optimizer="adam", learning_rate=1e-3,
+                             warmup_steps=20, seed=s.seed, max_seconds=60 * s.train_minutes, log_every=10,
+                             checkpoint_every=50)
     weights = workflow.train_model(settings, log)
-    return weights, (f"model: `tiny` trained here for up to {s.train_steps} steps / {s.train_minutes:g} min "
-                     f"(lr {settings.learning_rate}, batch {settings.batch_size}, seed {s.seed})")
+    return weights, TRAIN_CONFIG, (
+        f"model: `{TRAIN_CONFIG}` trained here for up to {s.train_steps} steps / {s.train_minutes:g} min "
+        f"(Adam, lr {settings.learning_rate}, batch {settings.batch_size}, seed {s.seed})")
 
 
 def _froc_value(v: Optional[float]) -> str:
@@ -89,11 +96,11 @@ def run_demo(s: DemoSettings, log: Optional[workflow.Log] = None) -> dict:
     log.end()
 
     log.begin("model")
-    weights, provenance = obtain_model(s, cohort_dir, log)
+    weights, config_name, provenance = obtain_model(s, cohort_dir, log)
     log.end()
 
     log.begin(f"export the detector at alpha {geometry.PAPER_ALPHA}, ROI {geometry.PAPER_ROI_PX}")
-    workflow.export_model(weights, "tiny", export_dir, geometry.PAPER_ALPHA, geometry.PAPER_ROI_PX, log)
+    workflow.export_model(weights, config_name, export_dir, geometry.PAPER_ALPHA, geometry.PAPER_ROI_PX, log)
     log.end()
 
     slides = workflow.cohort_slides(cohort_dir)
@@ -107,7 +114,7 @@ def run_demo(s: DemoSettings, log: Optional[workflow.Log] = None) -> dict:
     log.end()
 
     log.begin("report")
-    row = reporting.results_row("PFA-ScanNet (tiny, this run)", ev, timing)
+    row = reporting.results_row(f"PFA-ScanNet ({config_name}, this run)", ev, timing)
     table = reporting.table1_markdown([row], title="Table 1-shaped results (synthetic cohort, this machine)")
     refs = reference.select_split(reference.read_reference(os.path.join(cohort_dir, "slides.csv")), "test")
     heatmaps = [(f"{sid} ({r.node_label})", os.path.join(scan_dir, "heatmaps", f"{sid}.png"))
