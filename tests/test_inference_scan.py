@@ -339,3 +339,15 @@ def test_cohort_slide_at_paper_geometry(cohort, tmp_path):
             r, c = int(rows[k]), int(cols[k])
             cell = reader.read_region((32 * c, 32 * r), 0, (32, 32))
             assert prob_map[r, c] == pytest.approx(cell.astype(np.float64).mean() / 255.0, abs=1e-6)
+
+
+def test_heatmap_tints_tissue_only():
+    from pfascannet.inference.engine import tissue_on_map_grid
+
+    tissue = np.zeros((4, 6), bool)  # downsample 64: level-0 384 x 256
+    tissue[1:3, 2:5] = True
+    on_map = tissue_on_map_grid(tissue, 64, 32, (8, 12))  # map stride 32: two map pixels per tissue cell
+    assert on_map.shape == (8, 12)
+    np.testing.assert_array_equal(on_map, np.repeat(np.repeat(tissue, 2, 0), 2, 1))
+    # A coarser map (stride 128) reads the cell under each pixel's centre (level-0 64 + 128 k).
+    np.testing.assert_array_equal(tissue_on_map_grid(tissue, 64, 128, (2, 3)), tissue[1::2, 1::2])
