@@ -953,6 +953,27 @@ class ScanSummary:
         return "\n".join(lines)
 
 
+def write_scan_config(out_dir: str, runs: list, options: ScanOptions, paths: Sequence[str],
+                      shard: Optional[tuple[int, int]] = None, **extra) -> None:
+    """Writes ``scan_config.json`` (``scan_config.shard<i>of<N>.json`` for a shard): what a scan was asked for."""
+    os.makedirs(out_dir, exist_ok=True)
+    write_json(
+        os.path.join(out_dir, "scan_config.json" if shard is None else f"scan_config.shard{shard[0]}of{shard[1]}.json"),
+        {
+            "runs": runs,
+            "options": {
+                f.name: (v if isinstance(v, (int, float, str, type(None))) else repr(v))
+                for f in dataclasses.fields(options)
+                if f.name != "progress_stream"
+                for v in [getattr(options, f.name)]
+            },
+            "shard": list(shard) if shard else None,
+            "slides": list(paths),
+            **extra,
+        },
+    )
+
+
 def scan_slides(
     slides: str | Sequence[str],
     runs: Sequence[ModelRun],
@@ -984,21 +1005,7 @@ def scan_slides(
     paths = list_slides(slides)
     if shard is not None:
         paths = shard_slides(paths, shard)
-    os.makedirs(out_dir, exist_ok=True)
-    write_json(
-        os.path.join(out_dir, "scan_config.json" if shard is None else f"scan_config.shard{shard[0]}of{shard[1]}.json"),
-        {
-            "runs": [r.describe() for r in runs],
-            "options": {
-                f.name: (v if isinstance(v, (int, float, str, type(None))) else repr(v))
-                for f in dataclasses.fields(options)
-                if f.name != "progress_stream"
-                for v in [getattr(options, f.name)]
-            },
-            "shard": list(shard) if shard else None,
-            "slides": paths,
-        },
-    )
+    write_scan_config(out_dir, [r.describe() for r in runs], options, paths, shard)
     remove_stale_temps(out_dir)  # slide_scores.csv, scan_config: a killed run's temporaries
     progress = Progress(len(paths), options.progress_stream, options.progress)
     t0 = time.perf_counter()

@@ -49,7 +49,6 @@ from typing import Callable, Optional, Sequence
 
 from pfascannet.errors import PfaError
 from pfascannet.inference import engine, outputs
-from pfascannet.io_utils import write_json
 
 RAY_MISSING = "--ray needs Ray, an optional extra: pip install -e '.[ray]' (or pip install 'ray>=2.9')"
 
@@ -269,21 +268,10 @@ def scan_slides_ray(
         else:
             task_resources = {"num_cpus": ray_options.cpus_per_task}
             slots = max(1, int(resources.get("CPU", 1) // ray_options.cpus_per_task))
-        write_json(
-            os.path.join(out_dir, "scan_config.json" if shard is None else f"scan_config.shard{shard[0]}of{shard[1]}.json"),
-            {
-                "runs": [dataclasses.asdict(s) if dataclasses.is_dataclass(s) else repr(s) for s in specs],
-                "options": {
-                    f.name: (v if isinstance(v, (int, float, str, type(None))) else repr(v))
-                    for f in dataclasses.fields(options)
-                    if f.name != "progress_stream"
-                    for v in [getattr(options, f.name)]
-                },
-                "shard": list(shard) if shard else None,
-                "slides": paths,
-                "ray": dict(dataclasses.asdict(ray_options), task_resources=task_resources,
+        engine.write_scan_config(
+            out_dir, [dataclasses.asdict(s) if dataclasses.is_dataclass(s) else repr(s) for s in specs], options, paths,
+            shard, ray=dict(dataclasses.asdict(ray_options), task_resources=task_resources,
                             cluster={k: resources[k] for k in ("CPU", "GPU") if k in resources}),
-            },
         )
         progress = CohortProgress(len(paths), slots, options.progress_stream, options.progress)
         progress.message(
