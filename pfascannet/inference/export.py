@@ -285,6 +285,8 @@ def _broken_saved_model(path: str, exc: BaseException) -> str:
 def _set_jit(model: keras.Model, xla: bool) -> None:
     if keras.backend.backend() != "tensorflow":
         return  # JAX: predict is always jit-compiled here (eager JAX runs op by op); torch: no XLA
+    if getattr(model, "_jit_compile", None) is xla:
+        return  # already so (an edge-ROI view of the same model): keep the traced function
     model.jit_compile = xla
     model.predict_function = None  # Keras keeps the traced predict function: a new setting needs a new one
 
