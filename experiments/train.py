@@ -44,6 +44,8 @@ flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"],
                   "sgd (paper, with --momentum) or adam (from-scratch runs: SGD kills the ReLUs of narrow blocks).")
 flags.DEFINE_integer("warmup_steps", 0, "Linear learning-rate warm-up over this many steps (0: none).")
 flags.DEFINE_boolean("stream", True, "Fresh seeded patch positions every epoch (--nostream replays one draw).")
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16", "float16"],
+                  "Mixed precision (weights float32; float16 scales the loss). bfloat16 on Ampere+ GPUs / AVX512-BF16 CPUs.")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum (paper: 0.9).")
 flags.DEFINE_float("lambda_seg", 0.5, "lambda of eq. (3) (paper: 0.5).")
 flags.DEFINE_float("gamma", 0.04, "Truncation point of eq. (2) (paper: 0.04; 0 = plain BCE).")
@@ -96,7 +98,7 @@ def main(argv):
         max_seconds=FLAGS.max_minutes * 60 if FLAGS.max_minutes else None, strategy=FLAGS.strategy,
         collective=FLAGS.collective, collective_timeout_s=FLAGS.collective_timeout_s,
         kernel_init=FLAGS.kernel_init, imagenet_weights=FLAGS.imagenet_weights, optimizer=FLAGS.optimizer,
-        warmup_steps=FLAGS.warmup_steps, stream=FLAGS.stream,
+        warmup_steps=FLAGS.warmup_steps, stream=FLAGS.stream, precision=FLAGS.precision,
     )
     result = trainer.train(settings)
     state = "stopped at --max_minutes" if result.stopped_early else "done"

@@ -173,3 +173,22 @@ def test_bfloat16_map_of_a_real_slide_stays_within_the_bound(cohort, tmp_path):
 
 def det_grid(det):
     return geometry.ScanGeometry(det.alpha, det.roi_px)
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_training_runs_a_few_steps_in_mixed_precision(cohort, tmp_path, precision):
+    from pfascannet.training import trainer  # noqa: PLC0415
+
+    s = trainer.TrainSettings(data=str(cohort), workdir=str(tmp_path / precision), config="tiny", steps=3,
+                              batch_size=1, random_per_class=1, boundary=0, itc=0, learning_rate=1e-3,
+                              checkpoint_every=3, log_every=1, precision=precision)
+    result = trainer.train(s)
+    assert result.step == 3 and all(np.isfinite(h[1]["total"]) for h in result.history)
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    config = json.load(open(tmp_path / precision / "config.json"))
+    assert config["settings"]["precision"] == precision
+    # The weights file is float32 and loads into the float32 model for export.
+    model = trainer.load_training_model(result.final_weights, "tiny")
+    assert all(w.dtype == "float32" for w in model.weights)
+    with pytest.raises(trainer.TrainingError, match="precision"):
+        trainer.TrainSettings(data=str(cohort), workdir=str(tmp_path / "x"), precision="half")

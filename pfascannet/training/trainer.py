@@ -79,12 +79,13 @@ OPTIMIZERS = ("sgd", "adam")
 _RUN_DEFINING = (
     "data", "config", "batch_size", "learning_rate", "momentum", "lambda_seg", "gamma", "synergistic",
     "seed", "split", "random_per_class", "boundary", "itc", "augment", "tfrecords", "hard_negative_at", "kernel_init",
-    "optimizer", "warmup_steps", "stream", "imagenet_weights",
+    "optimizer", "warmup_steps", "stream", "imagenet_weights", "precision",
 )
 
 
 # What runs written before a setting existed did, so that they still resume.
-_LEGACY_DEFAULTS = {"optimizer": "sgd", "warmup_steps": 0, "stream": False, "imagenet_weights": "imagenet"}
+_LEGACY_DEFAULTS = {"optimizer": "sgd", "warmup_steps": 0, "stream": False, "imagenet_weights": "imagenet",
+                    "precision": "float32"}
 
 
 class TrainingError(PfaError, ValueError):
@@ -148,6 +149,10 @@ class TrainSettings:
       stream: fresh seeded patch positions every epoch
         (``pipeline.SampleStream``) rather than one draw replayed; epoch 0 is
         ``samples.csv``.
+      precision: ``float32``, or ``bfloat16`` / ``float16`` Keras mixed
+        precision (``model.precision``; weights stay float32, the losses are
+        computed on float32 outputs); ``float16`` scales the loss
+        dynamically (``keras.optimizers.LossScaleOptimizer``).
     """
 
     data: str
@@ -184,6 +189,7 @@ class TrainSettings:
     optimizer: str = "sgd"
     warmup_steps: int = 0
     stream: bool = True
+    precision: str = "float32"
 
     def __post_init__(self):
         def pos_int(name, minimum=1):
@@ -204,6 +210,10 @@ class TrainSettings:
             raise TrainingError(f"kernel_init must be one of {KERNEL_INITS}, got {self.kernel_init!r}")
         if self.optimizer not in OPTIMIZERS:
             raise TrainingError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        from pfascannet.model.precision import PRECISIONS  # noqa: PLC0415
+
+        if self.precision not in PRECISIONS:
+            raise TrainingError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.kernel_init == "imagenet":
             if self.config != "paper_imagenet":
                 raise TrainingError(
@@ -450,6 +460,7 @@ def _train(s, on_progress, strategy, model_config, replicas, chief, workdir, wri
     from pfascannet.model.decoder import decoder_targets  # noqa: PLC0415
     from pfascannet.model.detector import build_training_model  # noqa: PLC0415
     from pfascannet.model.losses import SynergisticLoss  # noqa: PLC0415
+    from pfascannet.model.precision import dtype_policy  # noqa: PLC0415
 
     resolved = {
         "settings": s.to_dict(),
@@ -514,8 +525,11 @@ def _train(s, on_progress, strategy, model_config, replicas, chief, workdir, wri
     # -- model, optimiser, checkpoint ----------------------------------------
     keras.utils.set_random_seed(s.seed)
     with strategy.scope():
-        model = build_training_model(model_config)
+        with dtype_policy(s.precision):
+            model = build_training_model(model_config)
         optimizer = make_optimizer(s)
+        if s.precision == "float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # float16 gradients underflow otherwise
         # Built here, not lazily inside tf.function: slot variables must be
         # created under the strategy's scope, outside the replica context.
         optimizer.build(model.trainable_variables)
@@ -547,11 +561,15 @@ def _train(s, on_progress, strategy, model_config, replicas, chief, workdir, wri
     def replica_step(image, targets):
         with tf.GradientTape() as tape:
             outputs = model(image, training=True)
+            if s.precision != "float32":  # the losses' logs and means in float32
+                outputs = {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
             seg = decoder_targets(targets["mask"]) if s.synergistic else None
             losses = loss_fn(targets["label"], seg, outputs)
             # Losses are per-replica means; the optimiser sums gradients over
             # replicas, so divide to get the gradient of the global mean.
             scaled = losses["total"] / replicas
+            if s.precision == "float16":
+                scaled = optimizer.scale_loss(scaled)  # apply_gradients unscales
         grads = tape.gradient(scaled, variables)
         # Without synergistic learning the decoder gets no gradient at all.
         optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
