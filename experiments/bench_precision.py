@@ -7,8 +7,8 @@ Every variant (precision x XLA x ROI side) is built once and warmed up once
 so that load from other processes falls on every variant alike, and the
 median of each is reported.  Patch mode (alpha 1 on 692 patches) is timed per
 precision on ``--patch_sample`` patches and extrapolated to the Lm^2 patches
-that give the same map.  ``--rss`` runs each listed variant once more in a
-fresh child process and reports its peak RSS (the whole process: Python,
+that give the same map.  ``--rss`` runs each listed variant once in a fresh
+child process, before the timing, and reports its peak RSS (the whole process: Python,
 the framework, the model and one pass).
 
     python experiments/bench_precision.py --config paper --roi_px 2708 --precisions float32,bfloat16 \
@@ -121,6 +121,22 @@ def main(argv):
         _parse_variant(v)
     config = get_config(FLAGS.config)
 
+    # Peak RSS first, one fresh child per variant, while this process holds no
+    # model: a parent holding the timed models' memory pool beside a large
+    # child can exhaust the machine's RAM.
+    rss = []
+    for text in FLAGS.rss:
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--_child={text}",
+                              f"--config={FLAGS.config}", f"--alpha={FLAGS.alpha}"],
+                             capture_output=True, text=True, check=False)
+        line = (out.stdout.strip().splitlines() or [""])[-1]
+        try:
+            rss.append(json.loads(line))
+        except ValueError:
+            rss.append({"variant": text, "error": (out.stderr.strip().splitlines() or ["no output"])[-1],
+                        "returncode": out.returncode})
+        print(f"peak RSS {text}: {rss[-1]}", flush=True)
+
     variants = []
     for lr in sizes:
         for precision in precisions:
@@ -173,21 +189,6 @@ def main(argv):
         print(f"LR {r['roi_px']:5d} {r['precision']:8s} xla={'on ' if r['xla'] else 'off'}: "
               f"{r['dense_s_per_roi']:7.2f} s/ROI (median of {len(r['times'])}) | "
               f"{r['map_mpx_per_s']:.3f} Mpx of map/s{ratio}{patch}", flush=True)
-
-    rss = []
-    for text in FLAGS.rss:
-        del variants  # free this process's models before the children run
-        variants = []
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--_child={text}",
-                              f"--config={FLAGS.config}", f"--alpha={FLAGS.alpha}"],
-                             capture_output=True, text=True, check=False)
-        line = (out.stdout.strip().splitlines() or [""])[-1]
-        try:
-            rss.append(json.loads(line))
-        except ValueError:
-            rss.append({"variant": text, "error": (out.stderr.strip().splitlines() or ["no output"])[-1],
-                        "returncode": out.returncode})
-        print(f"peak RSS {text}: {rss[-1]}", flush=True)
 
     if FLAGS.out:
         from pfascannet.io_utils import write_json  # noqa: PLC0415
