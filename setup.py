@@ -14,7 +14,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["pfascannet", "pfascannet.*"]),
-    # The demo's tiny weights (reproduced by the command in weights/tiny_demo.json).
+    # The demo's weights (weights/demo.json records how they were made) and the tiny ones tests use.
     package_data={"pfascannet": ["weights/*.weights.h5", "weights/*.json"]},
     install_requires=[
         "tensorflow>=2.16",

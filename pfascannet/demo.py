@@ -28,7 +28,7 @@ SIZES = {
     "fast": workflow.CohortSettings(seed=0, patients=2, slide_size=3072, test_fraction=0.5),
     "default": workflow.CohortSettings(seed=0, patients=6, slide_size=4096, test_fraction=0.5),
 }
-SHIPPED = "tiny_demo"
+SHIPPED = "demo"
 """``pfascannet/weights/<SHIPPED>.weights.h5`` and ``.json`` (command, cohort, ``config``: the widths)."""
 TRAIN_CONFIG = "tiny"
 """Widths of a model trained by ``--train`` (a few CPU minutes)."""

@@ -15,8 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    if workflow.shipped_weights("tiny_demo") is None:
-        pytest.fail("pfascannet/weights/tiny_demo.weights.h5 (+ .json) must ship with the package")
+    if workflow.shipped_weights("demo") is None:
+        pytest.fail("pfascannet/weights/demo.weights.h5 (+ demo.json) must ship with the package")
     out = tmp_path_factory.mktemp("demo") / "out"
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.run([sys.executable, "-m", "pfascannet.cli", "demo", "--fast", "--out", str(out)],
