@@ -1,7 +1,7 @@
 """The demo cohort scanned at float32 and bfloat16, with and without edge ROIs: maps, FROC/AUC, model time.
 
-Issue 14's checks on "a real synthetic slide": the shipped tiny weights, the
-demo's default cohort (``pfascannet demo``: 6 patients x 5 nodes, seed 0),
+Issue 14's checks on "a real synthetic slide": shipped weights (``--shipped``,
+default the tiny ones the issue-14 figures used), the demo's default cohort (``pfascannet demo``: 6 patients x 5 nodes, seed 0),
 exported at alpha 16 / ROI 2708, scanned three times into separate folders:
 
 - ``f32_whole``: float32, whole ROIs only (the scan before issue 14);
@@ -35,6 +35,8 @@ from pfascannet.cliutil import run_main  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/pfascannet_bench_demo", "Cohort, export and scans go here.")
 flags.DEFINE_enum("size", "default", ["default", "fast"], "The demo's cohort size.")
+flags.DEFINE_string("shipped", "tiny_demo", "Shipped weights (pfascannet/weights/<name>.weights.h5) to scan with.")
+flags.DEFINE_string("config", "tiny", "Their model config.")
 flags.DEFINE_list("variants", ["f32_whole", "f32_edges", "bf16_edges"], "Scans to run (names as above).")
 
 VARIANTS = {"f32_whole": ("float32", False), "f32_edges": ("float32", True), "bf16_edges": ("bfloat16", True),
@@ -50,11 +52,14 @@ def main(argv) -> None:
     from pfascannet.evaluation import run as evaluation  # noqa: PLC0415
     from pfascannet.inference import engine, runs  # noqa: PLC0415
 
+    shipped = workflow.shipped_weights(FLAGS.shipped)
+    if shipped is None:
+        raise SystemExit(f"error: no shipped weights named {FLAGS.shipped!r} in pfascannet/weights")
+    weights = shipped[0]
     log = workflow.Log()
     cohort = os.path.join(FLAGS.workdir, "cohort")
     workflow.ensure_cohort(cohort, demo.SIZES[FLAGS.size], log)
-    weights, _ = workflow.shipped_weights(demo.SHIPPED)
-    export_dir = workflow.export_model(weights, "tiny", os.path.join(FLAGS.workdir, "model_a16"),
+    export_dir = workflow.export_model(weights, FLAGS.config, os.path.join(FLAGS.workdir, "model_a16"),
                                        geometry.PAPER_ALPHA, geometry.PAPER_ROI_PX, log)
     slides = workflow.cohort_slides(cohort)
     results = {}
