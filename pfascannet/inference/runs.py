@@ -211,28 +211,6 @@ def rebuild_at_alpha(detector, alpha: int, roi_px: int):
     return export.KerasDetector(rebuilt, alpha, roi_px, digest=detector.digest, xla=xla)
 
 
-def load_runs(
-    model_path: str,
-    alpha: Optional[int] = None,
-    roi: Union[int, str, None] = None,
-    mode: str = "dense",
-    ensemble: Sequence[str] = (),
-    ensemble_alpha: Optional[int] = 32,
-    batch: int = 1,
-    memory_budget_bytes: Optional[float] = None,
-    precision: Optional[str] = None,
-    xla: str = "auto",
-) -> list[ModelRun]:
-    """The runs of a scan: the main model, then each ensemble member (default alpha 32, §3).
-
-    An ensemble member's ROI side is chosen on its own grid: ``auto`` again,
-    or the main run's map tile Lm (so both read ROIs of about the same size).
-    """
-    return [load_spec(spec) for spec in resolve_runs(
-        model_path, alpha, roi, mode, ensemble, ensemble_alpha, batch, memory_budget_bytes, precision, xla
-    )]
-
-
 def resolve_runs(
     model_path: str,
     alpha: Optional[int] = None,
@@ -245,7 +223,13 @@ def resolve_runs(
     precision: Optional[str] = None,
     xla: str = "auto",
 ) -> list[RunSpec]:
-    """``load_runs`` without the loading: every model path, alpha and ROI side checked up front."""
+    """The runs of a scan, checked but not loaded: the main model, then each ensemble member (default alpha 32, §3).
+
+    Every model path, alpha and ROI side is checked up front (before any model
+    loads); ``load_spec`` loads each.  An ensemble member's ROI side is chosen
+    on its own grid: ``auto`` again, or the main run's map tile Lm (so both
+    read ROIs of about the same size).
+    """
     specs = [resolve_run(model_path, alpha, roi, mode, batch, memory_budget_bytes, precision, xla)]
     for other in ensemble:
         other_roi: Union[int, str, None]
