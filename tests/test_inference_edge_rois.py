@@ -9,7 +9,6 @@ pixels than the whole ROI.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from pfascannet import geometry
 from pfascannet.inference import engine, export
