@@ -50,7 +50,7 @@ def calibration(scan_dir: str, cohort_dir: str, slides: dict) -> dict:
     import numpy as np  # noqa: PLC0415
 
     from pfascannet.evaluation import froc  # noqa: PLC0415
-    from pfascannet.inference.engine import tissue_on_map_grid  # noqa: PLC0415
+    from pfascannet.inference.plan import tissue_on_map  # noqa: PLC0415
     from pfascannet.slide.reader import SlideReader  # noqa: PLC0415
     from pfascannet.slide.tissue import tissue_mask  # noqa: PLC0415
 
@@ -60,16 +60,16 @@ def calibration(scan_dir: str, cohort_dir: str, slides: dict) -> dict:
         with open(os.path.join(scan_dir, "maps", f"{sid}.json"), encoding="utf-8") as f:
             stride = int(json.load(f)["stride_px"])
         maxima["tumour" if ref.tumour else "normal"].append(float(prob.max()))
+        with SlideReader(os.path.join(cohort_dir, "images", f"{sid}.tif")) as reader:
+            dims = reader.dimensions
+            tissue = None if ref.tumour else tissue_mask(reader, downsample=32)
         if ref.tumour:
             mask = froc.slide_tumour_mask(sid, os.path.join(cohort_dir, "masks"),
                                           os.path.join(cohort_dir, "annotations"),
                                           images_dir=os.path.join(cohort_dir, "images")) > 0
-            on_map = tissue_on_map_grid(mask, froc.EVAL_DOWNSAMPLE, stride, prob.shape)
-            tumour_vals.append(prob[on_map])
+            tumour_vals.append(prob[tissue_on_map(mask, froc.EVAL_DOWNSAMPLE, dims, stride)])
         else:
-            with SlideReader(os.path.join(cohort_dir, "images", f"{sid}.tif")) as reader:
-                tissue = tissue_mask(reader, downsample=32)
-            normal_vals.append(prob[tissue_on_map_grid(tissue, 32, stride, prob.shape)])
+            normal_vals.append(prob[tissue_on_map(tissue, 32, dims, stride)])
 
     def pct(chunks):
         v = np.concatenate(chunks) if chunks else np.zeros(0)

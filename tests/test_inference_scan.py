@@ -341,13 +341,26 @@ def test_cohort_slide_at_paper_geometry(cohort, tmp_path):
             assert prob_map[r, c] == pytest.approx(cell.astype(np.float64).mean() / 255.0, abs=1e-6)
 
 
-def test_heatmap_tints_tissue_only():
-    from pfascannet.inference.engine import tissue_on_map_grid
+def test_heatmap_tints_tissue_only(slide_path, tmp_path, monkeypatch):
+    from pfascannet.inference import outputs
+    from pfascannet.inference.plan import tissue_on_map
 
-    tissue = np.zeros((4, 6), bool)  # downsample 64: level-0 384 x 256
-    tissue[1:3, 2:5] = True
-    on_map = tissue_on_map_grid(tissue, 64, 32, (8, 12))  # map stride 32: two map pixels per tissue cell
-    assert on_map.shape == (8, 12)
-    np.testing.assert_array_equal(on_map, np.repeat(np.repeat(tissue, 2, 0), 2, 1))
-    # A coarser map (stride 128) reads the cell under each pixel's centre (level-0 64 + 128 k).
-    np.testing.assert_array_equal(tissue_on_map_grid(tissue, 64, 128, (2, 3)), tissue[1::2, 1::2])
+    with SlideReader(slide_path) as reader:
+        dims = reader.dimensions
+    # Tissue in a 3 x 5 block of 32-px cells: the ROIs over it hold glass too.
+    tissue = np.zeros((-(-dims[1] // 32), -(-dims[0] // 32)), bool)
+    tissue[5:8, 10:15] = True
+    seen = {}
+
+    def capture(path, thumbnail, prob_map, scanned=None, title="", opacity=0.55):
+        seen["scanned"] = scanned
+
+    monkeypatch.setattr(outputs, "write_heatmap_png", capture)
+    options = engine.ScanOptions(**dict(QUIET, heatmap=True, tissue=lambda reader: tissue))
+    result = engine.scan_slide(slide_path, [_run()], str(tmp_path / "S"), options)
+    assert result.status == "done"
+    on_map = tissue_on_map(tissue, 32, dims, 32)
+    roi_cover = make_plan(dims, _run().grid, tissue, 32)
+    # Tinted: exactly the tissue; the glass of the scanned ROIs stays untinted.
+    np.testing.assert_array_equal(seen["scanned"], on_map)
+    assert len(roi_cover) * LM * LM > on_map.sum() == 15

@@ -56,7 +56,7 @@ import numpy as np
 from pfascannet import geometry
 from pfascannet.errors import PfaError
 from pfascannet.inference import lesions, outputs
-from pfascannet.inference.plan import RoiPlan, level_downsample, make_plan
+from pfascannet.inference.plan import RoiPlan, level_downsample, make_plan, tissue_on_map
 from pfascannet.io_utils import FileLock, atomic_path, is_temp_name, remove_stale_temps, write_json
 from pfascannet.slide.reader import SlideReader
 
@@ -637,14 +637,6 @@ def _tissue(reader: SlideReader, options: ScanOptions) -> Optional[np.ndarray]:
     return tissue_mask(reader, downsample=options.tissue_downsample)
 
 
-def tissue_on_map_grid(tissue: np.ndarray, tissue_ds: int, stride_px: int, map_shape: tuple[int, int]) -> np.ndarray:
-    """The tissue mask (at ``tissue_ds``) on the map's grid: map pixel (r, c) takes the tissue cell under its centre."""
-    h, w = map_shape
-    rows = np.minimum(((np.arange(h) + 0.5) * stride_px / tissue_ds).astype(np.int64), tissue.shape[0] - 1)
-    cols = np.minimum(((np.arange(w) + 0.5) * stride_px / tissue_ds).astype(np.int64), tissue.shape[1] - 1)
-    return np.asarray(tissue, bool)[np.ix_(rows, cols)]
-
-
 def slide_identity(path: str) -> dict:
     """What identifies a slide file's content cheaply: its name, size and modification time."""
     try:
@@ -800,7 +792,7 @@ def _scan_slide_locked(path, slide, runs, out_dir, options, progress, on_batch) 
         scanned[r0:r1, c0:c1] = True
     if tissue is not None:
         # The heatmap tints tissue only: a scanned ROI's glass is left untinted.
-        scanned &= tissue_on_map_grid(tissue, options.tissue_downsample, grid_plan.stride_px, scanned.shape)
+        scanned &= tissue_on_map(tissue, options.tissue_downsample, dims, grid_plan.stride_px)
     thumbnail = None
     if options.heatmap:
         with SlideReader(path, mpp=options.mpp) as reader:
