@@ -139,11 +139,10 @@ class SampleStream:
         self.sampler = sampler
         self.seed = int(seed)
         self.extra = list(extra)
-        self._cache: dict[int, list[PatchSample]] = {}
         self._lock = threading.Lock()
-        if first is not None:
-            self._cache[0] = list(first) + self.extra
-        self.n = len(self.epoch(0))
+        epoch0 = list(first) + self.extra if first is not None else self._draw(0)
+        self._cache: dict[int, list[PatchSample]] = {0: epoch0}
+        self.n = len(epoch0)
         if self.n == 0:
             raise PipelineError("the sampler gave no samples to stream")
 
@@ -157,7 +156,7 @@ class SampleStream:
         with self._lock:
             if epoch not in self._cache:
                 drawn = self._draw(epoch)
-                if hasattr(self, "n") and len(drawn) != self.n:
+                if len(drawn) != self.n:
                     raise PipelineError(f"epoch {epoch} drew {len(drawn)} samples, epoch 0 {self.n}")
                 self._cache[epoch] = drawn
                 for old in sorted(self._cache)[:-3]:
