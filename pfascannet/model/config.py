@@ -97,7 +97,7 @@ class ModelConfig:
         The paper's own recipe: start the trunk from ImageNet and fine-tune
         (``experiments/train.py --config paper_imagenet --kernel_init imagenet``).
         """
-        return cls(name="paper_imagenet", widths=(64, 128, 256, 512, 512), input_convention="caffe")
+        return cls(name="paper_imagenet", widths=cls.paper().widths, input_convention="caffe")
 
     def to_dict(self) -> dict:
         """JSON-ready dict; ``ModelConfig(**d)`` rebuilds it."""

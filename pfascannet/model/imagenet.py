@@ -26,13 +26,14 @@ import keras
 from keras import ops
 
 from pfascannet.errors import PfaError
+from pfascannet.model.config import ModelConfig
 from pfascannet.model.trunk import CONVS_PER_BLOCK
 
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 """Per-channel means (B, G, R) that ``keras.applications.vgg16.preprocess_input`` subtracts."""
 
-IMAGENET_WIDTHS = (64, 128, 256, 512, 512)
-"""VGG16's conv block widths: the only widths ImageNet weights fit."""
+IMAGENET_WIDTHS = ModelConfig.paper().widths
+"""VGG16's conv block widths (the paper's config): the only widths ImageNet weights fit."""
 
 
 class ImagenetInitError(PfaError, ValueError):
