@@ -1,5 +1,6 @@
 """The trainer: MirroredStrategy over two devices, kill and resume, loss falls (Sec. 2.3, eq. (3))."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -134,7 +135,7 @@ def test_without_synergistic_learning_and_with_hard_negatives(cohort, tmp_path):
     # positive) adds what it found to the training samples.
     s = _settings(cohort, tmp_path, steps=2, batch_size=1, random_per_class=1, boundary=0, itc=0,
                   synergistic=False, augment=False, hard_negative_at=1, hard_negative_candidates=3,
-                  hard_negative_threshold=0.0)
+                  hard_negative_threshold=0.0, hard_negative_source="patches")
     r = trainer.train(s, on_progress=None)
     assert [h[1]["segmentation"] for h in r.history] == [0.0, 0.0]
     from pfascannet.data import sampling
@@ -157,6 +158,59 @@ def test_without_synergistic_learning_and_with_hard_negatives(cohort, tmp_path):
             np.testing.assert_array_equal(wa, wb)
     trunk = model.get_layer("block1_conv1").get_weights()[0]
     assert not np.array_equal(trunk, fresh.get_layer("block1_conv1").get_weights()[0])
+
+
+def test_hard_negative_rounds_scan_the_training_slides_and_resume(cohort, tmp_path, monkeypatch):
+    # Rounds at steps 1 and 3 (every 2): each scans the training slides with the
+    # weights of that moment and keeps the confident maxima in normal tissue.
+    from pfascannet.data import sampling
+
+    mined = []
+    real_mine = trainer._mine
+
+    def counting_mine(s, *args):
+        mined.append(args[-1])
+        return real_mine(s, *args)
+
+    monkeypatch.setattr(trainer, "_mine", counting_mine)
+    s = _settings(cohort, tmp_path, steps=4, batch_size=1, random_per_class=1, boundary=0, itc=0, augment=False,
+                  hard_negative_at=1, hard_negative_every=2, hard_negative_threshold=0.0, hard_negative_max=5)
+    assert s.hard_negative_source == "slides" and s.mining_steps() == [1, 3]
+    r = trainer.train(s, on_progress=None)
+    assert mined == [1, 3]
+    sampler = sampling.PatchSampler(sampling.load_cohort(_dir(cohort), "train"))
+    rounds = [sampling.load_samples(tmp_path / "hard_negatives.csv"),
+              sampling.load_samples(tmp_path / "hard_negatives_step3.csv")]
+    for step, found in zip((1, 3), rounds):
+        assert 0 < len(found) <= 5
+        maps = tmp_path / "mining" / f"step_{step}" / "maps"
+        assert sorted(p.stem for p in maps.glob("*.npy")) == sorted(sampler.slides)
+        for h in found:
+            assert h.kind == "hard_negative" and h.label == 0
+            cx, cy = h.centre_xy
+            assert sampler.truth(h.slide_id).label_at((cx, cy)) == 0
+            prob = np.load(maps / f"{h.slide_id}.npy")
+            assert prob[cy // 32, cx // 32] > 0  # a maximum of the map, in scanned tissue
+    both = {(h.slide_id, h.x, h.y) for found in rounds for h in found}
+    assert r.samples == 2 + len(both)
+
+    # Resumed to 6 steps: rounds 1 and 3 are read back, only the new round at 5 runs.
+    mined.clear()
+    r2 = trainer.train(dataclasses.replace(s, steps=6), on_progress=None)
+    assert mined == [5] and r2.resumed_from == 4
+    assert (tmp_path / "hard_negatives_step5.csv").exists()
+
+
+def test_learning_rate_warms_up_then_decays_to_zero(cohort, tmp_path):
+    opt = trainer.make_optimizer(_settings(cohort, tmp_path, optimizer="adam", learning_rate=1e-3, warmup_steps=4,
+                                           lr_schedule="cosine", steps=104))
+    schedule = opt.learning_rate if callable(opt.learning_rate) else opt._learning_rate
+    rates = [float(schedule(i)) for i in (0, 3, 4, 54, 104, 200)]
+    np.testing.assert_allclose(rates, [2.5e-4, 1e-3, 1e-3, 5e-4, 0.0, 0.0], atol=1e-9)
+    with pytest.raises(trainer.TrainingError, match="lr_schedule must be one of"):
+        _settings(cohort, tmp_path, lr_schedule="step")
+    with pytest.raises(trainer.TrainingError, match="hard_negative_source must be one of"):
+        _settings(cohort, tmp_path, hard_negative_source="random")
 
 
 def test_settings_and_workdir_errors_are_clear(cohort, tmp_path):
@@ -198,13 +252,22 @@ def test_a_run_written_before_the_recipe_settings_still_resumes(cohort, tmp_path
     work = tmp_path / "old"
     os.makedirs(work)
     old = _settings(cohort, work, optimizer="sgd", warmup_steps=0, stream=False).to_dict()
-    for key in ("optimizer", "warmup_steps", "stream", "imagenet_weights"):
+    for key in ("optimizer", "warmup_steps", "stream", "imagenet_weights", "hard_negative_every",
+                "hard_negative_source", "lr_schedule"):
         old.pop(key)
     json.dump({"settings": old}, open(work / "config.json", "w"))
     resolved = {"settings": _settings(cohort, work, stream=False).to_dict()}
     trainer._check_workdir_config(str(work / "config.json"), resolved)  # same run: no error
     with pytest.raises(trainer.TrainingError, match="stream"):
         trainer._check_workdir_config(str(work / "config.json"), {"settings": _settings(cohort, work).to_dict()})
+    # An older run that mined hard negatives mined random patches, one round.
+    old_mining = dict(old, hard_negative_at=2)
+    json.dump({"settings": old_mining}, open(work / "config.json", "w"))
+    same = _settings(cohort, work, stream=False, hard_negative_at=2, hard_negative_source="patches")
+    trainer._check_workdir_config(str(work / "config.json"), {"settings": same.to_dict()})
+    with pytest.raises(trainer.TrainingError, match="hard_negative_source"):
+        slides = dataclasses.replace(same, hard_negative_source="slides")
+        trainer._check_workdir_config(str(work / "config.json"), {"settings": slides.to_dict()})
 
 
 def test_imagenet_start_loads_the_trunk_and_keeps_he_elsewhere(cohort, tmp_path):

@@ -74,18 +74,22 @@ COLLECTIVES = ("auto", "ring", "nccl")
 """Multi-worker all-reduce: ``ring`` (gRPC, CPUs), ``nccl`` (GPUs), ``auto`` (NCCL where every device is a GPU)."""
 KERNEL_INITS = ("he_normal", "model", "imagenet")
 OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "cosine")
+HARD_NEGATIVE_SOURCES = ("slides", "patches")
 
 # Settings that change what a run computes: a resumed run must match them.
 _RUN_DEFINING = (
     "data", "config", "batch_size", "learning_rate", "momentum", "lambda_seg", "gamma", "synergistic",
     "seed", "split", "random_per_class", "boundary", "itc", "augment", "tfrecords", "hard_negative_at", "kernel_init",
-    "optimizer", "warmup_steps", "stream", "imagenet_weights", "precision",
+    "optimizer", "warmup_steps", "stream", "imagenet_weights", "precision", "hard_negative_every",
+    "hard_negative_source", "hard_negative_threshold", "hard_negative_max", "hard_negative_candidates", "lr_schedule",
 )
 
 
 # What runs written before a setting existed did, so that they still resume.
 _LEGACY_DEFAULTS = {"optimizer": "sgd", "warmup_steps": 0, "stream": False, "imagenet_weights": "imagenet",
-                    "precision": "float32"}
+                    "precision": "float32", "hard_negative_every": 0, "hard_negative_source": "patches",
+                    "lr_schedule": "constant"}
 
 
 class TrainingError(PfaError, ValueError):
@@ -114,9 +118,18 @@ class TrainSettings:
       checkpoint_every: steps between checkpoints.
       keep_checkpoints: checkpoints kept.
       log_every: steps between log lines / TensorBoard points.
-      hard_negative_at: step at which to mine hard negatives (0: never).
+      hard_negative_at: step of the first hard-negative round (0: never).
+      hard_negative_every: steps between later rounds (0: one round); rounds
+        run at ``hard_negative_at + k * hard_negative_every`` below ``steps``,
+        and each round's negatives join the earlier rounds'.
+      hard_negative_source: ``slides`` (``training.mining``: the current
+        weights scan every training slide densely, and the map's maxima at or
+        above ``hard_negative_threshold`` in normal tissue become negatives)
+        or ``patches`` (``sampling.HardNegativeMiner``: the classifier scores
+        ``hard_negative_candidates`` random normal patches).
       hard_negative_candidates, hard_negative_threshold, hard_negative_max:
-        ``HardNegativeMiner`` settings.
+        candidates scored (``patches`` only), the false-positive probability,
+        and the most negatives one round adds.
       max_seconds: stop early (checkpoint + final weights) after this long.
       strategy: ``mirrored`` (one machine) or ``multiworker`` (TF_CONFIG).
       collective: multi-worker all-reduce implementation (``COLLECTIVES``).
@@ -146,6 +159,10 @@ class TrainSettings:
         by the learning rate per weight; 1e-3 is the usual rate).
       warmup_steps: the learning rate rises linearly from lr/warmup_steps
         to lr over this many steps (0: none); protects the same first steps.
+      lr_schedule: after the warm-up, ``constant`` (the paper is silent) or
+        ``cosine`` (half a cosine from the rate to 0 at ``steps``; our choice
+        for from-scratch Adam runs: at a constant 1e-3 the demo recipe's loss
+        rose again after its hard-negative round, 0.13 to 0.61 in 125 steps).
       stream: fresh seeded patch positions every epoch
         (``pipeline.SampleStream``) rather than one draw replayed; epoch 0 is
         ``samples.csv``.
@@ -179,6 +196,8 @@ class TrainSettings:
     hard_negative_candidates: int = 256
     hard_negative_threshold: float = 0.5
     hard_negative_max: int = 64
+    hard_negative_every: int = 0
+    hard_negative_source: str = "slides"
     max_seconds: Optional[float] = None
     strategy: str = "mirrored"
     collective: str = "auto"
@@ -188,6 +207,7 @@ class TrainSettings:
     imagenet_weights: str = "imagenet"
     optimizer: str = "sgd"
     warmup_steps: int = 0
+    lr_schedule: str = "constant"
     stream: bool = True
     precision: str = "float32"
 
@@ -200,7 +220,7 @@ class TrainSettings:
         for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
             pos_int(name)
         for name in ("random_per_class", "boundary", "itc", "hard_negative_at", "hard_negative_candidates",
-                     "hard_negative_max", "warmup_steps"):
+                     "hard_negative_max", "warmup_steps", "hard_negative_every"):
             pos_int(name, 0)
         if not self.learning_rate > 0:
             raise TrainingError(f"learning_rate must be > 0, got {self.learning_rate!r}")
@@ -210,6 +230,14 @@ class TrainSettings:
             raise TrainingError(f"kernel_init must be one of {KERNEL_INITS}, got {self.kernel_init!r}")
         if self.optimizer not in OPTIMIZERS:
             raise TrainingError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise TrainingError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.hard_negative_source not in HARD_NEGATIVE_SOURCES:
+            raise TrainingError(
+                f"hard_negative_source must be one of {HARD_NEGATIVE_SOURCES}, got {self.hard_negative_source!r}"
+            )
+        if not 0.0 <= self.hard_negative_threshold <= 1.0:
+            raise TrainingError(f"hard_negative_threshold must be in [0, 1], got {self.hard_negative_threshold!r}")
         from pfascannet.model.precision import PRECISIONS  # noqa: PLC0415
 
         if self.precision not in PRECISIONS:
@@ -236,6 +264,14 @@ class TrainSettings:
         from pfascannet.model.losses import SynergisticLoss  # noqa: PLC0415
 
         SynergisticLoss(gamma=self.gamma, lam=self.lambda_seg, synergistic=self.synergistic)
+
+    def mining_steps(self) -> list[int]:
+        """Steps at which a hard-negative round runs (before that step's batch)."""
+        if not self.hard_negative_at:
+            return []
+        if not self.hard_negative_every:
+            return [self.hard_negative_at] if self.hard_negative_at < self.steps else []
+        return list(range(self.hard_negative_at, self.steps, self.hard_negative_every))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -403,11 +439,16 @@ def _check_workdir_config(path: str, resolved: dict) -> None:
         return
     with open(path, encoding="utf-8") as f:
         old = json.load(f).get("settings", {})
+    new = resolved["settings"]
+    # Without mining on either side, how mining would have run does not matter.
+    no_mining = not old.get("hard_negative_at") and not new.get("hard_negative_at")
     diff = {}
     for k in _RUN_DEFINING:
+        if no_mining and k.startswith("hard_negative_"):
+            continue
         before = old.get(k, _LEGACY_DEFAULTS.get(k))
-        if before != resolved["settings"][k]:
-            diff[k] = (before, resolved["settings"][k])
+        if before != new[k]:
+            diff[k] = (before, new[k])
     if diff:
         raise TrainingError(
             f"{os.path.dirname(path)} holds a run with other settings {diff} (old, new); "
@@ -478,7 +519,6 @@ def _train(s, on_progress, strategy, model_config, replicas, chief, workdir, wri
     # -- data ---------------------------------------------------------------
     sampler = reader = None
     samples: list[sampling.PatchSample] = []
-    hard_path = os.path.join(workdir, "hard_negatives.csv")
     if s.tfrecords is None:
         slides = sampling.load_cohort(s.data, s.split)
         sampler = sampling.PatchSampler(
@@ -551,9 +591,11 @@ def _train(s, on_progress, strategy, model_config, replicas, chief, workdir, wri
         except ImagenetInitError as e:
             raise TrainingError(str(e)) from None
 
+    # Rounds already run when this process starts are read back, not mined again.
     hard: list = []
-    if s.hard_negative_at and start_step >= s.hard_negative_at and os.path.exists(hard_path):
-        hard = sampling.load_samples(hard_path)
+    for round_step in s.mining_steps():
+        if round_step < start_step:
+            hard = _join(hard, _load_round(workdir, s, round_step))
 
     loss_fn = SynergisticLoss(gamma=s.gamma, lam=s.lambda_seg, synergistic=s.synergistic)
     variables = model.trainable_variables
@@ -596,8 +638,11 @@ def _train(s, on_progress, strategy, model_config, replicas, chief, workdir, wri
     multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
     while step < s.steps:
-        if s.hard_negative_at and step == s.hard_negative_at and not hard:
-            hard = _mine(s, sampler, reader, model, chief, hard_path)
+        if step in s.mining_steps():
+            found = _load_round(workdir, s, step)
+            if found is None:
+                found = _mine(s, sampler, reader, model, model_config, chief, workdir, step)
+            hard = _join(hard, found)
             iterator = iter(make_dataset(step, hard))
         batch = next(iterator)
         ts = time.perf_counter()
@@ -617,7 +662,7 @@ def _train(s, on_progress, strategy, model_config, replicas, chief, workdir, wri
         if step % s.log_every == 0 or last or over_time:
             rate = (step - start_step) * s.batch_size / max(train_time, 1e-9)
             scalars = {f"train/{k}": v for k, v in losses.items()}
-            scalars.update({"train/learning_rate": s.learning_rate, "train/patches_per_s": rate})
+            scalars.update({"train/learning_rate": float(np.asarray(optimizer.learning_rate)), "train/patches_per_s": rate})
             write_scalars(writer, step, scalars)
             if on_progress is not None:
                 elapsed = time.perf_counter() - t0
@@ -671,44 +716,90 @@ def _cause(message: str) -> str:
     return " ".join(message.split())[:240]
 
 
-def _mine(s: TrainSettings, sampler, reader, model, chief: bool, path: str) -> list:
-    """Hard-negative stage: the current model scans normal tissue (Sec. 1)."""
-    miner = sampling.HardNegativeMiner(
-        candidates=s.hard_negative_candidates, threshold=s.hard_negative_threshold, max_keep=s.hard_negative_max,
-        batch_size=max(1, min(8, s.batch_size)),
-    )
-    found = miner(sampler, sampling.classifier_predict_fn(model), reader.read_patch, seed=s.seed + 1)
+def _round_path(workdir: str, s: TrainSettings, step: int) -> str:
+    # The first round keeps the name runs made before rounds existed gave it.
+    name = "hard_negatives.csv" if step == s.hard_negative_at else f"hard_negatives_step{step}.csv"
+    return os.path.join(workdir, name)
+
+
+def _load_round(workdir: str, s: TrainSettings, step: int) -> Optional[list]:
+    """The negatives a finished round found (None: the round has not run)."""
+    path = _round_path(workdir, s, step)
+    return sampling.load_samples(path) if os.path.exists(path) else None
+
+
+def _join(hard: list, found: Optional[list]) -> list:
+    """Earlier rounds' negatives plus a round's new ones (a place found twice counts once)."""
+    seen = {(h.slide_id, h.x, h.y) for h in hard}
+    return hard + [h for h in found or [] if (h.slide_id, h.x, h.y) not in seen]
+
+
+def _mine(s: TrainSettings, sampler, reader, model, model_config, chief: bool, workdir: str, step: int) -> list:
+    """One hard-negative round with the current weights (Sec. 1; ``hard_negative_source``)."""
+    t0 = time.perf_counter()
+    if s.hard_negative_source == "slides":
+        from pfascannet.training.mining import mine_from_slides  # noqa: PLC0415
+
+        found = mine_from_slides(model, model_config, sampler, os.path.join(workdir, "mining", f"step_{step}"),
+                                 threshold=s.hard_negative_threshold, max_keep=s.hard_negative_max)
+        what = f"{len(sampler.slides)} training slides scanned"
+    else:
+        miner = sampling.HardNegativeMiner(
+            candidates=s.hard_negative_candidates, threshold=s.hard_negative_threshold, max_keep=s.hard_negative_max,
+            batch_size=max(1, min(8, s.batch_size)),
+        )
+        seed = s.seed + 1 + s.mining_steps().index(step)
+        found = miner(sampler, sampling.classifier_predict_fn(model), reader.read_patch, seed=seed)
+        what = f"{s.hard_negative_candidates} normal patches scored"
     if chief:
-        sampling.save_samples(path, found)
-    print(f"hard-negative mining: {len(found)} false positives of {s.hard_negative_candidates} normal patches", flush=True)
+        sampling.save_samples(_round_path(workdir, s, step), found)
+    print(f"hard-negative round at step {step}: {len(found)} false positives >= {s.hard_negative_threshold:g} "
+          f"({what}, {time.perf_counter() - t0:.0f} s)", flush=True)
     return found
 
 
 class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up: ``learning_rate * min(1, (iteration + 1) / warmup_steps)``."""
+    """Linear warm-up, then constant or half a cosine down to 0.
 
-    def __init__(self, learning_rate: float, warmup_steps: int):
+    ``learning_rate * min(1, (i + 1) / warmup_steps)`` for iteration ``i``
+    (no ramp when ``warmup_steps`` is 0); with ``decay_steps`` > 0 that is
+    multiplied by ``(1 + cos(pi * t)) / 2``, ``t = (i - warmup_steps) /
+    (decay_steps - warmup_steps)`` clipped to [0, 1], so the rate reaches 0 at
+    iteration ``decay_steps``.
+    """
+
+    def __init__(self, learning_rate: float, warmup_steps: int, decay_steps: int = 0):
         self.learning_rate = float(learning_rate)
         self.warmup_steps = int(warmup_steps)
+        self.decay_steps = int(decay_steps)
 
     def __call__(self, step):
-        ramp = keras.ops.minimum(1.0, (keras.ops.cast(step, "float32") + 1.0) / float(self.warmup_steps))
-        return self.learning_rate * ramp
+        ops = keras.ops
+        i = ops.cast(step, "float32")
+        rate = ops.convert_to_tensor(self.learning_rate, "float32")
+        if self.warmup_steps:
+            rate = rate * ops.minimum(1.0, (i + 1.0) / float(self.warmup_steps))
+        if self.decay_steps:
+            span = float(max(self.decay_steps - self.warmup_steps, 1))
+            t = ops.clip((i - float(self.warmup_steps)) / span, 0.0, 1.0)
+            rate = rate * 0.5 * (1.0 + ops.cos(np.pi * t))
+        return rate
 
     def get_config(self) -> dict:
-        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
+        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps,
+                "decay_steps": self.decay_steps}
 
 
 def make_optimizer(s: TrainSettings):
-    """The run's optimiser: SGD with momentum (paper) or Adam, with optional linear warm-up.
+    """The run's optimiser: SGD with momentum (paper) or Adam, with optional warm-up and cosine decay.
 
     The warm-up reads the optimiser's own iteration count, which the
     checkpoint restores, so a resumed run continues on the same schedule.
     """
 
     lr = s.learning_rate
-    if s.warmup_steps:
-        lr = WarmUp(s.learning_rate, s.warmup_steps)
+    if s.warmup_steps or s.lr_schedule == "cosine":
+        lr = WarmUp(s.learning_rate, s.warmup_steps, s.steps if s.lr_schedule == "cosine" else 0)
     if s.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=lr)
     return keras.optimizers.SGD(learning_rate=lr, momentum=s.momentum)

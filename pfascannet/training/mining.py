@@ -1,0 +1,103 @@
+"""Hard-negative mining from whole-slide maps of the training slides (Sec. 1, [5, 7]).
+
+The paper cites hard-negative mining as the usual answer to the false
+positives that decide a slide's score (the map's maximum) and fights them with
+its boundary-aware decoder; a from-scratch run needs both.  A round here does
+what a user would do by hand: export the current weights as the dense detector,
+scan every training slide with the production scanner, and turn the map's
+confident maxima in normal tissue into ``hard_negative`` training patches.
+Random normal patches (``sampling.HardNegativeMiner``, the ``patches`` source)
+rarely land on the few mimics a slide holds; the whole-slide map finds all of
+them, at the cost of one scan of the training slides per round.
+
+A round's scan goes to its own folder (``<workdir>/mining/step_<N>/``, laid out
+as any scan): a killed round resumes slide by slide, and the maps stay for
+inspection.  Under several workers every worker runs the round; the scanner's
+per-slide locks share the slides between them, and every worker then reads the
+same maps, so all pick the same negatives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import numpy as np
+
+from pfascannet import geometry
+from pfascannet.data import sampling
+
+MINING_RADIUS_UM = 100.0
+"""Reach of a map maximum when picking negatives: one point per ~0.2 mm blob of false positive."""
+
+TUMOUR_CLEARANCE_PX = 64
+"""A candidate within this many level-0 pixels of annotated tumour is a boundary case, not a mimic."""
+
+
+def mine_from_slides(
+    model,
+    model_config,
+    sampler: sampling.PatchSampler,
+    out_dir: str,
+    *,
+    threshold: float = 0.5,
+    max_keep: int = 64,
+    per_slide: Optional[int] = None,
+    alpha: int = geometry.PAPER_ALPHA,
+    roi_px: int = geometry.PAPER_ROI_PX,
+    batch: int = 2,
+) -> list[sampling.PatchSample]:
+    """One mining round: dense maps of ``sampler``'s slides -> hard-negative samples.
+
+    Args:
+      model: the training model (or any model holding the detector's layers).
+      model_config: the ``ModelConfig`` it was built with.
+      sampler: the training cohort's sampler (slides and their truth).
+      out_dir: the round's scan folder (resumable; maps kept).
+      threshold: tumour probability from which a normal-tissue maximum is a false positive.
+      max_keep: most negatives returned, most confident first.
+      per_slide: most negatives from one slide (None: ``max(4, max_keep // 4)``),
+        so one slide full of mimics does not take the whole round.
+      alpha, roi_px: the scan grid (the paper's 16 / 2708 by default).
+      batch: ROIs per model call.
+
+    Returns:
+      ``hard_negative`` samples (label 0) centred on the maxima, by decreasing probability.
+    """
+    from pfascannet.inference import engine  # noqa: PLC0415
+    from pfascannet.inference.export import KerasDetector  # noqa: PLC0415
+    from pfascannet.inference.lesions import lesion_candidates  # noqa: PLC0415
+    from pfascannet.model.detector import build_detector, transfer_weights  # noqa: PLC0415
+
+    per_slide = max(4, max_keep // 4) if per_slide is None else int(per_slide)
+    detector = build_detector(model_config, alpha=alpha, input_px=None)
+    transfer_weights(model, detector)
+    run = engine.ModelRun(KerasDetector(detector, alpha, roi_px), geometry.ScanGeometry(alpha=alpha, roi_px=roi_px),
+                          name="training weights")
+    options = engine.ScanOptions(batch=batch, heatmap=False, progress=False)
+    found: list[tuple[float, sampling.PatchSample]] = []
+    for slide_id, entry in sorted(sampler.slides.items()):
+        engine.scan_slide(entry.image_path, [run], out_dir, options, wait=True)
+        prob_map, meta = _read_map(out_dir, slide_id)
+        truth = sampler.truth(slide_id)
+        picked = 0
+        for cand in lesion_candidates(prob_map, int(meta["stride_px"]), floor=threshold, radius_um=MINING_RADIUS_UM,
+                                      mpp=truth.mpp, dimensions_xy=truth.dimensions):
+            if picked == per_slide:
+                break
+            r = TUMOUR_CLEARANCE_PX
+            if truth.mask_window((cand.x - r, cand.y - r), (2 * r, 2 * r)).any():
+                continue
+            x, y = cand.x - geometry.PATCH_CENTRE_PX, cand.y - geometry.PATCH_CENTRE_PX
+            found.append((cand.confidence, sampling.PatchSample(slide_id, x, y, 0, "hard_negative")))
+            picked += 1
+    found.sort(key=lambda cs: (-cs[0], cs[1].slide_id, cs[1].y, cs[1].x))
+    return [s for _, s in found[:max_keep]]
+
+
+def _read_map(out_dir: str, slide_id: str) -> tuple[np.ndarray, dict]:
+    maps = os.path.join(out_dir, "maps")
+    with open(os.path.join(maps, slide_id + ".json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    return np.load(os.path.join(maps, slide_id + ".npy")), meta
