@@ -59,10 +59,16 @@ flags.DEFINE_boolean("augment", True, "Flip/rotation/scaling/cropping + colour/H
 flags.DEFINE_string("tfrecords", None, "Glob of TFRecord shards (data_prep/write_tfrecords.py) to read instead.")
 flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints.")
 flags.DEFINE_integer("log_every", 10, "Steps between progress lines / TensorBoard points.")
-flags.DEFINE_integer("hard_negative_at", 0, "Step at which to mine hard negatives (0: never).")
-flags.DEFINE_integer("hard_negative_candidates", 256, "Normal patches scanned when mining.")
-flags.DEFINE_float("hard_negative_threshold", 0.5, "Tumour probability from which a normal patch is a false positive.")
-flags.DEFINE_integer("hard_negative_max", 64, "Most hard negatives kept.")
+flags.DEFINE_integer("hard_negative_at", 0, "Step of the first hard-negative round (0: never).")
+flags.DEFINE_integer("hard_negative_every", 0, "Steps between later hard-negative rounds (0: one round).")
+flags.DEFINE_enum("hard_negative_source", "slides", ["slides", "patches"],
+                  "slides: scan the training slides and take the map's maxima in normal tissue; "
+                  "patches: score --hard_negative_candidates random normal patches.")
+flags.DEFINE_integer("hard_negative_candidates", 256, "Normal patches scored per round (--hard_negative_source patches).")
+flags.DEFINE_float("hard_negative_threshold", 0.5, "Tumour probability from which a normal place is a false positive.")
+flags.DEFINE_integer("hard_negative_max", 64, "Most hard negatives one round adds.")
+flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"],
+                  "After the warm-up: constant, or cosine decay to 0 at --steps (from scratch: cosine).")
 flags.DEFINE_float("max_minutes", None, "Stop early (checkpoint + final weights) after this many minutes.")
 flags.DEFINE_enum("strategy", "mirrored", ["mirrored", "multiworker"], "tf.distribute strategy.")
 flags.DEFINE_enum("collective", "auto", ["auto", "ring", "nccl"],
@@ -93,7 +99,8 @@ def main(argv):
         split=FLAGS.split, random_per_class=FLAGS.random_per_class, boundary=FLAGS.boundary, itc=FLAGS.itc,
         augment=FLAGS.augment, tfrecords=FLAGS.tfrecords, checkpoint_every=FLAGS.checkpoint_every,
         log_every=FLAGS.log_every, hard_negative_at=FLAGS.hard_negative_at,
-        hard_negative_candidates=FLAGS.hard_negative_candidates,
+        hard_negative_every=FLAGS.hard_negative_every, hard_negative_source=FLAGS.hard_negative_source,
+        lr_schedule=FLAGS.lr_schedule, hard_negative_candidates=FLAGS.hard_negative_candidates,
         hard_negative_threshold=FLAGS.hard_negative_threshold, hard_negative_max=FLAGS.hard_negative_max,
         max_seconds=FLAGS.max_minutes * 60 if FLAGS.max_minutes else None, strategy=FLAGS.strategy,
         collective=FLAGS.collective, collective_timeout_s=FLAGS.collective_timeout_s,

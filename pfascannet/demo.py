@@ -63,17 +63,17 @@ def obtain_model(s: DemoSettings, cohort_dir: str, log: workflow.Log) -> tuple[s
                               f"`{meta.get('command', '?')}` ({meta.get('note', '')})")
     if not s.train:
         log("      no shipped weights found: training here instead")
-    from pfascannet.training.trainer import TrainSettings  # noqa: PLC0415
+    from pfascannet.training.trainer import TrainSettings, scratch_recipe  # noqa: PLC0415
 
-    # The from-scratch recipe (trainer.TrainSettings.optimizer): Adam with a warm-up.
+    # The from-scratch recipe, one hard-negative round (a few minutes in all).
     settings = TrainSettings(data=cohort_dir, workdir=os.path.join(s.out, "train"), config=TRAIN_CONFIG,
-                             steps=s.train_steps, batch_size=8, optimizer="adam", learning_rate=1e-3,
-                             warmup_steps=20, seed=s.seed, max_seconds=60 * s.train_minutes, log_every=10,
-                             checkpoint_every=50)
+                             batch_size=8, seed=s.seed, max_seconds=60 * s.train_minutes, log_every=10,
+                             checkpoint_every=50, **scratch_recipe(s.train_steps, hard_negative_rounds=1))
     weights = workflow.train_model(settings, log)
     return weights, TRAIN_CONFIG, (
         f"model: `{TRAIN_CONFIG}` trained here for up to {s.train_steps} steps / {s.train_minutes:g} min "
-        f"(Adam, lr {settings.learning_rate}, batch {settings.batch_size}, seed {s.seed})")
+        f"(trainer.scratch_recipe: Adam, lr {settings.learning_rate}, cosine decay, a hard-negative round at "
+        f"step {settings.hard_negative_at}; batch {settings.batch_size}, seed {s.seed})")
 
 
 def _froc_value(v: Optional[float]) -> str:

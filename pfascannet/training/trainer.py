@@ -790,6 +790,30 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
                 "decay_steps": self.decay_steps}
 
 
+def scratch_recipe(steps: int, hard_negative_rounds: int = 2) -> dict:
+    """TrainSettings fields of the from-scratch recipe, for a run of ``steps`` steps.
+
+    Where the paper is silent (it fine-tunes ImageNet VGG16 with SGD 1e-4) this
+    is our choice, measured in BENCHMARKS.md "A detector that detects": Adam at
+    1e-3 after a 20-step warm-up (a tenth of the run if shorter), cosine decay
+    to 0 at ``steps``, and ``hard_negative_rounds`` hard-negative rounds from
+    whole-slide maps of the training slides, evenly spaced (two rounds: at 1/3
+    and 2/3 of the run), each adding at most 64 negatives at probability >= 0.5.
+    Sampler counts are the demo weights' (256 random per class, 128 boundary,
+    64 ITC per epoch, fresh positions every epoch).  The demo's ``--train``,
+    ``experiments/table1.py`` and ``experiments/bench_training.py`` use it;
+    ``experiments/train.py`` takes the same values as flags (README).
+    """
+    if steps < 1 or hard_negative_rounds < 0:
+        raise TrainingError(f"scratch_recipe needs steps >= 1 and rounds >= 0, got {steps}, {hard_negative_rounds}")
+    spacing = steps // (hard_negative_rounds + 1)
+    return dict(steps=steps, optimizer="adam", learning_rate=1e-3, warmup_steps=max(1, min(20, steps // 10)),
+                lr_schedule="cosine", random_per_class=256, boundary=128, itc=64,
+                hard_negative_at=spacing if hard_negative_rounds else 0,
+                hard_negative_every=spacing if hard_negative_rounds > 1 else 0,
+                hard_negative_source="slides", hard_negative_threshold=0.5, hard_negative_max=64)
+
+
 def make_optimizer(s: TrainSettings):
     """The run's optimiser: SGD with momentum (paper) or Adam, with optional warm-up and cosine decay.
 
