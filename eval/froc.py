@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a file from a checkout: make the package
 
 from absl import flags  # noqa: E402
 
+from pfascannet.camelyon import LEVEL0_MPP  # noqa: E402
 from pfascannet.cliutil import run_main  # noqa: E402
 from pfascannet.errors import PfaError  # noqa: E402
 from pfascannet.evaluation import froc, reference, report, run  # noqa: E402
@@ -49,7 +50,7 @@ flags.DEFINE_list("exclude", [], "Other slide ids to leave out of the FROC (comm
 flags.DEFINE_integer("n_bootstrap", 1000, "Bootstrap resamples for the CIs (0: none).")
 flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
 flags.DEFINE_float("class_threshold", 0.5, "Probability at which per-class sensitivity is taken.")
-flags.DEFINE_float("mpp", froc.LEVEL0_MPP, "Level-0 um per px for the growth/ITC limits (organisers: 0.243).")
+flags.DEFINE_float("mpp", LEVEL0_MPP, "Level-0 um per px for the growth/ITC limits (organisers: 0.243).")
 flags.DEFINE_string("note", None, "A line for the report (default: synthetic-cohort note when detected).")
 flags.DEFINE_string("out", None, "Report folder.")
 flags.mark_flags_as_required(["lesions_dir", "reference", "out"])

@@ -49,6 +49,7 @@ def calibration(scan_dir: str, cohort_dir: str, slides: dict) -> dict:
     """Map percentiles over normal tissue (normal slides) and inside tumour (tumour slides), and slide maxima."""
     import numpy as np  # noqa: PLC0415
 
+    from pfascannet.camelyon import MASK_DOWNSAMPLE  # noqa: PLC0415
     from pfascannet.evaluation import froc  # noqa: PLC0415
     from pfascannet.inference.plan import tissue_on_map  # noqa: PLC0415
     from pfascannet.slide.reader import SlideReader  # noqa: PLC0415
@@ -67,7 +68,7 @@ def calibration(scan_dir: str, cohort_dir: str, slides: dict) -> dict:
             mask = froc.slide_tumour_mask(sid, os.path.join(cohort_dir, "masks"),
                                           os.path.join(cohort_dir, "annotations"),
                                           images_dir=os.path.join(cohort_dir, "images")) > 0
-            tumour_vals.append(prob[tissue_on_map(mask, froc.EVAL_DOWNSAMPLE, dims, stride)])
+            tumour_vals.append(prob[tissue_on_map(mask, MASK_DOWNSAMPLE, dims, stride)])
         else:
             normal_vals.append(prob[tissue_on_map(tissue, 32, dims, stride)])
 

@@ -193,8 +193,3 @@ class ScanGeometry:
     def roi_step_px(self) -> int:
         """SR: the step between ROIs."""
         return self.stride_px * self.tile_px
-
-    @property
-    def margin_px(self) -> int:
-        """Pixels from an ROI's top-left to the centre of its first output pixel (346)."""
-        return PATCH_CENTRE_PX

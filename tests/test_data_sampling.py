@@ -8,6 +8,7 @@ import pytest
 from skimage import measure
 
 from pfascannet import geometry
+from pfascannet.camelyon import FROC_ITC_MAX_UM
 from pfascannet.data import sampling
 
 C = geometry.PATCH_CENTRE_PX
@@ -76,7 +77,7 @@ def test_itc_patches_contain_an_itc(cohort, sampler, samples):
             region = labels == i
             assert not (region[0].any() or region[-1].any() or region[:, 0].any() or region[:, -1].any())
             major_um = measure.regionprops(region.astype(np.uint8))[0].axis_major_length * t.mpp
-            assert major_um < sampling.ITC_MAX_UM, f"{s}: lesion of {major_um:.0f} um is no ITC"
+            assert major_um < FROC_ITC_MAX_UM, f"{s}: lesion of {major_um:.0f} um is no ITC"
         # And the generator's own record agrees: an ITC lesion is centred there.
         d = [np.hypot(float(r["centre_x"]) - cx, float(r["centre_y"]) - cy) * t.mpp
              for r in truth if r["slide"] == s.slide_id and r["class"] == "itc"]

@@ -59,6 +59,7 @@ import os
 import numpy as np
 import pytest
 
+from pfascannet import camelyon
 from pfascannet.evaluation import froc
 
 
@@ -107,9 +108,9 @@ def _results():
 
 
 def test_thresholds_are_the_organisers_numbers():
-    assert froc.growth_threshold_px() == pytest.approx(75 / (0.243 * 32 * 2))
-    assert froc.growth_threshold_px() == pytest.approx(4.8225, abs=1e-4)
-    assert froc.itc_threshold_px() == pytest.approx(35.365, abs=1e-3)
+    assert camelyon.froc_growth_limit_px() == pytest.approx(75 / (0.243 * 32 * 2))
+    assert camelyon.froc_growth_limit_px() == pytest.approx(4.8225, abs=1e-4)
+    assert camelyon.froc_itc_limit_px() == pytest.approx(35.365, abs=1e-3)
 
 
 def test_evaluation_mask_growth_merge_and_itc():

@@ -1,4 +1,4 @@
-"""Camelyon17 pN rules, clinical-order quadratic kappa (by hand), stage CSVs, node forest."""
+"""Clinical-order quadratic kappa (by hand), Camelyon17 stage CSVs, node forest (the pN rules: test_camelyon.py)."""
 
 from __future__ import annotations
 
@@ -6,36 +6,6 @@ import numpy as np
 import pytest
 
 from pfascannet.evaluation import pn_stage
-
-# (node labels of one patient, pN-stage by the Camelyon17 rules)
-RULES = [
-    ([], "pN0"),
-    (["negative"] * 5, "pN0"),
-    (["negative", "itc", "negative", "negative", "negative"], "pN0(i+)"),
-    (["itc", "itc", "itc", "itc", "itc"], "pN0(i+)"),
-    (["micro", "negative", "negative", "negative", "negative"], "pN1mi"),
-    (["micro", "micro", "micro", "micro", "itc"], "pN1mi"),          # 4 micro, no macro: still pN1mi
-    (["macro", "negative", "negative", "negative", "negative"], "pN1"),
-    (["macro", "micro", "micro", "itc", "itc"], "pN1"),               # 3 metastatic nodes, ITCs don't count
-    (["macro", "micro", "micro", "micro", "negative"], "pN2"),        # 4 metastatic nodes with a macro
-    (["macro"] * 5, "pN2"),
-    (["Macro", "NEGATIVE", "Itc", "Micro", "normal"], "pN1"),         # any case; "normal" = negative
-]
-
-
-@pytest.mark.parametrize("nodes,stage", RULES)
-def test_pn_rules(nodes, stage):
-    assert pn_stage.pn_stage_from_nodes(nodes) == stage
-
-
-def test_unknown_labels_and_stages_are_errors():
-    with pytest.raises(pn_stage.StageError, match="unknown node label"):
-        pn_stage.pn_stage_from_nodes(["tumour"])
-    with pytest.raises(pn_stage.StageError, match="unknown pN-stage"):
-        pn_stage.stage_rank("pN3")
-    assert pn_stage.normalize_stage("PN0(I+)") == "pN0(i+)"
-    assert [pn_stage.stage_rank(s) for s in ("pn0", "pN0(i+)", "PN1MI", "pN1", "pn2")] == [0, 1, 2, 3, 4]
-
 
 def test_kappa_by_hand_and_the_string_order_trap():
     """Five patients; clinical ranks pN0=0, pN0(i+)=1, pN1mi=2, pN1=3, pN2=4.

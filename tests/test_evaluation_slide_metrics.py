@@ -87,7 +87,7 @@ def test_reference_formats(tmp_path):
     assert not refs["patient_000_node_2"].tumour
     assert refs["patient_000_node_0"].dimensions_xy == (3200, 2048)
     assert set(reference.select_split(refs, "test")) == {"patient_000_node_1", "patient_000_node_2"}
-    with pytest.raises(reference.ReferenceError, match="slides.csv: no slide in split 'val'"):
+    with pytest.raises(reference.ReferenceFileError, match="slides.csv: no slide in split 'val'"):
         reference.select_split(refs, "val", source=cohort)
     c16 = tmp_path / "reference.csv"
     c16.write_text("test_001,Tumor,Macro,Primary\ntest_002,Normal\n")
@@ -99,16 +99,16 @@ def test_reference_formats(tmp_path):
     refs = reference.read_reference(c17)
     assert refs["patient_004_node_3"].tumour and refs["patient_004_node_3"].patient == "patient_004"
     c16.write_text("test_001,Maybe\n")
-    with pytest.raises(reference.ReferenceError, match=r"reference\.csv:1: unknown node label 'Maybe'"):
+    with pytest.raises(reference.ReferenceFileError, match=r"reference\.csv:1: unknown node label 'Maybe'"):
         reference.read_reference(c16)
     c16.write_text("test_001,Tumor\ntest_001,Normal\n")
-    with pytest.raises(reference.ReferenceError, match=r"reference\.csv:2: slide 'test_001' is listed twice"):
+    with pytest.raises(reference.ReferenceFileError, match=r"reference\.csv:2: slide 'test_001' is listed twice"):
         reference.read_reference(c16)
     c16.write_bytes(b"test_001,Tumor\n\x89PNG\xff\n")
-    with pytest.raises(reference.ReferenceError, match=r"reference\.csv:2: .*not UTF-8"):
+    with pytest.raises(reference.ReferenceFileError, match=r"reference\.csv:2: .*not UTF-8"):
         reference.read_reference(c16)
     c16.write_text("test_001\n")
-    with pytest.raises(reference.ReferenceError, match=r"reference\.csv:1: expected"):
+    with pytest.raises(reference.ReferenceFileError, match=r"reference\.csv:1: expected"):
         reference.read_reference(c16)
 
 

@@ -17,7 +17,8 @@ import pytest
 from scipy import ndimage
 from skimage.measure import regionprops
 
-from pfascannet.evaluation.pn_stage import pn_stage_from_nodes, read_camelyon17_csv
+from pfascannet.camelyon import node_class, pn_stage_from_nodes
+from pfascannet.evaluation.pn_stage import read_camelyon17_csv
 from pfascannet.slide.annotations import read_asap_xml
 from pfascannet.slide.tiff_writer import pyramid_dimensions
 from pfascannet.synthetic import lesions as lesion_lib
@@ -109,7 +110,7 @@ def test_every_lesion_class_at_its_physical_size(cohort):
     per_slide = {}
     for r in lesions:
         um = float(r["major_axis_um"])
-        assert lesion_lib.lesion_class(um) == r["class"]
+        assert node_class(um) == r["class"]
         lo, hi = lesion_lib.class_range_um(r["class"])
         assert lo - 0.1 <= um <= hi + 0.1
         per_slide.setdefault(r["slide"], []).append(r["class"])
@@ -132,7 +133,7 @@ def test_every_lesion_class_at_its_physical_size(cohort):
         assert own > 0, f"{r['slide']} lesion {r['lesion_id']}: no tumour at its centre"
         measured_um = regionprops((comps == own).astype(np.uint8))[0].axis_major_length * ds * 0.243
         assert measured_um == pytest.approx(um, rel=0.06)
-        assert lesion_lib.lesion_class(measured_um) == cls
+        assert node_class(measured_um) == cls
 
 
 def test_annotations_use_camelyon_groups(cohort):
@@ -242,7 +243,7 @@ def test_lesion_longest_diameter_agrees_with_its_class(cohort):
             if ann.is_tumour:
                 longest_um = lesion_lib.longest_diameter_px(ann.coords_xy) * 0.243
                 moment_um = lesion_lib.major_axis_px(ann.coords_xy) * 0.243
-                assert lesion_lib.lesion_class(longest_um) == lesion_lib.lesion_class(moment_um)
+                assert node_class(longest_um) == node_class(moment_um)
 
 
 def test_regions_do_not_depend_on_the_tile_grid():

@@ -84,14 +84,6 @@ class AugmentConfig:
         """Every augmentation off (evaluation, tests)."""
         return cls(False, False, 0.0, (1.0, 1.0), 0, 0.0, (1.0, 1.0), (1.0, 1.0), 0.0, 0.0, 0.0, 0.0)
 
-    @classmethod
-    def geometric_only(cls) -> "AugmentConfig":
-        """The joint geometric part only."""
-        d = cls()
-        return dataclasses.replace(
-            d, brightness=0.0, contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0
-        )
-
 
 def _sub(seed: tf.Tensor, k: int) -> tf.Tensor:
     # Independent stream per operation from one element seed.

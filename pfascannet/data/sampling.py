@@ -33,13 +33,11 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from pfascannet import geometry, io_utils
+from pfascannet.camelyon import FROC_ITC_MAX_UM, LEVEL0_MPP
 from pfascannet.errors import PfaError
 
 KINDS = ("tumour", "normal", "boundary", "itc", "hard_negative")
 """Every sample kind; the first four come from ``sample_patches``."""
-
-ITC_MAX_UM = 275.0
-"""Major-axis limit of an ITC region in the Camelyon16 evaluation (DESIGN.md sec. 3)."""
 
 
 class SamplingError(PfaError, ValueError):
@@ -204,7 +202,7 @@ class SlideTruth:
         self.tissue_downsample = int(tissue_downsample)
         with SlideReader(entry.image_path) as reader:
             self.dimensions: tuple[int, int] = reader.dimensions
-            self.mpp: float = reader.mpp if reader.mpp is not None else 0.243
+            self.mpp: float = reader.mpp if reader.mpp is not None else LEVEL0_MPP
             self.tissue: np.ndarray = np.asarray(tissue_mod.tissue_mask(reader, downsample=self.tissue_downsample), bool)
         self.annotations = ann_mod.read_asap_xml(entry.annotation_path) if entry.annotation_path else None
         gw = -(-self.dimensions[0] // self.grid_downsample)
@@ -267,7 +265,7 @@ class SamplerConfig:
     random_per_class: int = 64
     boundary: int = 32
     itc: int = 16
-    itc_max_um: float = ITC_MAX_UM
+    itc_max_um: float = FROC_ITC_MAX_UM
     grid_downsample: int = 16
     tissue_downsample: int = 32
 

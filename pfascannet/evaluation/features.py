@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from pfascannet.camelyon import major_axis_length
 from pfascannet.errors import PfaError
 
 THRESHOLDS = (0.5, 0.7, 0.9)
@@ -112,7 +113,7 @@ def slide_features(prob: np.ndarray, um_per_px: float,
         regions = sorted(measure.regionprops(labels, intensity_image=finite),
                          key=lambda r: r.area, reverse=True)
         areas = [float(r.area) * mm2_per_px for r in regions]
-        axes = [_major_axis(r) * um_per_px for r in regions]
+        axes = [major_axis_length(r) * um_per_px for r in regions]
         feats[f"n_regions@{t:g}"] = float(len(regions))
         feats[f"total_area_mm2@{t:g}"] = float(sum(areas))
         feats[f"largest_area_mm2@{t:g}"] = areas[0] if areas else 0.0
@@ -121,11 +122,6 @@ def slide_features(prob: np.ndarray, um_per_px: float,
         feats[f"longest_major_axis_um@{t:g}"] = max(axes) if axes else 0.0
         feats[f"largest_mean_prob@{t:g}"] = float(regions[0].intensity_mean) if regions else 0.0
     return {k: feats[k] for k in feature_names(thresholds)}
-
-
-def _major_axis(region) -> float:
-    value = getattr(region, "axis_major_length", None)
-    return float(region.major_axis_length if value is None else value)
 
 
 def features_from_map_file(npy_path: str | os.PathLike,

@@ -18,7 +18,8 @@ computes all three from one FROC curve and names them everywhere
 The paper does not say which rule its 89.1 % / 90.2 % come from
 (``PAPER_COMPARABILITY``).
 
-The curve follows the organisers' ``Evaluation_FROC.py``:
+The curve follows the organisers' ``Evaluation_FROC.py`` (the numbers and
+the ITC rule are ``pfascannet.camelyon``'s):
 
 * evaluation mask at level 5 (32 level-0 px): tumour is value 255; the
   Euclidean distance transform of the non-tumour is kept below
@@ -48,20 +49,10 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from pfascannet import io_utils
+from pfascannet.camelyon import (LEVEL0_MPP, MASK_DOWNSAMPLE, MASK_TUMOUR_VALUE, METASTASIS_CLASSES,
+                                 froc_growth_limit_px, is_froc_itc, major_axis_length, node_class)
 from pfascannet.evaluation import csv_rows
 from pfascannet.errors import PfaError
-
-LEVEL0_MPP = 0.243
-"""Level-0 pixel size (um) the organisers' scripts hard-code."""
-
-EVAL_DOWNSAMPLE = 32
-"""Evaluation level 5 = 2**5 level-0 px."""
-
-GROWTH_UM = 75.0
-"""Tumour growth before labelling, "the size of 5 tumour cells" (half per side)."""
-
-ITC_MAJOR_AXIS_UM = 275.0
-"""ITC limit on the grown region's major axis: 200 um plus the 75 um growth."""
 
 FP_RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 """False positives per slide at which the average sensitivity is taken."""
@@ -95,8 +86,6 @@ PAPER_COMPARABILITY = (
 CAMELYON16_EXCLUDED = ("Test_049", "Test_114")
 """Camelyon16 test slides the organisers left out of the FROC evaluation (``exclude``)."""
 
-SIZE_CLASSES = ("itc", "micro", "macro")
-
 
 class FrocError(PfaError, ValueError):
     """Bad detections, masks or references for the FROC evaluation."""
@@ -104,16 +93,6 @@ class FrocError(PfaError, ValueError):
 
 # ----------------------------------------------------------------------------
 # Evaluation masks.
-
-
-def growth_threshold_px(mpp: float = LEVEL0_MPP, downsample: int = EVAL_DOWNSAMPLE) -> float:
-    """Distance-transform limit in evaluation-level px: 75 / (mpp * downsample * 2)."""
-    return GROWTH_UM / (mpp * downsample * 2.0)
-
-
-def itc_threshold_px(mpp: float = LEVEL0_MPP, downsample: int = EVAL_DOWNSAMPLE) -> float:
-    """Major-axis limit below which a grown region is ITC: 275 / (mpp * downsample)."""
-    return ITC_MAJOR_AXIS_UM / (mpp * downsample)
 
 
 def tumour_from_mask(mask: np.ndarray) -> np.ndarray:
@@ -130,11 +109,11 @@ def tumour_from_mask(mask: np.ndarray) -> np.ndarray:
         raise FrocError(f"a level-5 mask must be 2-D (rows, cols), got shape {mask.shape}")
     if mask.dtype == bool:
         return mask
-    return mask == 255
+    return mask == MASK_TUMOUR_VALUE
 
 
 def evaluation_mask(mask: np.ndarray, mpp: float = LEVEL0_MPP,
-                    downsample: int = EVAL_DOWNSAMPLE) -> np.ndarray:
+                    downsample: int = MASK_DOWNSAMPLE) -> np.ndarray:
     """The organisers' labelled evaluation mask from a level-5 tumour mask.
 
     Args:
@@ -154,22 +133,22 @@ def evaluation_mask(mask: np.ndarray, mpp: float = LEVEL0_MPP,
         # scipy's EDT of an all-nonzero image measures to nothing; no tumour, no lesions.
         return np.zeros(tumour.shape, dtype=np.int32)
     distance = ndimage.distance_transform_edt(~tumour)
-    grown = distance < growth_threshold_px(mpp, downsample)
+    grown = distance < froc_growth_limit_px(mpp, downsample)
     filled = ndimage.binary_fill_holes(grown)
     return measure.label(filled, connectivity=2).astype(np.int32)
 
 
 def itc_labels(labels: np.ndarray, mpp: float = LEVEL0_MPP,
-               downsample: int = EVAL_DOWNSAMPLE) -> set[int]:
+               downsample: int = MASK_DOWNSAMPLE) -> set[int]:
     """Labels of the evaluation regions that are isolated tumour cells (major axis < 275 um)."""
     from skimage import measure  # noqa: PLC0415
 
-    limit = itc_threshold_px(mpp, downsample)
-    return {int(p.label) for p in measure.regionprops(labels) if _major_axis(p) < limit}
+    return {int(p.label) for p in measure.regionprops(labels)
+            if is_froc_itc(major_axis_length(p), mpp, downsample)}
 
 
 def lesion_sizes_um(labels: np.ndarray, mask: np.ndarray, mpp: float = LEVEL0_MPP,
-                    downsample: int = EVAL_DOWNSAMPLE) -> dict[int, float]:
+                    downsample: int = MASK_DOWNSAMPLE) -> dict[int, float]:
     """Major axis (um) of the ungrown tumour inside each evaluation region.
 
     Used for the size class of a lesion when no truth table gives it.
@@ -179,41 +158,8 @@ def lesion_sizes_um(labels: np.ndarray, mask: np.ndarray, mpp: float = LEVEL0_MP
     tumour_labels = np.where(tumour_from_mask(mask), labels, 0)
     out = {int(lab): 0.0 for lab in np.unique(labels) if lab}
     for p in measure.regionprops(tumour_labels):
-        out[int(p.label)] = _major_axis(p) * mpp * downsample
+        out[int(p.label)] = major_axis_length(p) * mpp * downsample
     return out
-
-
-def _major_axis(region) -> float:
-    """skimage's major axis length (renamed ``axis_major_length`` in 0.26; same value)."""
-    value = getattr(region, "axis_major_length", None)
-    return float(region.major_axis_length if value is None else value)
-
-
-def size_class(major_axis_um: float) -> str:
-    """Camelyon17 size class of a lesion: itc (< 200 um), micro (<= 2 mm), macro (> 2 mm)."""
-    if major_axis_um > 2000.0:
-        return "macro"
-    if major_axis_um > 200.0:
-        return "micro"
-    return "itc"
-
-
-def evaluation_mask_from_tiff(path: str | os.PathLike, mpp: float = LEVEL0_MPP) -> np.ndarray:
-    """Labelled evaluation mask from a Camelyon mask TIFF's level-5 (downsample 32) page."""
-    from pfascannet.slide import annotations  # noqa: PLC0415
-
-    return evaluation_mask(annotations.read_mask_level(path, downsample=EVAL_DOWNSAMPLE), mpp=mpp)
-
-
-def evaluation_mask_from_xml(path: str | os.PathLike, dimensions_xy: tuple[int, int],
-                             mpp: float = LEVEL0_MPP) -> np.ndarray:
-    """Labelled evaluation mask from an ASAP XML rasterised at downsample 32.
-
-    Args:
-      path: ASAP XML annotation file.
-      dimensions_xy: level-0 ``(width, height)`` of the slide.
-    """
-    return evaluation_mask(tumour_mask_from_xml(path, dimensions_xy), mpp=mpp)
 
 
 def tumour_mask_from_xml(path: str | os.PathLike, dimensions_xy: tuple[int, int]) -> np.ndarray:
@@ -221,7 +167,7 @@ def tumour_mask_from_xml(path: str | os.PathLike, dimensions_xy: tuple[int, int]
     from pfascannet.slide import annotations  # noqa: PLC0415
 
     return annotations.rasterize(annotations.read_asap_xml(path), dimensions_xy,
-                                 downsample=EVAL_DOWNSAMPLE)
+                                 downsample=MASK_DOWNSAMPLE)
 
 
 # ----------------------------------------------------------------------------
@@ -296,7 +242,7 @@ class SlideResult:
 
 def score_slide(name: str, detections: np.ndarray, labels: Optional[np.ndarray],
                 itc: Iterable[int] = (), classes: Optional[Mapping[int, str]] = None,
-                downsample: int = EVAL_DOWNSAMPLE, dimensions_xy: Optional[tuple[int, int]] = None,
+                downsample: int = MASK_DOWNSAMPLE, dimensions_xy: Optional[tuple[int, int]] = None,
                 source: Optional[str] = None) -> SlideResult:
     """Counts TPs and FPs of one slide by the organisers' rules.
 
@@ -360,13 +306,13 @@ def score_slide(name: str, detections: np.ndarray, labels: Optional[np.ndarray],
 
 
 def classes_from_truth(labels: np.ndarray, lesions_xy_class: Sequence[tuple[float, float, str]],
-                       downsample: int = EVAL_DOWNSAMPLE) -> dict[int, str]:
+                       downsample: int = MASK_DOWNSAMPLE) -> dict[int, str]:
     """Size class per evaluation label from truth lesions (centre X, Y level-0 px, class).
 
     A region holding several truth lesions (merged by the growth) takes the
     largest class among them.
     """
-    order = {c: i for i, c in enumerate(SIZE_CLASSES)}
+    order = {c: i for i, c in enumerate(METASTASIS_CLASSES)}
     out: dict[int, str] = {}
     for x, y, cls in lesions_xy_class:
         r, c = int(y) // downsample, int(x) // downsample
@@ -612,8 +558,8 @@ def read_truth_lesions(path: str | os.PathLike) -> dict[str, list[tuple[float, f
         if len(row) != len(header):
             raise FrocError(f"{path}:{lineno}: expected {len(header)} fields like the header, got {csv_rows.show(row)}")
         cls = row[col["class"]].strip().lower()
-        if cls not in SIZE_CLASSES:
-            raise FrocError(f"{path}:{lineno}: lesion class {row[col['class']]!r} is not one of {SIZE_CLASSES}")
+        if cls not in METASTASIS_CLASSES:
+            raise FrocError(f"{path}:{lineno}: lesion class {row[col['class']]!r} is not one of {METASTASIS_CLASSES}")
         x, y = csv_rows.finite(row[col["centre_x"]]), csv_rows.finite(row[col["centre_y"]])
         if x is None or y is None:
             raise FrocError(f"{path}:{lineno}: centre_x/centre_y must be finite numbers, got {csv_rows.show(row)}")
@@ -665,7 +611,7 @@ def slide_tumour_mask(slide: str, masks_dir: Optional[str] = None,
     if masks_dir:
         path = _find(masks_dir, [f"{slide}_mask.tif", f"{slide}_mask.tiff", f"{slide}.tif", f"{slide}.tiff"])
         if path:
-            return annotations.read_mask_level(path, downsample=EVAL_DOWNSAMPLE)
+            return annotations.read_mask_level(path, downsample=MASK_DOWNSAMPLE)
     if annotations_dir:
         path = _find(annotations_dir, [f"{slide}.xml"])
         if path:
@@ -761,7 +707,7 @@ def score_submission(lesions_dir: str, reference: Mapping[str, object],
             if truth_lesions is not None:
                 classes = classes_from_truth(labels, truth_lesions.get(slide, []))
             else:
-                classes = {lab: size_class(um) for lab, um in lesion_sizes_um(labels, mask, mpp).items()}
+                classes = {lab: node_class(um) for lab, um in lesion_sizes_um(labels, mask, mpp).items()}
             result = score_slide(slide, detections, labels, itc, classes, dimensions_xy=dims, source=csv_path)
         result.size_known = dims is not None or bool(result.tumour)
         results.append(result)

@@ -6,7 +6,9 @@ negative / ITC / micro / macro; the patient's pN-stage then follows the
 Camelyon17 rules, and the score is the quadratic weighted Cohen's kappa
 (``shared/DESIGN.md`` section 3).
 
-Rules (Camelyon17, after the TNM 8th edition, as the challenge applies them):
+Rules (Camelyon17, after the TNM 8th edition, as the challenge applies them;
+the node labels, stages and :func:`~pfascannet.camelyon.pn_stage_from_nodes`
+live in ``pfascannet.camelyon``, this module reads and scores their CSVs):
 
 * ``pN0``     no micro- or macro-metastasis and no ITC in any node;
 * ``pN0(i+)`` only ITCs;
@@ -24,78 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from pfascannet import io_utils
-from pfascannet.errors import PfaError
+from pfascannet.camelyon import (NODE_SLIDE_RE, PATIENT_ZIP_RE, STAGES, StageError, normalize_node_label,
+                                 normalize_stage, patient_of_slide, pn_stage_from_nodes, stage_rank)
 from pfascannet.evaluation import csv_rows
-
-NODE_LABELS = ("negative", "itc", "micro", "macro")
-"""Node classes in order of severity (the random forest's classes)."""
-
-STAGES = ("pN0", "pN0(i+)", "pN1mi", "pN1", "pN2")
-"""pN-stages in clinical order, spelled as in the Camelyon17 CSVs."""
-
-# Synonyms seen in the wild ("normal" is the paper's word for negative).
-_NODE_ALIASES = {"negative": "negative", "normal": "negative", "none": "negative",
-                 "itc": "itc", "itcs": "itc",
-                 "micro": "micro", "micrometastasis": "micro", "micro-metastasis": "micro",
-                 "macro": "macro", "macrometastasis": "macro", "macro-metastasis": "macro"}
-_STAGE_RANK = {s.lower(): i for i, s in enumerate(STAGES)}
-
-
-class StageError(PfaError, ValueError):
-    """An unknown node label or pN-stage, or a malformed Camelyon17 CSV."""
-
-
-def normalize_node_label(label: str) -> str:
-    """Returns the canonical node label (``negative|itc|micro|macro``), case-insensitive."""
-    key = str(label).strip().lower()
-    if key not in _NODE_ALIASES:
-        raise StageError(f"unknown node label {label!r}; expected one of {NODE_LABELS}")
-    return _NODE_ALIASES[key]
-
-
-def normalize_stage(stage: str) -> str:
-    """Returns the canonical spelling of a pN-stage (e.g. ``pn1mi`` -> ``pN1mi``)."""
-    key = re.sub(r"\s+", "", str(stage)).lower()
-    if key not in _STAGE_RANK:
-        raise StageError(f"unknown pN-stage {stage!r}; expected one of {STAGES} (any case)")
-    return STAGES[_STAGE_RANK[key]]
-
-
-def stage_rank(stage: str) -> int:
-    """Clinical rank of a pN-stage: pN0 = 0, pN0(i+) = 1, pN1mi = 2, pN1 = 3, pN2 = 4."""
-    return _STAGE_RANK[normalize_stage(stage).lower()]
-
-
-def pn_stage_from_nodes(labels: Iterable[str]) -> str:
-    """The Camelyon17 pN-stage of a patient from its node labels.
-
-    Args:
-      labels: one label per lymph node (``negative``, ``itc``, ``micro`` or
-        ``macro``, any case).
-
-    Returns:
-      One of ``STAGES``: ``pN0``, ``pN0(i+)``, ``pN1mi``, ``pN1``, ``pN2``.
-
-    Raises:
-      StageError: on an unknown label.
-    """
-    nodes = [normalize_node_label(x) for x in labels]
-    n_macro = sum(x == "macro" for x in nodes)
-    # "Metastases" in the pN1/pN2 rules are micro or macro; ITCs do not count.
-    n_metastatic = sum(x in ("micro", "macro") for x in nodes)
-    if n_macro:
-        return "pN2" if n_metastatic >= 4 else "pN1"
-    if n_metastatic:
-        return "pN1mi"
-    if any(x == "itc" for x in nodes):
-        return "pN0(i+)"
-    return "pN0"
 
 
 def quadratic_kappa(reference: Sequence[str], predicted: Sequence[str]) -> float:
@@ -133,9 +71,6 @@ def quadratic_kappa(reference: Sequence[str], predicted: Sequence[str]) -> float
 # Camelyon17 CSV: header `patient,stage`; rows `patient_XXX.zip,pN1` and
 # `patient_XXX_node_Y.tif,macro`.
 
-_PATIENT_ROW = re.compile(r"^(?P<patient>.+?)\.zip$", re.IGNORECASE)
-_NODE_ROW = re.compile(r"^(?P<slide>(?P<patient>.+?)_node_(?P<node>\d+))(\.tif{1,2})?$", re.IGNORECASE)
-
 
 @dataclasses.dataclass
 class Camelyon17Table:
@@ -151,12 +86,8 @@ class Camelyon17Table:
 
     def nodes_of(self, patient: str) -> dict[str, str]:
         """Node rows of one patient, keyed by slide id."""
-        return {s: lab for s, lab in self.nodes.items() if _patient_of_slide(s) == patient}
+        return {s: lab for s, lab in self.nodes.items() if patient_of_slide(s) == patient}
 
-
-def _patient_of_slide(slide: str) -> str | None:
-    m = _NODE_ROW.match(slide)
-    return m.group("patient") if m else None
 
 
 def read_camelyon17_csv(path: str | os.PathLike) -> Camelyon17Table:
@@ -185,13 +116,13 @@ def read_camelyon17_csv(path: str | os.PathLike) -> Camelyon17Table:
         name, value = row[0].strip(), row[1].strip()
         where = f"{path}:{lineno}"
         try:
-            if _PATIENT_ROW.match(name):
-                key = _PATIENT_ROW.match(name).group("patient")
+            if PATIENT_ZIP_RE.match(name):
+                key = PATIENT_ZIP_RE.match(name).group("patient")
                 if key in table.stages:
                     raise StageError(f"duplicate patient {name!r}")
                 table.stages[key] = normalize_stage(value)
-            elif _NODE_ROW.match(name):
-                key = _NODE_ROW.match(name).group("slide")
+            elif NODE_SLIDE_RE.match(name):
+                key = NODE_SLIDE_RE.match(name).group("slide")
                 if key in table.nodes:
                     raise StageError(f"duplicate node {name!r}")
                 table.nodes[key] = normalize_node_label(value)
@@ -217,7 +148,7 @@ def write_camelyon17_csv(path: str | os.PathLike, stages: Mapping[str, str],
     nodes = dict(nodes or {})
     by_patient: dict[str, list[str]] = {}
     for slide in nodes:
-        patient = _patient_of_slide(slide)
+        patient = patient_of_slide(slide)
         if patient is None:
             raise StageError(f"slide id {slide!r} is not of the form <patient>_node_<k>")
         by_patient.setdefault(patient, []).append(slide)
@@ -225,7 +156,7 @@ def write_camelyon17_csv(path: str | os.PathLike, stages: Mapping[str, str],
     for patient in sorted(set(stages) | set(by_patient)):
         if patient in stages:
             lines.append(f"{patient}.zip,{normalize_stage(stages[patient])}")
-        for slide in sorted(by_patient.get(patient, []), key=lambda s: int(_NODE_ROW.match(s).group("node"))):
+        for slide in sorted(by_patient.get(patient, []), key=lambda s: int(NODE_SLIDE_RE.match(s).group("node"))):
             lines.append(f"{slide}.tif,{normalize_node_label(nodes[slide])}")
     io_utils.write_text(path, "\n".join(lines) + "\n")
 
@@ -234,7 +165,7 @@ def stages_from_node_table(nodes: Mapping[str, str]) -> dict[str, str]:
     """pN-stage per patient from node labels keyed by ``<patient>_node_<k>``."""
     by_patient: dict[str, list[str]] = {}
     for slide, label in nodes.items():
-        patient = _patient_of_slide(slide)
+        patient = patient_of_slide(slide)
         if patient is None:
             raise StageError(f"slide id {slide!r} is not of the form <patient>_node_<k>")
         by_patient.setdefault(patient, []).append(label)

@@ -21,12 +21,12 @@ import dataclasses
 import os
 from typing import Optional
 
+from pfascannet.camelyon import StageError, normalize_node_label, slide_id
 from pfascannet.errors import PfaError
 from pfascannet.evaluation import csv_rows, pn_stage
-from pfascannet.evaluation.slide_metrics import slide_id
 
 
-class ReferenceError(PfaError, ValueError):
+class ReferenceFileError(PfaError, ValueError):
     """A reference list that cannot be read."""
 
 
@@ -58,7 +58,7 @@ def _parse_label(value: str) -> tuple[bool, Optional[str]]:
     key = value.strip().lower()
     if key in _TUMOUR_WORDS:
         return _TUMOUR_WORDS[key], None
-    node = pn_stage.normalize_node_label(value.strip())
+    node = normalize_node_label(value.strip())
     return node != "negative", node
 
 
@@ -70,17 +70,17 @@ def read_reference(path: str | os.PathLike) -> dict[str, SlideRef]:
 
     Raises:
       FileNotFoundError: when ``path`` does not exist.
-      ReferenceError: an unrecognised layout, an unknown label, a duplicate slide.
+      ReferenceFileError: an unrecognised layout, an unknown label, a duplicate slide.
     """
-    numbered = csv_rows.read_rows(path, ReferenceError)
+    numbered = csv_rows.read_rows(path, ReferenceFileError)
     if not numbered:
-        raise ReferenceError(f"{path}: empty reference file")
+        raise ReferenceFileError(f"{path}: empty reference file")
     header = [c.strip().lower() for c in numbered[0][1]]
     try:
         if header[:2] == ["patient", "stage"]:
             table = pn_stage.read_camelyon17_csv(path)
             if not table.nodes:
-                raise ReferenceError(f"{path}: a Camelyon17 CSV without node rows lists no slides")
+                raise ReferenceFileError(f"{path}: a Camelyon17 CSV without node rows lists no slides")
             return {s: SlideRef(s, lab != "negative", lab, None, s.rsplit("_node_", 1)[0])
                     for s, lab in sorted(table.nodes.items())}
         if "slide" in header and "label" in header:
@@ -88,19 +88,19 @@ def read_reference(path: str | os.PathLike) -> dict[str, SlideRef]:
         out = {}
         for lineno, row in numbered:
             if len(row) < 2:
-                raise ReferenceError(f"{path}:{lineno}: expected `slide,Tumor|Normal[,...]`, "
+                raise ReferenceFileError(f"{path}:{lineno}: expected `slide,Tumor|Normal[,...]`, "
                                      f"got {csv_rows.show(row)}")
             sid = slide_id(row[0])
             try:
                 tumour, node = _parse_label(row[1])
-            except pn_stage.StageError as exc:
-                raise ReferenceError(f"{path}:{lineno}: {exc} (expected `slide,Tumor|Normal[,...]`)") from None
+            except StageError as exc:
+                raise ReferenceFileError(f"{path}:{lineno}: {exc} (expected `slide,Tumor|Normal[,...]`)") from None
             if sid in out:
-                raise ReferenceError(f"{path}:{lineno}: slide {sid!r} is listed twice")
+                raise ReferenceFileError(f"{path}:{lineno}: slide {sid!r} is listed twice")
             out[sid] = SlideRef(sid, tumour, node)
         return out
-    except pn_stage.StageError as exc:
-        raise ReferenceError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
+    except StageError as exc:
+        raise ReferenceFileError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
 
 
 def _read_cohort(path, header: list[str], rows: list[tuple[int, list[str]]]) -> dict[str, SlideRef]:
@@ -113,19 +113,19 @@ def _read_cohort(path, header: list[str], rows: list[tuple[int, list[str]]]) -> 
 
         sid = get("slide")
         if sid is None or get("label") is None:
-            raise ReferenceError(f"{path}:{lineno}: missing slide or label")
+            raise ReferenceFileError(f"{path}:{lineno}: missing slide or label")
         sid = slide_id(sid)
         if sid in out:
-            raise ReferenceError(f"{path}:{lineno}: slide {sid!r} is listed twice")
+            raise ReferenceFileError(f"{path}:{lineno}: slide {sid!r} is listed twice")
         try:
             tumour, node = _parse_label(get("label"))
-        except pn_stage.StageError as exc:
-            raise ReferenceError(f"{path}:{lineno}: {exc}") from None
+        except StageError as exc:
+            raise ReferenceFileError(f"{path}:{lineno}: {exc}") from None
         dims = None
         if get("width") or get("height"):
             w, h = csv_rows.finite(get("width") or ""), csv_rows.finite(get("height") or "")
             if w is None or h is None or w < 1 or h < 1 or w != int(w) or h != int(h):
-                raise ReferenceError(f"{path}:{lineno}: width/height must be positive whole numbers of "
+                raise ReferenceFileError(f"{path}:{lineno}: width/height must be positive whole numbers of "
                                      f"level-0 px, got {get('width')!r}/{get('height')!r}")
             dims = (int(w), int(h))
         out[sid] = SlideRef(sid, tumour, node, get("split"), get("patient"), dims)
@@ -145,5 +145,5 @@ def select_split(reference: dict[str, SlideRef], split: Optional[str],
     if not chosen:
         splits = sorted({r.split for r in reference.values() if r.split})
         where = f"{source}: " if source else ""
-        raise ReferenceError(f"{where}no slide in split {split!r}; the reference has splits {splits or 'none'}")
+        raise ReferenceFileError(f"{where}no slide in split {split!r}; the reference has splits {splits or 'none'}")
     return chosen

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterable, Mapping, Optional
 
+from pfascannet import camelyon
 from pfascannet.errors import PfaError
 from pfascannet.evaluation import features, froc, pn_stage, reference, report, slide_metrics
 
@@ -24,7 +25,7 @@ def _title(base: str, note: Optional[str]) -> str:
 def froc_report(lesions_dir: str, refs: Mapping[str, reference.SlideRef], out_dir: str, *,
                 masks_dir: Optional[str] = None, annotations_dir: Optional[str] = None,
                 images_dir: Optional[str] = None, truth_lesions: Optional[str] = None,
-                allow_missing: bool = False, mpp: float = froc.LEVEL0_MPP, n_bootstrap: int = 1000,
+                allow_missing: bool = False, mpp: float = camelyon.LEVEL0_MPP, n_bootstrap: int = 1000,
                 seed: int = 0, class_threshold: float = 0.5, note: Optional[str] = None,
                 inputs: Optional[Mapping] = None, known_slides: Optional[Iterable[str]] = None,
                 ignore_extra: bool = False, exclude: Iterable[str] = (),
@@ -141,7 +142,7 @@ def pn_stage_report(maps_dir: str, refs: Mapping[str, reference.SlideRef], out_d
     if unlabeled:
         raise PfaError(f"{len(unlabeled)} training slide(s) lack a node label (negative/itc/micro/macro), "
                        f"e.g. {unlabeled[:3]}; give a stage CSV with node rows")
-    counts = {c: sum(v == c for v in train_labels.values()) for c in pn_stage.NODE_LABELS}
+    counts = {c: sum(v == c for v in train_labels.values()) for c in camelyon.NODE_LABELS}
     absent = [c for c, n in counts.items() if not n]
     if absent:
         warn(f"warning: no training slide of class {', '.join(absent)}: the forest cannot predict it")

@@ -13,6 +13,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from pfascannet import io_utils
+from pfascannet.camelyon import slide_id
 from pfascannet.errors import PfaError
 from pfascannet.evaluation import csv_rows
 
@@ -46,15 +47,6 @@ def read_slide_scores(path: str | os.PathLike) -> dict[str, float]:
             raise SlideMetricsError(f"{path}:{lineno}: duplicate slide {name!r}")
         out[name] = p
     return out
-
-
-def slide_id(name: str) -> str:
-    """Slide id of a file name or path: the base name without ``.tif``/``.tiff``/``.csv``/``.svs``."""
-    base = os.path.basename(str(name).strip())
-    for ext in (".tif", ".tiff", ".csv", ".svs", ".ndpi", ".mrxs"):
-        if base.lower().endswith(ext):
-            return base[: -len(ext)]
-    return base
 
 
 def auc_with_ci(labels: Sequence[int], scores: Sequence[float], n_bootstrap: int = 1000,

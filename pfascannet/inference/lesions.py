@@ -37,8 +37,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-CAMELYON_MPP = 0.243
-"""Level-0 pixel size the Camelyon scripts assume when a slide carries none."""
+from pfascannet.camelyon import LEVEL0_MPP
 
 DEFAULT_NMS_RADIUS_UM = 187.0
 """NCRF's suppression radius: 12 px at level 6 of a 0.243 um/px slide."""
@@ -106,7 +105,7 @@ def lesion_candidates(
     prob = np.asarray(prob_map, np.float32)
     if prob.ndim != 2 or prob.size == 0:
         return []
-    mpp = CAMELYON_MPP if mpp is None else float(mpp)
+    mpp = LEVEL0_MPP if mpp is None else float(mpp)
     reach = max(1, int(round(radius_um / (mpp * stride_px))))
     highest = ndimage.maximum_filter(prob, size=2 * reach + 1, mode="constant", cval=-np.inf)
     rr, cc = np.nonzero((prob == highest) & (prob >= floor))
@@ -159,7 +158,7 @@ def nms_lesions(
       Lesions, by decreasing confidence.
     """
     prob_map = np.asarray(prob_map, np.float32)
-    mpp = CAMELYON_MPP if mpp is None else float(mpp)
+    mpp = LEVEL0_MPP if mpp is None else float(mpp)
     radius_map_px = radius_um / (mpp * stride_px)
     rr, cc = np.nonzero(prob_map >= threshold)
     values = prob_map[rr, cc]

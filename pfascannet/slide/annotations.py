@@ -43,15 +43,12 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from pfascannet import io_utils
+from pfascannet.camelyon import (EXCLUSION_GROUPS, MASK_DOWNSAMPLE, MASK_LEVEL, MASK_TUMOUR_VALUE,
+                                 TUMOUR_GROUPS)
 from pfascannet.errors import PfaError
 
-TUMOUR_GROUPS = frozenset({"_0", "_1", "tumor", "tumour", "metastasis", "metastases"})
-EXCLUSION_GROUPS = frozenset({"_2", "exclusion", "none"})
 # Annotation types that enclose an area; Dot / PointSet carry no region.
 AREA_TYPES = frozenset({"polygon", "spline", "rectangle"})
-# Camelyon's evaluation reads the mask at level 5 (0.243 µm x 32, DESIGN.md §3).
-EVALUATION_DOWNSAMPLE = 32
-MASK_TUMOUR_VALUE = 255
 
 _GROUP_COLOURS = {True: "#d0021b", False: "#64fe2e"}
 
@@ -413,7 +410,7 @@ def mask_level_count(dimensions_xy: tuple[int, int], min_side_px: int = 512) -> 
     """
     from pfascannet.slide.tiff_writer import pyramid_dimensions  # noqa: PLC0415
 
-    return max(len(pyramid_dimensions(dimensions_xy, min_side_px)), EVALUATION_DOWNSAMPLE.bit_length())
+    return max(len(pyramid_dimensions(dimensions_xy, min_side_px)), MASK_LEVEL + 1)
 
 
 def write_mask_tiff(
@@ -497,7 +494,7 @@ def write_mask_tiff(
     )
 
 
-def read_mask_level(path: str | os.PathLike, downsample: int = EVALUATION_DOWNSAMPLE) -> np.ndarray:
+def read_mask_level(path: str | os.PathLike, downsample: int = MASK_DOWNSAMPLE) -> np.ndarray:
     """The page of a mask TIFF at ``downsample`` (level 5 by default), as uint8 ``(h, w)``.
 
     Reads with tifffile the page whose size is ``W / downsample`` (rounded

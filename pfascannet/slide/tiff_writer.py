@@ -14,7 +14,7 @@ Signature::
 
     write_pyramid_tiff(
         path, dimensions_xy, tile_source, *,
-        tile_px=512, mpp=0.243, compression="jpeg" | "deflate" | "none",
+        tile_px=512, mpp=LEVEL0_MPP, compression="jpeg" | "deflate" | "none",
         channels=3 | 1, dtype=np.uint8, background=None, quality=90,
         resample="mean" | "nearest" | "max", level_source=None,
         min_side_px=1024, num_levels=None, workers=None, description=None,
@@ -46,6 +46,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from pfascannet.camelyon import LEVEL0_MPP
 from pfascannet.errors import PfaError
 from pfascannet.io_utils import atomic_path, temp_dir
 
@@ -84,7 +85,7 @@ def write_pyramid_tiff(
     tile_source: TileSource,
     *,
     tile_px: int = 512,
-    mpp: Optional[float] = 0.243,
+    mpp: Optional[float] = LEVEL0_MPP,
     compression: str = "jpeg",
     channels: int = 3,
     dtype: np.dtype | type = np.uint8,

@@ -19,7 +19,7 @@ across stains and scanners and needs no training:
    ``min_object_um2`` (debris, dust).
 
 Morphology sizes are physical (µm, converted with the slide's mpp, or
-0.243 µm/px, Camelyon's, when the slide carries none) so the mask does not
+Camelyon's ``LEVEL0_MPP`` when the slide carries none) so the mask does not
 change character with the downsample asked for.
 """
 
@@ -32,12 +32,11 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from pfascannet import io_utils
+from pfascannet.camelyon import LEVEL0_MPP
 from pfascannet.errors import PfaError
 
 if TYPE_CHECKING:  # pragma: no cover
     from pfascannet.slide.reader import SlideReader
-
-DEFAULT_MPP = 0.243  # Camelyon's level-0 pixel size (DESIGN.md §3), used when a slide has none
 
 
 class TissueError(PfaError):
@@ -80,7 +79,7 @@ def tissue_mask(
     if not 0 <= min_saturation <= 255:
         raise TissueError(f"min_saturation must be in 0..255, got {min_saturation}")
     rgb = reader.read_at_downsample(ds)
-    mpp = reader.mpp if reader.mpp is not None else DEFAULT_MPP
+    mpp = reader.mpp if reader.mpp is not None else LEVEL0_MPP
     return tissue_mask_from_rgb(
         rgb,
         um_per_px=mpp * ds,

@@ -15,7 +15,7 @@ Slides are ``patient_PPP_node_N`` (Camelyon17: five nodes per patient).  Each
 patient is given a pN-stage (cycling through all five so a cohort of >= 5
 patients covers pN0..pN2), node labels are drawn to produce it, and the
 stage written to ``stages.csv`` is recomputed from the labels with the
-Camelyon17 rules (:func:`pfascannet.evaluation.pn_stage.pn_stage_from_nodes`).
+Camelyon17 rules (:func:`pfascannet.camelyon.pn_stage_from_nodes`).
 
 Every slide is sized to its content so small lesions stay cheap: negative,
 ITC and micro nodes get a section of about ``slide_size`` px, a macro node
@@ -37,19 +37,20 @@ from typing import Optional, Sequence
 import numpy as np
 
 from pfascannet import io_utils
+from pfascannet.camelyon import (LEVEL0_MPP, NODE_LABELS, node_class, node_slide_id, patient_id,
+                                 pn_stage_from_nodes)
 from pfascannet.errors import PfaError
+from pfascannet.evaluation.pn_stage import write_camelyon17_csv
 from pfascannet.slide.annotations import Annotation, write_asap_xml, write_mask_tiff
 from pfascannet.slide.tiff_writer import write_pyramid_tiff
 from pfascannet.synthetic import lesions as lesion_lib
 from pfascannet.synthetic.stain import centre_profile
 from pfascannet.synthetic.tissue import TISSUE_TRUTH_DS, Lesion, SlidePlan, SlideRenderer
 
-NODE_LABELS = ("negative", "itc", "micro", "macro")
 STAGE_CYCLE = ("pN1", "pN0(i+)", "pN1mi", "pN2", "pN0")
 """Stages given to patients 0, 1, 2, ... in turn (a cohort of 4 patients already has a macro,
 micro, ITC and negative node; 5 patients cover every stage)."""
 
-CAMELYON_MPP = 0.243
 GENERATOR_VERSION = 1
 
 
@@ -78,14 +79,6 @@ class CohortInfo:
     seconds: float
 
 
-def patient_id(p: int) -> str:
-    return f"patient_{p:03d}"
-
-
-def slide_id(p: int, node: int) -> str:
-    return f"patient_{p:03d}_node_{node}"
-
-
 def node_labels_for_stage(rng: np.random.Generator, stage: str, nodes: int = 5) -> list[str]:
     """Node labels (shuffled over the ``nodes`` nodes) that give ``stage`` under the Camelyon17 rules.
 
@@ -107,12 +100,6 @@ def node_labels_for_stage(rng: np.random.Generator, stage: str, nodes: int = 5) 
         raise CohortError(f"stage {stage} needs {len(labels)} positive nodes but patients have {nodes}")
     labels = labels + ["negative"] * (nodes - len(labels))
     return [labels[i] for i in rng.permutation(nodes)]
-
-
-def _pn_stage(labels: Sequence[str]) -> str:
-    from pfascannet.evaluation.pn_stage import pn_stage_from_nodes  # noqa: PLC0415
-
-    return pn_stage_from_nodes(labels)
 
 
 # ---------------------------------------------------------------------------
@@ -242,7 +229,7 @@ def plan_slide(
         outline = Annotation(f"Annotation {k}", group, poly)
         hole_anns = [Annotation(f"Annotation {k}.{h}", "_2", hp) for h, hp in enumerate(holes)]
         major_um = lesion_lib.major_axis_px(poly) / um
-        lesion_objs.append(Lesion(k, lesion_lib.lesion_class(major_um), outline, hole_anns, major_um))
+        lesion_objs.append(Lesion(k, node_class(major_um), outline, hole_anns, major_um))
         if lesion_objs[-1].cls != cls:  # the size ranges make this impossible; keep the guard honest
             raise CohortError(f"{sid}: lesion {k} drawn as {cls} measures {major_um:.0f} um")
 
@@ -335,7 +322,7 @@ def plan_cohort(
     patients: int = 4,
     nodes_per_patient: int = 5,
     slide_size: int = 4096,
-    mpp: float = CAMELYON_MPP,
+    mpp: float = LEVEL0_MPP,
     test_fraction: float = 0.25,
     centres: int = 5,
     node_labels: Optional[Sequence[Sequence[str]]] = None,
@@ -381,10 +368,10 @@ def plan_cohort(
             labels = list(node_labels[p])
         else:
             labels = node_labels_for_stage(prng, STAGE_CYCLE[p % len(STAGE_CYCLE)], nodes_per_patient)
-        stage = _pn_stage(labels)
+        stage = pn_stage_from_nodes(labels)
         for n, label in enumerate(labels):
             plan = plan_slide(
-                np.random.default_rng([seed, 2, p, n]), slide_id(p, n), label,
+                np.random.default_rng([seed, 2, p, n]), node_slide_id(p, n), label,
                 seed=int(np.random.SeedSequence([seed, 3, p, n]).generate_state(1)[0]),
                 centre=patient_centre[p], slide_size=slide_size, mpp=mpp, stain_seed=seed,
             )
@@ -400,7 +387,7 @@ def make_cohort(
     patients: int = 4,
     nodes_per_patient: int = 5,
     slide_size: int = 4096,
-    mpp: float = CAMELYON_MPP,
+    mpp: float = LEVEL0_MPP,
     test_fraction: float = 0.25,
     centres: int = 5,
     node_labels: Optional[Sequence[Sequence[str]]] = None,
@@ -476,8 +463,6 @@ def make_cohort(
         if progress is not None:
             progress(f"{sid}: {label}, {plan.width}x{plan.height} px, {len(plan.lesions)} lesion(s), "
                      f"{len(plan.mimics)} mimic(s), {time.perf_counter() - t0:.1f} s")
-
-    from pfascannet.evaluation.pn_stage import write_camelyon17_csv  # noqa: PLC0415
 
     write_camelyon17_csv(os.path.join(out_dir, "stages.csv"), stages, nodes)
     io_utils.write_text(os.path.join(out_dir, "slides.csv"), _csv_text(

@@ -1,8 +1,9 @@
 """Lesion geometry of the synthetic cohort: classes, sizes and blob polygons.
 
 Camelyon17 (``shared/DESIGN.md`` section 3) classes a metastasis by its
-longest diameter: isolated tumour cells (ITC) < 0.2 mm, micro-metastasis
-0.2-2 mm, macro-metastasis > 2 mm.  The generator draws each lesion's size
+longest diameter: isolated tumour cells (ITC) <= 0.2 mm, micro-metastasis
+above that up to 2 mm, macro-metastasis > 2 mm (``pfascannet.camelyon.node_class``,
+the one statement of the rule).  The generator draws each lesion's size
 well inside its class (away from the thresholds) so that both the
 longest diameter and the moment-based major axis that the Camelyon16
 evaluation uses (skimage's ``major_axis_length``) land in the same class.
@@ -15,16 +16,8 @@ from typing import Optional
 
 import numpy as np
 
+from pfascannet.camelyon import METASTASIS_CLASSES
 from pfascannet.errors import PfaError
-
-LESION_CLASSES = ("itc", "micro", "macro")
-"""Lesion classes in increasing size (Camelyon17 node labels, without ``negative``)."""
-
-ITC_MAX_UM = 200.0
-"""ITC: longest diameter below 0.2 mm."""
-
-MACRO_MIN_UM = 2000.0
-"""Macro-metastasis: longest diameter above 2 mm."""
 
 # Sizes the generator draws (major axis, um), inside each class with margins
 # so that measurement differences (moments vs. longest diameter, rasterising
@@ -38,15 +31,6 @@ class LesionError(PfaError, ValueError):
     """A lesion that cannot be drawn as asked (size, class)."""
 
 
-def lesion_class(major_axis_um: float) -> str:
-    """Camelyon17 class of a lesion from its major axis in microns."""
-    if major_axis_um < ITC_MAX_UM:
-        return "itc"
-    if major_axis_um <= MACRO_MIN_UM:
-        return "micro"
-    return "macro"
-
-
 def class_range_um(cls: str, max_um: Optional[float] = None) -> tuple[float, float]:
     """The major-axis range (um) the generator draws for ``cls``, capped at ``max_um``.
 
@@ -55,7 +39,7 @@ def class_range_um(cls: str, max_um: Optional[float] = None) -> tuple[float, flo
     """
     ranges = {"itc": ITC_RANGE_UM, "micro": MICRO_RANGE_UM, "macro": MACRO_RANGE_UM}
     if cls not in ranges:
-        raise LesionError(f"lesion class must be one of {LESION_CLASSES}, got {cls!r}")
+        raise LesionError(f"lesion class must be one of {METASTASIS_CLASSES}, got {cls!r}")
     lo, hi = ranges[cls]
     if max_um is not None:
         hi = min(hi, max_um)
