@@ -89,12 +89,12 @@ def patch_auc(weights: str, data: str, seed: int, per_class: int, boundary: int,
     from sklearn.metrics import roc_auc_score  # noqa: PLC0415
 
     from pfascannet.data import pipeline, sampling  # noqa: PLC0415
-    from pfascannet.training import trainer  # noqa: PLC0415
+    from pfascannet.inference.model_io import load_training_model  # noqa: PLC0415
 
     slides = sampling.load_cohort(data, "test")
     sampler = sampling.PatchSampler(slides, sampling.SamplerConfig(random_per_class=per_class, boundary=boundary, itc=itc))
     samples = sampler.sample(seed + 7919)  # never the training draw
-    model = trainer.load_training_model(weights, "tiny")
+    model = load_training_model(weights, "tiny")
     predict = tf.function(lambda x: model(x, training=False)["classifier"][:, 1])
     reader = pipeline.PatchReader(sampler)
     ds = pipeline.slide_dataset(samples, reader, batch_size=8, augment_config=None, shuffle=False, repeat=False,

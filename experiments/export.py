@@ -83,12 +83,12 @@ def main(argv):
         raise ExportError(f"{FLAGS.checkpoint}: no such checkpoint (expected {FLAGS.checkpoint}.index)")
 
     from pfascannet.inference.export import export_detector  # noqa: PLC0415
-    from pfascannet.training import trainer  # noqa: PLC0415
+    from pfascannet.inference import model_io  # noqa: PLC0415
 
     source = weights or FLAGS.checkpoint
     try:
-        model = (trainer.load_training_model(weights, config_name) if weights
-                 else trainer.load_checkpoint_model(FLAGS.checkpoint, config_name))
+        model = (model_io.load_training_model(weights, config_name) if weights
+                 else model_io.load_checkpoint_model(FLAGS.checkpoint, config_name))
     except Exception as exc:  # noqa: BLE001  (h5py, Keras and tf.train raise anything for a bad file)
         text = " ".join(str(exc).split())[:300]
         raise ExportError(

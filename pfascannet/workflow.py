@@ -137,7 +137,7 @@ def export_model(weights: str, config_name: str, out_dir: str, alpha: int, roi_p
     """Exports the detector at ``alpha`` (SavedModel + .keras) unless already exported from these weights."""
     from pfascannet.inference import export  # noqa: PLC0415
     from pfascannet.model.config import get_config  # noqa: PLC0415
-    from pfascannet.training.trainer import load_training_model  # noqa: PLC0415
+    from pfascannet.inference.model_io import load_training_model  # noqa: PLC0415
 
     meta_path = os.path.join(out_dir, export.EXPORT_JSON)
     stamp = {"weights": os.path.abspath(weights), "weights_mtime": os.path.getmtime(weights)}

@@ -1,5 +1,6 @@
 """Detector export: SavedModel (uint8 signature) and .keras, reloaded and compared with the live model."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pfascannet.inference import export
+from pfascannet.inference import export, export_meta
 from pfascannet.model.dense_pooling import DensePooling
-from pfascannet.model.detector import build_detector, transfer_weights
+from pfascannet.model.detector import PfaScanNetDetector, build_detector, transfer_weights
 from tests.model_support import equivalence_case
 
 ALPHA, ROI_PX, TILE_PX = 16, 1204, 17
@@ -86,6 +87,60 @@ def test_keras_detector_wraps_a_live_model(exported):
     transfer_weights(patch_model, live)
     det = export.KerasDetector(live, ALPHA, ROI_PX)
     np.testing.assert_allclose(det.predict(rois), want, atol=1e-5)
+
+
+def test_export_reads_config_and_training_mpp_from_the_model(tmp_path, exported):
+    *_, rois, want, patch_model = exported
+    assert _meta_of(exported)["training_mpp"] == 0.243  # the default: Camelyon level 0
+    for fmt in ("savedmodel", "keras"):
+        assert export.load_detector(exported[0], format=fmt).training_mpp == 0.243
+    config = export.config_from_model(patch_model)
+    at_half = build_detector(config, alpha=1, input_px=692, training_mpp=0.5)
+    transfer_weights(patch_model, at_half)
+    meta = export.export_detector(at_half, None, tmp_path / "E", alpha=ALPHA, roi_px=ROI_PX)
+    assert meta["config"] == config.to_dict() and meta["training_mpp"] == 0.5
+    for fmt in ("savedmodel", "keras"):
+        det = export.load_detector(tmp_path / "E", format=fmt)
+        assert det.training_mpp == 0.5
+    np.testing.assert_allclose(det.predict(rois), want, atol=1e-5)
+    assert det.at_roi_px(ROI_PX + 32).training_mpp == 0.5
+    assert export.load_detector(tmp_path / "E", format="keras", precision="bfloat16").training_mpp == 0.5
+    other = dataclasses.replace(config, bm_channels=3)
+    with pytest.raises(export.ExportError, match="not the given"):
+        export.export_detector(at_half, other, tmp_path / "F", alpha=ALPHA, roi_px=ROI_PX, formats=("keras",))
+
+
+def test_exports_from_before_the_model_carried_its_config_still_load(tmp_path, exported):
+    # Such an export's .keras is a plain functional model and its export.json has no training_mpp.
+    out, meta, rois, want, _ = exported
+    model = keras.saving.load_model(os.path.join(out, "detector.keras"), compile=False)
+    old = tmp_path / "old"
+    old.mkdir()
+    keras.Model(model.inputs, model.outputs, name="pfascannet_detector_tiny_alpha16").save(old / "detector.keras")
+    old_meta = {k: v for k, v in meta.items() if k != "training_mpp"}
+    old_meta["formats"] = {"keras": "detector.keras"}
+    (old / "export.json").write_text(json.dumps(old_meta))
+    det = export.load_detector(old)
+    assert type(det.model) is not PfaScanNetDetector
+    assert (det.alpha, det.training_mpp) == (ALPHA, 0.243)
+    assert export.config_from_model(det.model).widths == tuple(meta["config"]["widths"])
+    np.testing.assert_allclose(det.predict(rois), want, atol=1e-5)
+    rebuilt = export.load_detector(old, precision="bfloat16").model
+    assert isinstance(rebuilt, PfaScanNetDetector) and rebuilt.alpha == ALPHA
+
+
+def test_mpp_mismatch_beyond_ten_percent():
+    assert export_meta.mpp_mismatch(0.243, 0.243) is None
+    assert export_meta.mpp_mismatch(0.243, 0.26) is None  # +7 %: scanners of one magnification vary this much
+    assert export_meta.mpp_mismatch(0.243, 0.22) is None  # -9 %
+    assert export_meta.mpp_mismatch(None, 0.5) is None and export_meta.mpp_mismatch(0.243, None) is None
+    text = export_meta.mpp_mismatch(0.243, 0.5)
+    assert "0.5 um/px" in text and "0.243 um/px" in text and "106 %" in text
+    assert "0.243 um/px" in export_meta.mpp_mismatch(0.243, 0.2)  # -18 %
+
+
+def _meta_of(exported):
+    return json.load(open(os.path.join(exported[0], "export.json")))
 
 
 def test_load_detector_errors(tmp_path, exported):

@@ -84,6 +84,31 @@ def test_model_replaced_between_runs_is_rescanned(slide, tmp_path):
     assert engine.scan_slides(slide, [runs.load_run(model_dir)], out, opts).results[0].status == "skipped"
 
 
+def test_a_slide_at_another_pixel_size_than_the_models_is_scanned_with_a_warning(slide, tmp_path):
+    import io
+
+    from pfascannet.slide.tiff_writer import write_pyramid_tiff
+
+    model_dir = str(tmp_path / "M")
+    _export(_tiny(0), model_dir)  # trained at 0.243 um/px, the default
+    coarse = str(tmp_path / "coarse" / "patient_002_node_0.tif")
+    os.makedirs(os.path.dirname(coarse))
+    noise = np.random.default_rng(2).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    write_pyramid_tiff(coarse, (1000, 700), lambda x, y, w, h: noise[:h, :w], tile_px=256, mpp=0.5,
+                       compression="deflate", num_levels=2, workers=1)
+    err = io.StringIO()
+    opts = engine.ScanOptions(progress=False, heatmap=False, tissue="all", batch=2, progress_stream=err)
+    run = runs.load_run(model_dir)
+    assert run.detector.training_mpp == 0.243
+    summary = engine.scan_slides([slide, coarse], [run], str(tmp_path / "S"), opts)
+    same, other = sorted(summary.results, key=lambda r: r.path != slide)
+    assert same.status == other.status == "done"
+    assert not same.warnings  # 0.243 um/px, like the model
+    assert len(other.warnings) == 1 and "0.5 um/px" in other.warnings[0] and "0.243 um/px" in other.warnings[0]
+    assert other.meta["warnings"] == other.warnings
+    assert "warning: patient_002_node_0: " in err.getvalue()
+
+
 def test_truncated_model_files_are_one_error_naming_the_file(tmp_path):
     from pfascannet.inference.export import ExportError, load_detector
 

@@ -12,7 +12,13 @@ from pfascannet.model import config as config_mod
 from pfascannet.model.config import ConfigError, ModelConfig, get_config
 from pfascannet.model.decoder import DECODER_SCALES, decoder_targets
 from pfascannet.model.dense_pooling import DensePooling
-from pfascannet.model.detector import build_detector, build_training_model, transfer_weights
+from pfascannet.model.detector import (
+    PfaScanNetDetector,
+    PfaScanNetTrainingModel,
+    build_detector,
+    build_training_model,
+    transfer_weights,
+)
 from pfascannet.model.trunk import trunk_macs
 
 MODEL_DIR = os.path.dirname(config_mod.__file__)
@@ -79,6 +85,38 @@ def test_detector_refuses_off_grid_sizes_and_bad_alphas():
         build_detector(ModelConfig.tiny(), alpha=16, input_px=2700)
     with pytest.raises(geometry.GeometryError, match="alpha must be one of"):
         build_detector(ModelConfig.tiny(), alpha=12)
+
+
+def test_detector_carries_its_config_through_a_keras_file(tmp_path):
+    cfg = ModelConfig(name="narrow", widths=(3, 4, 8, 16, 16), bm_channels=5, input_convention="caffe")
+    model = build_detector(cfg, alpha=8, precision="bfloat16", training_mpp=0.5)
+    assert isinstance(model, PfaScanNetDetector)
+    want = {"widths": [3, 4, 8, 16, 16], "bm_channels": 5, "config_name": "narrow", "input_convention": "caffe",
+            "alpha": 8, "input_px": None, "training_mpp": 0.5, "precision": "bfloat16"}
+    assert {k: model.get_config()[k] for k in want} == want
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    assert isinstance(again, PfaScanNetDetector) and again.get_config() == model.get_config()
+    assert (again.model_config, again.alpha, again.training_mpp) == (cfg, 8, 0.5)
+    x = np.random.default_rng(0).integers(0, 256, (1, 948, 948, 3)).astype(np.float32)  # Lm = 5 at alpha 8
+    np.testing.assert_array_equal(again.predict_on_batch(x), model.predict_on_batch(x))
+    # Layer names do not depend on the class: weights still match by name.
+    assert {layer.name for layer in again.layers} == {layer.name for layer in build_detector(cfg, alpha=1).layers}
+    with pytest.raises(ConfigError, match="training_mpp"):
+        build_detector(cfg, training_mpp=0)
+
+
+def test_training_model_carries_its_config_and_loads_the_shipped_weights():
+    from pfascannet import workflow
+
+    train = build_training_model(ModelConfig.tiny(), training_mpp=0.25)
+    assert isinstance(train, PfaScanNetTrainingModel)
+    assert (train.model_config, train.training_mpp) == (ModelConfig.tiny(), 0.25)
+    assert PfaScanNetTrainingModel.from_config(train.get_config()).get_config() == train.get_config()
+    weights, _ = workflow.shipped_weights("tiny_demo")
+    train.load_weights(weights)  # written before the model was a subclass
+    detector = build_detector(ModelConfig.tiny(), alpha=16)
+    assert transfer_weights(train, detector) == sum(1 for layer in detector.layers if layer.weights)
 
 
 def test_training_model_heads_and_weight_transfer():

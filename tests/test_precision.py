@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pfascannet import geometry
-from pfascannet.inference import engine, export, runs
+from pfascannet.inference import engine, export, model_io, runs
 from pfascannet.model import precision as precision_lib
 from pfascannet.model.detector import build_detector, build_patch_classifier, transfer_weights
 from pfascannet.model.equivalence import compare_dense_to_patches, sample_positions
@@ -149,10 +149,10 @@ def test_xla_gives_the_same_numbers(case, bf16_export):
 
 def test_bfloat16_map_of_a_real_slide_stays_within_the_bound(cohort, tmp_path):
     from pfascannet import workflow  # noqa: PLC0415
-    from pfascannet.training import trainer  # noqa: PLC0415
+    from pfascannet.inference.model_io import load_training_model  # noqa: PLC0415
 
     weights, _ = workflow.shipped_weights("tiny_demo")
-    trained = trainer.load_training_model(weights, "tiny")
+    trained = load_training_model(weights, "tiny")
     slide = str(cohort / "images" / "patient_000_node_2.tif")
     opts = engine.ScanOptions(batch=1, heatmap=False, progress=False)
     out = str(tmp_path / "scan")
@@ -191,7 +191,7 @@ def test_training_runs_a_few_steps_in_mixed_precision(cohort, tmp_path, precisio
     config = json.load(open(tmp_path / precision / "config.json"))
     assert config["settings"]["precision"] == precision
     # The weights file is float32 and loads into the float32 model for export.
-    model = trainer.load_training_model(result.final_weights, "tiny")
+    model = model_io.load_training_model(result.final_weights, "tiny")
     assert all(w.dtype == "float32" for w in model.weights)
     with pytest.raises(trainer.TrainingError, match="precision"):
         trainer.TrainSettings(data=str(cohort), workdir=str(tmp_path / "x"), precision="half")

@@ -34,7 +34,8 @@ import time
 import numpy as np
 import pytest
 
-from pfascannet.training import trainer  # only to read the weights back
+from pfascannet.inference import model_io  # only to read the weights back
+from pfascannet.training import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 5
@@ -182,8 +183,8 @@ def test_two_workers_equal_one_worker_and_only_the_chief_writes(cohort, loopback
 
     _assert_same_weights(one_worker_weights, workdir / "final.weights.h5")
     # The tolerance means something: training moved the weights far more than it.
-    model = trainer.load_training_model(str(workdir / "final.weights.h5"), "tiny")
-    start = trainer.load_training_model(str(workdir / "final.weights.h5"), "tiny")
+    model = model_io.load_training_model(str(workdir / "final.weights.h5"), "tiny")
+    start = model_io.load_training_model(str(workdir / "final.weights.h5"), "tiny")
     trainer.he_initialise(start, 0)
     kernel = model.get_layer("block1_conv1").get_weights()[0]
     assert np.max(np.abs(kernel - start.get_layer("block1_conv1").get_weights()[0])) > 1e-3

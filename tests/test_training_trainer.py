@@ -11,6 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from pfascannet.inference import model_io
 from pfascannet.training import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,10 +121,10 @@ def test_loss_falls_over_twenty_steps(cohort, tmp_path):
     # training model's classifier (experiments/export.py's library path).
     from pfascannet.inference.export import load_detector
 
-    trainer.export_trained(str(tmp_path / "export"), "tiny", alpha=1, roi_px=692, formats=("keras",),
+    model_io.export_trained(str(tmp_path / "export"), "tiny", alpha=1, roi_px=692, formats=("keras",),
                            checkpoint=r.checkpoint)
     detector = load_detector(tmp_path / "export")
-    model = trainer.load_training_model(r.final_weights, "tiny")
+    model = model_io.load_training_model(r.final_weights, "tiny")
     patch = np.random.default_rng(0).integers(0, 256, (1, 692, 692, 3), dtype=np.uint8)
     want = np.asarray(model(patch.astype(np.float32))["classifier"])[:, 1]
     np.testing.assert_allclose(detector.predict(patch).reshape(-1), want, atol=1e-5)
@@ -144,8 +145,8 @@ def test_without_synergistic_learning_and_with_hard_negatives(cohort, tmp_path):
     assert len(hard) == 3 and all(h.kind == "hard_negative" and h.label == 0 for h in hard)
     assert r.samples == 2 + 3
 
-    model = trainer.load_training_model(r.final_weights, "tiny")
-    fresh = trainer.load_training_model(r.final_weights, "tiny")
+    model = model_io.load_training_model(r.final_weights, "tiny")
+    fresh = model_io.load_training_model(r.final_weights, "tiny")
     trainer.he_initialise(fresh, s.seed)  # the decoder weights as they were before step 1
     from pfascannet.model.config import get_config
     from pfascannet.model.detector import build_patch_classifier

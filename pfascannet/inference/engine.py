@@ -56,6 +56,7 @@ import numpy as np
 from pfascannet import geometry
 from pfascannet.errors import PfaError
 from pfascannet.inference import lesions, outputs
+from pfascannet.inference.export_meta import mpp_warnings
 from pfascannet.inference.plan import RoiPlan, level_downsample, make_plan, tissue_on_map
 from pfascannet.io_utils import FileLock, atomic_path, is_temp_name, remove_stale_temps, write_json
 from pfascannet.slide.reader import SlideReader
@@ -761,7 +762,9 @@ def _scan_slide_locked(path, slide, runs, out_dir, options, progress, on_batch) 
     grid_plan = plans[coarse]
     if saved is not None and saved.shape != tuple(grid_plan.map_shape):
         saved = None
-    warnings = []
+    warnings = mpp_warnings(slide, mpp, [r.detector for r in runs])
+    for w in warnings:
+        _warn(w, progress, options)
     if sum(len(p) for p in plans) == 0:
         warnings.append(f"{slide}: no tissue found, nothing scanned; its map is all 0 (--tissue=all scans every ROI)")
         _warn(warnings[-1], progress, options)

@@ -12,8 +12,15 @@ An export directory holds (``export_detector``):
                      (the scanner's edge ROIs).
     detector.keras   the Keras model (any input side on the grid, softmax [N, Lm, Lm, 2]).
     export.json      alpha, roi_px, tile_px, stride_px, map_origin_px, patch_px,
-                     config, formats, versions.  Written last: a directory
-                     without it is an interrupted export.
+                     config, training_mpp, formats, versions.  Written last:
+                     a directory without it is an interrupted export.
+
+The model carries its own config (``model.detector.PfaScanNetDetector``):
+the export reads the widths, config name, alpha and the pixel size the model
+was trained at (``training_mpp``) from it, and ``detector.keras`` rebuilds
+itself from them.  Exports written before the model carried its config (a
+plain functional ``.keras``) still load: their widths are read from the
+trunk's layers and their alpha from the DensePooling layers.
 
 LR and Lm follow eq. (1) (Zhao et al., MICCAI 2019): LR = 692 + (512/alpha)(Lm - 1).
 Normalisation is inside the model, so every consumer passes raw uint8 RGB.
@@ -32,7 +39,7 @@ always under JAX, where ``"off"`` is ignored (eager JAX runs op by op);
 ``"on"`` / ``"off"`` force it under TensorFlow.
 
 ``load_detector(path)`` returns a ``Detector``: ``alpha``, ``roi_px``,
-``tile_px``, ``stride_px`` and ``predict(uint8 [N, LR, LR, 3]) -> float32
+``tile_px``, ``stride_px``, ``training_mpp`` and ``predict(uint8 [N, LR, LR, 3]) -> float32
 [N, Lm, Lm]`` tumour probability, plus ``predict_patches(uint8 [N, 692, 692,
 3]) -> float32 [N]``.  ``KerasDetector(model, alpha, roi_px)`` wraps a live
 model in the same protocol, so the scanner takes any of them.
@@ -61,7 +68,17 @@ from pfascannet.inference.export_meta import (  # noqa: F401  (re-exported)
 )
 from pfascannet.io_utils import atomic_dir, atomic_path, remove_stale_temps, write_json
 from pfascannet.model.config import ModelConfig
-from pfascannet.model.detector import TUMOUR_CHANNEL, build_detector, transfer_weights
+from pfascannet.model.dense_pooling import DensePooling
+from pfascannet.model.detector import (
+    TRAINING_MPP,
+    TUMOUR_CHANNEL,
+    PfaScanNetDetector,
+    PfaScanNetTrainingModel,
+    build_detector,
+    check_training_mpp,
+    transfer_weights,
+)
+from pfascannet.model.imagenet import CaffeNormalisation
 from pfascannet.model.precision import check_precision, model_precision
 
 XLA_SETTINGS = ("auto", "on", "off")
@@ -95,7 +112,11 @@ EXPORT_VERSION = 1
 
 @runtime_checkable
 class Detector(Protocol):
-    """What the scanner needs from a detector, whatever its format."""
+    """What the scanner needs from a detector, whatever its format.
+
+    Detectors may also say ``training_mpp`` (um/px of their training slides);
+    the scanner then warns about slides at another pixel size.
+    """
 
     alpha: int
     roi_px: int
@@ -148,12 +169,18 @@ class KerasDetector(_GeometryMixin):
         None: a hash of the weights, computed when first asked for.
       xla: "auto", "on" or "off" (``resolve_xla``); under JAX the forward
         pass is always compiled.
+      training_mpp: um/px of the training slides; None: the model's
+        (``model_training_mpp``).
 
     Attributes:
       precision: what the model computes in (read from its layers' dtype policy).
+      training_mpp: um/px of the slides the model was trained on.
     """
 
-    def __init__(self, model: keras.Model, alpha: int, roi_px: int, digest: str | None = None, xla: str = "auto"):
+    def __init__(
+        self, model: keras.Model, alpha: int, roi_px: int, digest: str | None = None, xla: str = "auto",
+        training_mpp: float | None = None,
+    ):
         geometry.ScanGeometry(alpha=alpha, roi_px=roi_px)
         built = detector_alpha(model)
         if built is not None and built != alpha:
@@ -167,6 +194,7 @@ class KerasDetector(_GeometryMixin):
         self._patch_model = None
         self._digest = digest
         self.precision = model_precision(model)
+        self.training_mpp = model_training_mpp(model) if training_mpp is None else check_training_mpp(training_mpp)
         self.xla = resolve_xla(xla)
         _set_jit(model, self.xla)
 
@@ -189,7 +217,8 @@ class KerasDetector(_GeometryMixin):
         """The same model serving ROIs of ``side_px`` (edge ROIs), or None if its input side is fixed."""
         if self.model.input_shape[1] is not None:
             return None
-        return KerasDetector(self.model, self.alpha, side_px, digest=self.digest, xla="on" if self.xla else "off")
+        return KerasDetector(self.model, self.alpha, side_px, digest=self.digest, xla="on" if self.xla else "off",
+                             training_mpp=self.training_mpp)
 
     def predict_patches(self, patches: np.ndarray) -> np.ndarray:
         """The patch classifier (same weights, alpha = 1): uint8 [N, 692, 692, 3] -> tumour probability [N]."""
@@ -204,13 +233,14 @@ class KerasDetector(_GeometryMixin):
 class SavedModelDetector(_GeometryMixin):
     """A SavedModel written by ``export_detector``, loaded with ``tf.saved_model.load``.
 
-    ``precision`` is the export's (export.json); with ``xla`` resolved on, the
-    serving function is called inside a ``tf.function(jit_compile=True)``.
+    ``precision`` and ``training_mpp`` are the export's (export.json); with
+    ``xla`` resolved on, the serving function is called inside a
+    ``tf.function(jit_compile=True)``.
     """
 
     def __init__(
         self, path: str, alpha: int, roi_px: int, digest: str | None = None,
-        precision: str = "float32", xla: str = "auto",
+        precision: str = "float32", xla: str = "auto", training_mpp: float = TRAINING_MPP,
     ):
         import tensorflow as tf  # noqa: PLC0415  (SavedModel is TensorFlow's format)
 
@@ -219,6 +249,7 @@ class SavedModelDetector(_GeometryMixin):
         self.alpha = alpha
         self.roi_px = roi_px
         self.precision = check_precision(precision)
+        self.training_mpp = check_training_mpp(training_mpp)
         self.xla = resolve_xla(xla)
         self.digest = digest or files_digest(path)
         try:
@@ -295,8 +326,23 @@ def at_precision(model: keras.Model, precision: str) -> keras.Model:
     """``model`` (a detector) rebuilt at ``precision`` with the same weights; ``model`` itself if already so."""
     if model_precision(model) == check_precision(precision):
         return model
+    return rebuild_detector(model, alpha=detector_alpha(model) or 1, input_px=model.input_shape[1], precision=precision)
+
+
+def rebuild_detector(
+    model: keras.Model, alpha: int, input_px: int | None = None, precision: str | None = None
+) -> PfaScanNetDetector:
+    """A detector with ``model``'s config, training pixel size and weights at another alpha, side or precision.
+
+    Args:
+      model: a detector or training model (its layers are matched by name).
+      alpha: dense coefficient of the new detector.
+      input_px: its fixed input side, or None for any side on the grid.
+      precision: "float32", "bfloat16", "float16"; None: ``model``'s.
+    """
     rebuilt = build_detector(
-        config_from_model(model), alpha=detector_alpha(model) or 1, input_px=model.input_shape[1], precision=precision
+        config_from_model(model), alpha=alpha, input_px=input_px,
+        precision=precision or model_precision(model), training_mpp=model_training_mpp(model),
     )
     transfer_weights(model, rebuilt)
     return rebuilt
@@ -329,21 +375,48 @@ def load_keras_model(path: str) -> keras.Model:
         ) from exc
 
 
+def _carries_config(model) -> bool:
+    return isinstance(model, (PfaScanNetDetector, PfaScanNetTrainingModel))
+
+
 def detector_alpha(model: keras.Model) -> int | None:
-    """The alpha a detector was built for, read from its DensePooling layers (None if it has none)."""
-    alphas = {layer.alpha for layer in model.layers if type(layer).__name__ == "DensePooling"}
+    """The alpha a detector was built for (None for a model without DensePooling layers).
+
+    Read from the model's config; a detector saved before the model carried
+    it (a plain functional ``.keras``) is read from its DensePooling layers.
+    """
+    if isinstance(model, PfaScanNetDetector):
+        return model.alpha
+    alphas = {layer.alpha for layer in model.layers if isinstance(layer, DensePooling)}
     if len(alphas) > 1:
         raise ExportError(f"model {model.name!r} mixes DensePooling alphas {sorted(alphas)}")
     return alphas.pop() if alphas else None
 
 
 def config_from_model(model: keras.Model, name: str = "inferred") -> ModelConfig:
-    """The ModelConfig whose trunk widths match ``model``'s (read from ``block{b}_conv1``)."""
+    """``model``'s ModelConfig: the one it carries, else (older exports) the trunk widths of ``block{b}_conv1``.
+
+    A model that does not carry its config loses ``bm_channels`` and its
+    name (``name`` stands in) and is assumed to take the "unit" input
+    convention unless it normalises with ``CaffeNormalisation``.
+    """
+    if _carries_config(model):
+        return model.model_config
     try:
         widths = tuple(int(model.get_layer(f"block{b}_conv1").filters) for b in range(1, 6))
     except ValueError as exc:
         raise ExportError(f"model {model.name!r} is not a PFA-ScanNet detector: {exc}") from None
-    return ModelConfig(name=name, widths=widths)
+    caffe = any(isinstance(layer, CaffeNormalisation) for layer in model.layers)
+    return ModelConfig(name=name, widths=widths, input_convention="caffe" if caffe else "unit")
+
+
+def model_training_mpp(model: keras.Model) -> float:
+    """um/px of the slides ``model`` was trained on: its config's, or 0.243 (Camelyon level 0) for older models.
+
+    Models saved before the model carried its config were all trained on
+    Camelyon-like slides at level 0, 0.243 um/px (``TRAINING_MPP``).
+    """
+    return model.training_mpp if _carries_config(model) else TRAINING_MPP
 
 
 def patch_model_for(model: keras.Model) -> keras.Model:
@@ -354,16 +427,12 @@ def patch_model_for(model: keras.Model) -> keras.Model:
     rebuilding at alpha = 1 makes the comparison literally the paper's patch
     classifier.)
     """
-    patch = build_detector(
-        config_from_model(model), alpha=1, input_px=geometry.PATCH_PX, precision=model_precision(model)
-    )
-    transfer_weights(model, patch)
-    return patch
+    return rebuild_detector(model, alpha=1, input_px=geometry.PATCH_PX)
 
 
 def export_detector(
     weights: keras.Model,
-    config: ModelConfig,
+    config: ModelConfig | None,
     out_dir: str | os.PathLike,
     alpha: int = geometry.PAPER_ALPHA,
     roi_px: int = geometry.PAPER_ROI_PX,
@@ -375,8 +444,10 @@ def export_detector(
 
     Args:
       weights: any model holding the detector's layers (the training model,
-        or a detector at any alpha).
-      config: the config ``weights`` was built with.
+        or a detector at any alpha); its config and ``training_mpp`` go into
+        the export.
+      config: None (read from ``weights``), or the config ``weights`` was
+        built with: a model that carries another one is refused.
       out_dir: export directory (created; existing export files are replaced).
       alpha: dense coefficient of the export.
       roi_px: LR of the SavedModel signature; must fit eq. (1) at alpha.
@@ -399,9 +470,15 @@ def export_detector(
             f"writing a SavedModel needs KERAS_BACKEND=tensorflow (this is {keras.backend.backend()!r}); "
             "export with formats=('keras',) or switch backend"
         )
+    carried = config_from_model(weights)
+    if config is None:
+        config = carried
+    elif _carries_config(weights) and carried != config:
+        raise ExportError(f"model {weights.name!r} was built with {carried}, not the given {config}")
+    training_mpp = model_training_mpp(weights)
     # Free spatial dims: one .keras model serves every ROI size on the grid and is
     # its own patch classifier on 692 inputs.
-    detector = build_detector(config, alpha=alpha, input_px=None, precision=precision)
+    detector = build_detector(config, alpha=alpha, input_px=None, precision=precision, training_mpp=training_mpp)
     transfer_weights(weights, detector)
 
     out_dir = os.fspath(out_dir)
@@ -430,6 +507,7 @@ def export_detector(
         "tumour_channel": TUMOUR_CHANNEL,
         "precision": precision,
         "config": config.to_dict(),
+        "training_mpp": training_mpp,
         "formats": written,
         "signature": {
             "name": "serving_default",
@@ -494,7 +572,11 @@ def load_detector(
       xla: "auto", "on" or "off" (``resolve_xla``).
 
     Returns:
-      A ``KerasDetector`` or ``SavedModelDetector``.
+      A ``KerasDetector`` or ``SavedModelDetector``.  Its ``training_mpp``
+      is the model's (a ``.keras`` detector carries it) or export.json's;
+      exports written before it was recorded say neither and are taken to
+      be trained at 0.243 um/px (Camelyon level 0, ``TRAINING_MPP``), as
+      every model of this project then was.
     """
     path = os.fspath(path)
     if format not in ("auto", *FORMATS):
@@ -544,7 +626,8 @@ def load_detector(
             )
         try:
             return SavedModelDetector(
-                sm_path, int(meta["alpha"]), lr, digest=files_digest(sm_path), precision=exported, xla=xla
+                sm_path, int(meta["alpha"]), lr, digest=files_digest(sm_path), precision=exported, xla=xla,
+                training_mpp=meta.get("training_mpp", TRAINING_MPP),
             )
         except ImportError:
             raise ExportError(
@@ -569,6 +652,7 @@ def load_detector(
     lr = roi_px or (int(meta["roi_px"]) if meta else model.input_shape[1])
     if lr is None:
         raise ExportError(f"{keras_path} has free input sides and no {EXPORT_JSON}: pass roi_px")
+    training_mpp = model_training_mpp(model) if _carries_config(model) else (meta or {}).get("training_mpp")
     if precision is not None:
         model = at_precision(model, precision)
-    return KerasDetector(model, alpha, int(lr), digest=digest, xla=xla)
+    return KerasDetector(model, alpha, int(lr), digest=digest, xla=xla, training_mpp=training_mpp)

@@ -197,7 +197,6 @@ def _resolve(model_path, alpha, roi, mode, batch, memory_budget_bytes, precision
 def rebuild_at_alpha(detector, alpha: int, roi_px: int):
     """The same weights as a KerasDetector at another alpha (layers matched by name)."""
     from pfascannet.inference import export  # noqa: PLC0415
-    from pfascannet.model.detector import build_detector, transfer_weights  # noqa: PLC0415
 
     model = getattr(detector, "model", None)
     if model is None:
@@ -205,8 +204,7 @@ def rebuild_at_alpha(detector, alpha: int, roi_px: int):
             f"the detector (alpha={detector.alpha}) is a SavedModel and cannot be rebuilt at alpha={alpha}; "
             "use a .keras export"
         )
-    rebuilt = build_detector(export.config_from_model(model), alpha=alpha, precision=detector.precision)
-    transfer_weights(model, rebuilt)
+    rebuilt = export.rebuild_detector(model, alpha=alpha, precision=detector.precision)
     xla = "on" if detector.xla else "off"
     return export.KerasDetector(rebuilt, alpha, roi_px, digest=detector.digest, xla=xla)
 
