@@ -56,7 +56,7 @@ CANDIDATE_RULE = {"rule": "local maxima", "floor": CANDIDATE_FLOOR, "radius_um":
 
 
 @dataclasses.dataclass(frozen=True)
-class Lesion:
+class LesionCandidate:
     """One candidate: probability and level-0 ``(x, y)`` of its map cell's centre."""
 
     confidence: float
@@ -77,7 +77,7 @@ def lesion_candidates(
     mpp: Optional[float] = None,
     dimensions_xy: Optional[Sequence[int]] = None,
     max_candidates: int = MAX_CANDIDATES,
-) -> list[Lesion]:
+) -> list[LesionCandidate]:
     """The scanner's lesion candidates: every local maximum of the map at or above ``floor``.
 
     A cell is a local maximum when no cell within ``radius_um`` of it (a
@@ -130,7 +130,7 @@ def lesion_candidates(
     if dimensions_xy is not None:
         xs = np.minimum(xs, int(dimensions_xy[0]) - 1)
         ys = np.minimum(ys, int(dimensions_xy[1]) - 1)
-    return [Lesion(float(v), int(x), int(y)) for v, x, y in zip(values[kept], xs, ys)]
+    return [LesionCandidate(float(v), int(x), int(y)) for v, x, y in zip(values[kept], xs, ys)]
 
 
 def nms_lesions(
@@ -140,7 +140,7 @@ def nms_lesions(
     radius_um: float = DEFAULT_NMS_RADIUS_UM,
     mpp: Optional[float] = None,
     max_lesions: int = 10000,
-) -> list[Lesion]:
+) -> list[LesionCandidate]:
     """Greedy NMS on the map: take the maximum, suppress a disk around it, repeat.
 
     Exactly the iterative ``argmax``-then-zero-a-disk of NCRF, computed over
@@ -166,7 +166,7 @@ def nms_lesions(
     order = np.argsort(-values, kind="stable")
     rr, cc, values = rr[order], cc[order], values[order]
     alive = np.ones(values.shape[0], bool)
-    out: list[Lesion] = []
+    out: list[LesionCandidate] = []
     r2 = radius_map_px**2
     start = 0
     while len(out) < max_lesions:
@@ -176,7 +176,7 @@ def nms_lesions(
         k = start + int(idx[0])
         start = k + 1
         r, c = int(rr[k]), int(cc[k])
-        out.append(Lesion(float(values[k]), int(cell_centre_px(c, stride_px)), int(cell_centre_px(r, stride_px))))
+        out.append(LesionCandidate(float(values[k]), int(cell_centre_px(c, stride_px)), int(cell_centre_px(r, stride_px))))
         near = (rr - r) ** 2 + (cc - c) ** 2 <= r2
         alive &= ~near
     return out

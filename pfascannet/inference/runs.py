@@ -19,7 +19,8 @@ from typing import Optional, Sequence, Union
 
 from pfascannet import geometry
 from pfascannet.inference import export_meta
-from pfascannet.inference.engine import ModelRun, ScanError
+from pfascannet.inference.model_run import ModelRun
+from pfascannet.inference.scan_options import ScanError
 from pfascannet.inference.plan import auto_roi_px
 from pfascannet.model.precision import check_precision
 
