@@ -187,6 +187,7 @@ class Progress:
             out.write("\n")
             out.flush()
             self._line_open = False
+            self._last = -math.inf  # the line comes back at the next update
 
     def message(self, text: str, always: bool = False, level: int = logging.INFO) -> None:
         """A message line (shown when enabled, or ``always``), below the progress line."""

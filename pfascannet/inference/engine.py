@@ -65,6 +65,7 @@ from pfascannet.inference.slide_list import list_slides, shard_slides
 from pfascannet.io_utils import atomic_path, remove_stale_temps
 from pfascannet.progress import Progress, fmt_duration
 from pfascannet.slide.reader import SlideReader
+from pfascannet.slide.tissue import tissue_mask
 
 
 @dataclasses.dataclass
@@ -308,8 +309,6 @@ def _tissue(reader: SlideReader, options: ScanOptions) -> Optional[np.ndarray]:
         return None
     if callable(options.tissue):
         return np.asarray(options.tissue(reader), bool)
-    from pfascannet.slide.tissue import tissue_mask  # noqa: PLC0415
-
     return tissue_mask(reader, downsample=options.tissue_downsample)
 
 

@@ -35,7 +35,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
+import cv2
 import numpy as np
+from scipy import ndimage
 
 CAMELYON_MPP = 0.243
 """Level-0 pixel size the Camelyon scripts assume when a slide carries none."""
@@ -101,8 +103,6 @@ def lesion_candidates(
     Returns:
       Lesions by decreasing confidence (ties row-major).
     """
-    from scipy import ndimage  # noqa: PLC0415
-
     prob = np.asarray(prob_map, np.float32)
     if prob.ndim != 2 or prob.size == 0:
         return []
@@ -207,14 +207,10 @@ def lesion_contours(prob_map: np.ndarray, stride_px: int, threshold: float = 0.5
     Returns:
       Contours by decreasing maximum probability.
     """
-    import cv2  # noqa: PLC0415
-
     prob_map = np.asarray(prob_map, np.float32)
     mask = (prob_map >= threshold).astype(np.uint8)
     if not mask.any():
         return []
-    from scipy import ndimage  # noqa: PLC0415
-
     n_labels, labels = cv2.connectedComponents(mask, connectivity=8)
     out = []
     for label in range(1, n_labels):
@@ -246,8 +242,6 @@ def _outer_ring(cells: np.ndarray, r0: int, c0: int, stride_px: int) -> np.ndarr
     lattice' instead: corner (a, b), at level-0 (S b, S a), is set when any of
     its four cells is set, and its outer boundary runs along the cells' edges.
     """
-    import cv2  # noqa: PLC0415
-
     padded = np.pad(cells, 1)
     corners = padded[:-1, :-1] | padded[1:, :-1] | padded[:-1, 1:] | padded[1:, 1:]
     contours, _ = cv2.findContours(corners.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

@@ -14,10 +14,13 @@ import json
 import os
 from typing import Optional, Sequence
 
+import cv2
 import numpy as np
 
 from pfascannet.inference import lesions as lesions_lib
 from pfascannet.io_utils import FileLock, atomic_path, save_npy, write_json, write_text
+from pfascannet.slide.annotations import Annotation, write_asap_xml
+from pfascannet.slide.tiff_writer import write_pyramid_tiff
 
 HEATMAP_MAX_SIDE_PX = 2048
 """Longest side of the heatmap PNG's thumbnail grid."""
@@ -45,8 +48,6 @@ def write_map_tiff(path: str, prob_map: np.ndarray, map_mpp: Optional[float]) ->
     ``map_mpp`` is the slide's mpp times the map stride, so a viewer that
     honours resolution tags overlays it on the slide at the right scale.
     """
-    from pfascannet.slide.tiff_writer import write_pyramid_tiff  # noqa: PLC0415
-
     grey = np.clip(np.rint(np.asarray(prob_map, np.float32) * 255.0), 0, 255).astype(np.uint8)
     rows, cols = grey.shape
 
@@ -107,8 +108,6 @@ def contours_geojson(contours: Sequence[lesions_lib.Contour]) -> dict:
 def write_contours(geojson_path: str, xml_path: str, contours: Sequence[lesions_lib.Contour]) -> None:
     """Lesion contours as QuPath GeoJSON and ASAP XML (outer rings group ``_0``, holes ``_2``)."""
     write_text(geojson_path, json.dumps(contours_geojson(contours)) + "\n")
-    from pfascannet.slide.annotations import Annotation, write_asap_xml  # noqa: PLC0415
-
     annotations = []
     for k, contour in enumerate(contours):
         # ASAP closes polygons itself: drop the repeated first point.
@@ -219,8 +218,6 @@ def write_map(out_dir: str, slide: str, prob_map: np.ndarray, meta: dict, scanne
 
 def write_scanned_png(path: str, scanned: np.ndarray) -> None:
     """The cells a map computed, on the map's grid, as a greyscale PNG (255 = computed)."""
-    import cv2  # noqa: PLC0415
-
     with atomic_path(path, suffix=".png") as tmp:
         if not cv2.imwrite(tmp, np.where(np.asarray(scanned, bool), 255, 0).astype(np.uint8)):
             raise OSError(f"could not write {path}")
@@ -228,8 +225,6 @@ def write_scanned_png(path: str, scanned: np.ndarray) -> None:
 
 def read_scanned_png(path: str, map_shape: tuple[int, int]) -> Optional[np.ndarray]:
     """The cells a map computed (``write_scanned_png``), or None if missing, unreadable or of another shape."""
-    import cv2  # noqa: PLC0415
-
     if not os.path.exists(path):
         return None
     img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
