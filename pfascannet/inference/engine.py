@@ -79,7 +79,6 @@ class ScanStats:
     wait_s: float = 0.0
 
 
-
 # --------------------------------------------------------------------------- progress
 
 
@@ -146,7 +145,6 @@ def _fingerprint_id(fingerprint: dict) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
-
 def _load_checkpoint(
     path: str, fingerprint: dict, map_shape: tuple[int, int], n_rois: int, warn: Callable[[str], None]
 ):
@@ -182,7 +180,6 @@ def _load_checkpoint(
 def _save_checkpoint(path: str, fingerprint: dict, prob_map: np.ndarray, done: np.ndarray) -> None:
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, map=prob_map, done=done, fingerprint=np.array(_fingerprint_id(fingerprint)))
-
 
 
 def scan_map(
@@ -300,7 +297,6 @@ def scan_map(
     return prob_map, stats
 
 
-
 # --------------------------------------------------------------------------- one slide
 
 
@@ -337,7 +333,6 @@ def map_fingerprint(path: str, runs: Sequence[ModelRun], options: ScanOptions) -
     if any(plan_split(r, options) > 1 for r in runs) and options.tissue != "all":
         out["edge_rois"] = EDGE_SPLIT
     return out
-
 
 
 def post_settings(options: ScanOptions) -> postprocess.PostSettings:

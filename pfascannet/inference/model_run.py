@@ -93,7 +93,6 @@ class ModelRun:
         return out
 
 
-
 EDGE_SPLIT = 2
 """Edge ROIs are quarter tiles (``plan.make_plan(split=...)``)."""
 

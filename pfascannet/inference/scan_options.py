@@ -22,8 +22,6 @@ class ScanError(PfaError):
     """Bad scan settings or inputs (slide list, shard, detector geometry)."""
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class ScanOptions:
     """Runtime settings of a scan.

@@ -30,7 +30,6 @@ def check_slide(path: str, mpp: Optional[float] = None) -> Optional[str]:
     return None
 
 
-
 def list_slides(spec: str | Sequence[str]) -> list[str]:
     """Slide paths from a slide file, a folder (or a cohort with ``images/``), or a list file.
 
