@@ -120,7 +120,7 @@ def _time_roi(keras, np, config, lr: int, precision: str) -> dict:
 def _wsi(config, precision: str) -> dict:
     import numpy as np  # noqa: PLC0415
 
-    from pfascannet.inference import engine  # noqa: PLC0415
+    from pfascannet.inference import engine, model_run, scan_options  # noqa: PLC0415
     from pfascannet.inference.export import KerasDetector  # noqa: PLC0415
     from pfascannet.inference.plan import make_plan  # noqa: PLC0415
     from pfascannet.model.detector import build_detector  # noqa: PLC0415
@@ -142,9 +142,9 @@ def _wsi(config, precision: str) -> dict:
     plan = type(plan)(plan.geometry, plan.dimensions, 0, 1, np.tile(plan.rois_rowcol, (reps, 1))[: FLAGS.wsi_rois])
     warm = np.full((FLAGS.batch, FLAGS.wsi_roi_px, FLAGS.wsi_roi_px, 3), 200, np.uint8)
     det.predict(warm)  # compilation is not part of a scan's steady state
-    options = engine.ScanOptions(batch=FLAGS.batch, workers=FLAGS.workers, prefetch_batches=FLAGS.prefetch,
+    options = scan_options.ScanOptions(batch=FLAGS.batch, workers=FLAGS.workers, prefetch_batches=FLAGS.prefetch,
                                  progress=False, heatmap=False)
-    run = engine.ModelRun(det, grid, name="random", digest="random")
+    run = model_run.ModelRun(det, grid, name="random", digest="random")
     _, stats = engine.scan_map(slide, run, plan, options)
     return {"precision": precision, "roi_px": FLAGS.wsi_roi_px, "rois": len(plan), "slide_px": FLAGS.slide_px,
             "distinct_rois": -(-FLAGS.slide_px // grid.roi_step_px) ** 2, "wall_s": stats.wall_s,

@@ -114,7 +114,7 @@ def _child() -> None:
     import numpy as np
 
     from pfascannet import geometry
-    from pfascannet.inference import engine
+    from pfascannet.inference import engine, model_run, scan_options
     from pfascannet.inference.plan import make_plan
     from pfascannet.slide.reader import SlideReader
     from pfascannet.slide.tissue import tissue_mask
@@ -125,9 +125,9 @@ def _child() -> None:
     warm = np.full((FLAGS.batch, FLAGS.roi, FLAGS.roi, 3), 200, np.uint8)
     det.predict(warm)  # tracing/compilation is not part of a scan's steady state
     del warm
-    run = engine.ModelRun(det, grid, name=f"random-{FLAGS.config}")
+    run = model_run.ModelRun(det, grid, name=f"random-{FLAGS.config}")
     out = os.path.join(FLAGS.workdir, "scan_" + os.path.splitext(os.path.basename(slide))[0])
-    options = engine.ScanOptions(batch=FLAGS.batch, workers=FLAGS.workers, checkpoint_every_s=60.0)
+    options = scan_options.ScanOptions(batch=FLAGS.batch, workers=FLAGS.workers, checkpoint_every_s=60.0)
     t0 = time.perf_counter()
     summary = engine.scan_slides(slide, [run], out + f"_{time.time_ns()}", options)
     whole_s = time.perf_counter() - t0
@@ -163,7 +163,7 @@ def _dense_vs_patch(slide: str, big_plan) -> dict:
     import numpy as np
 
     from pfascannet import geometry
-    from pfascannet.inference import engine
+    from pfascannet.inference import engine, model_run, scan_options
     from pfascannet.inference.plan import make_plan
     from pfascannet.slide.reader import SlideReader
     from pfascannet.slide.tissue import tissue_mask
@@ -172,11 +172,11 @@ def _dense_vs_patch(slide: str, big_plan) -> dict:
     with SlideReader(slide) as reader:
         plan = make_plan(reader.dimensions, grid, tissue_mask(reader, 32), 32)
     plan = dataclasses.replace(plan, rois_rowcol=plan.rois_rowcol[: FLAGS.compare_rois])
-    dense = engine.ModelRun(_detector(FLAGS.alpha, FLAGS.compare_roi), grid, name="dense")
-    patch = engine.ModelRun(_detector(1, geometry.PATCH_PX), grid, mode="patch", name="patch")
+    dense = model_run.ModelRun(_detector(FLAGS.alpha, FLAGS.compare_roi), grid, name="dense")
+    patch = model_run.ModelRun(_detector(1, geometry.PATCH_PX), grid, mode="patch", name="patch")
     dense.detector.predict(np.full((1, FLAGS.compare_roi, FLAGS.compare_roi, 3), 200, np.uint8))
     patch.detector.predict(np.full((FLAGS.patch_batch, 692, 692, 3), 200, np.uint8))
-    options = engine.ScanOptions(batch=1, workers=FLAGS.workers, progress=False, patch_batch=FLAGS.patch_batch)
+    options = scan_options.ScanOptions(batch=1, workers=FLAGS.workers, progress=False, patch_batch=FLAGS.patch_batch)
     _, ds = engine.scan_map(slide, dense, plan, options)
     _, ps = engine.scan_map(slide, patch, plan, options)
     map_px = len(plan) * grid.tile_px**2

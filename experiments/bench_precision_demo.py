@@ -50,7 +50,7 @@ def main(argv) -> None:
     from pfascannet import demo, geometry, workflow  # noqa: PLC0415
     from pfascannet.evaluation import froc  # noqa: PLC0415
     from pfascannet.evaluation import run as evaluation  # noqa: PLC0415
-    from pfascannet.inference import engine, runs  # noqa: PLC0415
+    from pfascannet.inference import engine, runs, scan_options  # noqa: PLC0415
 
     shipped = workflow.shipped_weights(FLAGS.shipped)
     if shipped is None:
@@ -67,7 +67,7 @@ def main(argv) -> None:
         precision, edges = VARIANTS[name]
         out = os.path.join(FLAGS.workdir, f"scan_{name}")
         run = runs.load_run(export_dir, precision=precision)
-        options = engine.ScanOptions(batch=1, workers=2, edge_rois=edges, progress=False)
+        options = scan_options.ScanOptions(batch=1, workers=2, edge_rois=edges, progress=False)
         t0 = time.perf_counter()
         summary = engine.scan_slides(slides, [run], out, options)
         wall = time.perf_counter() - t0

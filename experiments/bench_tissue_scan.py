@@ -101,7 +101,7 @@ def _child(text: str, slide: str) -> None:
     import numpy as np  # noqa: PLC0415
 
     from pfascannet import geometry  # noqa: PLC0415
-    from pfascannet.inference import engine  # noqa: PLC0415
+    from pfascannet.inference import engine, model_run, scan_options  # noqa: PLC0415
     from pfascannet.inference.export import KerasDetector  # noqa: PLC0415
     from pfascannet.model.config import get_config  # noqa: PLC0415
     from pfascannet.model.detector import build_detector  # noqa: PLC0415
@@ -109,12 +109,12 @@ def _child(text: str, slide: str) -> None:
     precision, roi, edges = _parse(text)
     grid = geometry.ScanGeometry(16, roi)
     det = KerasDetector(build_detector(get_config(FLAGS.config), alpha=16, precision=precision), 16, roi, digest="random")
-    run = engine.ModelRun(det, grid, name=f"random-{FLAGS.config}", digest="random")
-    options = engine.ScanOptions(batch=1, workers=2, edge_rois=edges, progress=False, heatmap=True)
-    sides = [roi] + ([geometry.roi_px(grid.tile_px // 2, 16)] if engine.plan_split(run, options) > 1 else [])
+    run = model_run.ModelRun(det, grid, name=f"random-{FLAGS.config}", digest="random")
+    options = scan_options.ScanOptions(batch=1, workers=2, edge_rois=edges, progress=False, heatmap=True)
+    sides = [roi] + ([geometry.roi_px(grid.tile_px // 2, 16)] if model_run.plan_split(run, options) > 1 else [])
     t0 = time.perf_counter()
     for side in sides:
-        engine.edge_detector(run, side).predict(np.full((1, side, side, 3), 200, np.uint8))
+        model_run.edge_detector(run, side).predict(np.full((1, side, side, 3), 200, np.uint8))
     warm_s = time.perf_counter() - t0
     out = os.path.join(FLAGS.workdir, f"scan_{text.replace(':', '_')}_{time.time_ns()}")
     t0 = time.perf_counter()

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import flags
+from absl import flags, logging
 
 if __package__ in (None, ""):  # run as a script from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -75,7 +75,7 @@ def main(argv) -> None:
     for name in ("model", "slides", "out"):
         if not getattr(FLAGS, name):
             _usage(f"--{name} is required")
-    from pfascannet.inference import engine, runs  # noqa: PLC0415  (no Keras yet)
+    from pfascannet.inference import engine, runs, scan_options, slide_list  # noqa: PLC0415  (no Keras yet)
 
     if FLAGS.ray is not None:
         from pfascannet.inference import ray_scan  # noqa: PLC0415
@@ -83,8 +83,8 @@ def main(argv) -> None:
         ray_scan.import_ray()  # not installed: one line, before anything else
 
     # Every flag and input is checked here, before the (slow) model load.
-    shard = engine.parse_shard(FLAGS.shard) if FLAGS.shard else None
-    options = engine.ScanOptions(
+    shard = slide_list.parse_shard(FLAGS.shard) if FLAGS.shard else None
+    options = scan_options.ScanOptions(
         batch=FLAGS.batch,
         workers=FLAGS.workers,
         prefetch_batches=FLAGS.prefetch,
@@ -130,36 +130,37 @@ def main(argv) -> None:
         precision=FLAGS.precision,
         xla=FLAGS.xla,
     )
-    slides = engine.list_slides(FLAGS.slides)
-    _check_slides(engine, engine.shard_slides(slides, shard) if shard is not None else slides)
+    slides = slide_list.list_slides(FLAGS.slides)
+    _check_slides(slide_list.shard_slides(slides, shard) if shard is not None else slides)
     if FLAGS.ray is not None:  # the workers load the model; the driver never does
         summary = ray_scan.scan_slides_ray(slides, specs, FLAGS.out, options, shard=shard,
                                            ray_options=ray_scan.RayOptions(address=FLAGS.ray))
         sys.exit(0 if summary.ok else 1)
     model_runs = [runs.load_spec(spec) for spec in specs]
     for r in model_runs:
-        print(
+        logging.info(
             f"model {r.name}: alpha={r.grid.alpha} roi={r.grid.roi_px} tile={r.grid.tile_px} "
             f"stride={r.grid.stride_px} px mode={r.mode} precision={r.precision} "
-            f"xla={'on' if getattr(r.detector, 'xla', False) else 'off'} digest={r.digest}",
-            file=sys.stderr,
+            f"xla={'on' if getattr(r.detector, 'xla', False) else 'off'} digest={r.digest}"
         )
     summary = engine.scan_slides(slides, model_runs, FLAGS.out, options, shard=shard)  # prints the summary
     if not summary.ok:
         sys.exit(1)
 
 
-def _check_slides(engine, slides) -> None:
+def _check_slides(slides) -> None:
     """Exit 2 (one line) for a missing slide path, or when no listed slide can be scanned at all.
 
     Slides that exist but cannot be scanned (unreadable, no pixel size) among
     others that can are left to the scan, which names each as failed (exit 1).
     """
+    from pfascannet.inference import slide_list  # noqa: PLC0415
+
     missing = [p for p in slides if not os.path.exists(p)]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         _usage(f"{missing[0]}: no such slide file{more}")
-    problems = [engine.check_slide(p, FLAGS.mpp) for p in slides]
+    problems = [slide_list.check_slide(p, FLAGS.mpp) for p in slides]
     if problems and all(problems):
         more = f" (and {len(problems) - 1} more slide(s) that cannot be scanned)" if len(problems) > 1 else ""
         _usage(f"{problems[0]}{more}")

@@ -12,23 +12,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 from typing import Callable, Optional, Sequence
 
 from pfascannet import geometry
 from pfascannet.errors import PfaError
+from pfascannet.progress import Progress
 
 SHIPPED_WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 
 
 class Log:
-    """Step-by-step progress on the terminal, with the elapsed time and an ETA for each step."""
+    """Step-by-step progress with the elapsed time of each step, through ``pfascannet.progress``.
+
+    ``log(message)`` is a message line (``logging``, or ``stream`` when given);
+    ``counter(total, noun)`` a ``Progress`` over the step's items, with rate and ETA.
+    """
 
     def __init__(self, stream=None, total_steps: int = 0):
-        self.stream = stream or sys.stderr
+        self.stream = stream
         self.total_steps = total_steps
         self.step = 0
+        self.reporter = Progress(total_steps or None, label="steps", unit="step", stream=stream)
         self.t0 = time.perf_counter()
         self.step_t0 = self.t0
 
@@ -44,20 +49,16 @@ class Log:
         return dt
 
     def counter(self, total: int, noun: str) -> Callable[[str], None]:
-        """A callback that prints ``k/total`` with an ETA each time one of ``total`` items finishes."""
-        state = {"k": 0, "t0": time.perf_counter()}
+        """A callback to call each time one of ``total`` items finishes: ``k/total``, rate and ETA."""
+        items = Progress(total, label=f"      {noun}", unit=noun, stream=self.stream)
 
         def tick(message: str = "") -> None:
-            state["k"] += 1
-            k = state["k"]
-            elapsed = time.perf_counter() - state["t0"]
-            eta = elapsed / k * max(total - k, 0)
-            self(f"      {noun} {k}/{total} ETA {eta:.0f} s  {message}")
+            items.advance(1, extra=message)
 
         return tick
 
     def __call__(self, message: str) -> None:
-        print(message, file=self.stream, flush=True)
+        self.reporter.message(message, always=True)
 
 
 # --------------------------------------------------------------------------- cohort
@@ -158,10 +159,10 @@ def export_model(weights: str, config_name: str, out_dir: str, alpha: int, roi_p
 def scan(model_dirs: Sequence[str], slides: Sequence[str], out_dir: str, *, mode: str = "dense",
          batch: int = 1, workers: int = 2, threshold: float = 0.5):
     """Scans ``slides`` with the first model (and the rest as an ensemble at their own alphas)."""
-    from pfascannet.inference import engine, runs  # noqa: PLC0415
+    from pfascannet.inference import engine, runs, scan_options  # noqa: PLC0415
 
     model_runs = [runs.load_run(m, mode=mode, batch=batch) for m in model_dirs]
-    options = engine.ScanOptions(batch=batch, workers=workers, threshold=threshold)
+    options = scan_options.ScanOptions(batch=batch, workers=workers, threshold=threshold)
     summary = engine.scan_slides(list(slides), model_runs, out_dir, options)
     if not summary.ok:
         raise PfaError(f"{len(summary.failed)} slide(s) failed to scan: "

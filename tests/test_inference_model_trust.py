@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from pfascannet.inference import engine, runs
-from tests.test_inference_scan import write_slide
+from pfascannet.inference import engine, runs, scan_options
+from tests.scan_support import slide_without_mpp, write_slide
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SID = "patient_001_node_0"
@@ -63,7 +63,7 @@ def _one_error_line(proc) -> str:
 
 def test_model_replaced_between_runs_is_rescanned(slide, tmp_path):
     model_dir, out = str(tmp_path / "M"), str(tmp_path / "S")
-    opts = engine.ScanOptions(progress=False, heatmap=False, tissue="all", batch=2)
+    opts = scan_options.ScanOptions(progress=False, heatmap=False, tissue="all", batch=2)
     _export(_tiny(0), model_dir)
     run_a = runs.load_run(model_dir)
     assert engine.scan_slides(slide, [run_a], out, opts).results[0].status == "done"
@@ -154,9 +154,7 @@ def test_scan_cli_checks_flags_and_slides_before_the_model_loads(slide, tmp_path
     assert "alpha" in line
     bare = tmp_path / "bare"
     bare.mkdir()
-    from tests.test_inference_trust import _slide_without_mpp
-
-    _slide_without_mpp(str(bare / "x.tif"))
+    slide_without_mpp(str(bare / "x.tif"))
     line = _one_error_line(_scan([*base, f"--slides={bare}"]))
     assert "x.tif" in line and "--mpp" in line
     assert not os.path.exists(tmp_path / "S" / "maps")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pfascannet import geometry
-from pfascannet.inference import engine, lesions, plan as plan_lib
+from pfascannet.inference import ensemble, lesions, plan as plan_lib, scan_options
 
 
 def _coverage(plan: plan_lib.RoiPlan) -> np.ndarray:
@@ -108,10 +108,10 @@ def test_contours_follow_cell_edges_with_holes():
 
 def test_pool_to_stride_and_ensemble():
     fine = np.arange(15, dtype=np.float32).reshape(3, 5)
-    pooled = engine.pool_to_stride(fine, 2, (2, 3))
+    pooled = ensemble.pool_to_stride(fine, 2, (2, 3))
     expected = np.array([[(0 + 1 + 5 + 6) / 4, (2 + 3 + 7 + 8) / 4, (4 + 9) / 2], [(10 + 11) / 2, (12 + 13) / 2, 14]])
     np.testing.assert_allclose(pooled, expected)
     coarse = np.ones((2, 3), np.float32)
-    np.testing.assert_allclose(engine.ensemble_maps([fine, coarse], [16, 32], (2, 3)), (expected + 1) / 2)
-    with pytest.raises(engine.ScanError, match="nest"):
-        engine.ensemble_maps([fine, coarse], [24, 32], (2, 3))
+    np.testing.assert_allclose(ensemble.ensemble_maps([fine, coarse], [16, 32], (2, 3)), (expected + 1) / 2)
+    with pytest.raises(scan_options.ScanError, match="nest"):
+        ensemble.ensemble_maps([fine, coarse], [24, 32], (2, 3))

@@ -22,8 +22,8 @@ import time
 
 import pytest
 
-from pfascannet.inference import engine, ray_scan, runs
-from tests.test_inference_scan import write_slide
+from pfascannet.inference import engine, ray_scan, runs, scan_options
+from tests.scan_support import write_slide
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BAD = "patient_003_node_0"
@@ -63,7 +63,7 @@ def specs(model_dir):
 @pytest.fixture(scope="module")
 def plain_scan(specs, slide_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("plain") / "scan")
-    options = engine.ScanOptions(**dict(OPTIONS, progress=False))
+    options = scan_options.ScanOptions(**dict(OPTIONS, progress=False))
     summary = engine.scan_slides(str(slide_dir), [runs.load_spec(s) for s in specs], out, options)
     assert {r.slide: r.status for r in summary.results} == {**{s: "done" for s in GOOD}, BAD: "failed"}
     return out
@@ -133,7 +133,7 @@ def test_rerun_through_ray_skips_what_is_done(local_ray, specs, slide_dir, plain
     out = str(tmp_path / "copy")
     shutil.copytree(plain_scan, out)
     stream = io.StringIO()
-    options = engine.ScanOptions(**dict(OPTIONS, progress_stream=stream))
+    options = scan_options.ScanOptions(**dict(OPTIONS, progress_stream=stream))
     summary = ray_scan.scan_slides_ray(str(slide_dir), specs, out, options)
     assert sorted(r.status for r in summary.results) == ["failed", "skipped", "skipped", "skipped"]
     assert "[ray] 4/4 slides: 0 done, 3 already done, 1 failed" in stream.getvalue()
@@ -181,7 +181,7 @@ def test_worker_killed_mid_slide_is_retried_and_outputs_still_equal(local_ray, s
 
     killer = threading.Thread(target=kill_when_paused, daemon=True)
     killer.start()
-    options = engine.ScanOptions(**dict(OPTIONS, progress=False))
+    options = scan_options.ScanOptions(**dict(OPTIONS, progress=False))
     summary = ray_scan.scan_slides_ray(str(slide_dir), specs, out, options,
                                        ray_options=ray_scan.RayOptions(max_retries=2), on_batch=PauseOnce(marker))
     killer.join(timeout=10)

@@ -11,71 +11,17 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 
 import numpy as np
 import pytest
 
 from pfascannet import geometry
-from pfascannet.inference import engine, lesions
+from pfascannet.inference import engine, ensemble, lesions, model_run, scan_options, slide_list
 from pfascannet.inference.plan import make_plan
 from pfascannet.slide.reader import SlideReader
-
-BLOCK_PX = 32
-SLIDE_WH = (1000, 700)  # not multiples of 32: the last map row/column runs past the slide
-LM = 4  # small ROIs so the grid has many ROI borders
-
-
-class OracleDetector:
-    """A numpy detector of the FCN's geometry whose output is a known function of its input."""
-
-    def __init__(self, alpha: int, roi_px: int):
-        self.alpha, self.roi_px = alpha, roi_px
-        self.stride_px = geometry.output_stride_px(alpha)
-        self.tile_px = geometry.tile_px(roi_px, alpha)
-        self.calls = 0
-        self.rois_seen = 0
-
-    def predict(self, rois: np.ndarray) -> np.ndarray:
-        assert rois.dtype == np.uint8 and rois.shape[1:] == (self.roi_px, self.roi_px, 3)
-        self.calls += 1
-        self.rois_seen += rois.shape[0]
-        lo = geometry.PATCH_CENTRE_PX - BLOCK_PX // 2
-        out = np.empty((rois.shape[0], self.tile_px, self.tile_px), np.float32)
-        for u in range(self.tile_px):
-            for v in range(self.tile_px):
-                r, c = lo + self.stride_px * u, lo + self.stride_px * v
-                block = rois[:, r : r + BLOCK_PX, c : c + BLOCK_PX].astype(np.float64)
-                out[:, u, v] = block.mean(axis=(1, 2, 3)) / 255.0
-        return out
-
-
-def direct_map(image: np.ndarray, cell_px: int) -> np.ndarray:
-    """The oracle's function computed straight from the image: cell means, white beyond the edge."""
-    h, w = image.shape[:2]
-    rows, cols = -(-h // cell_px), -(-w // cell_px)
-    padded = np.full((rows * cell_px, cols * cell_px, 3), 255, np.float64)
-    padded[:h, :w] = image
-    return (padded.reshape(rows, cell_px, cols, cell_px, 3).mean(axis=(1, 3, 4)) / 255.0).astype(np.float32)
-
-
-def write_slide(path: str, wh=SLIDE_WH, seed: int = 0) -> np.ndarray:
-    """A small lossless two-level TIFF of smoothed noise (every shift shows)."""
-    from pfascannet.slide.tiff_writer import write_pyramid_tiff
-
-    rng = np.random.default_rng(seed)
-    w, h = wh
-    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    image[: h // 3, : w // 4] = 255  # some glass: the tissue test skips it
-
-    def tiles(x, y, tw, th):
-        out = np.full((th, tw, 3), 255, np.uint8)
-        part = image[y : y + th, x : x + tw]
-        out[: part.shape[0], : part.shape[1]] = part
-        return out
-
-    write_pyramid_tiff(path, (w, h), tiles, tile_px=256, compression="deflate", num_levels=2, workers=1)
-    return image
+from tests.scan_support import LM, SLIDE_WH, OracleDetector, direct_map, write_slide
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +31,9 @@ def slide_path(tmp_path_factory):
     return path
 
 
-def _run(alpha: int = 16, lm: int = LM) -> engine.ModelRun:
+def _run(alpha: int = 16, lm: int = LM) -> model_run.ModelRun:
     lr = geometry.roi_px(lm, alpha)
-    return engine.ModelRun(OracleDetector(alpha, lr), geometry.ScanGeometry(alpha, lr), name="oracle")
+    return model_run.ModelRun(OracleDetector(alpha, lr), geometry.ScanGeometry(alpha, lr), name="oracle")
 
 
 QUIET = dict(progress=False, heatmap=False, tissue="all", checkpoint_every_s=0.0, workers=2, batch=3)
@@ -98,7 +44,7 @@ def test_oracle_map_equals_direct_function_everywhere(slide_path):
     with SlideReader(slide_path) as reader:
         image = reader.read_region((0, 0), 0, reader.dimensions)
         plan = make_plan(reader.dimensions, run.grid)
-    prob_map, stats = engine.scan_map(slide_path, run, plan, engine.ScanOptions(**QUIET))
+    prob_map, stats = engine.scan_map(slide_path, run, plan, scan_options.ScanOptions(**QUIET))
     expected = direct_map(image, 32)
     assert prob_map.shape == expected.shape == (22, 32)
     # ROI borders every LM pixels and the slide's right/bottom edges are all in here.
@@ -112,7 +58,7 @@ def test_oracle_at_scan_level_1(slide_path):
     with SlideReader(slide_path) as reader:
         image1 = reader.read_level(1)
         plan = make_plan(reader.dimensions, run.grid, scan_level=1, downsample=2)
-    prob_map, _ = engine.scan_map(slide_path, run, plan, engine.ScanOptions(**dict(QUIET, scan_level=1)))
+    prob_map, _ = engine.scan_map(slide_path, run, plan, scan_options.ScanOptions(**dict(QUIET, scan_level=1)))
     assert plan.stride_px == 64
     np.testing.assert_allclose(prob_map, direct_map(image1, 32), rtol=0, atol=1e-6)
 
@@ -127,7 +73,7 @@ def test_tissue_only_rois_are_scanned(slide_path):
     tissue[-1, -1] = True
     plan = make_plan(dims, run.grid, tissue, 32)
     assert len(plan) == 1
-    prob_map, _ = engine.scan_map(slide_path, run, plan, engine.ScanOptions(**QUIET))
+    prob_map, _ = engine.scan_map(slide_path, run, plan, scan_options.ScanOptions(**QUIET))
     expected = direct_map(image, 32)
     r0, r1, c0, c1 = plan.roi_window(0)
     np.testing.assert_allclose(prob_map[r0:r1, c0:c1], expected[r0:r1, c0:c1], atol=1e-6)
@@ -139,17 +85,17 @@ def test_tissue_only_rois_are_scanned(slide_path):
 def test_patch_mode_matches_dense(slide_path):
     dense = _run()
     grid = dense.grid
-    patch = engine.ModelRun(OracleDetector(1, geometry.PATCH_PX), grid, mode="patch", name="oracle-patch")
+    patch = model_run.ModelRun(OracleDetector(1, geometry.PATCH_PX), grid, mode="patch", name="oracle-patch")
     with SlideReader(slide_path) as reader:
         plan = make_plan(reader.dimensions, grid)
-    a, _ = engine.scan_map(slide_path, dense, plan, engine.ScanOptions(**QUIET))
-    b, _ = engine.scan_map(slide_path, patch, plan, engine.ScanOptions(**dict(QUIET, patch_batch=5)))
+    a, _ = engine.scan_map(slide_path, dense, plan, scan_options.ScanOptions(**QUIET))
+    b, _ = engine.scan_map(slide_path, patch, plan, scan_options.ScanOptions(**dict(QUIET, patch_batch=5)))
     np.testing.assert_allclose(a, b, atol=1e-6)
     assert patch.detector.rois_seen == len(plan) * LM * LM  # one 692 patch per map pixel
 
 
 def test_killed_scan_resumes_to_the_same_map(slide_path, tmp_path):
-    options = engine.ScanOptions(**QUIET)
+    options = scan_options.ScanOptions(**QUIET)
     full = engine.scan_slides(slide_path, [_run()], str(tmp_path / "full"), options)
     assert full.ok
 
@@ -188,19 +134,21 @@ def test_killed_scan_resumes_to_the_same_map(slide_path, tmp_path):
     assert summary.results[0].status == "skipped" and third.detector.rois_seen == 0
 
 
-def test_bad_slide_fails_clearly_and_others_go_on(slide_path, tmp_path, capsys):
+def test_bad_slide_fails_clearly_and_others_go_on(slide_path, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="pfascannet")
     folder = tmp_path / "slides"
     folder.mkdir()
     os.symlink(slide_path, folder / "patient_000_node_0.tif")
     (folder / "patient_000_node_1.tif").write_bytes(b"II*\x00 this is not a tiff at all" * 10)
     (folder / "patient_000_node_2.tif").write_bytes(b"")
     out = str(tmp_path / "out")
-    summary = engine.scan_slides(str(folder), [_run()], out, engine.ScanOptions(**dict(QUIET, tissue="otsu")))
+    summary = engine.scan_slides(str(folder), [_run()], out, scan_options.ScanOptions(**dict(QUIET, tissue="otsu")))
     status = {r.slide: r.status for r in summary.results}
     assert status == {"patient_000_node_0": "done", "patient_000_node_1": "failed", "patient_000_node_2": "failed"}
     assert not summary.ok
-    err = capsys.readouterr().err
-    assert "error: patient_000_node_1:" in err and "patient_000_node_1.tif" in err
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2 and errors[0].startswith("error: patient_000_node_1:") and "patient_000_node_1.tif" in errors[0]
+    err = caplog.text
     assert "empty file" in err and "2 failed" in err
     with open(os.path.join(out, "slide_scores.csv")) as f:
         rows = list(csv.reader(f))
@@ -209,7 +157,7 @@ def test_bad_slide_fails_clearly_and_others_go_on(slide_path, tmp_path, capsys):
 
 def test_outputs_layout_and_formats(slide_path, tmp_path):
     out = str(tmp_path / "scan")
-    options = engine.ScanOptions(**dict(QUIET, heatmap=True, threshold=0.52))
+    options = scan_options.ScanOptions(**dict(QUIET, heatmap=True, threshold=0.52))
     summary = engine.scan_slides(slide_path, [_run()], out, options)
     assert summary.ok
     sid = "patient_000_node_0"
@@ -250,7 +198,7 @@ def test_outputs_layout_and_formats(slide_path, tmp_path):
 def test_ensemble_of_alpha_16_and_32_on_the_32px_grid(slide_path, tmp_path):
     runs = [_run(16, 4), _run(32, 8)]
     out = str(tmp_path / "ens")
-    assert engine.scan_slides(slide_path, runs, out, engine.ScanOptions(**QUIET)).ok
+    assert engine.scan_slides(slide_path, runs, out, scan_options.ScanOptions(**QUIET)).ok
     prob_map = np.load(os.path.join(out, "maps", "patient_000_node_0.npy"))
     with SlideReader(slide_path) as reader:
         image = reader.read_region((0, 0), 0, reader.dimensions)
@@ -264,7 +212,7 @@ def test_ensemble_of_alpha_16_and_32_on_the_32px_grid(slide_path, tmp_path):
             for r in range(-(-h // 16))
         ]
     )
-    pooled = engine.pool_to_stride(fine, 2, (22, 32))
+    pooled = ensemble.pool_to_stride(fine, 2, (22, 32))
     expected = (direct_map(image, 32) + pooled) / 2
     np.testing.assert_allclose(prob_map, expected, atol=1e-5)
 
@@ -278,9 +226,9 @@ def test_ensemble_of_alpha_16_and_32_on_the_32px_grid(slide_path, tmp_path):
 
     out2 = str(tmp_path / "ens_killed")
     with pytest.raises(KeyboardInterrupt):
-        engine.scan_slides(slide_path, [_run(16, 4), _run(32, 8)], out2, engine.ScanOptions(**QUIET), on_batch=kill)
+        engine.scan_slides(slide_path, [_run(16, 4), _run(32, 8)], out2, scan_options.ScanOptions(**QUIET), on_batch=kill)
     again = [_run(16, 4), _run(32, 8)]
-    summary = engine.scan_slides(slide_path, again, out2, engine.ScanOptions(**QUIET))
+    summary = engine.scan_slides(slide_path, again, out2, scan_options.ScanOptions(**QUIET))
     assert summary.ok and [r.detector.rois_seen for r in again] == [0, 48 - 6]
     assert np.array_equal(np.load(os.path.join(out2, "maps", "patient_000_node_0.npy")), prob_map)
 
@@ -289,30 +237,31 @@ def test_list_and_shard(tmp_path):
     names = [f"patient_{k:03d}_node_{k % 5}.tif" for k in range(11)]
     listing = tmp_path / "slides.txt"
     listing.write_text("# a comment\n" + "\n".join(names) + "\n" + names[0] + "\n")
-    paths = engine.list_slides(str(listing))
+    paths = slide_list.list_slides(str(listing))
     assert len(paths) == 11 and paths == sorted(paths)
-    shards = [engine.shard_slides(paths, (i, 3)) for i in range(3)]
+    shards = [slide_list.shard_slides(paths, (i, 3)) for i in range(3)]
     flat = [p for s in shards for p in s]
     assert sorted(flat) == paths and len(set(flat)) == len(flat)
     assert [len(s) for s in shards] == [4, 4, 3]
-    assert engine.parse_shard("2/3") == (2, 3)
+    assert slide_list.parse_shard("2/3") == (2, 3)
     for bad in ("3/3", "x", "1/0", "-1/2"):
-        with pytest.raises(engine.ScanError):
-            engine.parse_shard(bad)
+        with pytest.raises(scan_options.ScanError):
+            slide_list.parse_shard(bad)
     dup = tmp_path / "dup.txt"
     dup.write_text("a/x.tif\nb/x.tif\n")
-    with pytest.raises(engine.ScanError, match="share the id"):
-        engine.list_slides(str(dup))
+    with pytest.raises(scan_options.ScanError, match="share the id"):
+        slide_list.list_slides(str(dup))
 
 
-def test_level_whose_openslide_downsample_is_not_whole_is_refused(tmp_path, capsys):
+def test_level_whose_openslide_downsample_is_not_whole_is_refused(tmp_path, caplog):
     path = str(tmp_path / "odd.tif")
     write_slide(path, wh=(1001, 701))
-    options = engine.ScanOptions(**dict(QUIET, scan_level=1))
+    options = scan_options.ScanOptions(**dict(QUIET, scan_level=1))
     summary = engine.scan_slides(path, [_run()], str(tmp_path / "out"), options)
     assert not summary.ok
-    assert "scan at level 0" in capsys.readouterr().err
-    assert engine.scan_slides(path, [_run()], str(tmp_path / "out0"), engine.ScanOptions(**QUIET)).ok
+    assert "scan at level 0" in summary.results[0].message
+    assert any("scan at level 0" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    assert engine.scan_slides(path, [_run()], str(tmp_path / "out0"), scan_options.ScanOptions(**QUIET)).ok
 
 
 def test_cohort_slide_at_paper_geometry(cohort, tmp_path):
@@ -321,8 +270,8 @@ def test_cohort_slide_at_paper_geometry(cohort, tmp_path):
 
     sid = "patient_000_node_1"  # the macro slide, about 11k x 5.5k
     path = str(cohort / "images" / f"{sid}.tif")
-    run = engine.ModelRun(OracleDetector(16, 2708), geometry.ScanGeometry(), name="oracle")
-    summary = engine.scan_slides(path, [run], str(tmp_path), engine.ScanOptions(**dict(QUIET, tissue="otsu")))
+    run = model_run.ModelRun(OracleDetector(16, 2708), geometry.ScanGeometry(), name="oracle")
+    summary = engine.scan_slides(path, [run], str(tmp_path), scan_options.ScanOptions(**dict(QUIET, tissue="otsu")))
     assert summary.ok
     prob_map = np.load(tmp_path / "maps" / f"{sid}.npy")
     members = json.loads((tmp_path / "maps" / f"{sid}.json").read_text())["members"][0]
@@ -356,7 +305,7 @@ def test_heatmap_tints_tissue_only(slide_path, tmp_path, monkeypatch):
         seen["scanned"] = scanned
 
     monkeypatch.setattr(outputs, "write_heatmap_png", capture)
-    options = engine.ScanOptions(**dict(QUIET, heatmap=True, tissue=lambda reader: tissue))
+    options = scan_options.ScanOptions(**dict(QUIET, heatmap=True, tissue=lambda reader: tissue))
     result = engine.scan_slide(slide_path, [_run()], str(tmp_path / "S"), options)
     assert result.status == "done"
     on_map = tissue_on_map(tissue, 32, dims, 32)

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 from pfascannet import geometry, io_utils
-from pfascannet.inference import engine
+from pfascannet.inference import engine, model_run, outputs, scan_options, slide_list
 from pfascannet.slide.reader import SlideReader
-from tests.test_inference_scan import LM, OracleDetector, write_slide
+from tests.scan_support import LM, OracleDetector, slide_without_mpp, write_slide
 
 SID = "patient_000_node_0"
 QUIET = dict(progress=False, heatmap=False, tissue="all", checkpoint_every_s=0.0, workers=2, batch=3)
@@ -50,13 +50,13 @@ class NoCalls(OracleDetector):
         raise AssertionError("the model was called")
 
 
-def _run(det=None, name: str = "/models/M") -> engine.ModelRun:
+def _run(det=None, name: str = "/models/M") -> model_run.ModelRun:
     lr = geometry.roi_px(LM, 16)
     det = det if det is not None else OracleDetector(16, lr)
-    return engine.ModelRun(det, geometry.ScanGeometry(16, lr), name=name)
+    return model_run.ModelRun(det, geometry.ScanGeometry(16, lr), name=name)
 
 
-def _model(factor: float, digest: str) -> engine.ModelRun:
+def _model(factor: float, digest: str) -> model_run.ModelRun:
     # Same name (path) for both models: only their content tells them apart.
     return _run(ScaledOracle(16, geometry.roi_px(LM, 16), factor, digest))
 
@@ -88,7 +88,7 @@ def _kill_after(n: int):
 
 
 def test_replaced_model_behind_the_same_path_rescans(slide_path, tmp_path):
-    opts = engine.ScanOptions(**QUIET)
+    opts = scan_options.ScanOptions(**QUIET)
     out = str(tmp_path / "S")
     assert engine.scan_slides(slide_path, [_model(1.0, "A")], out, opts).ok
     map_a = _map(out)
@@ -103,14 +103,14 @@ def test_replaced_model_behind_the_same_path_rescans(slide_path, tmp_path):
 
 
 def test_partial_checkpoint_of_another_model_is_discarded(slide_path, tmp_path):
-    opts = engine.ScanOptions(**QUIET)
+    opts = scan_options.ScanOptions(**QUIET)
     out = str(tmp_path / "S")
     err = io.StringIO()
     summary = engine.scan_slides(slide_path, [_model(1.0, "A")], out, opts, on_batch=_kill_after(12))
     assert summary.results[0].status == "failed"
     assert os.path.exists(os.path.join(out, "partial", f"{SID}.m0.npz"))
     b = _model(0.5, "B")
-    summary = engine.scan_slides(slide_path, [b], out, engine.ScanOptions(**dict(QUIET, progress_stream=err)))
+    summary = engine.scan_slides(slide_path, [b], out, scan_options.ScanOptions(**dict(QUIET, progress_stream=err)))
     assert summary.ok and summary.results[0].stats[0].n_resumed == 0
     assert b.detector.rois_seen == N_ROIS  # nothing of A's map was kept
     full_b = str(tmp_path / "B")
@@ -122,7 +122,7 @@ def test_partial_checkpoint_of_another_model_is_discarded(slide_path, tmp_path):
 def test_replaced_slide_file_rescans(tmp_path):
     path = str(tmp_path / f"{SID}.tif")
     write_slide(path, seed=1)
-    opts = engine.ScanOptions(**QUIET)
+    opts = scan_options.ScanOptions(**QUIET)
     out = str(tmp_path / "S")
     assert engine.scan_slides(path, [_run()], out, opts).ok
     write_slide(path, seed=2)  # new pixels under the same name
@@ -133,7 +133,7 @@ def test_replaced_slide_file_rescans(tmp_path):
 
 def test_threshold_and_heatmap_redo_only_the_post_processing(slide_path, tmp_path):
     out = str(tmp_path / "S")
-    assert engine.scan_slides(slide_path, [_run()], out, engine.ScanOptions(**dict(QUIET, threshold=0.5))).ok
+    assert engine.scan_slides(slide_path, [_run()], out, scan_options.ScanOptions(**dict(QUIET, threshold=0.5))).ok
     saved = _map(out)
     lesions = os.path.join(out, "lesions", f"{SID}.csv")
     before = os.stat(lesions).st_ino
@@ -141,7 +141,7 @@ def test_threshold_and_heatmap_redo_only_the_post_processing(slide_path, tmp_pat
     assert not os.path.exists(heatmap)
 
     never = _run(NoCalls(16, geometry.roi_px(LM, 16)))
-    opts = engine.ScanOptions(**dict(QUIET, threshold=0.95, heatmap=True))
+    opts = scan_options.ScanOptions(**dict(QUIET, threshold=0.95, heatmap=True))
     summary = engine.scan_slides(slide_path, [never], out, opts)
     assert summary.ok, summary.text()
     assert summary.results[0].status == "done" and never.detector.calls == 0
@@ -151,7 +151,7 @@ def test_threshold_and_heatmap_redo_only_the_post_processing(slide_path, tmp_pat
     assert np.array_equal(_map(out), saved)
     # Same settings again: skipped; heatmap off never forces anything either.
     assert engine.scan_slides(slide_path, [never], out, opts).results[0].status == "skipped"
-    off = engine.ScanOptions(**dict(QUIET, threshold=0.95, heatmap=False))
+    off = scan_options.ScanOptions(**dict(QUIET, threshold=0.95, heatmap=False))
     assert engine.scan_slides(slide_path, [never], out, off).results[0].status == "skipped"
 
 
@@ -160,7 +160,7 @@ def test_threshold_and_heatmap_redo_only_the_post_processing(slide_path, tmp_pat
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
 def test_unreadable_checkpoint_is_discarded_with_one_warning(slide_path, tmp_path, damage):
-    opts = engine.ScanOptions(**QUIET)
+    opts = scan_options.ScanOptions(**QUIET)
     out = str(tmp_path / "S")
     engine.scan_slides(slide_path, [_run()], out, opts, on_batch=_kill_after(12))
     ckpt = os.path.join(out, "partial", f"{SID}.m0.npz")
@@ -174,7 +174,7 @@ def test_unreadable_checkpoint_is_discarded_with_one_warning(slide_path, tmp_pat
             f.write(b"this is no zip file" * 10)
     err = io.StringIO()
     run = _run()
-    summary = engine.scan_slides(slide_path, [run], out, engine.ScanOptions(**dict(QUIET, progress_stream=err)))
+    summary = engine.scan_slides(slide_path, [run], out, scan_options.ScanOptions(**dict(QUIET, progress_stream=err)))
     assert summary.ok, summary.text()
     assert run.detector.rois_seen == N_ROIS
     warnings = [line for line in err.getvalue().splitlines() if line.startswith("warning:")]
@@ -186,7 +186,7 @@ def test_unreadable_checkpoint_is_discarded_with_one_warning(slide_path, tmp_pat
 
 
 def test_kill_resume_still_resumes_the_same_model(slide_path, tmp_path):
-    opts = engine.ScanOptions(**QUIET)
+    opts = scan_options.ScanOptions(**QUIET)
     out = str(tmp_path / "S")
     engine.scan_slides(slide_path, [_model(1.0, "A")], out, opts, on_batch=_kill_after(12))
     a = _model(1.0, "A")
@@ -216,8 +216,8 @@ def test_killed_writer_leaves_a_hidden_temp_the_next_run_removes(slide_path, tmp
     import glob
 
     assert glob.glob(str(out / "maps" / "*.npy")) == []  # no output glob matches it
-    assert engine.scan_slides(slide_path, [_run()], str(out), engine.ScanOptions(**QUIET)).ok
-    assert sorted(os.listdir(out / "maps")) == [f"{SID}.json", f"{SID}.npy", f"{SID}_map.tif"]
+    assert engine.scan_slides(slide_path, [_run()], str(out), scan_options.ScanOptions(**QUIET)).ok
+    assert sorted(os.listdir(out / "maps")) == [f"{SID}.json", f"{SID}.npy", f"{SID}_map.tif", f"{SID}_scanned.png"]
 
 
 def test_a_live_writers_temp_is_left_alone(tmp_path):
@@ -255,7 +255,7 @@ def test_slide_lister_skips_temps_and_dot_files(slide_path, tmp_path):
     (folder / "patient_000_node_1.tif.tmp-k2j4h5g6.tif").write_bytes(b"II*\x00partial")
     (folder / "._patient_000_node_2.tif").write_bytes(b"\x00\x05\x16\x07")  # macOS resource fork
     (folder / ".pyramid-zx81qw0e").mkdir()
-    assert engine.list_slides(str(tmp_path)) == [str(folder / f"{SID}.tif")]
+    assert slide_list.list_slides(str(tmp_path)) == [str(folder / f"{SID}.tif")]
     io_utils.remove_stale_temps(folder)
     assert sorted(os.listdir(folder)) == ["._patient_000_node_2.tif", f"{SID}.tif"]
 
@@ -280,8 +280,8 @@ def test_killed_pyramid_writer_leaves_only_hidden_temps_the_cohort_rerun_removes
     left = sorted(os.listdir(images))
     assert left and all(name.startswith(".") and io_utils.is_temp_name(name) for name in left)
     assert any(os.path.isdir(images / name) for name in left)  # the scratch pyramid levels
-    with pytest.raises(engine.ScanError, match="no slides"):
-        engine.list_slides(str(tmp_path / "C"))
+    with pytest.raises(scan_options.ScanError, match="no slides"):
+        slide_list.list_slides(str(tmp_path / "C"))
     from pfascannet.synthetic.cohort import make_cohort
 
     make_cohort(tmp_path / "C", patients=1, nodes_per_patient=1, slide_size=1024, node_labels=[["negative"]],
@@ -303,19 +303,19 @@ time.sleep(float(sys.argv[2]))
 
 def test_a_slide_locked_by_another_process_is_left_to_it(slide_path, tmp_path):
     out = str(tmp_path / "S")
-    lock = engine.slide_lock(out, SID).path
+    lock = outputs.slide_lock(out, SID).path
     os.makedirs(os.path.dirname(lock))
     holder = subprocess.Popen([sys.executable, "-c", _LOCK_HOLDER, lock, "60"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         run = _run()
-        result = engine.scan_slide(slide_path, [run], out, engine.ScanOptions(**QUIET))
+        result = engine.scan_slide(slide_path, [run], out, scan_options.ScanOptions(**QUIET))
         assert result.status == "locked" and run.detector.rois_seen == 0
     finally:
         holder.kill()
         holder.wait()
     # The holder died (as a SIGKILLed scan would): its lock went with it.
-    assert engine.scan_slide(slide_path, [run], out, engine.ScanOptions(**QUIET)).status == "done"
+    assert engine.scan_slide(slide_path, [run], out, scan_options.ScanOptions(**QUIET)).status == "done"
 
 
 def test_concurrent_scans_into_one_out_split_the_slides(slide_path, tmp_path):
@@ -335,7 +335,7 @@ def test_concurrent_scans_into_one_out_split_the_slides(slide_path, tmp_path):
     summaries = [None, None]
 
     def scan(i):
-        summaries[i] = engine.scan_slides(str(folder), [runs[i]], out, engine.ScanOptions(**QUIET))
+        summaries[i] = engine.scan_slides(str(folder), [runs[i]], out, scan_options.ScanOptions(**QUIET))
 
     threads = [threading.Thread(target=scan, args=(i,)) for i in range(2)]
     for t in threads:
@@ -353,42 +353,32 @@ def test_concurrent_scans_into_one_out_split_the_slides(slide_path, tmp_path):
 # --------------------------------------------------------------------------- 5. no silent defaults
 
 
-def _slide_without_mpp(path, description=None):
-    from pfascannet.slide.tiff_writer import write_pyramid_tiff
-
-    image = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
-    write_pyramid_tiff(
-        path, (400, 300), lambda x, y, w, h: np.ascontiguousarray(image[y : y + h, x : x + w]), tile_px=256,
-        compression="deflate", num_levels=1, mpp=None, workers=1, description=description,
-    )
-
-
 def test_slide_without_pixel_size_is_refused_unless_mpp_is_given(tmp_path):
     path = str(tmp_path / f"{SID}.tif")
-    _slide_without_mpp(path)
+    slide_without_mpp(path)
     with SlideReader(path) as reader:
         assert reader.mpp is None
-    assert "--mpp" in engine.check_slide(path)
-    assert engine.check_slide(path, mpp=0.25) is None
-    summary = engine.scan_slides(path, [_run()], str(tmp_path / "S"), engine.ScanOptions(**QUIET))
+    assert "--mpp" in slide_list.check_slide(path)
+    assert slide_list.check_slide(path, mpp=0.25) is None
+    summary = engine.scan_slides(path, [_run()], str(tmp_path / "S"), scan_options.ScanOptions(**QUIET))
     assert summary.results[0].status == "failed" and "--mpp" in summary.results[0].message
-    summary = engine.scan_slides(path, [_run()], str(tmp_path / "S"), engine.ScanOptions(**dict(QUIET, mpp=0.25)))
+    summary = engine.scan_slides(path, [_run()], str(tmp_path / "S"), scan_options.ScanOptions(**dict(QUIET, mpp=0.25)))
     assert summary.ok and summary.results[0].meta["mpp"] == 0.25
 
 
 def test_aperio_mpp_in_the_description_is_read(tmp_path):
     path = str(tmp_path / "aperio.tif")
-    _slide_without_mpp(path, "Aperio Image Library v12.0.15\r\n400x300 [0,0 400x300] (256x256) JPEG/RGB Q=70"
+    slide_without_mpp(path, "Aperio Image Library v12.0.15\r\n400x300 [0,0 400x300] (256x256) JPEG/RGB Q=70"
                              "|AppMag = 40|StripeWidth = 2032|ScanScope ID = SS1234|MPP = 0.2430|Left = 25.1")
     with SlideReader(path) as reader:
         assert reader.mpp == pytest.approx(0.243)
-    assert engine.check_slide(path) is None
+    assert slide_list.check_slide(path) is None
 
 
 @pytest.mark.parametrize("threshold", [float("nan"), 2.0, -0.1, float("inf")])
 def test_threshold_outside_0_1_is_refused(threshold):
-    with pytest.raises(engine.ScanError, match="threshold"):
-        engine.ScanOptions(threshold=threshold)
+    with pytest.raises(scan_options.ScanError, match="threshold"):
+        scan_options.ScanOptions(threshold=threshold)
 
 
 def test_slide_without_tissue_is_done_with_a_warning(tmp_path):
@@ -398,7 +388,7 @@ def test_slide_without_tissue_is_done_with_a_warning(tmp_path):
     write_pyramid_tiff(path, (1000, 700), lambda x, y, w, h: None, tile_px=256, compression="deflate",
                        num_levels=2, workers=1)
     err = io.StringIO()
-    opts = engine.ScanOptions(**dict(QUIET, tissue="otsu", progress_stream=err))
+    opts = scan_options.ScanOptions(**dict(QUIET, tissue="otsu", progress_stream=err))
     summary = engine.scan_slides(path, [_run()], str(tmp_path / "S"), opts)
     result = summary.results[0]
     assert summary.ok and result.status == "done" and result.warnings

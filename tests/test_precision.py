@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pfascannet import geometry
-from pfascannet.inference import engine, export, model_io, runs
+from pfascannet.inference import engine, export, model_io, model_run, runs, scan_options
 from pfascannet.model import precision as precision_lib
 from pfascannet.model.detector import build_detector, build_patch_classifier, transfer_weights
 from pfascannet.model.equivalence import compare_dense_to_patches, sample_positions
@@ -154,14 +154,14 @@ def test_bfloat16_map_of_a_real_slide_stays_within_the_bound(cohort, tmp_path):
     weights, _ = workflow.shipped_weights("tiny_demo")
     trained = load_training_model(weights, "tiny")
     slide = str(cohort / "images" / "patient_000_node_2.tif")
-    opts = engine.ScanOptions(batch=1, heatmap=False, progress=False)
+    opts = scan_options.ScanOptions(batch=1, heatmap=False, progress=False)
     out = str(tmp_path / "scan")
     maps = {}
     for p in ("float32", "bfloat16", "float16"):
         model = build_detector(_tiny(), alpha=16, precision=p)
         transfer_weights(trained, model)
         det = export.KerasDetector(model, 16, geometry.PAPER_ROI_PX, digest="shipped-tiny-demo")
-        result = engine.scan_slides(slide, [engine.ModelRun(det, det_grid(det), name="tiny")], out, opts).results[0]
+        result = engine.scan_slides(slide, [model_run.ModelRun(det, det_grid(det), name="tiny")], out, opts).results[0]
         # Same weights, same digest: only the precision in the fingerprint makes this a new map.
         assert result.status == "done", (p, result.status)
         maps[p] = np.load(os.path.join(out, "maps", "patient_000_node_2.npy"))

@@ -35,7 +35,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
+import cv2
 import numpy as np
+from scipy import ndimage
 
 from pfascannet.camelyon import LEVEL0_MPP
 
@@ -55,7 +57,7 @@ CANDIDATE_RULE = {"rule": "local maxima", "floor": CANDIDATE_FLOOR, "radius_um":
 
 
 @dataclasses.dataclass(frozen=True)
-class Lesion:
+class LesionCandidate:
     """One candidate: probability and level-0 ``(x, y)`` of its map cell's centre."""
 
     confidence: float
@@ -76,7 +78,7 @@ def lesion_candidates(
     mpp: Optional[float] = None,
     dimensions_xy: Optional[Sequence[int]] = None,
     max_candidates: int = MAX_CANDIDATES,
-) -> list[Lesion]:
+) -> list[LesionCandidate]:
     """The scanner's lesion candidates: every local maximum of the map at or above ``floor``.
 
     A cell is a local maximum when no cell within ``radius_um`` of it (a
@@ -100,8 +102,6 @@ def lesion_candidates(
     Returns:
       Lesions by decreasing confidence (ties row-major).
     """
-    from scipy import ndimage  # noqa: PLC0415
-
     prob = np.asarray(prob_map, np.float32)
     if prob.ndim != 2 or prob.size == 0:
         return []
@@ -129,7 +129,7 @@ def lesion_candidates(
     if dimensions_xy is not None:
         xs = np.minimum(xs, int(dimensions_xy[0]) - 1)
         ys = np.minimum(ys, int(dimensions_xy[1]) - 1)
-    return [Lesion(float(v), int(x), int(y)) for v, x, y in zip(values[kept], xs, ys)]
+    return [LesionCandidate(float(v), int(x), int(y)) for v, x, y in zip(values[kept], xs, ys)]
 
 
 def nms_lesions(
@@ -139,7 +139,7 @@ def nms_lesions(
     radius_um: float = DEFAULT_NMS_RADIUS_UM,
     mpp: Optional[float] = None,
     max_lesions: int = 10000,
-) -> list[Lesion]:
+) -> list[LesionCandidate]:
     """Greedy NMS on the map: take the maximum, suppress a disk around it, repeat.
 
     Exactly the iterative ``argmax``-then-zero-a-disk of NCRF, computed over
@@ -165,7 +165,7 @@ def nms_lesions(
     order = np.argsort(-values, kind="stable")
     rr, cc, values = rr[order], cc[order], values[order]
     alive = np.ones(values.shape[0], bool)
-    out: list[Lesion] = []
+    out: list[LesionCandidate] = []
     r2 = radius_map_px**2
     start = 0
     while len(out) < max_lesions:
@@ -175,7 +175,7 @@ def nms_lesions(
         k = start + int(idx[0])
         start = k + 1
         r, c = int(rr[k]), int(cc[k])
-        out.append(Lesion(float(values[k]), int(cell_centre_px(c, stride_px)), int(cell_centre_px(r, stride_px))))
+        out.append(LesionCandidate(float(values[k]), int(cell_centre_px(c, stride_px)), int(cell_centre_px(r, stride_px))))
         near = (rr - r) ** 2 + (cc - c) ** 2 <= r2
         alive &= ~near
     return out
@@ -206,14 +206,10 @@ def lesion_contours(prob_map: np.ndarray, stride_px: int, threshold: float = 0.5
     Returns:
       Contours by decreasing maximum probability.
     """
-    import cv2  # noqa: PLC0415
-
     prob_map = np.asarray(prob_map, np.float32)
     mask = (prob_map >= threshold).astype(np.uint8)
     if not mask.any():
         return []
-    from scipy import ndimage  # noqa: PLC0415
-
     n_labels, labels = cv2.connectedComponents(mask, connectivity=8)
     out = []
     for label in range(1, n_labels):
@@ -245,8 +241,6 @@ def _outer_ring(cells: np.ndarray, r0: int, c0: int, stride_px: int) -> np.ndarr
     lattice' instead: corner (a, b), at level-0 (S b, S a), is set when any of
     its four cells is set, and its outer boundary runs along the cells' edges.
     """
-    import cv2  # noqa: PLC0415
-
     padded = np.pad(cells, 1)
     corners = padded[:-1, :-1] | padded[1:, :-1] | padded[:-1, 1:] | padded[1:, 1:]
     contours, _ = cv2.findContours(corners.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

@@ -14,10 +14,13 @@ import json
 import os
 from typing import Optional, Sequence
 
+import cv2
 import numpy as np
 
 from pfascannet.inference import lesions as lesions_lib
-from pfascannet.io_utils import atomic_path, save_npy, write_json, write_text
+from pfascannet.io_utils import FileLock, atomic_path, save_npy, write_json, write_text
+from pfascannet.slide.annotations import Annotation, write_asap_xml
+from pfascannet.slide.tiff_writer import write_pyramid_tiff
 
 HEATMAP_MAX_SIDE_PX = 2048
 """Longest side of the heatmap PNG's thumbnail grid."""
@@ -31,6 +34,7 @@ def map_paths(out_dir: str, slide: str) -> dict[str, str]:
         "npy": os.path.join(out_dir, "maps", f"{slide}.npy"),
         "json": os.path.join(out_dir, "maps", f"{slide}.json"),
         "tif": os.path.join(out_dir, "maps", f"{slide}_map.tif"),
+        "scanned": os.path.join(out_dir, "maps", f"{slide}_scanned.png"),
         "lesions": os.path.join(out_dir, "lesions", f"{slide}.csv"),
         "heatmap": os.path.join(out_dir, "heatmaps", f"{slide}.png"),
         "geojson": os.path.join(out_dir, "contours", f"{slide}.geojson"),
@@ -44,8 +48,6 @@ def write_map_tiff(path: str, prob_map: np.ndarray, map_mpp: Optional[float]) ->
     ``map_mpp`` is the slide's mpp times the map stride, so a viewer that
     honours resolution tags overlays it on the slide at the right scale.
     """
-    from pfascannet.slide.tiff_writer import write_pyramid_tiff  # noqa: PLC0415
-
     grey = np.clip(np.rint(np.asarray(prob_map, np.float32) * 255.0), 0, 255).astype(np.uint8)
     rows, cols = grey.shape
 
@@ -73,7 +75,7 @@ def write_map_tiff(path: str, prob_map: np.ndarray, map_mpp: Optional[float]) ->
     )
 
 
-def write_lesions_csv(path: str, found: Sequence[lesions_lib.Lesion]) -> None:
+def write_lesions_csv(path: str, found: Sequence[lesions_lib.LesionCandidate]) -> None:
     """Camelyon16 submission CSV: ``confidence,X,Y`` rows, level-0 integers, no header."""
     buf = io.StringIO()
     for lesion in found:
@@ -106,8 +108,6 @@ def contours_geojson(contours: Sequence[lesions_lib.Contour]) -> dict:
 def write_contours(geojson_path: str, xml_path: str, contours: Sequence[lesions_lib.Contour]) -> None:
     """Lesion contours as QuPath GeoJSON and ASAP XML (outer rings group ``_0``, holes ``_2``)."""
     write_text(geojson_path, json.dumps(contours_geojson(contours)) + "\n")
-    from pfascannet.slide.annotations import Annotation, write_asap_xml  # noqa: PLC0415
-
     annotations = []
     for k, contour in enumerate(contours):
         # ASAP closes polygons itself: drop the repeated first point.
@@ -180,54 +180,67 @@ def heatmap_grid(map_shape: tuple[int, int], max_side_px: int = HEATMAP_MAX_SIDE
     return max(1, -(-max(map_shape) // max_side_px))
 
 
-def write_slide_outputs(
-    out_dir: str,
-    slide: str,
-    prob_map: np.ndarray,
-    meta: dict,
-    thumbnail: Optional[np.ndarray],
-    scanned: Optional[np.ndarray] = None,
-    threshold: float = 0.5,
-    nms_radius_um: float = lesions_lib.DEFAULT_NMS_RADIUS_UM,
-    write_map: bool = True,
-) -> dict:
-    """Writes every per-slide output; the map's ``.npy`` and ``.json`` last, as the 'done' mark.
+def write_map(out_dir: str, slide: str, prob_map: np.ndarray, meta: dict, scanned: Optional[np.ndarray]) -> dict:
+    """Writes a slide's map (``.npy``, viewer TIFF, scanned-cells PNG) and its sidecar last, as the map's 'done' mark.
+
+    What post-processing derived from an earlier map of the slide (lesions,
+    contours, heatmap) is removed first: a new map never sits next to files
+    made from another one.  The sidecar holds no ``post`` record yet
+    (``postprocess`` adds it).
 
     Args:
       out_dir: the scan's output folder S.
       slide: slide id.
       prob_map: float32 map (pixel (r, c) covers level-0 cell [S c, S (c+1)) x [S r, S (r+1))).
       meta: the map's sidecar (must hold ``stride_px``; ``mpp`` may be None).
-      thumbnail: RGB ``[h, w, 3]`` at ``heatmap_grid`` map pixels per pixel, or None to skip the heatmap.
-      scanned: bool map of the pixels that were computed.
-      threshold: probability for the contours (lesion candidates have their own low floor).
-      nms_radius_um: reach of a lesion candidate's local maximum (``lesions.lesion_candidates``).
-      write_map: False when ``prob_map`` is the saved ``.npy`` itself (only
-        the derived files are redone); the sidecar is still written last.
+      scanned: bool map of the cells that were computed (tissue ROIs), or None: all.
 
     Returns:
-      The sidecar as written (with ``slide_score`` and ``n_lesions``).
+      The sidecar as written.
     """
     paths = map_paths(out_dir, slide)
+    for kind in DERIVED_KINDS:
+        try:
+            os.remove(paths[kind])
+        except FileNotFoundError:
+            pass
     stride = int(meta["stride_px"])
     mpp = meta.get("mpp")
-    # FROC candidates: every local maximum down to a low floor, not the contour threshold (ARCHITECTURE.md).
-    found = lesions_lib.lesion_candidates(prob_map, stride, radius_um=nms_radius_um, mpp=mpp,
-                                          dimensions_xy=meta.get("dimensions"))
-    write_lesions_csv(paths["lesions"], found)
-    write_contours(paths["geojson"], paths["xml"], lesions_lib.lesion_contours(prob_map, stride, threshold))
+    save_npy(paths["npy"], np.asarray(prob_map, np.float32))
+    if scanned is None:
+        scanned = np.ones(prob_map.shape, bool)
+    write_scanned_png(paths["scanned"], scanned)
     write_map_tiff(paths["tif"], prob_map, None if mpp is None else mpp * stride)
-    if thumbnail is not None:
-        f = heatmap_grid(prob_map.shape)
-        small = block_max(prob_map, f)
-        small_scanned = None if scanned is None else block_max(scanned, f)
-        write_heatmap_png(paths["heatmap"], thumbnail[: small.shape[0], : small.shape[1]], small, small_scanned, slide)
-    meta = dict(meta, slide_score=lesions_lib.slide_score(prob_map), n_lesions=len(found), threshold=threshold,
-                candidate_floor=lesions_lib.CANDIDATE_FLOOR)
-    if write_map:
-        save_npy(paths["npy"], np.asarray(prob_map, np.float32))
+    meta = {k: v for k, v in meta.items() if k not in POST_KEYS}
     write_json(paths["json"], meta)
     return meta
+
+
+def write_scanned_png(path: str, scanned: np.ndarray) -> None:
+    """The cells a map computed, on the map's grid, as a greyscale PNG (255 = computed)."""
+    with atomic_path(path, suffix=".png") as tmp:
+        if not cv2.imwrite(tmp, np.where(np.asarray(scanned, bool), 255, 0).astype(np.uint8)):
+            raise OSError(f"could not write {path}")
+
+
+def read_scanned_png(path: str, map_shape: tuple[int, int]) -> Optional[np.ndarray]:
+    """The cells a map computed (``write_scanned_png``), or None if missing, unreadable or of another shape."""
+    if not os.path.exists(path):
+        return None
+    img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+    if img is None or img.shape != tuple(map_shape):
+        return None
+    return img > 127
+
+
+POST_KEYS = ("post", "slide_score", "n_lesions", "threshold", "candidate_floor")
+"""Sidecar keys that post-processing writes (``postprocess``): a new map drops them."""
+
+DERIVED_KINDS = ("lesions", "geojson", "xml", "heatmap")
+"""The files post-processing derives from a map (``map_paths`` kinds)."""
+
+MAP_KINDS = ("npy", "json", "tif")
+"""The files of a finished map (``scanned`` is optional: maps made before it existed lack it)."""
 
 
 def read_sidecar(out_dir: str, slide: str) -> Optional[dict]:
@@ -240,15 +253,15 @@ def read_sidecar(out_dir: str, slide: str) -> Optional[dict]:
     return meta if isinstance(meta, dict) else None
 
 
-def outputs_complete(out_dir: str, slide: str) -> bool:
-    """True if every output of the slide exists (the heatmap is optional)."""
-    return all(os.path.exists(p) for k, p in map_paths(out_dir, slide).items() if k != "heatmap")
+def map_complete(out_dir: str, slide: str) -> bool:
+    """True if every file of the slide's map exists."""
+    paths = map_paths(out_dir, slide)
+    return all(os.path.exists(paths[k]) for k in MAP_KINDS)
 
 
-def slide_done(out_dir: str, slide: str, fingerprint: dict) -> bool:
-    """True if the slide's outputs are complete and its map was made with ``fingerprint``."""
-    meta = read_sidecar(out_dir, slide)
-    return meta is not None and outputs_complete(out_dir, slide) and meta.get("fingerprint") == fingerprint
+def slide_lock(out_dir: str, slide: str) -> FileLock:
+    """The lock a process holds while it writes ``slide``'s outputs in ``out_dir`` (scan or post-processing)."""
+    return FileLock(os.path.join(out_dir, "locks", f"{slide}.lock"))
 
 
 def write_slide_scores(out_dir: str) -> str:

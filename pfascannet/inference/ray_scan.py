@@ -39,16 +39,18 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import math
 import os
 import pickle
-import sys
 import time
 import traceback
 from typing import Callable, Optional, Sequence
 
 from pfascannet.errors import PfaError
 from pfascannet.inference import engine, outputs
+from pfascannet.inference.scan_options import ScanError, ScanOptions
+from pfascannet.inference.scan_summary import ScanSummary, SlideScanResult, write_scan_config
+from pfascannet.inference.slide_list import list_slides, shard_slides
+from pfascannet.progress import Progress, fmt_duration
 
 RAY_MISSING = "--ray needs Ray, an optional extra: pip install -e '.[ray]' (or pip install 'ray>=2.9')"
 
@@ -61,7 +63,7 @@ def import_ray():
     try:
         import ray  # noqa: PLC0415
     except ImportError:
-        raise engine.ScanError(RAY_MISSING) from None
+        raise ScanError(RAY_MISSING) from None
     return ray
 
 
@@ -94,9 +96,9 @@ class RayOptions:
             value = getattr(self, name)
             minimum = 0 if name == "max_retries" else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise engine.ScanError(f"{name} must be an integer >= {minimum}, got {value!r}")
+                raise ScanError(f"{name} must be an integer >= {minimum}, got {value!r}")
         if not self.cpus_per_task > 0:
-            raise engine.ScanError(f"cpus_per_task must be > 0, got {self.cpus_per_task!r}")
+            raise ScanError(f"cpus_per_task must be > 0, got {self.cpus_per_task!r}")
 
     @property
     def local(self) -> bool:
@@ -122,9 +124,9 @@ def scan_slide_task(
     path: str,
     specs: Sequence,
     out_dir: str,
-    options: engine.ScanOptions,
+    options: ScanOptions,
     on_batch: Optional[Callable[[int], None]] = None,
-) -> engine.SlideResult:
+) -> SlideScanResult:
     """What one Ray task runs: load (or reuse) the model, ``engine.scan_slide``, a result either way.
 
     A slide's own error becomes a ``failed`` result with the message a plain
@@ -140,71 +142,45 @@ def scan_slide_task(
         if os.environ.get("PFASCANNET_DEBUG"):
             traceback.print_exc()
         message = str(exc) if isinstance(exc, PfaError) else f"{type(exc).__name__}: {exc}"
-        return engine.SlideResult(slide, path, "failed", message)
+        return SlideScanResult(slide, path, "failed", message)
 
 
 # --------------------------------------------------------------------------- driver side
 
 
-def _fmt_s(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "--:--"
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+class CohortProgress(Progress):
+    """One line for the whole cohort: slides finished, failed, running, ETA (``pfascannet.progress``).
 
-
-class CohortProgress:
-    """One line for the whole cohort: slides finished, failed, running, ETA.
-
-    On a terminal the line is redrawn; otherwise a line is printed when a
-    slide finishes (and at most every ``interval_s`` seconds while none
-    does).  The ETA is the slides left over the rate of slides scanned so
-    far (skipped slides take no time and are left out of the rate).
+    A line is shown when a slide finishes (and at most every ``interval_s``
+    seconds while none does; redrawn in place on a terminal).  The ETA is the
+    slides left over the rate of slides scanned so far (skipped slides take
+    no time and are left out of the rate).
     """
 
     def __init__(self, n_slides: int, slots: int, stream=None, enabled: bool = True, interval_s: float = 30.0):
-        self.n = n_slides
+        super().__init__(n_slides, unit="slide", stream=stream, enabled=enabled, interval_s=interval_s)
         self.slots = slots
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = enabled
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval_s = 1.0 if self.tty else interval_s
         self.counts: collections.Counter = collections.Counter()
-        self.t0 = time.monotonic()
-        self._last = 0.0
 
-    def finished(self, result: engine.SlideResult) -> None:
+    def finished(self, result: SlideScanResult) -> None:
         self.counts[result.status] += 1
         if result.status == "failed":
-            self.message(f"error: {result.slide}: {' '.join(result.message.split())}", always=True)
+            self.error(f"{result.slide}: {result.message}")
+        self.done += 1
         self.show(force=True)
 
     def line(self) -> str:
         c = self.counts
         finished = sum(c.values())
         scanned = finished - c["skipped"]
-        left = self.n - finished
-        elapsed = time.monotonic() - self.t0
+        left = self.total - finished
+        elapsed = self.elapsed_s()
         eta = left * elapsed / scanned if scanned else float("nan")
         running = min(left, self.slots)
         return (
-            f"[ray] {finished}/{self.n} slides: {c['done']} done, {c['skipped']} already done, "
-            f"{c['failed']} failed, {running} running | elapsed {_fmt_s(elapsed)} ETA {_fmt_s(eta)}"
+            f"[ray] {finished}/{self.total} slides: {c['done']} done, {c['skipped']} already done, "
+            f"{c['failed']} failed, {running} running | elapsed {fmt_duration(elapsed)} ETA {fmt_duration(eta)}"
         )
-
-    def show(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self._last < self.interval_s):
-            return
-        self._last = now
-        self.stream.write(("\r\x1b[K" if self.tty else "") + self.line() + ("" if self.tty else "\n"))
-        self.stream.flush()
-
-    def message(self, text: str, always: bool = False) -> None:
-        if self.enabled or always:
-            self.stream.write(("\n" if self.tty else "") + text + "\n")
-            self.stream.flush()
 
 
 def _start(ray, ray_options: RayOptions) -> bool:
@@ -222,7 +198,7 @@ def _start(ray, ray_options: RayOptions) -> bool:
             ray.init(address=ray_options.address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = "a local Ray" if ray_options.local else f"the Ray cluster at {ray_options.address}"
-        raise engine.ScanError(f"could not start or reach {where}: {' '.join(str(exc).split())}") from None
+        raise ScanError(f"could not start or reach {where}: {' '.join(str(exc).split())}") from None
     return True
 
 
@@ -230,15 +206,15 @@ def scan_slides_ray(
     slides: str | Sequence[str],
     specs: Sequence,
     out_dir: str,
-    options: engine.ScanOptions = engine.ScanOptions(),
+    options: ScanOptions = ScanOptions(),
     shard: Optional[tuple[int, int]] = None,
     ray_options: RayOptions = RayOptions(),
     on_batch: Optional[Callable[[int], None]] = None,
-) -> engine.ScanSummary:
+) -> ScanSummary:
     """Scans a list of slides with one Ray task per slide; see the module docstring.
 
     Args:
-      slides: a slide, a folder, a list file, or a sequence of them (``engine.list_slides``).
+      slides: a slide, a folder, a list file, or a sequence of them (``list_slides``).
       specs: the model runs as ``runs.resolve_runs`` settles them (loaded in
         the workers; an ensemble has several).
       out_dir: the scan's output folder, seen by every worker (ARCHITECTURE.md).
@@ -249,14 +225,14 @@ def scan_slides_ray(
       on_batch: test hook, see ``engine.scan_map`` (runs in the workers).
 
     Returns:
-      An ``engine.ScanSummary`` with one result per slide, in list order.
+      An ``ScanSummary`` with one result per slide, in list order.
     """
     if not specs:
-        raise engine.ScanError("no model to scan with")
+        raise ScanError("no model to scan with")
     ray = import_ray()
-    paths = engine.list_slides(slides)
+    paths = list_slides(slides)
     if shard is not None:
-        paths = engine.shard_slides(paths, shard)
+        paths = shard_slides(paths, shard)
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     started = _start(ray, ray_options)
@@ -268,7 +244,7 @@ def scan_slides_ray(
         else:
             task_resources = {"num_cpus": ray_options.cpus_per_task}
             slots = max(1, int(resources.get("CPU", 1) // ray_options.cpus_per_task))
-        engine.write_scan_config(
+        write_scan_config(
             out_dir, [dataclasses.asdict(s) if dataclasses.is_dataclass(s) else repr(s) for s in specs], options, paths,
             shard, ray=dict(dataclasses.asdict(ray_options), task_resources=task_resources,
                             cluster={k: resources[k] for k in ("CPU", "GPU") if k in resources}),
@@ -285,9 +261,9 @@ def scan_slides_ray(
         task_options = dataclasses.replace(options, progress=False, progress_stream=None)
         t0 = time.perf_counter()
         pending = {task.remote(p, list(specs), out_dir, task_options, on_batch): p for p in paths}
-        results: dict[str, engine.SlideResult] = {}
+        results: dict[str, SlideScanResult] = {}
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=progress.interval_s)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(progress.interval_s, 1.0))
             for ref in ready:
                 path = pending.pop(ref)
                 try:
@@ -295,7 +271,7 @@ def scan_slides_ray(
                 except ray.exceptions.RayError as exc:  # retries used up, or the task could not run
                     slide = os.path.splitext(os.path.basename(path))[0]
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    result = engine.SlideResult(slide, path, "failed", f"{type(exc).__name__}: {first}")
+                    result = SlideScanResult(slide, path, "failed", f"{type(exc).__name__}: {first}")
                 results[path] = result
                 progress.finished(result)
             if not ready:
@@ -304,6 +280,7 @@ def scan_slides_ray(
         if started:
             ray.shutdown()
     outputs.write_slide_scores(out_dir)
-    summary = engine.ScanSummary([results[p] for p in paths], time.perf_counter() - t0)
+    summary = ScanSummary([results[p] for p in paths], time.perf_counter() - t0)
+    progress.close()
     progress.message(summary.text(), always=True)
     return summary

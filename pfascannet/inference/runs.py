@@ -17,10 +17,13 @@ import math
 import os
 from typing import Optional, Sequence, Union
 
+import psutil
+
 from pfascannet import geometry
 from pfascannet.inference import export_meta
-from pfascannet.inference.engine import ModelRun, ScanError
+from pfascannet.inference.model_run import ModelRun
 from pfascannet.inference.plan import auto_roi_px
+from pfascannet.inference.scan_options import ScanError
 from pfascannet.model.precision import check_precision
 
 XLA_SETTINGS = ("auto", "on", "off")  # export.XLA_SETTINGS, without importing Keras
@@ -31,8 +34,6 @@ DEFAULT_MEMORY_FRACTION = 0.25
 
 def default_memory_budget_bytes() -> float:
     """A quarter of physical memory (the reader threads, map and outputs need the rest)."""
-    import psutil  # noqa: PLC0415
-
     return DEFAULT_MEMORY_FRACTION * psutil.virtual_memory().total
 
 

@@ -27,6 +27,7 @@ import math
 import keras
 
 from pfascannet import geometry
+from pfascannet.camelyon import LEVEL0_MPP
 from pfascannet.model.config import SCORE_CHANNELS, ConfigError, ModelConfig
 from pfascannet.model.decoder import build_decoder
 from pfascannet.model.dense_pooling import dense_pooling_for_level
@@ -38,7 +39,7 @@ from pfascannet.model.trunk import vgg16_trunk
 TUMOUR_CHANNEL = 1
 """Channel of the softmax outputs that is the tumour probability."""
 
-TRAINING_MPP = 0.243  # camelyon.LEVEL0_MPP
+TRAINING_MPP = LEVEL0_MPP
 """Default ``training_mpp``: Camelyon's level-0 pixel size (um/px), what every shipped model was trained at."""
 
 

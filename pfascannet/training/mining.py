@@ -67,15 +67,17 @@ def mine_from_slides(
     """
     from pfascannet.inference import engine  # noqa: PLC0415
     from pfascannet.inference.export import KerasDetector  # noqa: PLC0415
+    from pfascannet.inference.model_run import ModelRun  # noqa: PLC0415
+    from pfascannet.inference.scan_options import ScanOptions  # noqa: PLC0415
     from pfascannet.inference.lesions import lesion_candidates  # noqa: PLC0415
     from pfascannet.model.detector import build_detector, transfer_weights  # noqa: PLC0415
 
     per_slide = max(4, max_keep // 4) if per_slide is None else int(per_slide)
     detector = build_detector(model_config, alpha=alpha, input_px=None)
     transfer_weights(model, detector)
-    run = engine.ModelRun(KerasDetector(detector, alpha, roi_px), geometry.ScanGeometry(alpha=alpha, roi_px=roi_px),
+    run = ModelRun(KerasDetector(detector, alpha, roi_px), geometry.ScanGeometry(alpha=alpha, roi_px=roi_px),
                           name="training weights")
-    options = engine.ScanOptions(batch=batch, heatmap=False, progress=False)
+    options = ScanOptions(batch=batch, heatmap=False, progress=False)
     found: list[tuple[float, sampling.PatchSample]] = []
     for slide_id, entry in sorted(sampler.slides.items()):
         engine.scan_slide(entry.image_path, [run], out_dir, options, wait=True)

@@ -1,0 +1,143 @@
+"""The model side of a scan: the detector protocol, ``ModelRun``, edge-ROI detectors and the batch prediction.
+
+The detector protocol (``inference.export.load_detector`` gives one):
+``alpha``, ``roi_px``, ``tile_px``, ``stride_px`` and
+``predict(uint8 [N, LR, LR, 3]) -> float32 [N, Lm, Lm]`` tumour probability
+(Zhao et al., MICCAI 2019, §2.2).  Patch mode (the speed baseline) runs the
+same weights as the 692 patch classifier over every stride-spaced patch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Protocol
+
+import numpy as np
+
+from pfascannet import geometry
+from pfascannet.inference.plan import edge_split
+from pfascannet.inference.scan_options import ScanError, ScanOptions
+
+
+class Detector(Protocol):
+    """What the scanner needs from a model (see ``inference.export``)."""
+
+    alpha: int
+    roi_px: int
+    tile_px: int
+    stride_px: int
+
+    def predict(self, rois: np.ndarray) -> np.ndarray: ...
+
+
+@dataclasses.dataclass
+class ModelRun:
+    """One model of a scan (an ensemble has several) and the grid it fills.
+
+    Attributes:
+      detector: the model.
+      grid: alpha and ROI side of the map grid and of the ROIs read.
+      mode: ``"dense"`` (the detector is the FCN at ``grid``) or ``"patch"``
+        (the speed baseline: the same weights as the patch classifier, alpha 1
+        on one 692 patch -- the detector's ``predict_patches``, or ``predict``
+        of an alpha-1 / 692 detector -- applied to every ``stride``-spaced
+        patch of each ROI).
+      name: the model's path or id, recorded in the outputs.
+      digest: the model's content (a hash of its files or weights); resume and
+        skip decisions compare it, so a model replaced behind the same path is
+        rescanned.  None: the detector's own ``digest`` attribute (the
+        exported detectors have one, computed once per load), else the name.
+    """
+
+    detector: Detector
+    grid: geometry.ScanGeometry
+    mode: str = "dense"
+    name: str = "model"
+    digest: Optional[str] = None
+
+    def __post_init__(self):
+        d = self.detector
+        if self.digest is None:
+            self.digest = getattr(d, "digest", None)
+        if self.mode == "dense":
+            if (int(d.alpha), int(d.roi_px)) != (self.grid.alpha, self.grid.roi_px):
+                raise ScanError(
+                    f"{self.name}: detector is alpha={d.alpha}, roi={d.roi_px} but the grid is "
+                    f"alpha={self.grid.alpha}, roi={self.grid.roi_px}"
+                )
+        elif self.mode == "patch":
+            is_patch_classifier = int(d.alpha) == 1 and int(d.roi_px) == geometry.PATCH_PX
+            if not hasattr(d, "predict_patches") and not is_patch_classifier:
+                raise ScanError(
+                    f"{self.name}: patch mode needs a detector with predict_patches() or the patch "
+                    f"classifier itself (alpha=1, roi={geometry.PATCH_PX}); got alpha={d.alpha}, roi={d.roi_px}"
+                )
+        else:
+            raise ScanError(f"mode must be 'dense' or 'patch', got {self.mode!r}")
+
+    @property
+    def precision(self) -> str:
+        """What the detector computes in (``model.precision``); float32 for detectors that do not say."""
+        return str(getattr(self.detector, "precision", "float32"))
+
+    def describe(self) -> dict:
+        out = {
+            "name": self.name, "mode": self.mode, "alpha": self.grid.alpha, "roi_px": self.grid.roi_px,
+            "digest": self.digest,
+        }
+        # The weights (hence the digest) are the same at every precision, but
+        # the map is not: a bfloat16 map is a different map.  Named only when
+        # not float32, so maps made before precision was a setting stay valid.
+        if self.precision != "float32":
+            out["precision"] = self.precision
+        return out
+
+
+EDGE_SPLIT = 2
+"""Edge ROIs are quarter tiles (``plan.make_plan(split=...)``)."""
+
+
+def edge_detector(run: ModelRun, side_px: int):
+    """The run's detector serving ROIs of ``side_px`` (the same model), or None if it cannot."""
+    if side_px == run.grid.roi_px:
+        return run.detector
+    cache = run.__dict__.setdefault("_edge_detectors", {})
+    if side_px not in cache:
+        at = getattr(run.detector, "at_roi_px", None)
+        cache[side_px] = at(side_px) if run.mode == "dense" and callable(at) else None
+    return cache[side_px]
+
+
+def plan_split(run: ModelRun, options: ScanOptions) -> int:
+    """The ``split`` of a run's plan: ``EDGE_SPLIT`` where edge ROIs are on and possible, else 1."""
+    split = edge_split(run.grid, EDGE_SPLIT) if options.edge_rois and run.mode == "dense" else 1
+    if split > 1 and edge_detector(run, geometry.roi_px(run.grid.tile_px // split, run.grid.alpha)) is None:
+        return 1
+    return split
+
+
+def predict_tiles(run: ModelRun, rois: np.ndarray, patch_batch: int) -> np.ndarray:
+    """Tiles ``[N, Lm, Lm]`` of the batch, dense or patch by patch (edge ROIs: their smaller Lm)."""
+    lm, stride = run.grid.tile_px, run.grid.stride_px
+    if run.mode == "dense" and rois.shape[1] != run.grid.roi_px:
+        lm = geometry.tile_px(int(rois.shape[1]), run.grid.alpha)
+        probs = np.asarray(edge_detector(run, int(rois.shape[1])).predict(rois), np.float32)
+    elif run.mode == "dense":
+        probs = np.asarray(run.detector.predict(rois), np.float32)
+    else:
+        probs = np.empty((rois.shape[0], lm, lm), np.float32)
+        p = geometry.PATCH_PX
+        classify = getattr(run.detector, "predict_patches", run.detector.predict)
+        for n, roi in enumerate(rois):
+            # Views, not copies: only patch_batch patches are materialised at a time.
+            windows = np.lib.stride_tricks.sliding_window_view(roi, (p, p, 3))[::stride, ::stride, 0]
+            flat = windows.reshape(lm * lm, p, p, 3)
+            out = np.empty(lm * lm, np.float32)
+            for s in range(0, lm * lm, patch_batch):
+                chunk = np.ascontiguousarray(flat[s : s + patch_batch])
+                out[s : s + len(chunk)] = np.asarray(classify(chunk), np.float32).reshape(-1)
+            probs[n] = out.reshape(lm, lm)
+    if probs.shape != (rois.shape[0], lm, lm):
+        raise ScanError(f"{run.name}: detector returned {probs.shape}, expected {(rois.shape[0], lm, lm)}")
+    return probs
+
