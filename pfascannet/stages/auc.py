@@ -4,7 +4,7 @@ Scores come from a ``name,probability`` CSV (``--scores``, e.g. a scan's
 ``S/slide_scores.csv`` or a Camelyon16 submission) or, failing that, from the
 highest lesion confidence per slide in a folder of lesion CSVs (``--lesions_dir``).
 
-  python eval/auc.py --scores S/slide_scores.csv --reference C/slides.csv --split test --out R/auc
+  pfascannet auc --scores S/slide_scores.csv --reference C/slides.csv --split test --out R/auc
 
 Writes ``auc.json``, ``auc.md`` and ``roc.png`` to ``--out``.
 """
@@ -12,16 +12,11 @@ Writes ``auc.json``, ``auc.md`` and ``roc.png`` to ``--out``.
 from __future__ import annotations
 
 import os
-import sys
 
-if __package__ in (None, ""):  # run as a file from a checkout: make the package importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from pfascannet.cliutil import run_main  # noqa: E402
-from pfascannet.errors import PfaError  # noqa: E402
-from pfascannet.evaluation import reference, report, run, slide_metrics  # noqa: E402
+from pfascannet.errors import PfaError
+from pfascannet.evaluation import reference, report, run, slide_metrics
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("scores", None, "name,probability CSV of slide scores.")
@@ -60,7 +55,3 @@ def main(argv):
     ci = rep["auc_ci"]
     print(f"AUC = {rep['auc']:.4f}" + (f"  (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""))
     print(f"report: {os.path.join(FLAGS.out, 'auc.md')}")
-
-
-if __name__ == "__main__":
-    run_main(main)

@@ -5,9 +5,9 @@ the patch classifier -- the same weights at alpha = 1 -- on the matching 692
 patches (top-left at stride * (u, v) in the ROI, eq. (1)), and prints the
 largest |difference|.  Exits 1 if it is above --tolerance.
 
-    python experiments/check_equivalence.py --model EXPORT_DIR
-    python experiments/check_equivalence.py --model EXPORT_DIR/detector.keras --roi_px 1716
-    python experiments/check_equivalence.py --model EXPORT_DIR --slide S.tif --x 40000 --y 30000
+    pfascannet check-equivalence --model EXPORT_DIR
+    pfascannet check-equivalence --model EXPORT_DIR/detector.keras --roi_px 1716
+    pfascannet check-equivalence --model EXPORT_DIR --slide S.tif --x 40000 --y 30000
 
 The ROI is read from --slide (level 0, top-left --x, --y), from --image (its
 top-left LR x LR), or made up (structured, so outputs vary by position).
@@ -23,7 +23,6 @@ import sys
 
 from absl import flags
 
-from pfascannet import cliutil
 from pfascannet.errors import PfaError
 
 FLAGS = flags.FLAGS
@@ -111,7 +110,3 @@ def main(argv):
         })
     if not ok:
         sys.exit(1)
-
-
-if __name__ == "__main__":
-    cliutil.run_main(main)

@@ -1,6 +1,6 @@
 """Writes a Camelyon-like synthetic cohort (``shared/DESIGN.md`` section 4).
 
-  python data_prep/make_synthetic_cohort.py --out C --patients 4 --seed 0
+  pfascannet cohort --out C --patients 4 --seed 0
 
 Layout of ``C`` (ARCHITECTURE.md, "Files between stages"): ``images/``,
 ``annotations/``, ``masks/``, ``tissue/``, ``stages.csv``, ``slides.csv``,
@@ -17,16 +17,9 @@ Exit status (README): 0 written, 2 bad flags (one ``error:`` line).
 
 from __future__ import annotations
 
-import os
-import sys
+from absl import flags
 
-if __package__ in (None, ""):  # run as a file from a checkout: make the package importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import flags  # noqa: E402
-
-from pfascannet.cliutil import run_main  # noqa: E402
-from pfascannet.errors import PfaError  # noqa: E402
+from pfascannet.errors import PfaError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Output cohort folder (created).")
@@ -70,7 +63,3 @@ def main(argv):
         f"wrote {len(info.slides)} slides ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
         f"{len(info.lesions)} lesions, stages {', '.join(stages)} to {FLAGS.out} in {info.seconds:.1f} s"
     )
-
-
-if __name__ == "__main__":
-    run_main(main)

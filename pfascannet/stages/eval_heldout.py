@@ -16,7 +16,7 @@ Synthetic slides: the numbers measure the pipeline, not clinical accuracy.
 
 Example::
 
-    python experiments/eval_heldout.py --weights W/final.weights.h5 --config small \\
+    pfascannet eval-heldout --weights W/final.weights.h5 --config small \\
         --seeds 11,12,13 --workdir /tmp/heldout --out /tmp/heldout/heldout.json
 """
 
@@ -29,11 +29,6 @@ import sys
 import time
 
 from absl import flags
-
-if __package__ in (None, ""):  # run as a script from a checkout without `pip install -e .`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pfascannet.cliutil import run_main  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("weights", None, "Training weights (.weights.h5) to evaluate.")
@@ -143,7 +138,3 @@ def main(argv):
     out = FLAGS.out or os.path.join(FLAGS.workdir, "heldout.json")
     io_utils.write_json(out, record)
     print(f"report: {out}")
-
-
-if __name__ == "__main__":
-    run_main(main)

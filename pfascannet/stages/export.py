@@ -7,9 +7,9 @@ training model serve every alpha (layers matched by name).
 
 Examples::
 
-    python experiments/export.py --workdir=runs/tiny --out=runs/tiny/export_a16
-    python experiments/export.py --weights=w.weights.h5 --config=paper --alpha=32 --roi_px=2708 --out=exp
-    python experiments/export.py --workdir=runs/paper --precision=bfloat16 --out=runs/paper/export_bf16
+    pfascannet export --workdir=runs/tiny --out=runs/tiny/export_a16
+    pfascannet export --weights=w.weights.h5 --config=paper --alpha=32 --roi_px=2708 --out=exp
+    pfascannet export --workdir=runs/paper --precision=bfloat16 --out=runs/paper/export_bf16
 
 Exit status (README): 0 exported, 2 bad flags or inputs (a missing, corrupt or
 mismatched weights file: one ``error:`` line naming it).  A killed export
@@ -20,14 +20,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import flags
-
-if __package__ in (None, ""):  # run as a script from a checkout without `pip install -e .`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pfascannet.cliutil import run_main  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A training run folder (uses its final.weights.h5 and config.json).")
@@ -138,6 +132,3 @@ def _check_weights_file(path: str, config, error) -> None:
             f"{path}: its first convolution has {kernels[0]} filters but config {config.name!r} has "
             f"{config.widths[0]}: weights of another config? (pass the matching --config)"
         )
-
-if __name__ == "__main__":
-    run_main(main)

@@ -6,7 +6,7 @@ Works on a scan's ``S/lesions`` folder or any method's Camelyon16 submission
 tumour/normal status from ``--reference`` (the cohort's slides.csv, Camelyon16
 reference.csv, or a Camelyon17 stage CSV).
 
-  python eval/froc.py --lesions_dir S/lesions --reference C/slides.csv \
+  pfascannet froc --lesions_dir S/lesions --reference C/slides.csv \
       --masks_dir C/masks --truth_lesions C/lesions.csv --split test --out R/froc
 
 Writes ``froc.json``, ``froc.md`` and ``froc.png`` to ``--out`` and prints the
@@ -21,16 +21,11 @@ is written.
 from __future__ import annotations
 
 import os
-import sys
 
-if __package__ in (None, ""):  # run as a file from a checkout: make the package importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from pfascannet.cliutil import run_main  # noqa: E402
-from pfascannet.errors import PfaError  # noqa: E402
-from pfascannet.evaluation import froc, reference, report, run  # noqa: E402
+from pfascannet.errors import PfaError
+from pfascannet.evaluation import froc, reference, report, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("lesions_dir", None, "Folder of <slide>.csv lesion files (confidence,X,Y).")
@@ -79,7 +74,3 @@ def main(argv):
         print(f"{key} = {value}  [{froc.SCORE_NAMES[key]}]")
     print(f"paper: {froc.PAPER_COMPARABILITY}")
     print(f"report: {os.path.join(FLAGS.out, 'froc.md')}")
-
-
-if __name__ == "__main__":
-    run_main(main)

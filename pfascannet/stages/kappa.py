@@ -4,22 +4,15 @@ Both files: header ``patient,stage``, rows ``patient_XXX.zip,pN1`` (node rows
 ``patient_XXX_node_Y.tif,macro`` are read too and give node accuracy). Stages
 are compared in clinical order pN0 < pN0(i+) < pN1mi < pN1 < pN2, any case.
 
-  python eval/kappa.py --submission submission.csv --reference C/stages.csv --out R/kappa
+  pfascannet kappa --submission submission.csv --reference C/stages.csv --out R/kappa
 """
 
 from __future__ import annotations
 
-import os
-import sys
+from absl import flags
 
-if __package__ in (None, ""):  # run as a file from a checkout: make the package importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import flags  # noqa: E402
-
-from pfascannet.cliutil import run_main  # noqa: E402
-from pfascannet.errors import PfaError  # noqa: E402
-from pfascannet.evaluation import pn_stage, report  # noqa: E402
+from pfascannet.errors import PfaError
+from pfascannet.evaluation import pn_stage, report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("submission", None, "Camelyon17 submission CSV (patient,stage).")
@@ -47,7 +40,3 @@ def main(argv):
     if FLAGS.out:
         _, md = report.write_report(FLAGS.out, "kappa", rep, report.kappa_markdown(rep, note))
         print(f"report: {md}")
-
-
-if __name__ == "__main__":
-    run_main(main)

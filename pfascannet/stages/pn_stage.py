@@ -6,7 +6,7 @@ a random forest trained on the training slides' node labels
 patient by the Camelyon17 rules, the Camelyon17 submission CSV, and the
 quadratic kappa when the test patients' truth is known.
 
-  python eval/pn_stage.py --maps_dir S/maps --reference C/slides.csv \
+  pfascannet pn-stage --maps_dir S/maps --reference C/slides.csv \
       --stages C/stages.csv --out R/pn_stage
 
 Writes ``features.csv``, ``submission.csv`` (Camelyon17 format) and, with
@@ -16,16 +16,11 @@ truth, ``pn_stage.json``/``pn_stage.md`` to ``--out``.
 from __future__ import annotations
 
 import os
-import sys
 
-if __package__ in (None, ""):  # run as a file from a checkout: make the package importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from pfascannet.cliutil import run_main  # noqa: E402
-from pfascannet.errors import PfaError  # noqa: E402
-from pfascannet.evaluation import reference, report, run  # noqa: E402
+from pfascannet.errors import PfaError
+from pfascannet.evaluation import reference, report, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("maps_dir", None, "Folder of <slide>.npy probability maps with their .json.")
@@ -54,7 +49,3 @@ def main(argv):
         return
     print(f"kappa_quadratic = {rep['kappa_quadratic']:.4f} over {rep['n_patients']} test patients; "
           f"report: {os.path.join(FLAGS.out, 'pn_stage.md')}")
-
-
-if __name__ == "__main__":
-    run_main(main)

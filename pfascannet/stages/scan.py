@@ -30,11 +30,6 @@ import sys
 
 from absl import flags
 
-if __package__ in (None, ""):  # run as a script from a checkout without `pip install -e .`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pfascannet.cliutil import run_main  # noqa: E402
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Export directory, .keras file or SavedModel directory.")
 flags.DEFINE_string("slides", None, "A slide, a folder of slides (or a cohort with images/), or a list file (.txt/.csv).")
@@ -171,8 +166,7 @@ def _usage(message: str) -> None:
     fail(message)
 
 
-if __name__ == "__main__":
+def prepare_argv(argv: list) -> list:
     # A bare --ray (no address) means a local Ray; absl string flags need a value.
-    sys.argv = [a + "=local" if a == "--ray" and (sys.argv[i + 1:i + 2] or ["-"])[0].startswith("-") else a
-                for i, a in enumerate(sys.argv)]
-    run_main(main)
+    return [a + "=local" if a == "--ray" and (argv[i + 1:i + 2] or ["-"])[0].startswith("-") else a
+            for i, a in enumerate(argv)]

@@ -9,7 +9,7 @@ and per 400-ROI WSI (minutes), slide AUC, the three Camelyon16 FROC scores
 the caveat that the paper does not say which rule its 89.1 % / 90.2 % use),
 and the Camelyon17 quadratic kappa.
 
-  python experiments/table1.py --out runs/table1 --quick
+  pfascannet table1 --out runs/table1 --quick
 
 Every step resumes (rerun the same command).  ``--sl_weights`` reuses an
 already trained PFA-ScanNet (e.g. the one ``experiments/bench_training.py``
@@ -20,15 +20,10 @@ pipeline, not clinical accuracy; the table says so.
 from __future__ import annotations
 
 import os
-import sys
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from pfascannet.cliutil import run_main  # noqa: E402
-from pfascannet.errors import PfaError  # noqa: E402
+from pfascannet.errors import PfaError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Output folder (cohort, runs, exports, scans, reports, table1.md).")
@@ -131,7 +126,3 @@ def main(argv):
     io_utils.write_text(os.path.join(out, "table1.md"), text)
     io_utils.write_json(os.path.join(out, "table1.json"), {"rows": rows, "patch_timing": patch, "notes": notes})
     print(text)
-
-
-if __name__ == "__main__":
-    run_main(main)

@@ -1,26 +1,20 @@
 """Write training patches (692 patch + 692 mask + label) of a cohort into TFRecord shards.
 
 Zhao et al., MICCAI 2019, Sec. 2.4: random, boundary and ITC patches are
-extracted once; reading them back from shards (``experiments/train.py
+extracted once; reading them back from shards (``pfascannet train
 --tfrecords='<out>/patches-*.tfrecord'``) spares the slide reads on every
 epoch.  Patches and masks are lossless PNG, so a record equals the slide.
 
 Example::
 
-    python data_prep/write_tfrecords.py --data=cohort --out=shards --random_per_class=512 --shards=8
+    pfascannet tfrecords --data=cohort --out=shards --random_per_class=512 --shards=8
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import flags
-
-if __package__ in (None, ""):  # run as a script from a checkout without `pip install -e .`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pfascannet.cliutil import run_main  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", None, "Cohort folder (images/, annotations/, slides.csv).")
@@ -50,7 +44,3 @@ def main(argv):
     sampling.save_samples(os.path.join(FLAGS.out, "samples.csv"), samples)
     reader.close()
     print(f"{len(samples)} patches {sampling.counts_by_kind(samples)} in {len(paths)} shards under {FLAGS.out}")
-
-
-if __name__ == "__main__":
-    run_main(main)

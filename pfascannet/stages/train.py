@@ -9,29 +9,21 @@ without one); ``--strategy=multiworker`` spans machines via ``TF_CONFIG``
 
 Examples::
 
-    python experiments/train.py --config=paper --data=/data/camelyon --workdir=runs/pfa --steps=200000
-    python experiments/train.py --config=paper_imagenet --kernel_init=imagenet ...   # the paper's recipe
-    python experiments/train.py --config=small --data=cohort --workdir=runs/small --steps=600 \\
+    pfascannet train --config=paper --data=/data/camelyon --workdir=runs/pfa --steps=200000
+    pfascannet train --config=paper_imagenet --kernel_init=imagenet ...   # the paper's recipe
+    pfascannet train --config=small --data=cohort --workdir=runs/small --steps=600 \\
         --optimizer=adam --learning_rate=1e-3 --warmup_steps=20   # from scratch on a CPU
-    python experiments/train.py ... --no_synergistic    # the paper's "w/o SL" ablation
+    pfascannet train ... --no_synergistic    # the paper's "w/o SL" ablation
 
 Kill it at any time and rerun the same command: it resumes from the latest
 checkpoint and ends with the weights an uninterrupted run would have.
 Writes ``<workdir>/config.json``, ``checkpoints/``, ``tensorboard/``,
-``samples.csv`` and ``final.weights.h5`` (read by experiments/export.py).
+``samples.csv`` and ``final.weights.h5`` (read by ``pfascannet export``).
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
 from absl import flags
-
-if __package__ in (None, ""):  # run as a script from a checkout without `pip install -e .`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pfascannet.cliutil import run_main  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "tiny", "Model config: tiny, small, paper or paper_imagenet (with --kernel_init imagenet).")
@@ -56,7 +48,7 @@ flags.DEFINE_integer("random_per_class", 64, "Random tumour patches and random n
 flags.DEFINE_integer("boundary", 32, "Boundary patches (centre on a lesion border).")
 flags.DEFINE_integer("itc", 16, "ITC patches (centred on lesions < 275 um).")
 flags.DEFINE_boolean("augment", True, "Flip/rotation/scaling/cropping + colour/HSV jitter (Sec. 2.4).")
-flags.DEFINE_string("tfrecords", None, "Glob of TFRecord shards (data_prep/write_tfrecords.py) to read instead.")
+flags.DEFINE_string("tfrecords", None, "Glob of TFRecord shards (pfascannet tfrecords) to read instead.")
 flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints.")
 flags.DEFINE_integer("log_every", 10, "Steps between progress lines / TensorBoard points.")
 flags.DEFINE_integer("hard_negative_at", 0, "Step at which to mine hard negatives (0: never).")
@@ -103,7 +95,3 @@ def main(argv):
     result = trainer.train(settings)
     state = "stopped at --max_minutes" if result.stopped_early else "done"
     print(f"{state}: step {result.step}/{settings.steps}; weights {result.final_weights}")
-
-
-if __name__ == "__main__":
-    run_main(main)
