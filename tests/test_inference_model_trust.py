@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pfascannet.inference import engine, runs
-from tests.test_inference_scan import write_slide
+from tests.scan_support import write_slide
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SID = "patient_001_node_0"
@@ -129,7 +129,7 @@ def test_scan_cli_checks_flags_and_slides_before_the_model_loads(slide, tmp_path
     assert "alpha" in line
     bare = tmp_path / "bare"
     bare.mkdir()
-    from tests.test_inference_trust import _slide_without_mpp
+    from tests.scan_support import slide_without_mpp as _slide_without_mpp
 
     _slide_without_mpp(str(bare / "x.tif"))
     line = _one_error_line(_scan([*base, f"--slides={bare}"]))

@@ -23,7 +23,7 @@ import time
 import pytest
 
 from pfascannet.inference import engine, ray_scan, runs
-from tests.test_inference_scan import write_slide
+from tests.scan_support import write_slide
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BAD = "patient_003_node_0"

@@ -25,7 +25,8 @@ import pytest
 from pfascannet import geometry, io_utils
 from pfascannet.inference import engine
 from pfascannet.slide.reader import SlideReader
-from tests.test_inference_scan import LM, OracleDetector, write_slide
+from tests.scan_support import LM, OracleDetector, write_slide
+from tests.scan_support import slide_without_mpp as _slide_without_mpp
 
 SID = "patient_000_node_0"
 QUIET = dict(progress=False, heatmap=False, tissue="all", checkpoint_every_s=0.0, workers=2, batch=3)
@@ -351,16 +352,6 @@ def test_concurrent_scans_into_one_out_split_the_slides(slide_path, tmp_path):
 
 
 # --------------------------------------------------------------------------- 5. no silent defaults
-
-
-def _slide_without_mpp(path, description=None):
-    from pfascannet.slide.tiff_writer import write_pyramid_tiff
-
-    image = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
-    write_pyramid_tiff(
-        path, (400, 300), lambda x, y, w, h: np.ascontiguousarray(image[y : y + h, x : x + w]), tile_px=256,
-        compression="deflate", num_levels=1, mpp=None, workers=1, description=description,
-    )
 
 
 def test_slide_without_pixel_size_is_refused_unless_mpp_is_given(tmp_path):
