@@ -45,7 +45,7 @@ def usage() -> str:
     """The listing ``pfascannet --help`` prints: every stage with one line."""
     width = max(len(n) for n in [*STAGES, *BUILTINS])
     lines = ["usage: pfascannet <stage> [flags]   (pfascannet <stage> --help: its flags)", "",
-             __doc__.splitlines()[0].split(": ", 1)[1].rstrip(".") + ".", "", "stages:"]
+             "PFA-ScanNet (Zhao et al., MICCAI 2019), stage by stage.", "", "stages:"]
     lines += [f"  {n:<{width}}  {line}" for n, line in BUILTINS.items()]
     lines += [f"  {n:<{width}}  {line}" for n, (_, line) in STAGES.items()]
     lines += ["", "Exit status: 0 done, 1 some items failed, 2 bad input or flags, 130 interrupted."]
