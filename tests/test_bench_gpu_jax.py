@@ -30,6 +30,7 @@ def test_bench_gpu_jax_runs_on_cpu_without_tensorflow(tmp_path):
     assert os.path.exists(tmp_path / "wsi_2048.tif")  # a real JPEG-tiled TIFF was read
 
 
+@pytest.mark.slow  # the benchmark in a child process
 def test_bench_gpu_jax_refuses_another_backend(tmp_path):
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(

@@ -109,6 +109,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(cohort, tmp_path):
     assert again.resumed_from == 5 and again.history == []
 
 
+@pytest.mark.slow  # 20 training steps; 12 s under load
 def test_loss_falls_over_twenty_steps(cohort, tmp_path):
     s = _settings(cohort, tmp_path, steps=20, batch_size=1, random_per_class=1, boundary=0, itc=0,
                   augment=False, checkpoint_every=100, log_every=100)
