@@ -1,56 +1,11 @@
 """Write training patches (692 patch + 692 mask + label) of a cohort into TFRecord shards.
 
-Zhao et al., MICCAI 2019, Sec. 2.4: random, boundary and ITC patches are
-extracted once; reading them back from shards (``experiments/train.py
---tfrecords='<out>/patches-*.tfrecord'``) spares the slide reads on every
-epoch.  Patches and masks are lossless PNG, so a record equals the slide.
-
-Example::
-
-    python data_prep/write_tfrecords.py --data=cohort --out=shards --random_per_class=512 --shards=8
+``pfascannet tfrecords`` as an absl script: the flags and ``main`` are in
+``pfascannet/stages/tfrecords.py`` (``--help`` lists them).
 """
 
-from __future__ import annotations
-
-import os
-import sys
-
-from absl import flags
-
-if __package__ in (None, ""):  # run as a script from a checkout without `pip install -e .`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pfascannet.cliutil import run_main  # noqa: E402
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("data", None, "Cohort folder (images/, annotations/, slides.csv).")
-flags.DEFINE_string("out", None, "Output folder for the shards.")
-flags.DEFINE_string("split", "train", "Slides of slides.csv to sample.")
-flags.DEFINE_integer("random_per_class", 64, "Random tumour and random normal patches (each).")
-flags.DEFINE_integer("boundary", 32, "Boundary patches.")
-flags.DEFINE_integer("itc", 16, "ITC patches.")
-flags.DEFINE_integer("shards", 4, "Number of shards.")
-flags.DEFINE_integer("seed", 0, "Sampling seed.")
-
-
-def main(argv):
-    from pfascannet.data import pipeline, sampling  # noqa: PLC0415
-
-    if len(argv) > 1:
-        raise sampling.SamplingError(f"unexpected arguments {argv[1:]}")
-    if not FLAGS.data or not FLAGS.out:
-        raise sampling.SamplingError("--data and --out are required")
-    slides = sampling.load_cohort(FLAGS.data, FLAGS.split)
-    sampler = sampling.PatchSampler(
-        slides, sampling.SamplerConfig(random_per_class=FLAGS.random_per_class, boundary=FLAGS.boundary, itc=FLAGS.itc)
-    )
-    samples = sampler.sample(FLAGS.seed)
-    reader = pipeline.PatchReader(sampler)
-    paths = pipeline.write_tfrecords(samples, reader, FLAGS.out, num_shards=FLAGS.shards)
-    sampling.save_samples(os.path.join(FLAGS.out, "samples.csv"), samples)
-    reader.close()
-    print(f"{len(samples)} patches {sampling.counts_by_kind(samples)} in {len(paths)} shards under {FLAGS.out}")
-
+from pfascannet.cliutil import run_main
+from pfascannet.stages.tfrecords import main
 
 if __name__ == "__main__":
     run_main(main)

@@ -1,86 +1,11 @@
 """Scores Camelyon16 lesion CSVs with the organisers' FROC (three scores, named).
 
-Works on a scan's ``S/lesions`` folder or any method's Camelyon16 submission
-(one ``confidence,X,Y`` CSV per slide, level-0 px). Truth: Camelyon mask TIFFs
-(``--masks_dir``) or ASAP XML (``--annotations_dir``); slides and their
-tumour/normal status from ``--reference`` (the cohort's slides.csv, Camelyon16
-reference.csv, or a Camelyon17 stage CSV).
-
-  python eval/froc.py --lesions_dir S/lesions --reference C/slides.csv \
-      --masks_dir C/masks --truth_lesions C/lesions.csv --split test --out R/froc
-
-Writes ``froc.json``, ``froc.md`` and ``froc.png`` to ``--out`` and prints the
-three scores (interpolated, nearest point, organisers' grading; see
-``shared/DESIGN.md`` section 3). ``--camelyon16_exclusions`` leaves Test_049 and
-Test_114 out as the Camelyon16 organisers did. A CSV in ``--lesions_dir`` for a
-slide the reference does not list is an error unless ``--ignore_extra``; any
-bad CSV stops the run with one ``error:`` line naming the file, before anything
-is written.
+``pfascannet froc`` as an absl script: the flags and ``main`` are in
+``pfascannet/stages/froc.py`` (``--help`` lists them).
 """
 
-from __future__ import annotations
-
-import os
-import sys
-
-if __package__ in (None, ""):  # run as a file from a checkout: make the package importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import flags  # noqa: E402
-
-from pfascannet.camelyon import LEVEL0_MPP  # noqa: E402
-from pfascannet.cliutil import run_main  # noqa: E402
-from pfascannet.errors import PfaError  # noqa: E402
-from pfascannet.evaluation import froc, reference, report, run  # noqa: E402
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("lesions_dir", None, "Folder of <slide>.csv lesion files (confidence,X,Y).")
-flags.DEFINE_string("reference", None, "slides.csv, Camelyon16 reference.csv or Camelyon17 stage CSV.")
-flags.DEFINE_string("masks_dir", None, "Folder of <slide>_mask.tif tumour masks (255 = tumour).")
-flags.DEFINE_string("annotations_dir", None, "Folder of <slide>.xml ASAP annotations (used if no mask).")
-flags.DEFINE_string("images_dir", None, "Folder of slides: the level-0 size of slides the reference gives none for "
-                                        "(rasterising XML; detections beyond a slide are errors).")
-flags.DEFINE_string("truth_lesions", None, "Cohort lesions.csv for per-class sensitivity (optional).")
-flags.DEFINE_string("split", None, "Score only this split of the reference (e.g. test).")
-flags.DEFINE_bool("allow_missing", False, "Score a slide without a CSV as having no detections.")
-flags.DEFINE_bool("ignore_extra", False, "Skip CSVs of slides the reference does not list (default: error).")
-flags.DEFINE_bool("camelyon16_exclusions", False,
-                  f"Leave {' and '.join(froc.CAMELYON16_EXCLUDED)} out of the FROC, as the Camelyon16 organisers did.")
-flags.DEFINE_list("exclude", [], "Other slide ids to leave out of the FROC (comma-separated).")
-flags.DEFINE_integer("n_bootstrap", 1000, "Bootstrap resamples for the CIs (0: none).")
-flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
-flags.DEFINE_float("class_threshold", 0.5, "Probability at which per-class sensitivity is taken.")
-flags.DEFINE_float("mpp", LEVEL0_MPP, "Level-0 um per px for the growth/ITC limits (organisers: 0.243).")
-flags.DEFINE_string("note", None, "A line for the report (default: synthetic-cohort note when detected).")
-flags.DEFINE_string("out", None, "Report folder.")
-flags.mark_flags_as_required(["lesions_dir", "reference", "out"])
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise PfaError(f"unexpected arguments {argv[1:]}; all inputs are flags")
-    all_refs = reference.read_reference(FLAGS.reference)
-    refs = reference.select_split(all_refs, FLAGS.split, source=FLAGS.reference)
-    exclude = list(froc.CAMELYON16_EXCLUDED if FLAGS.camelyon16_exclusions else ()) + list(FLAGS.exclude)
-    inputs = {k: getattr(FLAGS, k) for k in ("lesions_dir", "reference", "masks_dir", "annotations_dir",
-                                             "truth_lesions", "split", "allow_missing", "ignore_extra",
-                                             "camelyon16_exclusions", "mpp")}
-    inputs["exclude"] = exclude
-    rep = run.froc_report(FLAGS.lesions_dir, refs, FLAGS.out, masks_dir=FLAGS.masks_dir,
-                          annotations_dir=FLAGS.annotations_dir, images_dir=FLAGS.images_dir,
-                          truth_lesions=FLAGS.truth_lesions, allow_missing=FLAGS.allow_missing, mpp=FLAGS.mpp,
-                          n_bootstrap=FLAGS.n_bootstrap, seed=FLAGS.seed, class_threshold=FLAGS.class_threshold,
-                          note=FLAGS.note or report.synthetic_note_for(FLAGS.reference), inputs=inputs,
-                          known_slides=all_refs, ignore_extra=FLAGS.ignore_extra, exclude=exclude,
-                          reference_name=FLAGS.reference)
-    if exclude:
-        print(f"excluded from the FROC: {', '.join(rep['excluded_slides']) or 'none (not in the reference)'}")
-    for key in froc.SCORE_KEYS:
-        value = "n/a (no normal slide)" if rep[key] is None else f"{rep[key]:.4f}"
-        print(f"{key} = {value}  [{froc.SCORE_NAMES[key]}]")
-    print(f"paper: {froc.PAPER_COMPARABILITY}")
-    print(f"report: {os.path.join(FLAGS.out, 'froc.md')}")
-
+from pfascannet.cliutil import run_main
+from pfascannet.stages.froc import main
 
 if __name__ == "__main__":
     run_main(main)

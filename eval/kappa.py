@@ -1,53 +1,11 @@
 """Quadratic weighted kappa of a Camelyon17 submission against a reference CSV.
 
-Both files: header ``patient,stage``, rows ``patient_XXX.zip,pN1`` (node rows
-``patient_XXX_node_Y.tif,macro`` are read too and give node accuracy). Stages
-are compared in clinical order pN0 < pN0(i+) < pN1mi < pN1 < pN2, any case.
-
-  python eval/kappa.py --submission submission.csv --reference C/stages.csv --out R/kappa
+``pfascannet kappa`` as an absl script: the flags and ``main`` are in
+``pfascannet/stages/kappa.py`` (``--help`` lists them).
 """
 
-from __future__ import annotations
-
-import os
-import sys
-
-if __package__ in (None, ""):  # run as a file from a checkout: make the package importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import flags  # noqa: E402
-
-from pfascannet.cliutil import run_main  # noqa: E402
-from pfascannet.errors import PfaError  # noqa: E402
-from pfascannet.evaluation import pn_stage, report  # noqa: E402
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("submission", None, "Camelyon17 submission CSV (patient,stage).")
-flags.DEFINE_string("reference", None, "Camelyon17 reference CSV (patient,stage).")
-flags.DEFINE_string("note", None, "A line for the report (default: synthetic-cohort note when detected).")
-flags.DEFINE_string("out", None, "Report folder (optional; without it only prints).")
-flags.mark_flags_as_required(["submission", "reference"])
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise PfaError(f"unexpected arguments {argv[1:]}; all inputs are flags")
-    ref = pn_stage.read_camelyon17_csv(FLAGS.reference)
-    sub = pn_stage.read_camelyon17_csv(FLAGS.submission)
-    if not ref.stages:
-        raise PfaError(f"{FLAGS.reference}: no patient rows (`patient_XXX.zip,<stage>`)")
-    try:
-        rep = pn_stage.score_submission(ref, sub)
-    except pn_stage.StageError as exc:
-        raise PfaError(f"{FLAGS.submission} against {FLAGS.reference}: {exc}") from None
-    note = FLAGS.note or report.synthetic_note_for(FLAGS.reference)
-    rep["note"] = note
-    print(f"kappa_quadratic = {rep['kappa_quadratic']:.4f}  over {rep['n_patients']} patients "
-          f"(stages in clinical order {' < '.join(pn_stage.STAGES)})")
-    if FLAGS.out:
-        _, md = report.write_report(FLAGS.out, "kappa", rep, report.kappa_markdown(rep, note))
-        print(f"report: {md}")
-
+from pfascannet.cliutil import run_main
+from pfascannet.stages.kappa import main
 
 if __name__ == "__main__":
     run_main(main)

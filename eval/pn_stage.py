@@ -1,60 +1,11 @@
 """Camelyon17 pN-staging from scan probability maps (Zhao et al. 2019, section 2.4).
 
-Per-slide morphological features of ``<maps_dir>/<slide>.npy`` (+ ``.json``),
-a random forest trained on the training slides' node labels
-(negative/itc/micro/macro), node labels for the test slides, pN-stage per test
-patient by the Camelyon17 rules, the Camelyon17 submission CSV, and the
-quadratic kappa when the test patients' truth is known.
-
-  python eval/pn_stage.py --maps_dir S/maps --reference C/slides.csv \
-      --stages C/stages.csv --out R/pn_stage
-
-Writes ``features.csv``, ``submission.csv`` (Camelyon17 format) and, with
-truth, ``pn_stage.json``/``pn_stage.md`` to ``--out``.
+``pfascannet pn-stage`` as an absl script: the flags and ``main`` are in
+``pfascannet/stages/pn_stage.py`` (``--help`` lists them).
 """
 
-from __future__ import annotations
-
-import os
-import sys
-
-if __package__ in (None, ""):  # run as a file from a checkout: make the package importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import flags  # noqa: E402
-
-from pfascannet.cliutil import run_main  # noqa: E402
-from pfascannet.errors import PfaError  # noqa: E402
-from pfascannet.evaluation import reference, report, run  # noqa: E402
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("maps_dir", None, "Folder of <slide>.npy probability maps with their .json.")
-flags.DEFINE_string("reference", None, "Cohort slides.csv (slide,patient,node,split,label,...).")
-flags.DEFINE_string("stages", None, "Camelyon17 stage CSV: node labels for training, patient truth for kappa.")
-flags.DEFINE_string("train_split", "train", "Split whose slides train the random forest.")
-flags.DEFINE_string("test_split", "test", "Split whose patients are staged.")
-flags.DEFINE_integer("seed", 0, "Random forest seed.")
-flags.DEFINE_integer("n_estimators", 300, "Trees in the random forest.")
-flags.DEFINE_string("note", None, "A line for the report (default: synthetic-cohort note when detected).")
-flags.DEFINE_string("out", None, "Output folder.")
-flags.mark_flags_as_required(["maps_dir", "reference", "out"])
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise PfaError(f"unexpected arguments {argv[1:]}; all inputs are flags")
-    refs = reference.read_reference(FLAGS.reference)
-    rep = run.pn_stage_report(FLAGS.maps_dir, refs, FLAGS.out, stages=FLAGS.stages,
-                              train_split=FLAGS.train_split, test_split=FLAGS.test_split, seed=FLAGS.seed,
-                              n_estimators=FLAGS.n_estimators,
-                              note=FLAGS.note or report.synthetic_note_for(FLAGS.reference))
-    print(f"submission: {os.path.join(FLAGS.out, 'submission.csv')}")
-    if rep is None:
-        print("no truth for the test patients: kappa not computed")
-        return
-    print(f"kappa_quadratic = {rep['kappa_quadratic']:.4f} over {rep['n_patients']} test patients; "
-          f"report: {os.path.join(FLAGS.out, 'pn_stage.md')}")
-
+from pfascannet.cliutil import run_main
+from pfascannet.stages.pn_stage import main
 
 if __name__ == "__main__":
     run_main(main)

@@ -40,9 +40,6 @@ import time  # noqa: E402
 
 from absl import flags  # noqa: E402
 
-if __package__ in (None, ""):  # run as a script from a checkout without `pip install -e .`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from pfascannet import cliutil, geometry  # noqa: E402
 from pfascannet.errors import PfaError  # noqa: E402
 

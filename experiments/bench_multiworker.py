@@ -27,10 +27,7 @@ import time
 
 from absl import flags
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pfascannet.cliutil import run_main  # noqa: E402
+from pfascannet.cliutil import run_main
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", None, "Cohort folder.")

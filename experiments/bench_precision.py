@@ -31,11 +31,8 @@ import time
 
 from absl import flags
 
-if __package__ in (None, ""):  # run as a script from a checkout without `pip install -e .`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pfascannet import cliutil, geometry  # noqa: E402
-from pfascannet.errors import PfaError  # noqa: E402
+from pfascannet import cliutil, geometry
+from pfascannet.errors import PfaError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "paper", "Model config: paper or tiny.")

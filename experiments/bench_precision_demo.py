@@ -22,15 +22,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 from absl import flags
 
-if __package__ in (None, ""):  # run as a script from a checkout without `pip install -e .`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pfascannet.cliutil import run_main  # noqa: E402
+from pfascannet.cliutil import run_main
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/pfascannet_bench_demo", "Cohort, export and scans go here.")

@@ -24,14 +24,11 @@ import subprocess
 import sys
 import time
 
-if __package__ in (None, ""):  # run as a file from a checkout: make the package importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from pfascannet import io_utils  # noqa: E402
-from pfascannet.cliutil import run_main  # noqa: E402
-from pfascannet.errors import PfaError  # noqa: E402
+from pfascannet import io_utils
+from pfascannet.cliutil import run_main
+from pfascannet.errors import PfaError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("sizes", "16384,32768", "Comma-separated slide sides (px) to generate, one child process each.")

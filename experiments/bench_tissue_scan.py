@@ -29,11 +29,8 @@ import time
 
 from absl import flags
 
-if __package__ in (None, ""):  # run as a script from a checkout without `pip install -e .`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pfascannet.cliutil import run_main  # noqa: E402
-from pfascannet.errors import PfaError  # noqa: E402
+from pfascannet.cliutil import run_main
+from pfascannet.errors import PfaError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/pfascannet_bench_tissue", "Slide and scans go here.")

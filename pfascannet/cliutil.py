@@ -54,10 +54,30 @@ def _parse_flags(argv):
         return flags.FLAGS(argv)
     except flags.Error as exc:
         fail(f"{exc} (--helpfull lists the flags)")
+    except SystemExit as exc:
+        # absl's --help, --helpshort, --helpfull and --helpxml print and exit 1;
+        # asking for help is not a failure (README: 1 means some item failed).
+        sys.exit(0 if exc.code == 1 else exc.code)
 
 
 def run_main(main: Callable) -> None:
-    """``absl.app.run`` with bad flags and user errors reported on one line (exit 2)."""
-    from absl import app  # noqa: PLC0415
+    """``absl.app.run`` with bad flags and user errors reported on one line (exit 2).
 
+    ``main`` may live in another module than ``__main__``: a stage of
+    ``pfascannet.stages`` run by the ``pfascannet`` command or by a thin
+    script in ``experiments/``, ``eval/`` or ``data_prep/``.  Then ``--help``
+    prints that module's docstring and flags (absl would print ``__main__``'s),
+    and the module's ``prepare_argv(argv)``, if it has one, rewrites the
+    command line before absl parses it.
+    """
+    from absl import app, flags  # noqa: PLC0415
+
+    stage = sys.modules.get(getattr(main, "__module__", "__main__"))
+    if stage is not None and stage is not sys.modules["__main__"]:
+        for flag in flags.FLAGS.get_key_flags_for_module(stage.__name__):
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+        sys.modules["__main__"].__doc__ = stage.__doc__
+        prepare_argv = getattr(stage, "prepare_argv", None)
+        if prepare_argv is not None:
+            sys.argv = prepare_argv(sys.argv)
     app.run(guarded(main), flags_parser=_parse_flags)

@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # the benchmark end to end; 57 s under load
 def test_bench_gpu_jax_runs_on_cpu_without_tensorflow(tmp_path):
     out = tmp_path / "bench.json"
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
@@ -27,6 +30,7 @@ def test_bench_gpu_jax_runs_on_cpu_without_tensorflow(tmp_path):
     assert os.path.exists(tmp_path / "wsi_2048.tif")  # a real JPEG-tiled TIFF was read
 
 
+@pytest.mark.slow  # the benchmark in a child process
 def test_bench_gpu_jax_refuses_another_backend(tmp_path):
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(

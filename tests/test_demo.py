@@ -25,6 +25,7 @@ def demo_run(tmp_path_factory):
     return out, proc.stderr
 
 
+@pytest.mark.slow  # the whole demo
 def test_demo_writes_report_with_every_artefact(demo_run):
     out, log = demo_run
     page = (out / "report" / "index.html").read_text()
@@ -41,6 +42,7 @@ def test_demo_writes_report_with_every_artefact(demo_run):
     assert "ETA" in log and "[6/6] report" in log
 
 
+@pytest.mark.slow  # the whole demo
 def test_demo_numbers_are_this_runs(demo_run):
     out, _ = demo_run
     auc = json.loads((out / "eval" / "auc" / "auc.json").read_text())["auc"]
@@ -59,6 +61,7 @@ def test_demo_numbers_are_this_runs(demo_run):
     assert workflow.scan_timing(str(out / "scan"))["rois"] > 0
 
 
+@pytest.mark.slow  # the whole demo
 def test_demo_rerun_resumes_without_redoing_work(demo_run):
     out, _ = demo_run
     env = dict(os.environ, PYTHONPATH=REPO)

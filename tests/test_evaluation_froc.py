@@ -61,41 +61,9 @@ import pytest
 
 from pfascannet import camelyon
 from pfascannet.evaluation import froc
-
-
-def _mask() -> np.ndarray:
-    m = np.zeros((64, 100), np.uint8)
-    m[5:15, 5:55] = 255      # A
-    m[5:45, 70:75] = 255     # D
-    m[30:40, 5:25] = 255     # B
-    m[30:40, 33:53] = 255    # C
-    m[55:58, 90:93] = 255    # ITC
-    return m
-
-
-def _xy(row: int, col: int, dy: int = 16, dx: int = 16) -> tuple[int, int]:
-    return col * 32 + dx, row * 32 + dy
-
-
-def _det(prob: float, row: int, col: int, dy: int = 16) -> list[float]:
-    x, y = _xy(row, col, dy=dy)
-    return [prob, x, y]
-
-
-T1_DETECTIONS = np.array([
-    _det(0.55, 10, 10),            # A, lower first
-    _det(0.90, 10, 30),            # A, highest
-    [0.85, 30 * 32, 607],          # A's growth, row 18
-    [0.40, 30 * 32, 608],          # just outside the growth, row 19: FP
-    _det(0.70, 35, 15),            # B
-    _det(0.65, 35, 45),            # C (same lesion as B after the growth)
-    _det(0.50, 25, 72),            # D
-    _det(0.95, 56, 91),            # ITC
-    _det(0.20, 60, 40),            # background: FP
-])
-NORMAL = {"N1": np.array([[0.8, 100, 100], [0.6, 3000, 900]]),
-          "N2": np.array([[0.7, 10, 10]]),
-          "N3": np.array([[0.7, 20, 20]])}
+from tests.froc_support import NORMAL, T1_DETECTIONS
+from tests.froc_support import cell_xy as _xy
+from tests.froc_support import golden_mask as _mask
 
 
 def _results():

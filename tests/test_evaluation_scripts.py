@@ -17,7 +17,7 @@ import pytest
 from pfascannet import io_utils
 from pfascannet.evaluation import froc, pn_stage
 from pfascannet.slide import annotations as ann
-from tests.test_evaluation_froc import NORMAL, T1_DETECTIONS
+from tests.froc_support import NORMAL, T1_DETECTIONS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIMS = (3200, 2048)                       # level 5: 100 x 64, the golden mask

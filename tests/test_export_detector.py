@@ -153,6 +153,7 @@ def test_load_detector_errors(tmp_path, exported):
         export.load_detector(out, format="savedmodel", roi_px=2708)
 
 
+@pytest.mark.slow  # the script in a child process; 21 s under load
 def test_check_equivalence_command(exported):
     out = exported[0]
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="2")

@@ -14,7 +14,7 @@ import pytest
 from pfascannet import geometry
 from pfascannet.inference import engine, model_run, scan_options
 from pfascannet.inference.plan import make_plan
-from tests.test_inference_scan import write_slide
+from tests.scan_support import write_slide
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,7 +13,7 @@ import numpy as np
 from pfascannet import geometry
 from pfascannet.inference import engine, export, model_run, scan_options
 from pfascannet.inference.plan import edge_split, make_plan
-from tests.test_inference_scan import OracleDetector, write_slide
+from tests.scan_support import OracleDetector, write_slide
 
 GRID = geometry.ScanGeometry(16, 692 + 32 * 7)  # Lm = 8: quarter tiles of 4 map px, LR 916 -> 788
 

@@ -136,7 +136,7 @@ def test_postprocess_refuses_a_folder_without_maps_and_names_a_missing_slide(sli
 
 def _stage(*args):
     env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", "pfascannet.stages.lesions", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pfascannet.cli", "lesions", *args], capture_output=True,
                           text=True, env=env, timeout=300, cwd=ROOT)
 
 

@@ -25,6 +25,8 @@ import pytest
 from pfascannet.inference import engine, ray_scan, runs, scan_options
 from tests.scan_support import write_slide
 
+pytestmark = pytest.mark.slow  # a local Ray cluster and scans through it
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BAD = "patient_003_node_0"
 GOOD = ["patient_000_node_0", "patient_001_node_0", "patient_002_node_0"]

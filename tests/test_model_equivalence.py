@@ -45,6 +45,7 @@ def test_dense_equals_patch_classifier(case, alpha, roi_px):
     _check(result)
 
 
+@pytest.mark.slow  # a JAX child process; 54 s under load
 def test_dense_equals_patch_classifier_under_jax():
     # The backend is fixed when Keras is imported, hence a subprocess.
     env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),

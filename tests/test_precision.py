@@ -147,6 +147,7 @@ def test_xla_gives_the_same_numbers(case, bf16_export):
         export.load_detector(out, xla="yes")
 
 
+@pytest.mark.slow  # a cohort slide scanned twice; 28 s under load
 def test_bfloat16_map_of_a_real_slide_stays_within_the_bound(cohort, tmp_path):
     from pfascannet import workflow  # noqa: PLC0415
     from pfascannet.inference.model_io import load_training_model  # noqa: PLC0415
@@ -178,6 +179,7 @@ def det_grid(det):
     return geometry.ScanGeometry(det.alpha, det.roi_px)
 
 
+@pytest.mark.slow  # training steps per precision; 14-22 s each under load
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 def test_training_runs_a_few_steps_in_mixed_precision(cohort, tmp_path, precision):
     from pfascannet.training import trainer  # noqa: PLC0415

@@ -11,7 +11,7 @@ from pfascannet.slide.tissue import (
     tissue_mask,
     tissue_mask_from_rgb,
 )
-from tests.test_slide_reader import H, W, tissue_truth, write_test_slide
+from tests.slide_support import H, W, tissue_truth, write_test_slide
 
 
 def iou(a, b):

@@ -15,11 +15,14 @@ import math
 import os
 
 import numpy as np
+import pytest
 
 from pfascannet.data import pipeline, sampling
 from pfascannet.model.config import get_config
 from pfascannet.model.detector import build_training_model
 from pfascannet.training import trainer
+
+pytestmark = pytest.mark.slow  # 100 training steps of the small config
 
 STEPS = 100  # measured: held-out loss 0.166 at step 100 (2-core CPU, 7.6 min under load)
 HELD_OUT_PER_CLASS = 24

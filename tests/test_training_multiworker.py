@@ -37,6 +37,8 @@ import pytest
 from pfascannet.inference import model_io  # only to read the weights back
 from pfascannet.training import trainer
 
+pytestmark = pytest.mark.slow  # several training processes per test
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 5
 KILL_AT_CHECKPOINT = 2  # worker 1 dies once the chief has written ckpt-2 (3 steps still to go)

@@ -42,6 +42,7 @@ def _weights(path):
     return out
 
 
+@pytest.mark.slow  # a child process; 33 s under load
 def test_two_steps_under_mirrored_strategy_on_two_cpu_devices(cohort, tmp_path):
     # Logical devices must be configured before TensorFlow initialises: a child process.
     code = """
@@ -70,6 +71,7 @@ def test_two_steps_under_mirrored_strategy_on_two_cpu_devices(cohort, tmp_path):
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(tmp_path / "tensorboard"))
 
 
+@pytest.mark.slow  # three training processes; 87 s under load
 def test_killed_run_resumes_to_the_uninterrupted_weights(cohort, tmp_path):
     # 3 samples an epoch, 5 steps of 1: the run crosses into epoch 1, whose
     # positions the sample stream draws afresh, so resume covers the stream too.
@@ -109,6 +111,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(cohort, tmp_path):
     assert again.resumed_from == 5 and again.history == []
 
 
+@pytest.mark.slow  # 20 training steps; 12 s under load
 def test_loss_falls_over_twenty_steps(cohort, tmp_path):
     s = _settings(cohort, tmp_path, steps=20, batch_size=1, random_per_class=1, boundary=0, itc=0,
                   augment=False, checkpoint_every=100, log_every=100)
@@ -271,6 +274,7 @@ def test_a_run_written_before_the_recipe_settings_still_resumes(cohort, tmp_path
         trainer._check_workdir_config(str(work / "config.json"), {"settings": slides.to_dict()})
 
 
+@pytest.mark.slow  # a full-width VGG16 trunk; 27 s under load
 def test_imagenet_start_loads_the_trunk_and_keeps_he_elsewhere(cohort, tmp_path):
     import keras
 

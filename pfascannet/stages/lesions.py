@@ -23,7 +23,6 @@ import sys
 
 from absl import flags
 
-from pfascannet.cliutil import run_main
 from pfascannet.errors import PfaError
 from pfascannet.inference import postprocess, slide_list
 from pfascannet.progress import Progress
@@ -54,7 +53,3 @@ def main(argv) -> None:
                                            slide_paths=paths, progress=progress)
     if any(r.status == "failed" for r in results):
         sys.exit(1)
-
-
-if __name__ == "__main__":
-    run_main(main)

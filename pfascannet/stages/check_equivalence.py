@@ -1,0 +1,112 @@
+"""Checks the central invariant on a saved detector: dense output == patch classifier.
+
+Samples output positions of one ROI (the four corners always included), runs
+the patch classifier -- the same weights at alpha = 1 -- on the matching 692
+patches (top-left at stride * (u, v) in the ROI, eq. (1)), and prints the
+largest |difference|.  Exits 1 if it is above --tolerance.
+
+    pfascannet check-equivalence --model EXPORT_DIR
+    pfascannet check-equivalence --model EXPORT_DIR/detector.keras --roi_px 1716
+    pfascannet check-equivalence --model EXPORT_DIR --slide S.tif --x 40000 --y 30000
+
+The ROI is read from --slide (level 0, top-left --x, --y), from --image (its
+top-left LR x LR), or made up (structured, so outputs vary by position).
+The patch classifier is rebuilt from the .keras weights when the export has
+them, else it is the SavedModel's ``patch_classifier`` endpoint.  --shift_px
+offsets the patches: a control that must report a mismatch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import flags
+
+from pfascannet.errors import PfaError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "Export directory, .keras file, or SavedModel directory.", required=True)
+flags.DEFINE_enum("format", "auto", ["auto", "savedmodel", "keras"], "Which format of the export computes the dense output.")
+flags.DEFINE_integer("roi_px", None, "ROI side LR (default: the export's).")
+flags.DEFINE_integer("positions", 16, "Output positions to compare (>= 4: the corners are always included).")
+flags.DEFINE_integer("seed", 0, "Seed of the position sample and of the made-up ROI.")
+flags.DEFINE_float("tolerance", 1e-4, "Largest |dense - patch| accepted.")
+flags.DEFINE_string("slide", None, "Read the ROI from this whole-slide image (level 0).")
+flags.DEFINE_integer("x", 0, "ROI top-left x in level-0 px (with --slide).")
+flags.DEFINE_integer("y", 0, "ROI top-left y in level-0 px (with --slide).")
+flags.DEFINE_string("image", None, "Read the ROI from the top-left of this RGB image file.")
+flags.DEFINE_integer("shift_px", 0, "Offset the patches by this many px (a control that should fail).")
+flags.DEFINE_string("json_out", None, "Also write the result as JSON here.")
+
+
+class CheckError(PfaError):
+    """Bad input to the equivalence check."""
+
+
+def _read_roi(lr: int):
+    import numpy as np  # noqa: PLC0415
+
+    from pfascannet.model.equivalence import structured_roi  # noqa: PLC0415
+
+    if FLAGS.slide and FLAGS.image:
+        raise CheckError("give --slide or --image, not both")
+    if FLAGS.slide:
+        from pfascannet.slide.reader import SlideReader  # noqa: PLC0415
+
+        with SlideReader(FLAGS.slide) as reader:
+            roi = reader.read_region((FLAGS.x, FLAGS.y), 0, (lr, lr))
+        return np.ascontiguousarray(roi[..., :3], dtype=np.uint8), f"{FLAGS.slide} at ({FLAGS.x}, {FLAGS.y})"
+    if FLAGS.image:
+        import cv2  # noqa: PLC0415
+
+        if not os.path.isfile(FLAGS.image):
+            raise FileNotFoundError(f"no image at {FLAGS.image}")
+        bgr = cv2.imread(FLAGS.image, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise CheckError(f"cannot read {FLAGS.image} as an image")
+        if bgr.shape[0] < lr or bgr.shape[1] < lr:
+            raise CheckError(f"{FLAGS.image} is {bgr.shape[1]}x{bgr.shape[0]}, smaller than the ROI side {lr}")
+        return np.ascontiguousarray(bgr[:lr, :lr, ::-1]), FLAGS.image
+    return structured_roi(lr, FLAGS.seed), f"structured test ROI (seed {FLAGS.seed})"
+
+
+def main(argv):
+    del argv
+    from pfascannet.inference import export  # noqa: PLC0415  (imports Keras: after flag parsing)
+    from pfascannet.model.equivalence import compare_dense_to_patches  # noqa: PLC0415
+
+    if FLAGS.positions < 4:
+        raise CheckError(f"--positions must be >= 4 (the four corners), got {FLAGS.positions}")
+    if FLAGS.tolerance <= 0:
+        raise CheckError(f"--tolerance must be > 0, got {FLAGS.tolerance}")
+    dense = export.load_detector(FLAGS.model, format=FLAGS.format, roi_px=FLAGS.roi_px)
+    patch = dense
+    if isinstance(dense, export.SavedModelDetector):
+        try:  # prefer literally rebuilding the alpha = 1 classifier from the .keras weights
+            patch = export.load_detector(FLAGS.model, format="keras", roi_px=dense.roi_px)
+        except (PfaError, FileNotFoundError):
+            patch = dense
+    roi, source = _read_roi(dense.roi_px)
+    report = compare_dense_to_patches(
+        dense.predict, patch.predict_patches, roi, dense.alpha,
+        count=FLAGS.positions, seed=FLAGS.seed, shift_px=FLAGS.shift_px,
+    )
+    ok = report.max_abs_diff <= FLAGS.tolerance
+    print(f"model        {FLAGS.model} ({type(dense).__name__}; patches by {type(patch).__name__})")
+    print(f"geometry     alpha={dense.alpha} roi_px={dense.roi_px} tile_px={dense.tile_px} stride_px={dense.stride_px}")
+    print(f"roi          {source}")
+    print(f"positions    {len(report.positions)} incl. 4 corners; patch shift {FLAGS.shift_px} px")
+    print(f"spread       {report.spread:.6g} (max - min tumour probability over the dense tile)")
+    print(f"max |diff|   {report.max_abs_diff:.3g} (tolerance {FLAGS.tolerance:g}): {'OK' if ok else 'MISMATCH'}")
+    if FLAGS.json_out:
+        from pfascannet.io_utils import write_json  # noqa: PLC0415
+
+        write_json(FLAGS.json_out, {
+            "model": FLAGS.model, "alpha": dense.alpha, "roi_px": dense.roi_px, "tile_px": dense.tile_px,
+            "roi": source, "shift_px": FLAGS.shift_px, "positions": report.positions,
+            "dense": report.dense, "patch": report.patch, "spread": report.spread,
+            "max_abs_diff": report.max_abs_diff, "tolerance": FLAGS.tolerance, "ok": ok,
+        })
+    if not ok:
+        sys.exit(1)

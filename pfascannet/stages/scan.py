@@ -1,0 +1,173 @@
+"""Scan whole slides with an exported detector: probability maps, lesions, heatmaps, contours.
+
+Zhao et al., MICCAI 2019, §2.2: dense ROIs of eq. (1) over tissue, stitched
+into a map at stride 512/alpha (32 level-0 px at alpha 16: Camelyon's level 5).
+Output layout: ARCHITECTURE.md "Files between stages".
+
+Examples::
+
+    python experiments/scan.py --model runs/export --slides cohort/ --out scan/
+    python experiments/scan.py --model m16 --ensemble m32 --slides list.txt --out scan/ --roi auto
+    python experiments/scan.py ... --shard 0/4     # on machine 0 of 4; no slide is done twice
+    python experiments/scan.py ... --mode patch    # the patch-by-patch speed baseline
+    python experiments/scan.py ... --precision bfloat16   # mixed precision (2.5x on an AVX512-BF16 CPU; BENCHMARKS.md)
+    python experiments/scan.py ... --ray           # one Ray task per slide on a local Ray (pip install -e '.[ray]')
+    python experiments/scan.py ... --ray=auto      # ... or on the Ray cluster this machine belongs to (BUILD.md)
+
+Kill it at any time and rerun the same command: finished slides are skipped
+and a slide in progress resumes from its last checkpoint, giving the same map.
+Several processes may scan one folder into one --out at once: each slide is
+scanned by one of them (a lock per slide), the others pass over it and come
+back to it at the end.
+Exit status (README): 0 all slides done, 1 some slide failed (each named in
+the summary), 2 bad input or flags (one ``error:`` line, before any model loads).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "Export directory, .keras file or SavedModel directory.")
+flags.DEFINE_string("slides", None, "A slide, a folder of slides (or a cohort with images/), or a list file (.txt/.csv).")
+flags.DEFINE_string("out", None, "Output folder.")
+flags.DEFINE_integer("alpha", None, "Dense coefficient of the map (default: the export's); 16 -> 32 px map.")
+flags.DEFINE_string("roi", None, "ROI side LR on the grid of eq. (1) (e.g. 2708), or 'auto' for the largest "
+                    "that fits --memory_gb; default: the export's.")
+flags.DEFINE_float("memory_gb", None, "Memory budget of one batch for --roi=auto (default: a quarter of RAM).")
+flags.DEFINE_integer("batch", 1, "ROIs per model call.")
+flags.DEFINE_enum("precision", None, ["float32", "bfloat16", "float16"],
+                  "Compute precision (mixed; softmax in float32); default: the export's. "
+                  "Another than the export's loads its .keras model.")
+flags.DEFINE_enum("xla", "auto", ["auto", "on", "off"],
+                  "XLA-compile the forward pass: auto = where measured faster (TensorFlow on a GPU; always under JAX).")
+flags.DEFINE_integer("workers", 2, "Reader threads prefetching ROIs.")
+flags.DEFINE_integer("prefetch", 2, "Batches read ahead of the model.")
+flags.DEFINE_enum("mode", "dense", ["dense", "patch"], "dense FCN scan, or the patch-by-patch baseline.")
+flags.DEFINE_multi_string("ensemble", [], "Another model to average with (repeatable); scanned at --ensemble_alpha.")
+flags.DEFINE_integer("ensemble_alpha", 32, "Alpha of the ensemble members (the paper pairs 16 with 32).")
+flags.DEFINE_string("shard", None, "i/N: scan only slides k with k mod N == i of the sorted list (0 <= i < N).")
+flags.DEFINE_float("mpp", None, "Microns per level-0 pixel, overriding the slides' own; required for slides that carry none.")
+flags.DEFINE_integer("scan_level", 0, "Pyramid level to read ROIs at (its downsample must be whole).")
+flags.DEFINE_enum("tissue", "otsu", ["otsu", "all"], "Scan only tissue (Otsu), or every ROI.")
+flags.DEFINE_bool("edge_rois", True, "At the tissue's edge, quarter-size ROIs where they cost less than whole ones "
+                  "(same pixels; glass-only quarters stay 0). Needs the .keras model or a recent export.")
+flags.DEFINE_float("threshold", 0.5, "Probability for the contours (lesion candidates: every local maximum >= 0.05).")
+flags.DEFINE_float("checkpoint_s", 30.0, "Seconds between checkpoints of a slide in progress.")
+flags.DEFINE_integer("patch_batch", 32, "Patches per model call in --mode=patch.")
+flags.DEFINE_bool("heatmap", True, "Write heatmap PNGs.")
+flags.DEFINE_bool("progress", True, "Print progress with ETA to stderr.")
+flags.DEFINE_string("ray", None, "Scan one slide per Ray task: --ray alone starts a local Ray on this machine, "
+                    "--ray=ADDRESS joins a cluster (auto, host:6379, ray://host:10001). Needs the 'ray' extra.")
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        _usage(f"unexpected argument(s): {' '.join(argv[1:])}")
+    for name in ("model", "slides", "out"):
+        if not getattr(FLAGS, name):
+            _usage(f"--{name} is required")
+    from pfascannet.inference import engine, runs, scan_options, slide_list  # noqa: PLC0415  (no Keras yet)
+
+    if FLAGS.ray is not None:
+        from pfascannet.inference import ray_scan  # noqa: PLC0415
+
+        ray_scan.import_ray()  # not installed: one line, before anything else
+
+    # Every flag and input is checked here, before the (slow) model load.
+    shard = slide_list.parse_shard(FLAGS.shard) if FLAGS.shard else None
+    options = scan_options.ScanOptions(
+        batch=FLAGS.batch,
+        workers=FLAGS.workers,
+        prefetch_batches=FLAGS.prefetch,
+        scan_level=FLAGS.scan_level,
+        tissue=FLAGS.tissue,
+        edge_rois=FLAGS.edge_rois,
+        checkpoint_every_s=FLAGS.checkpoint_s,
+        patch_batch=FLAGS.patch_batch,
+        threshold=FLAGS.threshold,
+        mpp=FLAGS.mpp,
+        heatmap=FLAGS.heatmap,
+        progress=FLAGS.progress,
+    )
+    roi = FLAGS.roi
+    if roi not in (None, "auto"):
+        try:
+            roi = int(roi)
+        except ValueError:
+            _usage(f"--roi must be an integer or 'auto', got {FLAGS.roi!r}")
+    if FLAGS.memory_gb is not None and not FLAGS.memory_gb > 0:
+        _usage(f"--memory_gb must be a positive number of GiB, got {FLAGS.memory_gb}")
+    from pfascannet import geometry  # noqa: PLC0415
+
+    for name in ("alpha", "ensemble_alpha"):
+        if getattr(FLAGS, name) is not None:
+            geometry.check_alpha(getattr(FLAGS, name))  # even when no --ensemble uses it
+    if os.path.exists(FLAGS.out) and not os.path.isdir(FLAGS.out):
+        _usage(f"--out {FLAGS.out} exists and is not a folder")
+    existing = os.path.abspath(FLAGS.out)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        _usage(f"--out {FLAGS.out}: cannot write in {existing} (permission denied)")
+    specs = runs.resolve_runs(
+        FLAGS.model,
+        alpha=FLAGS.alpha,
+        roi=roi,
+        mode=FLAGS.mode,
+        ensemble=FLAGS.ensemble,
+        ensemble_alpha=FLAGS.ensemble_alpha,
+        batch=FLAGS.batch,
+        memory_budget_bytes=None if FLAGS.memory_gb is None else FLAGS.memory_gb * 2**30,
+        precision=FLAGS.precision,
+        xla=FLAGS.xla,
+    )
+    slides = slide_list.list_slides(FLAGS.slides)
+    _check_slides(slide_list.shard_slides(slides, shard) if shard is not None else slides)
+    if FLAGS.ray is not None:  # the workers load the model; the driver never does
+        summary = ray_scan.scan_slides_ray(slides, specs, FLAGS.out, options, shard=shard,
+                                           ray_options=ray_scan.RayOptions(address=FLAGS.ray))
+        sys.exit(0 if summary.ok else 1)
+    model_runs = [runs.load_spec(spec) for spec in specs]
+    for r in model_runs:
+        logging.info(
+            f"model {r.name}: alpha={r.grid.alpha} roi={r.grid.roi_px} tile={r.grid.tile_px} "
+            f"stride={r.grid.stride_px} px mode={r.mode} precision={r.precision} "
+            f"xla={'on' if getattr(r.detector, 'xla', False) else 'off'} digest={r.digest}"
+        )
+    summary = engine.scan_slides(slides, model_runs, FLAGS.out, options, shard=shard)  # prints the summary
+    if not summary.ok:
+        sys.exit(1)
+
+
+def _check_slides(slides) -> None:
+    """Exit 2 (one line) for a missing slide path, or when no listed slide can be scanned at all.
+
+    Slides that exist but cannot be scanned (unreadable, no pixel size) among
+    others that can are left to the scan, which names each as failed (exit 1).
+    """
+    from pfascannet.inference import slide_list  # noqa: PLC0415
+
+    missing = [p for p in slides if not os.path.exists(p)]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        _usage(f"{missing[0]}: no such slide file{more}")
+    problems = [slide_list.check_slide(p, FLAGS.mpp) for p in slides]
+    if problems and all(problems):
+        more = f" (and {len(problems) - 1} more slide(s) that cannot be scanned)" if len(problems) > 1 else ""
+        _usage(f"{problems[0]}{more}")
+
+
+def _usage(message: str) -> None:
+    from pfascannet.cliutil import fail  # noqa: PLC0415
+
+    fail(message)
+
+
+def prepare_argv(argv: list) -> list:
+    # A bare --ray (no address) means a local Ray; absl string flags need a value.
+    return [a + "=local" if a == "--ray" and (argv[i + 1:i + 2] or ["-"])[0].startswith("-") else a
+            for i, a in enumerate(argv)]
