@@ -22,11 +22,8 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import sys
-import time
 
 from absl import flags
 
@@ -37,80 +34,8 @@ flags.DEFINE_list("seeds", ["11", "12", "13"], "Seeds of the held-out synthetic 
 flags.DEFINE_string("workdir", None, "Folder for the cohorts, the export and the scans (reused on a rerun).")
 flags.DEFINE_string("out", None, "Where to write the JSON report (default <workdir>/heldout.json).")
 
-PERCENTILES = (50, 90, 99, 99.9)
-
-
-def calibration(scan_dir: str, cohort_dir: str, slides: dict) -> dict:
-    """Map percentiles over normal tissue (normal slides) and inside tumour (tumour slides), and slide maxima."""
-    import numpy as np  # noqa: PLC0415
-
-    from pfascannet.camelyon import MASK_DOWNSAMPLE  # noqa: PLC0415
-    from pfascannet.evaluation import froc  # noqa: PLC0415
-    from pfascannet.inference.plan import tissue_on_map  # noqa: PLC0415
-    from pfascannet.slide.reader import SlideReader  # noqa: PLC0415
-    from pfascannet.slide.tissue import tissue_mask  # noqa: PLC0415
-
-    normal_vals, tumour_vals, maxima = [], [], {"normal": [], "tumour": []}
-    for sid, ref in sorted(slides.items()):
-        prob = np.load(os.path.join(scan_dir, "maps", f"{sid}.npy"))
-        with open(os.path.join(scan_dir, "maps", f"{sid}.json"), encoding="utf-8") as f:
-            stride = int(json.load(f)["stride_px"])
-        maxima["tumour" if ref.tumour else "normal"].append(float(prob.max()))
-        with SlideReader(os.path.join(cohort_dir, "images", f"{sid}.tif")) as reader:
-            dims = reader.dimensions
-            tissue = None if ref.tumour else tissue_mask(reader, downsample=32)
-        if ref.tumour:
-            mask = froc.slide_tumour_mask(sid, os.path.join(cohort_dir, "masks"),
-                                          os.path.join(cohort_dir, "annotations"),
-                                          images_dir=os.path.join(cohort_dir, "images")) > 0
-            tumour_vals.append(prob[tissue_on_map(mask, MASK_DOWNSAMPLE, dims, stride)])
-        else:
-            normal_vals.append(prob[tissue_on_map(tissue, 32, dims, stride)])
-
-    def pct(chunks):
-        v = np.concatenate(chunks) if chunks else np.zeros(0)
-        return {f"p{p:g}": float(np.percentile(v, p)) for p in PERCENTILES} | {
-            "n_pixels": int(v.size), "share_at_or_above_0.5": float((v >= 0.5).mean()) if v.size else None}
-
-    return {"normal_tissue": pct(normal_vals), "tumour": pct(tumour_vals),
-            "slide_max_normal": sorted(maxima["normal"]), "slide_max_tumour": sorted(maxima["tumour"])}
-
-
-def evaluate_seed(weights: str, config: str, seed: int, workdir: str, log) -> dict:
-    """One held-out cohort: make it, export, scan its test slides, score them."""
-    from pfascannet import demo, geometry, workflow  # noqa: PLC0415
-    from pfascannet.evaluation import froc, reference, run  # noqa: PLC0415
-
-    cohort_dir = os.path.join(workdir, f"cohort_seed{seed}")
-    workflow.ensure_cohort(cohort_dir, dataclasses.replace(demo.SIZES["default"], seed=seed), log)
-    export_dir = os.path.join(workdir, "model_a16")
-    workflow.export_model(weights, config, export_dir, geometry.PAPER_ALPHA, geometry.PAPER_ROI_PX, log)
-    slides_csv = os.path.join(cohort_dir, "slides.csv")
-    refs_all = reference.read_reference(slides_csv)
-    refs = reference.select_split(refs_all, "test", source=slides_csv)
-    scan_dir = os.path.join(workdir, f"scan_seed{seed}")
-    t0 = time.perf_counter()
-    workflow.scan([export_dir], workflow.cohort_slides(cohort_dir, "test"), scan_dir)
-    scan_s = time.perf_counter() - t0
-    eval_dir = os.path.join(workdir, f"eval_seed{seed}")
-    fr = run.froc_report(os.path.join(scan_dir, "lesions"), refs, os.path.join(eval_dir, "froc"),
-                         masks_dir=os.path.join(cohort_dir, "masks"),
-                         annotations_dir=os.path.join(cohort_dir, "annotations"),
-                         images_dir=os.path.join(cohort_dir, "images"),
-                         truth_lesions=os.path.join(cohort_dir, "lesions.csv"), n_bootstrap=0,
-                         known_slides=refs_all, reference_name=slides_csv)
-    scores = run.scores_from_lesions(os.path.join(scan_dir, "lesions"), refs, known_slides=refs_all)
-    au = run.auc_report(scores, refs, os.path.join(eval_dir, "auc"), n_bootstrap=0, known_slides=refs_all)
-    return {
-        "seed": seed, "test_slides": len(refs), "scan_s": round(scan_s, 1),
-        "auc": au["auc"], **{k: fr[k] for k in froc.SCORE_KEYS},
-        "sensitivity_by_class": fr["sensitivity_by_class"],
-        "calibration": calibration(scan_dir, cohort_dir, refs),
-    }
-
-
 def main(argv):
-    from pfascannet import io_utils, workflow  # noqa: PLC0415
+    from pfascannet import heldout, io_utils, workflow  # noqa: PLC0415
     from pfascannet.errors import PfaError  # noqa: PLC0415
 
     if len(argv) > 1:
@@ -127,7 +52,7 @@ def main(argv):
     results = []
     for seed in seeds:
         log.begin(f"held-out cohort seed {seed}")
-        results.append(evaluate_seed(os.path.abspath(FLAGS.weights), FLAGS.config, seed, FLAGS.workdir, log))
+        results.append(heldout.evaluate_seed(os.path.abspath(FLAGS.weights), FLAGS.config, seed, FLAGS.workdir, log))
         r = results[-1]
         log(f"      seed {seed}: AUC {r['auc']:.3f}, FROC " + ", ".join(
             f"{k} {r[k]:.3f}" if r[k] is not None else f"{k} n/a" for k in ("froc_interpolated", "froc_nearest_point",
