@@ -20,8 +20,9 @@ import os
 import platform
 from typing import Optional
 
-from pfascannet import geometry, workflow
+from pfascannet import geometry, reporting, workflow
 from pfascannet.errors import PfaError
+from pfascannet.evaluation import froc, reference, run
 
 SIZES = {
     # patients (half train, half test), slide side of non-macro slides
@@ -63,7 +64,7 @@ def obtain_model(s: DemoSettings, cohort_dir: str, log: workflow.Log) -> tuple[s
                               f"`{meta.get('command', '?')}` ({meta.get('note', '')})")
     if not s.train:
         log("      no shipped weights found: training here instead")
-    from pfascannet.training.trainer import TrainSettings, scratch_recipe  # noqa: PLC0415
+    from pfascannet.training.trainer import TrainSettings, scratch_recipe  # noqa: PLC0415  (imports TensorFlow and Keras)
 
     # The from-scratch recipe, one hard-negative round (a few minutes in all).
     settings = TrainSettings(data=cohort_dir, workdir=os.path.join(s.out, "train"), config=TRAIN_CONFIG,
@@ -82,9 +83,6 @@ def _froc_value(v: Optional[float]) -> str:
 
 def run_demo(s: DemoSettings, log: Optional[workflow.Log] = None) -> dict:
     """Runs the demo; returns paths of the report and the headline numbers."""
-    from pfascannet import reporting  # noqa: PLC0415
-    from pfascannet.evaluation import froc, reference, run  # noqa: PLC0415
-
     log = log or workflow.Log(total_steps=6)
     out = os.path.abspath(s.out)
     cohort_dir, export_dir = os.path.join(out, "cohort"), os.path.join(out, "model_a16")

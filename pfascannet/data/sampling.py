@@ -31,10 +31,14 @@ import threading
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
+import scipy.ndimage as ndi
+from skimage import measure
 
 from pfascannet import geometry, io_utils
 from pfascannet.camelyon import FROC_ITC_MAX_UM, LEVEL0_MPP
 from pfascannet.errors import PfaError
+from pfascannet.slide import annotations as ann_mod, tissue as tissue_mod
+from pfascannet.slide.reader import SlideReader
 
 KINDS = ("tumour", "normal", "boundary", "itc", "hard_negative")
 """Every sample kind; the first four come from ``sample_patches``."""
@@ -193,10 +197,6 @@ class SlideTruth:
     """
 
     def __init__(self, entry: SlideEntry, grid_downsample: int = 16, tissue_downsample: int = 32):
-        from pfascannet.slide import annotations as ann_mod  # noqa: PLC0415
-        from pfascannet.slide import tissue as tissue_mod  # noqa: PLC0415
-        from pfascannet.slide.reader import SlideReader  # noqa: PLC0415
-
         self.entry = entry
         self.grid_downsample = int(grid_downsample)
         self.tissue_downsample = int(tissue_downsample)
@@ -225,7 +225,6 @@ class SlideTruth:
         w, h = int(size_wh[0]), int(size_wh[1])
         if self.annotations is None:
             return np.zeros((h, w), np.uint8)
-        from pfascannet.slide import annotations as ann_mod  # noqa: PLC0415
 
         m = ann_mod.rasterize(self.annotations, self.dimensions, downsample=1.0, origin_xy=tuple(int(v) for v in origin_xy), size_wh=(w, h))
         return (np.asarray(m) > 0).astype(np.uint8)
@@ -318,8 +317,6 @@ class PatchSampler:
 
     def _cells(self, kind: str) -> list[tuple[str, np.ndarray]]:
         """(slide id, [K, 2] grid (row, col) cells) where a kind's centres may fall."""
-        import scipy.ndimage as ndi  # noqa: PLC0415
-
         out = []
         for sid in self.slides:
             t = self.truth(sid)
@@ -340,8 +337,6 @@ class PatchSampler:
 
     def itc_centres(self) -> list[tuple[str, tuple[float, float]]]:
         """Level-0 (x, y) centroids of every lesion with major axis < ``itc_max_um``."""
-        from skimage import measure  # noqa: PLC0415
-
         out = []
         for sid in self.slides:
             t = self.truth(sid)

@@ -40,12 +40,16 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
+import defusedxml
+import defusedxml.ElementTree as DET
 import numpy as np
+import tifffile
 
 from pfascannet import io_utils
 from pfascannet.camelyon import (EXCLUSION_GROUPS, MASK_DOWNSAMPLE, MASK_LEVEL, MASK_TUMOUR_VALUE,
                                  TUMOUR_GROUPS)
 from pfascannet.errors import PfaError
+from pfascannet.slide.tiff_writer import pyramid_dimensions, write_pyramid_tiff
 
 # Annotation types that enclose an area; Dot / PointSet carry no region.
 AREA_TYPES = frozenset({"polygon", "spline", "rectangle"})
@@ -142,9 +146,6 @@ def read_asap_xml(path: str | os.PathLike) -> list[Annotation]:
     Raises:
       AnnotationError: missing, empty, malformed, hostile or non-ASAP file.
     """
-    import defusedxml  # noqa: PLC0415
-    import defusedxml.ElementTree as DET  # noqa: PLC0415
-
     path = os.fspath(path)
     if not os.path.exists(path):
         raise AnnotationError(f"{path}: no such annotation file")
@@ -408,8 +409,6 @@ def mask_level_count(dimensions_xy: tuple[int, int], min_side_px: int = 512) -> 
 
     Six levels guarantee Camelyon's level-5 page (downsample 32) on any slide.
     """
-    from pfascannet.slide.tiff_writer import pyramid_dimensions  # noqa: PLC0415
-
     return max(len(pyramid_dimensions(dimensions_xy, min_side_px)), MASK_LEVEL + 1)
 
 
@@ -442,8 +441,6 @@ def write_mask_tiff(
     Raises:
       AnnotationError: non-positive dimensions.
     """
-    from pfascannet.slide.tiff_writer import write_pyramid_tiff  # noqa: PLC0415
-
     width0, height0 = int(dimensions_xy[0]), int(dimensions_xy[1])
     if width0 <= 0 or height0 <= 0:
         raise AnnotationError(f"{os.fspath(path)}: slide dimensions must be positive, got {dimensions_xy}")
@@ -504,8 +501,6 @@ def read_mask_level(path: str | os.PathLike, downsample: int = MASK_DOWNSAMPLE) 
     Raises:
       AnnotationError: missing or unreadable file, or no page at that downsample.
     """
-    import tifffile  # noqa: PLC0415
-
     path = os.fspath(path)
     if not os.path.exists(path):
         raise AnnotationError(f"{path}: no such mask file")

@@ -44,7 +44,9 @@ import concurrent.futures
 import os
 from typing import Callable, Optional, Sequence
 
+import imagecodecs
 import numpy as np
+import tifffile
 
 from pfascannet.camelyon import LEVEL0_MPP
 from pfascannet.errors import PfaError
@@ -133,8 +135,6 @@ def write_pyramid_tiff(
     Raises:
       TiffWriteError: invalid arguments, or a tile of the wrong shape/dtype.
     """
-    import tifffile  # noqa: PLC0415
-
     width, height = int(dimensions_xy[0]), int(dimensions_xy[1])
     if width < 1 or height < 1:
         raise TiffWriteError(f"slide dimensions must be positive, got {tuple(dimensions_xy)}")
@@ -231,8 +231,6 @@ def write_pyramid_tiff(
 
 
 def _encoder(compression: str, channels: int, quality: int) -> Callable[[np.ndarray], bytes]:
-    import imagecodecs  # noqa: PLC0415
-
     if compression == "jpeg":
         if channels == 3:
             # What tifffile itself writes for photometric RGB + JPEG: YCbCr 4:2:0.

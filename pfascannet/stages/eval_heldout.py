@@ -28,7 +28,16 @@ import os
 import sys
 import time
 
+import numpy as np
 from absl import flags
+
+from pfascannet import demo, geometry, io_utils, workflow
+from pfascannet.camelyon import MASK_DOWNSAMPLE
+from pfascannet.errors import PfaError
+from pfascannet.evaluation import froc, reference, run
+from pfascannet.inference.plan import tissue_on_map
+from pfascannet.slide.reader import SlideReader
+from pfascannet.slide.tissue import tissue_mask
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("weights", None, "Training weights (.weights.h5) to evaluate.")
@@ -42,14 +51,6 @@ PERCENTILES = (50, 90, 99, 99.9)
 
 def calibration(scan_dir: str, cohort_dir: str, slides: dict) -> dict:
     """Map percentiles over normal tissue (normal slides) and inside tumour (tumour slides), and slide maxima."""
-    import numpy as np  # noqa: PLC0415
-
-    from pfascannet.camelyon import MASK_DOWNSAMPLE  # noqa: PLC0415
-    from pfascannet.evaluation import froc  # noqa: PLC0415
-    from pfascannet.inference.plan import tissue_on_map  # noqa: PLC0415
-    from pfascannet.slide.reader import SlideReader  # noqa: PLC0415
-    from pfascannet.slide.tissue import tissue_mask  # noqa: PLC0415
-
     normal_vals, tumour_vals, maxima = [], [], {"normal": [], "tumour": []}
     for sid, ref in sorted(slides.items()):
         prob = np.load(os.path.join(scan_dir, "maps", f"{sid}.npy"))
@@ -78,9 +79,6 @@ def calibration(scan_dir: str, cohort_dir: str, slides: dict) -> dict:
 
 def evaluate_seed(weights: str, config: str, seed: int, workdir: str, log) -> dict:
     """One held-out cohort: make it, export, scan its test slides, score them."""
-    from pfascannet import demo, geometry, workflow  # noqa: PLC0415
-    from pfascannet.evaluation import froc, reference, run  # noqa: PLC0415
-
     cohort_dir = os.path.join(workdir, f"cohort_seed{seed}")
     workflow.ensure_cohort(cohort_dir, dataclasses.replace(demo.SIZES["default"], seed=seed), log)
     export_dir = os.path.join(workdir, "model_a16")
@@ -110,9 +108,6 @@ def evaluate_seed(weights: str, config: str, seed: int, workdir: str, log) -> di
 
 
 def main(argv):
-    from pfascannet import io_utils, workflow  # noqa: PLC0415
-    from pfascannet.errors import PfaError  # noqa: PLC0415
-
     if len(argv) > 1:
         raise PfaError(f"unexpected arguments {argv[1:]}")
     if not FLAGS.weights or not os.path.isfile(FLAGS.weights):

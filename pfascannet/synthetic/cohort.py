@@ -34,6 +34,7 @@ import os
 import time
 from typing import Optional, Sequence
 
+import cv2
 import numpy as np
 
 from pfascannet import io_utils
@@ -108,8 +109,6 @@ def node_labels_for_stage(rng: np.random.Generator, stage: str, nodes: int = 5) 
 
 def _inside_by(poly_xy: np.ndarray, container_xy: np.ndarray) -> float:
     """Smallest signed distance (px) of the polygon's vertices inside the container."""
-    import cv2  # noqa: PLC0415
-
     contour = container_xy.astype(np.float32).reshape(-1, 1, 2)
     return min(cv2.pointPolygonTest(contour, (float(x), float(y)), True) for x, y in poly_xy[::4])
 
@@ -274,8 +273,6 @@ def write_slide(plan: SlidePlan, out_dir: str, *, mpp: float, tile_px: int = 512
     Returns:
       ``{"levels": [(w, h), ...]}``.
     """
-    import cv2  # noqa: PLC0415
-
     renderer = SlideRenderer(plan, mpp)
     sid = plan.slide_id
     levels = write_pyramid_tiff(
