@@ -88,7 +88,7 @@ def write_slide(path: str, side_px: int, seed: int = 0) -> None:
         out[:] = v[:h, :w]
         return out
 
-    write_pyramid_tiff(path, (side_px, side_px), tiles, tile_px=tile, compression="jpeg", quality=85)
+    write_pyramid_tiff(path, (side_px, side_px), tiles, tiff_tile_px=tile, compression="jpeg", quality=85)
 
 
 def _time_roi(keras, np, config, lr: int, precision: str) -> dict:

@@ -100,7 +100,7 @@ def write_bench_slide(path: str, side_px: int, tissue_px: int, seed: int = 0) ->
             out[y0 - y : y1 - y, x0 - x : x1 - x] = v[y0 - y : y1 - y, x0 - x : x1 - x]
         return out
 
-    write_pyramid_tiff(path, (side_px, side_px), tiles, tile_px=tile, compression="jpeg")
+    write_pyramid_tiff(path, (side_px, side_px), tiles, tiff_tile_px=tile, compression="jpeg")
 
 
 def _detector(alpha: int, roi_px: int):

@@ -83,7 +83,7 @@ def write_blob_slide(path: str, side_px: int, seed: int = 0) -> float:
 
     if big is None:
         raise BenchError("--side_px above 16384 is not supported by this writer")
-    write_pyramid_tiff(path, (side_px, side_px), tiles, tile_px=tile, compression="jpeg")
+    write_pyramid_tiff(path, (side_px, side_px), tiles, tiff_tile_px=tile, compression="jpeg")
     return float((big > level).mean())
 
 

@@ -20,7 +20,7 @@ import os
 import platform
 from typing import Optional
 
-from pfascannet import geometry, reporting, workflow
+from pfascannet import geometry, results_page, workflow
 from pfascannet.errors import PfaError
 from pfascannet.evaluation import froc, reference, run
 
@@ -112,8 +112,8 @@ def run_demo(s: DemoSettings, log: Optional[workflow.Log] = None) -> dict:
     log.end()
 
     log.begin("report")
-    row = reporting.results_row(f"PFA-ScanNet ({config_name}, this run)", ev, timing)
-    table = reporting.table1_markdown([row], title="Table 1-shaped results (synthetic cohort, this machine)")
+    row = results_page.results_row(f"PFA-ScanNet ({config_name}, this run)", ev, timing)
+    table = results_page.table1_markdown([row], title="Table 1-shaped results (synthetic cohort, this machine)")
     refs = reference.select_split(reference.read_reference(os.path.join(cohort_dir, "slides.csv")), "test")
     heatmaps = [(f"{sid} ({r.node_label})", os.path.join(scan_dir, "heatmaps", f"{sid}.png"))
                 for sid, r in sorted(refs.items())]
@@ -140,8 +140,8 @@ def run_demo(s: DemoSettings, log: Optional[workflow.Log] = None) -> dict:
         ("AUC report", os.path.join(eval_dir, "auc", "auc.md")),
         ("pN-stage submission (Camelyon17 CSV)", os.path.join(eval_dir, "pn_stage", "submission.csv")),
     ]
-    md, page = reporting.write_demo_report(
-        report_dir, table=table, pn_markdown=reporting.pn_table_markdown(ev["pn_stage"]), heatmaps=heatmaps,
+    md, page = results_page.write_demo_report(
+        report_dir, table=table, pn_markdown=results_page.pn_table_markdown(ev["pn_stage"]), heatmaps=heatmaps,
         froc_png=os.path.join(eval_dir, "froc", "froc.png"), roc_png=os.path.join(eval_dir, "auc", "roc.png"),
         artefacts=artefacts, facts=facts)
     log.end()

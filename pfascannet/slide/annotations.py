@@ -418,7 +418,7 @@ def write_mask_tiff(
     dimensions_xy: tuple[int, int],
     mpp: Optional[float] = None,
     *,
-    tile_px: int = 512,
+    tiff_tile_px: int = 512,
 ) -> None:
     """Writes a Camelyon-style pyramidal mask TIFF (tumour 255, one channel), atomically.
 
@@ -436,7 +436,7 @@ def write_mask_tiff(
       dimensions_xy: the slide's level-0 ``(width, height)``.
       mpp: microns per level-0 pixel, written as resolution tags (OpenSlide
         reports it as ``openslide.mpp-x``); None writes none.
-      tile_px: tile side, a multiple of 16.
+      tiff_tile_px: tile side, a multiple of 16.
 
     Raises:
       AnnotationError: non-positive dimensions.
@@ -449,8 +449,8 @@ def write_mask_tiff(
     # The writer asks for one tile at a time, from worker threads, a row of
     # tiles at a time. Rasterising a band of up to ``chunk_px`` columns once and
     # slicing its tiles costs one scan conversion per band instead of one per
-    # tile; only the current row's bands are kept (<= W x tile_px bytes).
-    chunk_px = max(tile_px, (8192 // tile_px) * tile_px)
+    # tile; only the current row's bands are kept (<= W x tiff_tile_px bytes).
+    chunk_px = max(tiff_tile_px, (8192 // tiff_tile_px) * tiff_tile_px)
     bands: dict[tuple[int, int, int], list] = {}
     bands_lock = threading.Lock()
 
@@ -481,7 +481,7 @@ def write_mask_tiff(
         path,
         (width0, height0),
         lambda x, y, w, h: level_source(0, x, y, w, h),
-        tile_px=tile_px,
+        tiff_tile_px=tiff_tile_px,
         mpp=mpp,
         compression="deflate",
         channels=1,

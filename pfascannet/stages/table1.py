@@ -27,7 +27,7 @@ import time
 
 from absl import flags
 
-from pfascannet import geometry, io_utils, reporting, workflow
+from pfascannet import geometry, io_utils, results_page, workflow
 from pfascannet.errors import PfaError
 from pfascannet.evaluation import run
 
@@ -115,12 +115,12 @@ def main(argv):
                                n_bootstrap=FLAGS.n_bootstrap, warn=log)
         reports[name] = ev
         timing = workflow.scan_timing(os.path.join(out, f"scan_{name}"))
-        rows.append(reporting.results_row(labels[name], ev, timing))
+        rows.append(results_page.results_row(labels[name], ev, timing))
     rows.append({"method": "PFA-ScanNet, patch-wise scan (same weights)", "s_per_roi": patch["s_per_roi"],
                  "min_per_wsi": workflow.minutes_per_wsi(patch["s_per_roi"])})
     log.end()
 
-    table = reporting.table1_markdown(rows, title=f"Table 1 on the synthetic cohort ({FLAGS.config} widths)")
+    table = results_page.table1_markdown(rows, title=f"Table 1 on the synthetic cohort ({FLAGS.config} widths)")
     dense = rows[1]["s_per_roi"]
     notes += [
         f"cohort: {patients} synthetic patients x 5 nodes, seed {FLAGS.seed}, half for training; "

@@ -12,7 +12,7 @@ from typing import Mapping, Optional, Sequence
 
 from pfascannet import io_utils
 from pfascannet.evaluation import froc
-from pfascannet.evaluation.report import SYNTHETIC_NOTE
+from pfascannet.evaluation.metric_reports import SYNTHETIC_NOTE
 from pfascannet.workflow import minutes_per_wsi
 
 
