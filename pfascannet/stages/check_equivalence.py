@@ -45,13 +45,9 @@ flags.DEFINE_integer("shift_px", 0, "Offset the patches by this many px (a contr
 flags.DEFINE_string("json_out", None, "Also write the result as JSON here.")
 
 
-class CheckError(PfaError):
-    """Bad input to the equivalence check."""
-
-
 def _read_roi(lr: int):
     if FLAGS.slide and FLAGS.image:
-        raise CheckError("give --slide or --image, not both")
+        raise PfaError("give --slide or --image, not both")
     if FLAGS.slide:
         with SlideReader(FLAGS.slide) as reader:
             roi = reader.read_region((FLAGS.x, FLAGS.y), 0, (lr, lr))
@@ -61,9 +57,9 @@ def _read_roi(lr: int):
             raise FileNotFoundError(f"no image at {FLAGS.image}")
         bgr = cv2.imread(FLAGS.image, cv2.IMREAD_COLOR)
         if bgr is None:
-            raise CheckError(f"cannot read {FLAGS.image} as an image")
+            raise PfaError(f"cannot read {FLAGS.image} as an image")
         if bgr.shape[0] < lr or bgr.shape[1] < lr:
-            raise CheckError(f"{FLAGS.image} is {bgr.shape[1]}x{bgr.shape[0]}, smaller than the ROI side {lr}")
+            raise PfaError(f"{FLAGS.image} is {bgr.shape[1]}x{bgr.shape[0]}, smaller than the ROI side {lr}")
         return np.ascontiguousarray(bgr[:lr, :lr, ::-1]), FLAGS.image
     return structured_roi(lr, FLAGS.seed), f"structured test ROI (seed {FLAGS.seed})"
 
@@ -73,9 +69,9 @@ def main(argv):
     from pfascannet.inference import export  # noqa: PLC0415  (imports Keras: after flag parsing)
 
     if FLAGS.positions < 4:
-        raise CheckError(f"--positions must be >= 4 (the four corners), got {FLAGS.positions}")
+        raise PfaError(f"--positions must be >= 4 (the four corners), got {FLAGS.positions}")
     if FLAGS.tolerance <= 0:
-        raise CheckError(f"--tolerance must be > 0, got {FLAGS.tolerance}")
+        raise PfaError(f"--tolerance must be > 0, got {FLAGS.tolerance}")
     dense = export.load_detector(FLAGS.model, format=FLAGS.format, roi_px=FLAGS.roi_px)
     patch = dense
     if isinstance(dense, export.SavedModelDetector):
