@@ -41,7 +41,7 @@ from pfascannet.slide import annotations as ann_mod, tissue as tissue_mod
 from pfascannet.slide.reader import SlideReader
 
 KINDS = ("tumour", "normal", "boundary", "itc", "hard_negative")
-"""Every sample kind; the first four come from ``sample_patches``."""
+"""Every sample kind; the first four come from ``PatchSampler.sample``."""
 
 
 class SamplingError(PfaError, ValueError):
@@ -150,11 +150,6 @@ class PatchSample:
     def centre_xy(self) -> tuple[int, int]:
         """Level-0 pixel the label refers to."""
         return self.x + geometry.PATCH_CENTRE_PX, self.y + geometry.PATCH_CENTRE_PX
-
-    @property
-    def mask_origin_xy(self) -> tuple[int, int]:
-        """Level-0 top-left of the 512 mask centred in the patch."""
-        return self.x + geometry.MASK_OFFSET_PX, self.y + geometry.MASK_OFFSET_PX
 
 
 _SAMPLE_FIELDS = ("slide_id", "x", "y", "label", "kind")
@@ -435,11 +430,6 @@ class PatchSampler:
         """
         off = (geometry.PATCH_PX - size_px) // 2
         return self.truth(sample.slide_id).mask_window((sample.x + off, sample.y + off), (size_px, size_px))
-
-
-def sample_patches(slides: Sequence[SlideEntry], config: SamplerConfig, seed: int) -> list[PatchSample]:
-    """Convenience: ``PatchSampler(slides, config).sample(seed)``."""
-    return PatchSampler(slides, config).sample(seed)
 
 
 # ---------------------------------------------------------------------------
