@@ -136,6 +136,7 @@ def test_leftovers_of_a_killed_export_are_removed_by_the_next(tmp_path):
     assert sorted(os.listdir(model_dir)) == ["detector.keras", "export.json"]
 
 
+@pytest.mark.slow  # six child processes; 14 s under load
 def test_scan_cli_checks_flags_and_slides_before_the_model_loads(slide, tmp_path):
     # A model that would fail to load: any error below that is not about it
     # came before the load.
