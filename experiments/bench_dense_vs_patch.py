@@ -22,10 +22,14 @@ import platform
 import statistics
 import time
 
+import numpy as np
 from absl import flags
 
 from pfascannet import cliutil, geometry
 from pfascannet.errors import PfaError
+from pfascannet.io_utils import write_json
+from pfascannet.model.config import get_config
+from pfascannet.model.equivalence import structured_roi
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "paper", "Model config: paper or tiny.")
@@ -54,12 +58,9 @@ def _time(fn, repeats: int) -> float:
 def main(argv):
     del argv
     import keras  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
 
-    from pfascannet.model.config import get_config  # noqa: PLC0415
-    from pfascannet.model.detector import build_detector, build_patch_classifier, detector_macs, transfer_weights  # noqa: PLC0415
-    from pfascannet.model.equivalence import structured_roi  # noqa: PLC0415
-    from pfascannet.model.trunk import trunk_macs  # noqa: PLC0415
+    from pfascannet.model.detector import build_detector, build_patch_classifier, detector_macs, transfer_weights  # noqa: PLC0415  (imports Keras)
+    from pfascannet.model.trunk import trunk_macs  # noqa: PLC0415  (imports Keras)
 
     try:
         sizes = [int(s) for s in FLAGS.roi_px]
@@ -115,8 +116,6 @@ def main(argv):
     params = patch_model.count_params()
     print(f"config {config.name}: {params:,} detector parameters; trunk {trunk_macs(2708, config) / 1e12:.3f} TMAC per 2708 ROI")
     if FLAGS.out:
-        from pfascannet.io_utils import write_json  # noqa: PLC0415
-
         write_json(FLAGS.out, {
             "config": config.to_dict(), "alpha": FLAGS.alpha, "parameters": params,
             "patch_sample": n, "patch_batch": FLAGS.patch_batch, "repeats": FLAGS.repeats,

@@ -38,10 +38,18 @@ import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
+import numpy as np
 from absl import flags  # noqa: E402
 
 from pfascannet import cliutil, geometry  # noqa: E402
 from pfascannet.errors import PfaError  # noqa: E402
+from pfascannet.inference import engine, model_run, scan_options
+from pfascannet.inference.plan import make_plan
+from pfascannet.model.config import get_config
+from pfascannet.model.equivalence import structured_roi
+from pfascannet.model.precision import check_precision
+from pfascannet.slide.reader import SlideReader
+from pfascannet.slide.tiff_writer import write_pyramid_tiff
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "paper", "Model widths: paper (VGG16) or tiny (smoke tests).")
@@ -65,10 +73,6 @@ class BenchError(PfaError):
 
 def write_slide(path: str, side_px: int, seed: int = 0) -> None:
     """A JPEG-tiled pyramidal TIFF of H&E-like texture over the whole slide (0.243 um/px)."""
-    import numpy as np  # noqa: PLC0415
-
-    from pfascannet.slide.tiff_writer import write_pyramid_tiff  # noqa: PLC0415
-
     rng = np.random.default_rng(seed)
     tile = 512
     variants = []
@@ -84,12 +88,11 @@ def write_slide(path: str, side_px: int, seed: int = 0) -> None:
         out[:] = v[:h, :w]
         return out
 
-    write_pyramid_tiff(path, (side_px, side_px), tiles, tile_px=tile, compression="jpeg", quality=85)
+    write_pyramid_tiff(path, (side_px, side_px), tiles, tiff_tile_px=tile, compression="jpeg", quality=85)
 
 
 def _time_roi(keras, np, config, lr: int, precision: str) -> dict:
-    from pfascannet.model.detector import build_detector  # noqa: PLC0415
-    from pfascannet.model.equivalence import structured_roi  # noqa: PLC0415
+    from pfascannet.model.detector import build_detector  # noqa: PLC0415  (imports Keras)
 
     model = build_detector(config, alpha=FLAGS.alpha, input_px=lr, precision=precision)
     x = np.repeat(structured_roi(lr)[None], FLAGS.batch, axis=0).astype(np.float32)
@@ -115,13 +118,8 @@ def _time_roi(keras, np, config, lr: int, precision: str) -> dict:
 
 
 def _wsi(config, precision: str) -> dict:
-    import numpy as np  # noqa: PLC0415
-
-    from pfascannet.inference import engine, model_run, scan_options  # noqa: PLC0415
-    from pfascannet.inference.export import KerasDetector  # noqa: PLC0415
-    from pfascannet.inference.plan import make_plan  # noqa: PLC0415
-    from pfascannet.model.detector import build_detector  # noqa: PLC0415
-    from pfascannet.slide.reader import SlideReader  # noqa: PLC0415
+    from pfascannet.inference.export import KerasDetector  # noqa: PLC0415  (imports Keras)
+    from pfascannet.model.detector import build_detector  # noqa: PLC0415  (imports Keras)
 
     os.makedirs(FLAGS.workdir, exist_ok=True)
     slide = os.path.join(FLAGS.workdir, f"wsi_{FLAGS.slide_px}.tif")
@@ -152,10 +150,6 @@ def _wsi(config, precision: str) -> dict:
 def main(argv):
     del argv
     import keras  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
-
-    from pfascannet.model.config import get_config  # noqa: PLC0415
-    from pfascannet.model.precision import check_precision  # noqa: PLC0415
 
     if keras.backend.backend() != "jax":
         raise BenchError(f"this benchmark runs under KERAS_BACKEND=jax, not {keras.backend.backend()!r}")

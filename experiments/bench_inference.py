@@ -23,6 +23,7 @@ Results: a table on stdout and ``<workdir>/bench_inference.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -30,9 +31,18 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 from absl import flags
 
+from pfascannet import geometry
 from pfascannet.cliutil import run_main
+from pfascannet.inference import engine, model_run, scan_options
+from pfascannet.inference.plan import make_plan
+from pfascannet.io_utils import write_json
+from pfascannet.model.config import get_config
+from pfascannet.slide.reader import SlideReader
+from pfascannet.slide.tiff_writer import write_pyramid_tiff
+from pfascannet.slide.tissue import tissue_mask
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/pfascannet_bench", "Folder for the synthetic slides and scan outputs.")
@@ -58,10 +68,6 @@ def _peak_rss_gb() -> float:
 
 def write_bench_slide(path: str, side_px: int, tissue_px: int, seed: int = 0) -> None:
     """A square slide of white glass with ``tissue_px``-wide H&E-coloured squares (1 or 4 of them)."""
-    import numpy as np
-
-    from pfascannet.slide.tiff_writer import write_pyramid_tiff
-
     rng = np.random.default_rng(seed)
     tile = 512
     variants = []
@@ -94,13 +100,12 @@ def write_bench_slide(path: str, side_px: int, tissue_px: int, seed: int = 0) ->
             out[y0 - y : y1 - y, x0 - x : x1 - x] = v[y0 - y : y1 - y, x0 - x : x1 - x]
         return out
 
-    write_pyramid_tiff(path, (side_px, side_px), tiles, tile_px=tile, compression="jpeg")
+    write_pyramid_tiff(path, (side_px, side_px), tiles, tiff_tile_px=tile, compression="jpeg")
 
 
 def _detector(alpha: int, roi_px: int):
-    from pfascannet.inference.export import KerasDetector
-    from pfascannet.model.config import get_config
-    from pfascannet.model.detector import build_detector
+    from pfascannet.inference.export import KerasDetector  # noqa: PLC0415  (imports Keras)
+    from pfascannet.model.detector import build_detector  # noqa: PLC0415  (imports Keras)
 
     model = build_detector(get_config(FLAGS.config), alpha=alpha)
     return KerasDetector(model, alpha, roi_px)
@@ -108,14 +113,6 @@ def _detector(alpha: int, roi_px: int):
 
 def _child() -> None:
     """Scans one slide in this (fresh) process; reports times and peak RSS."""
-    import numpy as np
-
-    from pfascannet import geometry
-    from pfascannet.inference import engine, model_run, scan_options
-    from pfascannet.inference.plan import make_plan
-    from pfascannet.slide.reader import SlideReader
-    from pfascannet.slide.tissue import tissue_mask
-
     slide = FLAGS._child
     grid = geometry.ScanGeometry(FLAGS.alpha, FLAGS.roi)
     det = _detector(FLAGS.alpha, FLAGS.roi)
@@ -155,16 +152,6 @@ def _child() -> None:
 
 
 def _dense_vs_patch(slide: str, big_plan) -> dict:
-    import dataclasses
-
-    import numpy as np
-
-    from pfascannet import geometry
-    from pfascannet.inference import engine, model_run, scan_options
-    from pfascannet.inference.plan import make_plan
-    from pfascannet.slide.reader import SlideReader
-    from pfascannet.slide.tissue import tissue_mask
-
     grid = geometry.ScanGeometry(FLAGS.alpha, FLAGS.compare_roi)
     with SlideReader(slide) as reader:
         plan = make_plan(reader.dimensions, grid, tissue_mask(reader, 32), 32)
@@ -234,7 +221,6 @@ def main(argv) -> None:
             f"{first['patch_s_per_2708_roi_extrapolated']:.1f} s"
         )
     results["table"] = lines
-    from pfascannet.io_utils import write_json
 
     write_json(os.path.join(FLAGS.workdir, "bench_inference.json"), results)
     print("\n".join(lines))

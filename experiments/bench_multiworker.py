@@ -40,7 +40,7 @@ PORTS = (23101, 23102)
 
 
 def _train(workdir: str, strategy: str) -> dict:
-    from pfascannet.training import trainer  # noqa: PLC0415
+    from pfascannet.training import trainer  # noqa: PLC0415  (imports TensorFlow and Keras)
 
     times = {}
     s = trainer.TrainSettings(

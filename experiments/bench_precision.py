@@ -29,10 +29,15 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 from absl import flags
 
 from pfascannet import cliutil, geometry
 from pfascannet.errors import PfaError
+from pfascannet.io_utils import write_json
+from pfascannet.model.config import get_config
+from pfascannet.model.equivalence import structured_roi
+from pfascannet.model.precision import check_precision
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "paper", "Model config: paper or tiny.")
@@ -58,7 +63,7 @@ def _peak_rss_gb() -> float:
 def _build(config, precision: str, lr: int, xla: bool):
     import keras  # noqa: PLC0415
 
-    from pfascannet.model.detector import build_detector  # noqa: PLC0415
+    from pfascannet.model.detector import build_detector  # noqa: PLC0415  (imports Keras)
 
     model = build_detector(config, alpha=FLAGS.alpha, input_px=lr, precision=precision)
     if keras.backend.backend() == "tensorflow":
@@ -75,11 +80,6 @@ def _parse_variant(text: str) -> tuple[str, int, bool]:
 
 
 def _child(text: str) -> None:
-    import numpy as np  # noqa: PLC0415
-
-    from pfascannet.model.config import get_config  # noqa: PLC0415
-    from pfascannet.model.equivalence import structured_roi  # noqa: PLC0415
-
     precision, lr, xla = _parse_variant(text)
     model = _build(get_config(FLAGS.config), precision, lr, xla)
     roi = structured_roi(lr)[None].astype(np.float32)
@@ -94,12 +94,8 @@ def main(argv):
         _child(FLAGS._child)
         return
     import keras  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
 
-    from pfascannet.model.config import get_config  # noqa: PLC0415
-    from pfascannet.model.detector import build_patch_classifier, detector_macs  # noqa: PLC0415
-    from pfascannet.model.equivalence import structured_roi  # noqa: PLC0415
-    from pfascannet.model.precision import check_precision  # noqa: PLC0415
+    from pfascannet.model.detector import build_patch_classifier, detector_macs  # noqa: PLC0415  (imports Keras)
 
     try:
         sizes = [int(s) for s in FLAGS.roi_px]
@@ -188,8 +184,6 @@ def main(argv):
               f"{r['map_mpx_per_s']:.3f} Mpx of map/s{ratio}{patch}", flush=True)
 
     if FLAGS.out:
-        from pfascannet.io_utils import write_json  # noqa: PLC0415
-
         write_json(FLAGS.out, {
             "config": config.to_dict(), "alpha": FLAGS.alpha, "repeats": FLAGS.repeats,
             "patch_sample": FLAGS.patch_sample, "patch_s_per_patch": per_patch,

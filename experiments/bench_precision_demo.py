@@ -24,9 +24,13 @@ import json
 import os
 import time
 
+import numpy as np
 from absl import flags
 
+from pfascannet import demo, geometry, workflow
 from pfascannet.cliutil import run_main
+from pfascannet.evaluation import froc, run as evaluation
+from pfascannet.inference import engine, runs, scan_options
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/pfascannet_bench_demo", "Cohort, export and scans go here.")
@@ -41,12 +45,6 @@ VARIANTS = {"f32_whole": ("float32", False), "f32_edges": ("float32", True), "bf
 
 def main(argv) -> None:
     del argv
-    import numpy as np  # noqa: PLC0415
-
-    from pfascannet import demo, geometry, workflow  # noqa: PLC0415
-    from pfascannet.evaluation import froc  # noqa: PLC0415
-    from pfascannet.evaluation import run as evaluation  # noqa: PLC0415
-    from pfascannet.inference import engine, runs, scan_options  # noqa: PLC0415
 
     shipped = workflow.shipped_weights(FLAGS.shipped)
     if shipped is None:

@@ -24,11 +24,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 from absl import flags
 
 from pfascannet import io_utils
 from pfascannet.cliutil import run_main
 from pfascannet.errors import PfaError
+from pfascannet.synthetic.cohort import plan_slide, write_slide
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("sizes", "16384,32768", "Comma-separated slide sides (px) to generate, one child process each.")
@@ -43,10 +45,7 @@ flags.mark_flags_as_required(["out"])
 
 def _child(size: int) -> dict:
     """Generates one size x size slide here and reports seconds and peak RSS."""
-    import numpy as np  # noqa: PLC0415
     import openslide  # noqa: PLC0415
-
-    from pfascannet.synthetic.cohort import plan_slide, write_slide  # noqa: PLC0415
 
     out = os.path.join(FLAGS.out, f"slide_{size}")
     t0 = time.perf_counter()

@@ -27,10 +27,18 @@ import subprocess
 import sys
 import time
 
+import cv2
+import numpy as np
 from absl import flags
 
+from pfascannet import geometry
 from pfascannet.cliutil import run_main
 from pfascannet.errors import PfaError
+from pfascannet.inference import engine, model_run, scan_options
+from pfascannet.model.config import get_config
+from pfascannet.slide.reader import SlideReader
+from pfascannet.slide.tiff_writer import write_pyramid_tiff
+from pfascannet.slide.tissue import tissue_mask
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/pfascannet_bench_tissue", "Slide and scans go here.")
@@ -46,11 +54,6 @@ class BenchError(PfaError):
 
 def write_blob_slide(path: str, side_px: int, seed: int = 0) -> float:
     """Half tissue in smooth blobs (H&E-like), white glass elsewhere; returns the tissue fraction drawn."""
-    import cv2  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
-
-    from pfascannet.slide.tiff_writer import write_pyramid_tiff  # noqa: PLC0415
-
     rng = np.random.default_rng(seed)
     low = max(side_px // 32, 8)  # the blob field at 32 px per cell, smoothed and upsampled per tile
     field = np.zeros((low, low), np.float32)
@@ -80,7 +83,7 @@ def write_blob_slide(path: str, side_px: int, seed: int = 0) -> float:
 
     if big is None:
         raise BenchError("--side_px above 16384 is not supported by this writer")
-    write_pyramid_tiff(path, (side_px, side_px), tiles, tile_px=tile, compression="jpeg")
+    write_pyramid_tiff(path, (side_px, side_px), tiles, tiff_tile_px=tile, compression="jpeg")
     return float((big > level).mean())
 
 
@@ -95,13 +98,8 @@ def _parse(text: str) -> tuple[str, int, bool]:
 
 
 def _child(text: str, slide: str) -> None:
-    import numpy as np  # noqa: PLC0415
-
-    from pfascannet import geometry  # noqa: PLC0415
-    from pfascannet.inference import engine, model_run, scan_options  # noqa: PLC0415
-    from pfascannet.inference.export import KerasDetector  # noqa: PLC0415
-    from pfascannet.model.config import get_config  # noqa: PLC0415
-    from pfascannet.model.detector import build_detector  # noqa: PLC0415
+    from pfascannet.inference.export import KerasDetector  # noqa: PLC0415  (imports Keras)
+    from pfascannet.model.detector import build_detector  # noqa: PLC0415  (imports Keras)
 
     precision, roi, edges = _parse(text)
     grid = geometry.ScanGeometry(16, roi)
@@ -143,8 +141,6 @@ def main(argv) -> None:
         fraction = write_blob_slide(slide, FLAGS.side_px)
         with open(info_path, "w", encoding="utf-8") as f:
             json.dump({"drawn_tissue_fraction": fraction, "write_s": time.perf_counter() - t0}, f)
-    from pfascannet.slide.reader import SlideReader  # noqa: PLC0415
-    from pfascannet.slide.tissue import tissue_mask  # noqa: PLC0415
 
     with SlideReader(slide) as reader:
         mask = tissue_mask(reader, downsample=32)

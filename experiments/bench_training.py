@@ -32,9 +32,15 @@ import shutil
 import sys
 import time
 
+import numpy as np
 from absl import flags
+from sklearn.metrics import roc_auc_score
 
+from pfascannet import heldout, io_utils, workflow
 from pfascannet.cliutil import run_main
+from pfascannet.data import sampling
+from pfascannet.evaluation import froc
+from pfascannet.synthetic.cohort import make_cohort
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", None, "Cohort folder; default: generate one in <workdir>/cohort.")
@@ -63,7 +69,7 @@ COHORT = dict(
 
 def pipeline_throughput(sampler, samples, batch_size: int, batches: int, seed: int) -> float:
     """Patches/s of the augmented slide stream alone (first batch excluded: warm-up)."""
-    from pfascannet.data import pipeline  # noqa: PLC0415
+    from pfascannet.data import pipeline  # noqa: PLC0415  (imports TensorFlow)
 
     reader = pipeline.PatchReader(sampler)
     it = iter(pipeline.slide_dataset(samples, reader, batch_size=batch_size, seed=seed))
@@ -78,12 +84,10 @@ def pipeline_throughput(sampler, samples, batch_size: int, batches: int, seed: i
 
 def patch_auc(weights: str, config: str, data: str, seed: int, per_class: int, boundary: int, itc: int) -> dict:
     """Patch-level AUC of the classifier on the test split (random; random + boundary + ITC)."""
-    import numpy as np  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
-    from sklearn.metrics import roc_auc_score  # noqa: PLC0415
 
-    from pfascannet.data import pipeline, sampling  # noqa: PLC0415
-    from pfascannet.inference.model_io import load_training_model  # noqa: PLC0415
+    from pfascannet.data import pipeline  # noqa: PLC0415  (imports TensorFlow)
+    from pfascannet.inference.model_io import load_training_model  # noqa: PLC0415  (imports Keras)
 
     slides = sampling.load_cohort(data, "test")
     sampler = sampling.PatchSampler(slides, sampling.SamplerConfig(random_per_class=per_class, boundary=boundary, itc=itc))
@@ -109,10 +113,7 @@ def patch_auc(weights: str, config: str, data: str, seed: int, per_class: int, b
 
 
 def main(argv):
-    from pfascannet import heldout, io_utils, workflow  # noqa: PLC0415
-    from pfascannet.data import sampling  # noqa: PLC0415
-    from pfascannet.evaluation import froc  # noqa: PLC0415
-    from pfascannet.training import trainer  # noqa: PLC0415
+    from pfascannet.training import trainer  # noqa: PLC0415  (imports TensorFlow and Keras)
 
     if len(argv) > 1:
         raise trainer.TrainingError(f"unexpected arguments {argv[1:]}")
@@ -126,8 +127,6 @@ def main(argv):
     t_start = time.perf_counter()
     data = FLAGS.data
     if data is None:
-        from pfascannet.synthetic.cohort import make_cohort  # noqa: PLC0415
-
         data = os.path.join(FLAGS.workdir, "cohort")
         if not os.path.exists(os.path.join(data, "cohort.json")):
             print(f"generating the synthetic cohort in {data} ...", flush=True)

@@ -17,6 +17,7 @@ import os
 import sys
 from typing import NoReturn, Optional, Sequence
 
+from pfascannet import __version__
 from pfascannet.cliutil import fail, guarded, run_main
 
 # name on the command line -> (module of pfascannet.stages, one line for the listing).
@@ -72,7 +73,7 @@ def _demo_parser() -> argparse.ArgumentParser:
 @guarded
 def _demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from pfascannet import demo  # noqa: PLC0415
+    from pfascannet import demo  # noqa: PLC0415  (keeps `pfascannet --help` light: the demo imports the whole pipeline)
 
     settings = demo.DemoSettings(out=args.out, size="fast" if args.fast else "default", train=args.train,
                                  train_steps=args.train_steps, train_minutes=args.train_minutes, seed=args.seed)
@@ -82,8 +83,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _version(argv: Sequence[str]) -> int:
     _Parser(prog="pfascannet version", description=BUILTINS["version"]).parse_args(argv)
-    from pfascannet import __version__  # noqa: PLC0415
-
     print(__version__)
     return 0
 

@@ -16,6 +16,8 @@ import os
 import sys
 from typing import Callable, NoReturn
 
+from absl import app, flags
+
 from pfascannet.errors import PfaError
 
 USER_ERRORS = (PfaError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
@@ -48,8 +50,6 @@ def guarded(fn: Callable) -> Callable:
 def _parse_flags(argv):
     # absl's own parser exits 1 with a "FATAL Flags parsing error" on a bad or
     # missing flag; in this project a bad flag is bad input: one line, exit 2.
-    from absl import flags  # noqa: PLC0415
-
     try:
         return flags.FLAGS(argv)
     except flags.Error as exc:
@@ -70,8 +70,6 @@ def run_main(main: Callable) -> None:
     and the module's ``prepare_argv(argv)``, if it has one, rewrites the
     command line before absl parses it.
     """
-    from absl import app, flags  # noqa: PLC0415
-
     stage = sys.modules.get(getattr(main, "__module__", "__main__"))
     if stage is not None and stage is not sys.modules["__main__"]:
         for flag in flags.FLAGS.get_key_flags_for_module(stage.__name__):

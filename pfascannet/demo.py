@@ -20,8 +20,9 @@ import os
 import platform
 from typing import Optional
 
-from pfascannet import geometry, workflow
+from pfascannet import geometry, results_page, workflow
 from pfascannet.errors import PfaError
+from pfascannet.evaluation import froc, reference, run
 
 SIZES = {
     # patients (half train, half test), slide side of non-macro slides
@@ -63,7 +64,7 @@ def obtain_model(s: DemoSettings, cohort_dir: str, log: workflow.Log) -> tuple[s
                               f"`{meta.get('command', '?')}` ({meta.get('note', '')})")
     if not s.train:
         log("      no shipped weights found: training here instead")
-    from pfascannet.training.trainer import TrainSettings, scratch_recipe  # noqa: PLC0415
+    from pfascannet.training.trainer import TrainSettings, scratch_recipe  # noqa: PLC0415  (imports TensorFlow and Keras)
 
     # The from-scratch recipe, one hard-negative round (a few minutes in all).
     settings = TrainSettings(data=cohort_dir, workdir=os.path.join(s.out, "train"), config=TRAIN_CONFIG,
@@ -82,9 +83,6 @@ def _froc_value(v: Optional[float]) -> str:
 
 def run_demo(s: DemoSettings, log: Optional[workflow.Log] = None) -> dict:
     """Runs the demo; returns paths of the report and the headline numbers."""
-    from pfascannet import reporting  # noqa: PLC0415
-    from pfascannet.evaluation import froc, reference, run  # noqa: PLC0415
-
     log = log or workflow.Log(total_steps=6)
     out = os.path.abspath(s.out)
     cohort_dir, export_dir = os.path.join(out, "cohort"), os.path.join(out, "model_a16")
@@ -114,8 +112,8 @@ def run_demo(s: DemoSettings, log: Optional[workflow.Log] = None) -> dict:
     log.end()
 
     log.begin("report")
-    row = reporting.results_row(f"PFA-ScanNet ({config_name}, this run)", ev, timing)
-    table = reporting.table1_markdown([row], title="Table 1-shaped results (synthetic cohort, this machine)")
+    row = results_page.results_row(f"PFA-ScanNet ({config_name}, this run)", ev, timing)
+    table = results_page.table1_markdown([row], title="Table 1-shaped results (synthetic cohort, this machine)")
     refs = reference.select_split(reference.read_reference(os.path.join(cohort_dir, "slides.csv")), "test")
     heatmaps = [(f"{sid} ({r.node_label})", os.path.join(scan_dir, "heatmaps", f"{sid}.png"))
                 for sid, r in sorted(refs.items())]
@@ -142,8 +140,8 @@ def run_demo(s: DemoSettings, log: Optional[workflow.Log] = None) -> dict:
         ("AUC report", os.path.join(eval_dir, "auc", "auc.md")),
         ("pN-stage submission (Camelyon17 CSV)", os.path.join(eval_dir, "pn_stage", "submission.csv")),
     ]
-    md, page = reporting.write_demo_report(
-        report_dir, table=table, pn_markdown=reporting.pn_table_markdown(ev["pn_stage"]), heatmaps=heatmaps,
+    md, page = results_page.write_demo_report(
+        report_dir, table=table, pn_markdown=results_page.pn_table_markdown(ev["pn_stage"]), heatmaps=heatmaps,
         froc_png=os.path.join(eval_dir, "froc", "froc.png"), roc_png=os.path.join(eval_dir, "auc", "roc.png"),
         artefacts=artefacts, facts=facts)
     log.end()

@@ -15,9 +15,16 @@ import os
 import time
 from typing import Callable, Optional, Sequence
 
+import numpy as np
+
 from pfascannet import geometry
 from pfascannet.errors import PfaError
+from pfascannet.evaluation import reference
+from pfascannet.inference import engine, runs, scan_options
+from pfascannet.model.config import get_config
 from pfascannet.progress import Progress
+from pfascannet.slide.reader import SlideReader
+from pfascannet.synthetic import cohort
 
 SHIPPED_WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 
@@ -77,8 +84,6 @@ class CohortSettings:
 
 def ensure_cohort(cohort_dir: str, settings: CohortSettings, log: Log) -> None:
     """Generates the synthetic cohort unless ``cohort_dir`` already holds it with these settings."""
-    from pfascannet.synthetic import cohort  # noqa: PLC0415
-
     marker = os.path.join(cohort_dir, "cohort.json")
     if os.path.isfile(marker):
         with open(marker, encoding="utf-8") as f:
@@ -93,8 +98,6 @@ def ensure_cohort(cohort_dir: str, settings: CohortSettings, log: Log) -> None:
 
 def cohort_slides(cohort_dir: str, split: Optional[str] = None) -> list[str]:
     """Slide paths of a cohort's ``slides.csv`` (one split, or all)."""
-    from pfascannet.evaluation import reference  # noqa: PLC0415
-
     refs = reference.select_split(reference.read_reference(os.path.join(cohort_dir, "slides.csv")), split)
     return [os.path.join(cohort_dir, "images", f"{s}.tif") for s in sorted(refs)]
 
@@ -114,7 +117,7 @@ def shipped_weights(name: str) -> Optional[tuple[str, dict]]:
 
 def train_model(settings, log: Log) -> str:
     """Trains (or resumes) a run with ``training.trainer.train``; returns its final weights."""
-    from pfascannet.training import trainer  # noqa: PLC0415
+    from pfascannet.training import trainer  # noqa: PLC0415  (imports TensorFlow and Keras)
 
     final = os.path.join(settings.workdir, "final.weights.h5")
     cfg = os.path.join(settings.workdir, "config.json")
@@ -136,9 +139,8 @@ def train_model(settings, log: Log) -> str:
 def export_model(weights: str, config_name: str, out_dir: str, alpha: int, roi_px: int,
                  log: Log, extra: Optional[dict] = None) -> str:
     """Exports the detector at ``alpha`` (SavedModel + .keras) unless already exported from these weights."""
-    from pfascannet.inference import export  # noqa: PLC0415
-    from pfascannet.model.config import get_config  # noqa: PLC0415
-    from pfascannet.inference.model_io import load_training_model  # noqa: PLC0415
+    from pfascannet.inference import export  # noqa: PLC0415  (imports Keras)
+    from pfascannet.inference.model_io import load_training_model  # noqa: PLC0415  (imports Keras)
 
     meta_path = os.path.join(out_dir, export.EXPORT_JSON)
     stamp = {"weights": os.path.abspath(weights), "weights_mtime": os.path.getmtime(weights)}
@@ -159,8 +161,6 @@ def export_model(weights: str, config_name: str, out_dir: str, alpha: int, roi_p
 def scan(model_dirs: Sequence[str], slides: Sequence[str], out_dir: str, *, mode: str = "dense",
          batch: int = 1, workers: int = 2, threshold: float = 0.5):
     """Scans ``slides`` with the first model (and the rest as an ensemble at their own alphas)."""
-    from pfascannet.inference import engine, runs, scan_options  # noqa: PLC0415
-
     model_runs = [runs.load_run(m, mode=mode, batch=batch) for m in model_dirs]
     options = scan_options.ScanOptions(batch=batch, workers=workers, threshold=threshold)
     summary = engine.scan_slides(list(slides), model_runs, out_dir, options)
@@ -208,11 +208,6 @@ def time_patch_mode(export_dir: str, cohort_dir: str, n_patches: int = 32, batch
     outputs as one dense pass.  Timing all of them on a CPU takes minutes per
     ROI, so a sample of real tissue patches is timed and scaled to 4096.
     """
-    import numpy as np  # noqa: PLC0415
-
-    from pfascannet.inference import runs  # noqa: PLC0415
-    from pfascannet.slide.reader import SlideReader  # noqa: PLC0415
-
     run = runs.load_run(export_dir, mode="patch")
     slide = cohort_slides(cohort_dir)[0]
     with SlideReader(slide) as reader:

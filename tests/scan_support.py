@@ -63,7 +63,7 @@ def write_slide(path: str, wh=SLIDE_WH, seed: int = 0) -> np.ndarray:
         out[: part.shape[0], : part.shape[1]] = part
         return out
 
-    write_pyramid_tiff(path, (w, h), tiles, tile_px=256, compression="deflate", num_levels=2, workers=1)
+    write_pyramid_tiff(path, (w, h), tiles, tiff_tile_px=256, compression="deflate", num_levels=2, workers=1)
     return image
 
 
@@ -71,6 +71,6 @@ def slide_without_mpp(path, description=None):
     """A 400 x 300 slide that carries no pixel size."""
     image = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
     write_pyramid_tiff(
-        path, (400, 300), lambda x, y, w, h: np.ascontiguousarray(image[y : y + h, x : x + w]), tile_px=256,
+        path, (400, 300), lambda x, y, w, h: np.ascontiguousarray(image[y : y + h, x : x + w]), tiff_tile_px=256,
         compression="deflate", num_levels=1, mpp=None, workers=1, description=description,
     )

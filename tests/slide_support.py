@@ -32,5 +32,5 @@ def write_test_slide(path, mpp=0.243, seed=0):
         tile[dust] = (90, 60, 110)
         return np.clip(tile, 0, 255).astype(np.uint8)
 
-    write_pyramid_tiff(path, (W, H), source, mpp=mpp, min_side_px=64, tile_px=256)
+    write_pyramid_tiff(path, (W, H), source, mpp=mpp, min_side_px=64, tiff_tile_px=256)
     return path

@@ -57,10 +57,10 @@ def test_froc_module_uses_the_rules():
 
 
 def test_synthetic_generator_draws_inside_the_node_classes():
-    from pfascannet.synthetic import lesions
+    from pfascannet.synthetic import lesion_shapes
 
     for cls in camelyon.METASTASIS_CLASSES:
-        lo, hi = lesions.class_range_um(cls)
+        lo, hi = lesion_shapes.class_range_um(cls)
         assert node_class(lo) == node_class(hi) == cls
 
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pfascannet import reporting
-from pfascannet.evaluation import froc, report
+from pfascannet import results_page
+from pfascannet.evaluation import froc, metric_reports
 
 
 def test_table1_has_the_three_named_froc_scores():
     evaluation = {"auc": {"auc": 0.5}, "pn_stage": None,
                   "froc": {"froc_interpolated": 29 / 36, "froc_nearest_point": 5 / 6, "froc_organisers": 13 / 18}}
-    row = reporting.results_row("PFA-ScanNet", evaluation, None)
-    md = reporting.table1_markdown([row, {"method": "patch-wise", "s_per_roi": 60.0, "min_per_wsi": 400.0}])
+    row = results_page.results_row("PFA-ScanNet", evaluation, None)
+    md = results_page.table1_markdown([row, {"method": "patch-wise", "s_per_roi": 60.0, "min_per_wsi": 400.0}])
     lines = md.splitlines()
     header = [c.strip() for c in lines[2].strip("|").split("|")]
     assert header[3:6] == ["FROC (interpolated)", "FROC (nearest point)", "FROC (organisers' grading)"]
@@ -21,7 +21,7 @@ def test_table1_has_the_three_named_froc_scores():
         assert froc.SCORE_NAMES[key] in md
     assert froc.PAPER_COMPARABILITY in md
     # The demo page renders the same notes as HTML.
-    html = reporting._md_table_html(md)
+    html = results_page._md_table_html(md)
     assert "FROC (organisers&#x27; grading)" in html
     assert "do not say which rule" in html
 
@@ -34,7 +34,7 @@ def test_froc_markdown_names_scores_exclusions_and_missing_organisers():
            "n_false_positives_normal_slides": 0, "n_ignored_hits": 0, "class_threshold": 0.5,
            "sensitivity_by_class": {}, "excluded_slides": ["Test_049"], "exclusion_asked": ["Test_049", "Test_114"],
            "slides_size_unknown": []}
-    md = report.froc_markdown(rep)
+    md = metric_reports.froc_markdown(rep)
     assert "**froc_organisers** = n/a (no normal slide" in md
     assert "Excluded from the FROC as the Camelyon16 organisers did: Test_049 (asked: Test_049, Test_114)" in md
     assert froc.PAPER_COMPARABILITY in md

@@ -60,6 +60,7 @@ def test_patch_mode_equals_dense_with_a_real_detector(tiny_model, slide_dir):
     assert not dense[~scanned].any() and not patch[~scanned].any()
 
 
+@pytest.mark.slow  # a child process that imports TensorFlow and scans; 15 s under load
 def test_cli_ensemble_bad_slide_and_exit_status(tiny_model, slide_dir, tmp_path):
     from pfascannet.inference.export import export_detector
     from pfascannet.model.config import ModelConfig

@@ -94,7 +94,7 @@ def test_a_slide_at_another_pixel_size_than_the_models_is_scanned_with_a_warning
     coarse = str(tmp_path / "coarse" / "patient_002_node_0.tif")
     os.makedirs(os.path.dirname(coarse))
     noise = np.random.default_rng(2).integers(0, 256, (256, 256, 3), dtype=np.uint8)
-    write_pyramid_tiff(coarse, (1000, 700), lambda x, y, w, h: noise[:h, :w], tile_px=256, mpp=0.5,
+    write_pyramid_tiff(coarse, (1000, 700), lambda x, y, w, h: noise[:h, :w], tiff_tile_px=256, mpp=0.5,
                        compression="deflate", num_levels=2, workers=1)
     err = io.StringIO()
     opts = engine.ScanOptions(progress=False, heatmap=False, tissue="all", batch=2, progress_stream=err)
@@ -136,6 +136,7 @@ def test_leftovers_of_a_killed_export_are_removed_by_the_next(tmp_path):
     assert sorted(os.listdir(model_dir)) == ["detector.keras", "export.json"]
 
 
+@pytest.mark.slow  # six child processes; 14 s under load
 def test_scan_cli_checks_flags_and_slides_before_the_model_loads(slide, tmp_path):
     # A model that would fail to load: any error below that is not about it
     # came before the load.

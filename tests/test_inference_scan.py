@@ -264,6 +264,7 @@ def test_level_whose_openslide_downsample_is_not_whole_is_refused(tmp_path, capl
     assert engine.scan_slides(path, [_run()], str(tmp_path / "out0"), scan_options.ScanOptions(**QUIET)).ok
 
 
+@pytest.mark.slow  # a full scan of an 11k x 5.5k synthetic slide; 13 s under load
 def test_cohort_slide_at_paper_geometry(cohort, tmp_path):
     """A Camelyon-like JPEG slide, Otsu tissue, 2708 ROIs: exact where scanned, and no tumour left unscanned."""
     from pfascannet.slide.annotations import read_mask_level

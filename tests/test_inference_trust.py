@@ -268,7 +268,7 @@ def tiles(x, y, w, h):
     if y >= 512:  # part of level 0 is out, its half-size band is in the scratch file
         os.kill(os.getpid(), signal.SIGKILL)
     return np.full((h, w, 3), 128, np.uint8)
-write_pyramid_tiff(sys.argv[1], (1024, 1024), tiles, tile_px=256, workers=1, min_side_px=256)
+write_pyramid_tiff(sys.argv[1], (1024, 1024), tiles, tiff_tile_px=256, workers=1, min_side_px=256)
 """
 
 
@@ -385,7 +385,7 @@ def test_slide_without_tissue_is_done_with_a_warning(tmp_path):
     from pfascannet.slide.tiff_writer import write_pyramid_tiff
 
     path = str(tmp_path / f"{SID}.tif")
-    write_pyramid_tiff(path, (1000, 700), lambda x, y, w, h: None, tile_px=256, compression="deflate",
+    write_pyramid_tiff(path, (1000, 700), lambda x, y, w, h: None, tiff_tile_px=256, compression="deflate",
                        num_levels=2, workers=1)
     err = io.StringIO()
     opts = scan_options.ScanOptions(**dict(QUIET, tissue="otsu", progress_stream=err))

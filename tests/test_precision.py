@@ -119,6 +119,7 @@ def test_export_records_precision_and_serves_it(case, bf16_export):
         runs.resolve_run(str(out), precision="half")
 
 
+@pytest.mark.slow  # an XLA compilation; 8 s under load
 def test_xla_gives_the_same_numbers(case, bf16_export):
     config, patch32, roi = case
     if keras.backend.backend() != "tensorflow":

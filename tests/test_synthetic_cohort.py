@@ -21,7 +21,7 @@ from pfascannet.camelyon import node_class, pn_stage_from_nodes
 from pfascannet.evaluation.pn_stage import read_camelyon17_csv
 from pfascannet.slide.annotations import read_asap_xml
 from pfascannet.slide.tiff_writer import pyramid_dimensions
-from pfascannet.synthetic import lesions as lesion_lib
+from pfascannet.synthetic import lesion_shapes as lesion_lib
 from pfascannet.synthetic.cohort import CohortError, make_cohort, plan_cohort
 from tests.conftest import COHORT_KWARGS
 
@@ -148,7 +148,7 @@ def test_annotations_use_camelyon_groups(cohort):
 
 def _block_means(cohort, plans, region_codes, block=64, per_slide=12):
     """Mean RGB of level-0 blocks lying wholly inside the given region types, read from the TIFFs."""
-    from pfascannet.synthetic.tissue import SlideRenderer  # noqa: PLC0415
+    from pfascannet.synthetic.tissue_render import SlideRenderer  # noqa: PLC0415
 
     out = {code: [] for code in region_codes}
     for entry in plans:
@@ -186,7 +186,7 @@ def _best_threshold_accuracy(a, b):
 
 
 def test_colour_threshold_cannot_tell_tumour_from_mimics(cohort):
-    from pfascannet.synthetic.tissue import GERMINAL_CENTRE, HISTIOCYTES, PARENCHYMA, TUMOUR  # noqa: PLC0415
+    from pfascannet.synthetic.tissue_render import GERMINAL_CENTRE, HISTIOCYTES, PARENCHYMA, TUMOUR  # noqa: PLC0415
 
     plans = [e for e in plan_cohort(**COHORT_KWARGS)]
     means = _block_means(cohort, plans, (TUMOUR, GERMINAL_CENTRE, HISTIOCYTES, PARENCHYMA))
@@ -248,7 +248,7 @@ def test_lesion_longest_diameter_agrees_with_its_class(cohort):
 
 def test_regions_do_not_depend_on_the_tile_grid():
     """Tiles rendered separately meet without seams: labels of one window equal those of its quarters."""
-    from pfascannet.synthetic.tissue import SlideRenderer  # noqa: PLC0415
+    from pfascannet.synthetic.tissue_render import SlideRenderer  # noqa: PLC0415
 
     entry = next(e for e in plan_cohort(**COHORT_KWARGS) if e.label == "micro")
     renderer = SlideRenderer(entry.plan, COHORT_KWARGS["mpp"])

@@ -32,7 +32,7 @@ def test_lossless_rgb_pyramid_reads_back_exactly(tmp_path):
         return _pattern(x, y, w, h)
 
     path = tmp_path / "s.tif"
-    dims = write_pyramid_tiff(path, (width, height), source, tile_px=tile, mpp=0.5, compression="deflate",
+    dims = write_pyramid_tiff(path, (width, height), source, tiff_tile_px=tile, mpp=0.5, compression="deflate",
                               min_side_px=300, workers=2)
     assert dims == [(1100, 700), (550, 350), (275, 175)] == pyramid_dimensions((width, height), 300)
     # Tile by tile: no call ever asks for more than one tile.
@@ -106,7 +106,7 @@ def test_level_source_renders_lower_levels(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, source, message",
     [
-        (dict(tile_px=100), None, "multiple of 16"),
+        (dict(tiff_tile_px=100), None, "multiple of 16"),
         (dict(compression="lzw"), None, "compression"),
         (dict(channels=1, dtype=np.float32, compression="jpeg"), None, "JPEG"),
         (dict(), lambda x, y, w, h: np.zeros((h, w), np.uint8), "shape"),

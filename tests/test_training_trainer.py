@@ -133,6 +133,7 @@ def test_loss_falls_over_twenty_steps(cohort, tmp_path):
     np.testing.assert_allclose(detector.predict(patch).reshape(-1), want, atol=1e-5)
 
 
+@pytest.mark.slow  # a training run with a mining round; 14 s under load
 def test_without_synergistic_learning_and_with_hard_negatives(cohort, tmp_path):
     # One short run checks two switches: "w/o SL" leaves the decoder untouched, and
     # the hard-negative stage (threshold 0: every scanned normal patch is a false
@@ -164,6 +165,7 @@ def test_without_synergistic_learning_and_with_hard_negatives(cohort, tmp_path):
     assert not np.array_equal(trunk, fresh.get_layer("block1_conv1").get_weights()[0])
 
 
+@pytest.mark.slow  # trainings and scans of the training slides; 89 s under load
 def test_hard_negative_rounds_scan_the_training_slides_and_resume(cohort, tmp_path, monkeypatch):
     # Rounds at steps 1 and 3 (every 2): each scans the training slides with the
     # weights of that moment and keeps the confident maxima in normal tissue.

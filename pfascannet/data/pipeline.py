@@ -28,14 +28,16 @@ import os
 import threading
 from typing import Optional, Sequence
 
+import cv2
 import numpy as np
 import tensorflow as tf
 
 from pfascannet import geometry, io_utils
 from pfascannet.data import augment as augment_mod
 from pfascannet.data.augment import AugmentConfig
-from pfascannet.data.sampling import PatchSample, PatchSampler
+from pfascannet.data.sampling import PatchSample, PatchSampler, counts_by_kind
 from pfascannet.errors import PfaError
+from pfascannet.slide.reader import SlideReader
 
 AUTOTUNE = tf.data.AUTOTUNE
 P = geometry.PATCH_PX
@@ -72,8 +74,6 @@ class PatchReader:
         self._lock = threading.Lock()
 
     def _borrow(self, slide_id: str):
-        from pfascannet.slide.reader import SlideReader  # noqa: PLC0415
-
         with self._lock:
             idle = self._idle.setdefault(slide_id, [])
             if idle:
@@ -283,8 +283,6 @@ _FEATURES = {
 
 
 def _png(array: np.ndarray) -> bytes:
-    import cv2  # noqa: PLC0415
-
     if array.ndim == 3:
         array = array[..., ::-1]  # OpenCV writes BGR
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(array), [cv2.IMWRITE_PNG_COMPRESSION, 1])
@@ -323,8 +321,6 @@ def write_tfrecords(
     Returns the shard paths; ``<out_dir>/<prefix>.json`` records the count
     and the per-kind totals.
     """
-    from pfascannet.data.sampling import counts_by_kind  # noqa: PLC0415
-
     if num_shards < 1:
         raise PipelineError(f"num_shards must be >= 1, got {num_shards}")
     out_dir = os.fspath(out_dir)

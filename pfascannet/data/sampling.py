@@ -31,13 +31,17 @@ import threading
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
+import scipy.ndimage as ndi
+from skimage import measure
 
 from pfascannet import geometry, io_utils
 from pfascannet.camelyon import FROC_ITC_MAX_UM, LEVEL0_MPP
 from pfascannet.errors import PfaError
+from pfascannet.slide import annotations as ann_mod, tissue as tissue_mod
+from pfascannet.slide.reader import SlideReader
 
 KINDS = ("tumour", "normal", "boundary", "itc", "hard_negative")
-"""Every sample kind; the first four come from ``sample_patches``."""
+"""Every sample kind; the first four come from ``PatchSampler.sample``."""
 
 
 class SamplingError(PfaError, ValueError):
@@ -147,11 +151,6 @@ class PatchSample:
         """Level-0 pixel the label refers to."""
         return self.x + geometry.PATCH_CENTRE_PX, self.y + geometry.PATCH_CENTRE_PX
 
-    @property
-    def mask_origin_xy(self) -> tuple[int, int]:
-        """Level-0 top-left of the 512 mask centred in the patch."""
-        return self.x + geometry.MASK_OFFSET_PX, self.y + geometry.MASK_OFFSET_PX
-
 
 _SAMPLE_FIELDS = ("slide_id", "x", "y", "label", "kind")
 
@@ -193,10 +192,6 @@ class SlideTruth:
     """
 
     def __init__(self, entry: SlideEntry, grid_downsample: int = 16, tissue_downsample: int = 32):
-        from pfascannet.slide import annotations as ann_mod  # noqa: PLC0415
-        from pfascannet.slide import tissue as tissue_mod  # noqa: PLC0415
-        from pfascannet.slide.reader import SlideReader  # noqa: PLC0415
-
         self.entry = entry
         self.grid_downsample = int(grid_downsample)
         self.tissue_downsample = int(tissue_downsample)
@@ -225,7 +220,6 @@ class SlideTruth:
         w, h = int(size_wh[0]), int(size_wh[1])
         if self.annotations is None:
             return np.zeros((h, w), np.uint8)
-        from pfascannet.slide import annotations as ann_mod  # noqa: PLC0415
 
         m = ann_mod.rasterize(self.annotations, self.dimensions, downsample=1.0, origin_xy=tuple(int(v) for v in origin_xy), size_wh=(w, h))
         return (np.asarray(m) > 0).astype(np.uint8)
@@ -318,8 +312,6 @@ class PatchSampler:
 
     def _cells(self, kind: str) -> list[tuple[str, np.ndarray]]:
         """(slide id, [K, 2] grid (row, col) cells) where a kind's centres may fall."""
-        import scipy.ndimage as ndi  # noqa: PLC0415
-
         out = []
         for sid in self.slides:
             t = self.truth(sid)
@@ -340,8 +332,6 @@ class PatchSampler:
 
     def itc_centres(self) -> list[tuple[str, tuple[float, float]]]:
         """Level-0 (x, y) centroids of every lesion with major axis < ``itc_max_um``."""
-        from skimage import measure  # noqa: PLC0415
-
         out = []
         for sid in self.slides:
             t = self.truth(sid)
@@ -440,11 +430,6 @@ class PatchSampler:
         """
         off = (geometry.PATCH_PX - size_px) // 2
         return self.truth(sample.slide_id).mask_window((sample.x + off, sample.y + off), (size_px, size_px))
-
-
-def sample_patches(slides: Sequence[SlideEntry], config: SamplerConfig, seed: int) -> list[PatchSample]:
-    """Convenience: ``PatchSampler(slides, config).sample(seed)``."""
-    return PatchSampler(slides, config).sample(seed)
 
 
 # ---------------------------------------------------------------------------

@@ -21,9 +21,12 @@ import os
 from typing import Mapping, Sequence
 
 import numpy as np
+from skimage import measure
 
+from pfascannet import io_utils
 from pfascannet.camelyon import major_axis_length
 from pfascannet.errors import PfaError
+from pfascannet.evaluation import csv_rows
 
 THRESHOLDS = (0.5, 0.7, 0.9)
 """Probability thresholds at which regions are measured."""
@@ -96,8 +99,6 @@ def slide_features(prob: np.ndarray, um_per_px: float,
     Returns:
       {name: value} in the order of ``feature_names(thresholds)``.
     """
-    from skimage import measure  # noqa: PLC0415
-
     prob = np.asarray(prob, dtype=np.float32)
     if prob.ndim != 2:
         raise FeatureError(f"a probability map must be 2-D, got shape {prob.shape}")
@@ -145,8 +146,6 @@ def feature_matrix(features: Mapping[str, Mapping[str, float]], slides: Sequence
 def write_features_csv(path: str | os.PathLike, features: Mapping[str, Mapping[str, float]],
                        thresholds: Sequence[float] = THRESHOLDS) -> None:
     """Writes ``slide,<feature names>`` rows atomically (the stage's inspectable output)."""
-    from pfascannet import io_utils  # noqa: PLC0415
-
     names = feature_names(thresholds)
     lines = [",".join(["slide", *names])]
     for slide in sorted(features):
@@ -156,8 +155,6 @@ def write_features_csv(path: str | os.PathLike, features: Mapping[str, Mapping[s
 
 def read_features_csv(path: str | os.PathLike) -> dict[str, dict[str, float]]:
     """Reads a CSV written by ``write_features_csv``; a bad line is an error naming file and line."""
-    from pfascannet.evaluation import csv_rows  # noqa: PLC0415
-
     rows = csv_rows.read_rows(path, FeatureError)
     if not rows or rows[0][0] != 1 or rows[0][1][:1] != ["slide"]:
         raise FeatureError(f"{path}: expected a first line (header) starting with `slide`")

@@ -47,12 +47,16 @@ import os
 from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
+from scipy import ndimage
+from skimage import measure
 
 from pfascannet import io_utils
 from pfascannet.camelyon import (LEVEL0_MPP, MASK_DOWNSAMPLE, MASK_TUMOUR_VALUE, METASTASIS_CLASSES,
                                  froc_growth_limit_px, is_froc_itc, major_axis_length, node_class)
 from pfascannet.evaluation import csv_rows
 from pfascannet.errors import PfaError
+from pfascannet.slide import annotations
+from pfascannet.slide.reader import SlideReader
 
 FP_RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 """False positives per slide at which the average sensitivity is taken."""
@@ -125,9 +129,6 @@ def evaluation_mask(mask: np.ndarray, mpp: float = LEVEL0_MPP,
       int32 ``[rows, cols]`` labels, 0 = background, 1..n = grown lesions
       (holes filled, 8-connected).
     """
-    from scipy import ndimage  # noqa: PLC0415
-    from skimage import measure  # noqa: PLC0415
-
     tumour = tumour_from_mask(mask)
     if not tumour.any():
         # scipy's EDT of an all-nonzero image measures to nothing; no tumour, no lesions.
@@ -141,8 +142,6 @@ def evaluation_mask(mask: np.ndarray, mpp: float = LEVEL0_MPP,
 def itc_labels(labels: np.ndarray, mpp: float = LEVEL0_MPP,
                downsample: int = MASK_DOWNSAMPLE) -> set[int]:
     """Labels of the evaluation regions that are isolated tumour cells (major axis < 275 um)."""
-    from skimage import measure  # noqa: PLC0415
-
     return {int(p.label) for p in measure.regionprops(labels)
             if is_froc_itc(major_axis_length(p), mpp, downsample)}
 
@@ -153,8 +152,6 @@ def lesion_sizes_um(labels: np.ndarray, mask: np.ndarray, mpp: float = LEVEL0_MP
 
     Used for the size class of a lesion when no truth table gives it.
     """
-    from skimage import measure  # noqa: PLC0415
-
     tumour_labels = np.where(tumour_from_mask(mask), labels, 0)
     out = {int(lab): 0.0 for lab in np.unique(labels) if lab}
     for p in measure.regionprops(tumour_labels):
@@ -164,8 +161,6 @@ def lesion_sizes_um(labels: np.ndarray, mask: np.ndarray, mpp: float = LEVEL0_MP
 
 def tumour_mask_from_xml(path: str | os.PathLike, dimensions_xy: tuple[int, int]) -> np.ndarray:
     """Level-5 uint8 tumour mask (255 tumour) of an ASAP XML file."""
-    from pfascannet.slide import annotations  # noqa: PLC0415
-
     return annotations.rasterize(annotations.read_asap_xml(path), dimensions_xy,
                                  downsample=MASK_DOWNSAMPLE)
 
@@ -590,7 +585,6 @@ def _image_dimensions(slide: str, images_dir: Optional[str]) -> Optional[tuple[i
     image = _find(images_dir, [f"{slide}.tif", f"{slide}.tiff", f"{slide}.svs"])
     if not image:
         return None
-    from pfascannet.slide.reader import SlideReader  # noqa: PLC0415
 
     with SlideReader(image) as reader:
         return tuple(int(v) for v in reader.dimensions)
@@ -606,8 +600,6 @@ def slide_tumour_mask(slide: str, masks_dir: Optional[str] = None,
     ``<annotations_dir>/<slide>.xml`` rasterised at downsample 32 with the
     slide's level-0 size from ``dimensions_xy`` or from ``<images_dir>/<slide>.tif``.
     """
-    from pfascannet.slide import annotations  # noqa: PLC0415
-
     if masks_dir:
         path = _find(masks_dir, [f"{slide}_mask.tif", f"{slide}_mask.tiff", f"{slide}.tif", f"{slide}.tiff"])
         if path:

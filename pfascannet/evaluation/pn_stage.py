@@ -29,11 +29,13 @@ import os
 from typing import Mapping, Sequence
 
 import numpy as np
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.metrics import cohen_kappa_score
 
 from pfascannet import io_utils
 from pfascannet.camelyon import (NODE_SLIDE_RE, PATIENT_ZIP_RE, STAGES, StageError, normalize_node_label,
                                  normalize_stage, patient_of_slide, pn_stage_from_nodes, stage_rank)
-from pfascannet.evaluation import csv_rows
+from pfascannet.evaluation import csv_rows, features as feats
 
 
 def quadratic_kappa(reference: Sequence[str], predicted: Sequence[str]) -> float:
@@ -52,8 +54,6 @@ def quadratic_kappa(reference: Sequence[str], predicted: Sequence[str]) -> float
       kappa in [-1, 1]; 1.0 when every patient agrees (even if only one
       stage occurs, where sklearn's formula is 0/0).
     """
-    from sklearn.metrics import cohen_kappa_score  # noqa: PLC0415
-
     if len(reference) != len(predicted):
         raise StageError(f"kappa needs as many predictions as references, got "
                          f"{len(predicted)} and {len(reference)}")
@@ -223,8 +223,6 @@ def train_node_classifier(features: np.ndarray, labels: Sequence[str], seed: int
     Returns:
       The fitted ``sklearn.ensemble.RandomForestClassifier``.
     """
-    from sklearn.ensemble import RandomForestClassifier  # noqa: PLC0415
-
     x = np.asarray(features, dtype=np.float64)
     y = [normalize_node_label(v) for v in labels]
     if x.ndim != 2 or x.shape[0] != len(y):
@@ -263,8 +261,6 @@ def stage_cohort(slide_features: Mapping[str, Mapping[str, float]], train_labels
       ``(node_labels, stages)``: predicted label per test slide and
       pN-stage per test patient.
     """
-    from pfascannet.evaluation import features as feats  # noqa: PLC0415
-
     thresholds = tuple(thresholds or feats.THRESHOLDS)
     train = sorted(train_labels)
     clf = train_node_classifier(feats.feature_matrix(slide_features, train, thresholds),

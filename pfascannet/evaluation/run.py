@@ -2,7 +2,7 @@
 
 These are what the ``eval/`` scripts, ``experiments/table1.py`` and the demo
 run; the scripts only parse flags.  Each writes ``<name>.json`` and
-``<name>.md`` (``evaluation.report``) plus its plot, atomically, and returns
+``<name>.md`` (``evaluation.metric_reports``) plus its plot, atomically, and returns
 the report dict.  ``evaluate_scan`` scores a scan folder (ARCHITECTURE.md)
 against a cohort laid out like the synthetic one (or Camelyon with a
 ``slides.csv``-style reference).
@@ -15,11 +15,11 @@ from typing import Callable, Iterable, Mapping, Optional
 
 from pfascannet import camelyon
 from pfascannet.errors import PfaError
-from pfascannet.evaluation import features, froc, pn_stage, reference, report, slide_metrics
+from pfascannet.evaluation import features, froc, metric_reports, pn_stage, reference, slide_metrics
 
 
 def _title(base: str, note: Optional[str]) -> str:
-    return base + (" (synthetic cohort)" if note == report.SYNTHETIC_NOTE else "")
+    return base + (" (synthetic cohort)" if note == metric_reports.SYNTHETIC_NOTE else "")
 
 
 def froc_report(lesions_dir: str, refs: Mapping[str, reference.SlideRef], out_dir: str, *,
@@ -63,7 +63,7 @@ def froc_report(lesions_dir: str, refs: Mapping[str, reference.SlideRef], out_di
                                     "allow_missing": allow_missing, "mpp": mpp, "ignore_extra": ignore_extra,
                                     "exclude": exclude})
     rep["note"] = note
-    report.write_report(out_dir, "froc", rep, report.froc_markdown(rep, note))
+    metric_reports.write_report(out_dir, "froc", rep, metric_reports.froc_markdown(rep, note))
     curve = rep["curve"]
     froc.plot_froc(os.path.join(out_dir, "froc.png"), curve["avg_fps"], curve["sensitivity"],
                    title=_title("Camelyon16 FROC (FPs over all slides)", note),
@@ -109,7 +109,7 @@ def auc_report(scores: Mapping[str, float], refs: Mapping[str, reference.SlideRe
     rep = slide_metrics.auc_with_ci(labels, values, n_bootstrap=n_bootstrap, seed=seed)
     rep["slides"] = [{"slide": n, "tumour": y, "score": s} for n, y, s in zip(names, labels, values)]
     rep["note"] = note
-    report.write_report(out_dir, "auc", rep, report.auc_markdown(rep, note))
+    metric_reports.write_report(out_dir, "auc", rep, metric_reports.auc_markdown(rep, note))
     slide_metrics.plot_roc(os.path.join(out_dir, "roc.png"), labels, values,
                            title=_title("Slide-level ROC", note))
     return rep
@@ -175,7 +175,7 @@ def pn_stage_report(maps_dir: str, refs: Mapping[str, reference.SlideRef], out_d
     rep["predicted_stages"] = patient_stages
     rep["reference_stages"] = dict(truth.stages)
     rep["note"] = note
-    report.write_report(out_dir, "pn_stage", rep, report.kappa_markdown(rep, note))
+    metric_reports.write_report(out_dir, "pn_stage", rep, metric_reports.kappa_markdown(rep, note))
     return rep
 
 
@@ -194,7 +194,7 @@ def evaluate_scan(scan_dir: str, cohort_dir: str, out_dir: str, *, split: str = 
     slides_csv = os.path.join(cohort_dir, "slides.csv")
     refs_all = reference.read_reference(slides_csv)
     refs = reference.select_split(refs_all, split, source=slides_csv)
-    note = report.synthetic_note_for(slides_csv)
+    note = metric_reports.synthetic_note_for(slides_csv)
     lesions_csv = os.path.join(cohort_dir, "lesions.csv")
     stages_csv = os.path.join(cohort_dir, "stages.csv")
     scores_csv = os.path.join(scan_dir, "slide_scores.csv")

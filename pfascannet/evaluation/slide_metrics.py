@@ -11,6 +11,7 @@ import os
 from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from pfascannet import io_utils
 from pfascannet.camelyon import slide_id
@@ -64,8 +65,6 @@ def auc_with_ci(labels: Sequence[int], scores: Sequence[float], n_bootstrap: int
     Returns:
       ``{"auc", "auc_ci": [lo, hi] or None, "n_slides", "n_tumour", "n_normal", "bootstrap"}``.
     """
-    from sklearn.metrics import roc_auc_score  # noqa: PLC0415
-
     y = np.asarray(labels, dtype=int)
     s = np.asarray(scores, dtype=np.float64)
     if y.shape != s.shape or y.ndim != 1:
@@ -129,7 +128,6 @@ def plot_roc(path: str | os.PathLike, labels: Sequence[int], scores: Sequence[fl
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
-    from sklearn.metrics import roc_auc_score, roc_curve  # noqa: PLC0415
 
     fpr, tpr, _ = roc_curve(labels, scores)
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)

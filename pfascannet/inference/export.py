@@ -51,6 +51,7 @@ The ``.keras`` file loads under any Keras backend.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import zipfile
@@ -272,8 +273,6 @@ class SavedModelDetector(_GeometryMixin):
 
     def at_roi_px(self, side_px: int) -> "SavedModelDetector | None":
         """This SavedModel serving ROIs of ``side_px`` through its ``serve_any_side`` endpoint (None if it has none)."""
-        import copy  # noqa: PLC0415
-
         import tensorflow as tf  # noqa: PLC0415
 
         endpoint = getattr(self._loaded, "serve_any_side", None)

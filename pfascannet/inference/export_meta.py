@@ -13,6 +13,7 @@ import os
 from typing import Optional, Sequence
 
 from pfascannet.errors import PfaError
+from pfascannet.io_utils import is_temp_name
 
 EXPORT_JSON = "export.json"
 
@@ -92,8 +93,6 @@ def files_digest(path: str | os.PathLike) -> str:
     (name, size, mtime), so a big SavedModel is hashed once per load, not per
     slide; hidden temporaries (``io_utils.is_temp_name``) are left out.
     """
-    from pfascannet.io_utils import is_temp_name  # noqa: PLC0415
-
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
         files = []

@@ -63,7 +63,7 @@ def write_map_tiff(path: str, prob_map: np.ndarray, map_mpp: Optional[float]) ->
         path,
         (cols, rows),
         tile_source,
-        tile_px=256,
+        tiff_tile_px=256,
         mpp=map_mpp,
         compression="deflate",
         channels=1,

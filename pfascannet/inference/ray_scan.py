@@ -46,7 +46,7 @@ import traceback
 from typing import Callable, Optional, Sequence
 
 from pfascannet.errors import PfaError
-from pfascannet.inference import engine, outputs
+from pfascannet.inference import engine, outputs, runs as runs_lib
 from pfascannet.inference.scan_options import ScanError, ScanOptions
 from pfascannet.inference.scan_summary import ScanSummary, SlideScanResult, write_scan_config
 from pfascannet.inference.slide_list import list_slides, shard_slides
@@ -111,8 +111,6 @@ _LOADED: dict = {}  # one worker process keeps the model of its last task: its n
 
 
 def _runs_for(specs) -> list:
-    from pfascannet.inference import runs as runs_lib  # noqa: PLC0415  (imports Keras)
-
     key = pickle.dumps(specs)
     if key not in _LOADED:
         _LOADED.clear()

@@ -197,7 +197,7 @@ def _resolve(model_path, alpha, roi, mode, batch, memory_budget_bytes, precision
 
 def rebuild_at_alpha(detector, alpha: int, roi_px: int):
     """The same weights as a KerasDetector at another alpha (layers matched by name)."""
-    from pfascannet.inference import export  # noqa: PLC0415
+    from pfascannet.inference import export  # noqa: PLC0415  (imports Keras)
 
     model = getattr(detector, "model", None)
     if model is None:

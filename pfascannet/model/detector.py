@@ -34,7 +34,7 @@ from pfascannet.model.dense_pooling import dense_pooling_for_level
 from pfascannet.model.imagenet import CaffeNormalisation
 from pfascannet.model.pfe import pfe_block
 from pfascannet.model.precision import dtype_policy, model_precision
-from pfascannet.model.trunk import vgg16_trunk
+from pfascannet.model.trunk import trunk_macs, vgg16_trunk
 
 TUMOUR_CHANNEL = 1
 """Channel of the softmax outputs that is the tumour probability."""
@@ -289,8 +289,6 @@ def detector_macs(side_px: int, config: ModelConfig, alpha: int = 1) -> int:
     plus the PFE convolutions at levels 3-5 and the 1x1 classifier; average
     pooling is additions only and not counted.
     """
-    from pfascannet.model.trunk import trunk_macs  # noqa: PLC0415
-
     k = geometry.GLOBAL_CONV_K
     macs = trunk_macs(side_px, config)
     sides = geometry.feature_sides(side_px)

@@ -40,12 +40,16 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
+import defusedxml
+import defusedxml.ElementTree as DET
 import numpy as np
+import tifffile
 
 from pfascannet import io_utils
 from pfascannet.camelyon import (EXCLUSION_GROUPS, MASK_DOWNSAMPLE, MASK_LEVEL, MASK_TUMOUR_VALUE,
                                  TUMOUR_GROUPS)
 from pfascannet.errors import PfaError
+from pfascannet.slide.tiff_writer import pyramid_dimensions, write_pyramid_tiff
 
 # Annotation types that enclose an area; Dot / PointSet carry no region.
 AREA_TYPES = frozenset({"polygon", "spline", "rectangle"})
@@ -142,9 +146,6 @@ def read_asap_xml(path: str | os.PathLike) -> list[Annotation]:
     Raises:
       AnnotationError: missing, empty, malformed, hostile or non-ASAP file.
     """
-    import defusedxml  # noqa: PLC0415
-    import defusedxml.ElementTree as DET  # noqa: PLC0415
-
     path = os.fspath(path)
     if not os.path.exists(path):
         raise AnnotationError(f"{path}: no such annotation file")
@@ -408,8 +409,6 @@ def mask_level_count(dimensions_xy: tuple[int, int], min_side_px: int = 512) -> 
 
     Six levels guarantee Camelyon's level-5 page (downsample 32) on any slide.
     """
-    from pfascannet.slide.tiff_writer import pyramid_dimensions  # noqa: PLC0415
-
     return max(len(pyramid_dimensions(dimensions_xy, min_side_px)), MASK_LEVEL + 1)
 
 
@@ -419,7 +418,7 @@ def write_mask_tiff(
     dimensions_xy: tuple[int, int],
     mpp: Optional[float] = None,
     *,
-    tile_px: int = 512,
+    tiff_tile_px: int = 512,
 ) -> None:
     """Writes a Camelyon-style pyramidal mask TIFF (tumour 255, one channel), atomically.
 
@@ -437,13 +436,11 @@ def write_mask_tiff(
       dimensions_xy: the slide's level-0 ``(width, height)``.
       mpp: microns per level-0 pixel, written as resolution tags (OpenSlide
         reports it as ``openslide.mpp-x``); None writes none.
-      tile_px: tile side, a multiple of 16.
+      tiff_tile_px: tile side, a multiple of 16.
 
     Raises:
       AnnotationError: non-positive dimensions.
     """
-    from pfascannet.slide.tiff_writer import write_pyramid_tiff  # noqa: PLC0415
-
     width0, height0 = int(dimensions_xy[0]), int(dimensions_xy[1])
     if width0 <= 0 or height0 <= 0:
         raise AnnotationError(f"{os.fspath(path)}: slide dimensions must be positive, got {dimensions_xy}")
@@ -452,8 +449,8 @@ def write_mask_tiff(
     # The writer asks for one tile at a time, from worker threads, a row of
     # tiles at a time. Rasterising a band of up to ``chunk_px`` columns once and
     # slicing its tiles costs one scan conversion per band instead of one per
-    # tile; only the current row's bands are kept (<= W x tile_px bytes).
-    chunk_px = max(tile_px, (8192 // tile_px) * tile_px)
+    # tile; only the current row's bands are kept (<= W x tiff_tile_px bytes).
+    chunk_px = max(tiff_tile_px, (8192 // tiff_tile_px) * tiff_tile_px)
     bands: dict[tuple[int, int, int], list] = {}
     bands_lock = threading.Lock()
 
@@ -484,7 +481,7 @@ def write_mask_tiff(
         path,
         (width0, height0),
         lambda x, y, w, h: level_source(0, x, y, w, h),
-        tile_px=tile_px,
+        tiff_tile_px=tiff_tile_px,
         mpp=mpp,
         compression="deflate",
         channels=1,
@@ -504,8 +501,6 @@ def read_mask_level(path: str | os.PathLike, downsample: int = MASK_DOWNSAMPLE) 
     Raises:
       AnnotationError: missing or unreadable file, or no page at that downsample.
     """
-    import tifffile  # noqa: PLC0415
-
     path = os.fspath(path)
     if not os.path.exists(path):
         raise AnnotationError(f"{path}: no such mask file")

@@ -6,13 +6,16 @@ name says otherwise; the level a region is read at is always explicit.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
 import threading
 from typing import Optional
 
+import cv2
 import numpy as np
+import tifffile
 
 from pfascannet.errors import PfaError
 
@@ -217,8 +220,6 @@ class SlideReader:
         Returns:
           Shape ``(ceil(H / downsample), ceil(W / downsample), 3)``.
         """
-        import cv2  # noqa: PLC0415
-
         ds = float(downsample)
         if not ds > 0 or not math.isfinite(ds):
             raise SlideError(f"{self.path}: downsample must be a positive number, got {downsample}")
@@ -291,10 +292,6 @@ def _tiff_problem(path: str, size: int, *, opened: bool) -> Optional[str]:
     ``opened``: whether OpenSlide opened the file; if it did, a file that
     tifffile cannot parse is let through (OpenSlide knows more formats).
     """
-    import logging  # noqa: PLC0415
-
-    import tifffile  # noqa: PLC0415
-
     log = logging.getLogger("tifffile")
     level = log.level
     log.setLevel(logging.CRITICAL)  # tifffile logs what we are about to report

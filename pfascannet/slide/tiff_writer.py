@@ -14,7 +14,7 @@ Signature::
 
     write_pyramid_tiff(
         path, dimensions_xy, tile_source, *,
-        tile_px=512, mpp=LEVEL0_MPP, compression="jpeg" | "deflate" | "none",
+        tiff_tile_px=512, mpp=LEVEL0_MPP, compression="jpeg" | "deflate" | "none",
         channels=3 | 1, dtype=np.uint8, background=None, quality=90,
         resample="mean" | "nearest" | "max", level_source=None,
         min_side_px=1024, num_levels=None, workers=None, description=None,
@@ -44,7 +44,9 @@ import concurrent.futures
 import os
 from typing import Callable, Optional, Sequence
 
+import imagecodecs
 import numpy as np
+import tifffile
 
 from pfascannet.camelyon import LEVEL0_MPP
 from pfascannet.errors import PfaError
@@ -84,7 +86,7 @@ def write_pyramid_tiff(
     dimensions_xy: Sequence[int],
     tile_source: TileSource,
     *,
-    tile_px: int = 512,
+    tiff_tile_px: int = 512,
     mpp: Optional[float] = LEVEL0_MPP,
     compression: str = "jpeg",
     channels: int = 3,
@@ -105,7 +107,7 @@ def write_pyramid_tiff(
       dimensions_xy: level-0 ``(width, height)`` in pixels.
       tile_source: ``(x, y, w, h) -> array | None`` giving level-0 regions
         (``None`` = all background); see the module docstring.
-      tile_px: tile side, a multiple of 16 (TIFF) and of 16 for JPEG 4:2:0.
+      tiff_tile_px: tile side, a multiple of 16 (TIFF) and of 16 for JPEG 4:2:0.
       mpp: microns per level-0 pixel, written as resolution in pixels per
         centimetre (level L gets ``mpp * 2**L``); ``None`` writes none.
       compression: ``"jpeg"`` (uint8 only; RGB is stored YCbCr 4:2:0 as
@@ -133,13 +135,11 @@ def write_pyramid_tiff(
     Raises:
       TiffWriteError: invalid arguments, or a tile of the wrong shape/dtype.
     """
-    import tifffile  # noqa: PLC0415
-
     width, height = int(dimensions_xy[0]), int(dimensions_xy[1])
     if width < 1 or height < 1:
         raise TiffWriteError(f"slide dimensions must be positive, got {tuple(dimensions_xy)}")
-    if tile_px < 16 or tile_px % 16:
-        raise TiffWriteError(f"tile_px must be a positive multiple of 16, got {tile_px}")
+    if tiff_tile_px < 16 or tiff_tile_px % 16:
+        raise TiffWriteError(f"tiff_tile_px must be a positive multiple of 16, got {tiff_tile_px}")
     if compression not in _COMPRESSIONS:
         raise TiffWriteError(f"compression must be one of {_COMPRESSIONS}, got {compression!r}")
     if channels not in (1, 3):
@@ -158,7 +158,7 @@ def write_pyramid_tiff(
     workers = workers or min(os.cpu_count() or 1, 4)
 
     dims = pyramid_dimensions((width, height), min_side_px, num_levels)
-    tile_shape = (tile_px, tile_px, channels) if channels == 3 else (tile_px, tile_px)
+    tile_shape = (tiff_tile_px, tiff_tile_px, channels) if channels == 3 else (tiff_tile_px, tiff_tile_px)
     sample_shape = (channels,) if channels == 3 else ()
     encode = _encoder(compression, channels, quality)
     blank = np.full(tile_shape, background, dtype)
@@ -178,7 +178,7 @@ def write_pyramid_tiff(
             raise TiffWriteError(f"tile source gave shape {tile.shape} at {where}, expected {(h, w, *sample_shape)}")
         if tile.dtype != dtype:
             raise TiffWriteError(f"tile source gave dtype {tile.dtype} at {where}, expected {dtype}")
-        if (h, w) != (tile_px, tile_px):
+        if (h, w) != (tiff_tile_px, tiff_tile_px):
             full = np.full(tile_shape, background, dtype)
             full[:h, :w] = tile
             tile = full
@@ -202,7 +202,7 @@ def write_pyramid_tiff(
             need_next = level + 1 < len(dims) and level_source is None
             next_file = os.path.join(scratch, f"level{level + 1}.raw") if need_next else None
             tiles = _level_tiles(
-                level, (lw, lh), tile_px, pool, tile_source, level_source, prev_file, next_file,
+                level, (lw, lh), tiff_tile_px, pool, tile_source, level_source, prev_file, next_file,
                 fit, is_blank, encode_or_blank, resample, dtype, sample_shape, background,
             )
             kwargs = {}
@@ -215,7 +215,7 @@ def write_pyramid_tiff(
                 data=tiles,
                 shape=(lh, lw, *sample_shape),
                 dtype=dtype,
-                tile=(tile_px, tile_px),
+                tile=(tiff_tile_px, tiff_tile_px),
                 photometric="rgb" if channels == 3 else "minisblack",
                 compression=None if compression == "none" else compression,
                 subfiletype=0 if level == 0 else 1,
@@ -231,8 +231,6 @@ def write_pyramid_tiff(
 
 
 def _encoder(compression: str, channels: int, quality: int) -> Callable[[np.ndarray], bytes]:
-    import imagecodecs  # noqa: PLC0415
-
     if compression == "jpeg":
         if channels == 3:
             # What tifffile itself writes for photometric RGB + JPEG: YCbCr 4:2:0.
@@ -259,7 +257,7 @@ def _downsample2(tile: np.ndarray, resample: str) -> np.ndarray:
 
 
 def _level_tiles(
-    level, dims, tile_px, pool, tile_source, level_source, prev_file, next_file,
+    level, dims, tiff_tile_px, pool, tile_source, level_source, prev_file, next_file,
     fit, is_blank, encode_or_blank, resample, dtype, sample_shape, background,
 ):
     """Yields the encoded tiles of one level in row-major order.
@@ -270,15 +268,15 @@ def _level_tiles(
     appended there for the next level.
     """
     lw, lh = dims
-    cols, rows = -(-lw // tile_px), -(-lh // tile_px)
-    half = tile_px // 2
+    cols, rows = -(-lw // tiff_tile_px), -(-lh // tiff_tile_px)
+    half = tiff_tile_px // 2
     next_w, next_h = -(-lw // 2), -(-lh // 2)
     row_bytes = lw * int(np.prod(sample_shape or (1,))) * dtype.itemsize
     out = open(next_file, "wb") if next_file else None
     try:
         for r in range(rows):
-            y = r * tile_px
-            th = min(tile_px, lh - y)
+            y = r * tiff_tile_px
+            th = min(tiff_tile_px, lh - y)
             band = None
             if level > 0 and level_source is None:
                 # The previous level wrote exactly lh rows of lw samples.
@@ -286,8 +284,8 @@ def _level_tiles(
                                    offset=y * row_bytes).reshape(th, lw, *sample_shape)
 
             def one(c, y=y, th=th, band=band):
-                x = c * tile_px
-                tw = min(tile_px, lw - x)
+                x = c * tiff_tile_px
+                tw = min(tiff_tile_px, lw - x)
                 where = f"level {level} ({x}, {y}, {tw}, {th})"
                 if level == 0:
                     tile = fit(tile_source(x, y, tw, th), tw, th, where)

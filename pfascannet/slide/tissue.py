@@ -29,6 +29,7 @@ import math
 import os
 from typing import TYPE_CHECKING, Optional
 
+import cv2
 import numpy as np
 
 from pfascannet import io_utils
@@ -108,8 +109,6 @@ def tissue_mask_from_rgb(
     See :func:`tissue_mask`; this is its image-only half, for thumbnails
     already in memory.
     """
-    import cv2  # noqa: PLC0415
-
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise TissueError(f"expected an RGB uint8 (h, w, 3) image, got {rgb.dtype} {rgb.shape}")
@@ -143,8 +142,6 @@ def _odd(size: float) -> int:
 
 
 def _remove_small_objects(mask: np.ndarray, min_area_px: float) -> np.ndarray:
-    import cv2  # noqa: PLC0415
-
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     keep = stats[:, cv2.CC_STAT_AREA] >= min_area_px
     keep[0] = False  # label 0 is the background
@@ -152,8 +149,6 @@ def _remove_small_objects(mask: np.ndarray, min_area_px: float) -> np.ndarray:
 
 
 def _fill_small_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
-    import cv2  # noqa: PLC0415
-
     # Background components not touching the border are holes; 4-connectivity
     # for the background pairs with 8-connectivity for tissue.
     background = (mask == 0).astype(np.uint8)
@@ -169,8 +164,6 @@ def _fill_small_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
 
 def save_tissue_png(path: str | os.PathLike, mask: np.ndarray) -> None:
     """Saves a tissue mask as a PNG (255 = tissue, 0 = background), atomically."""
-    import cv2  # noqa: PLC0415
-
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise TissueError(f"tissue mask must be 2-D, got shape {mask.shape}")
@@ -181,8 +174,6 @@ def save_tissue_png(path: str | os.PathLike, mask: np.ndarray) -> None:
 
 def read_tissue_png(path: str | os.PathLike, shape: Optional[tuple[int, int]] = None) -> np.ndarray:
     """Reads a tissue PNG (non-zero = tissue) as bool ``(h, w)``; checks ``shape`` if given."""
-    import cv2  # noqa: PLC0415
-
     path = os.fspath(path)
     if not os.path.exists(path):
         raise TissueError(f"{path}: no such tissue mask file")

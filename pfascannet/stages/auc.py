@@ -16,7 +16,7 @@ import os
 from absl import flags
 
 from pfascannet.errors import PfaError
-from pfascannet.evaluation import reference, report, run, slide_metrics
+from pfascannet.evaluation import metric_reports, reference, run, slide_metrics
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("scores", None, "name,probability CSV of slide scores.")
@@ -49,7 +49,7 @@ def main(argv):
                                          ignore_extra=FLAGS.ignore_extra)
     rep = run.auc_report(scores, refs, FLAGS.out, missing_score=FLAGS.missing_score,
                          n_bootstrap=FLAGS.n_bootstrap, seed=FLAGS.seed,
-                         note=FLAGS.note or report.synthetic_note_for(FLAGS.reference),
+                         note=FLAGS.note or metric_reports.synthetic_note_for(FLAGS.reference),
                          known_slides=all_refs, ignore_extra=FLAGS.ignore_extra,
                          source=FLAGS.scores or FLAGS.lesions_dir)
     ci = rep["auc_ci"]

@@ -21,9 +21,14 @@ from __future__ import annotations
 import os
 import sys
 
+import cv2
+import numpy as np
 from absl import flags
 
 from pfascannet.errors import PfaError
+from pfascannet.io_utils import write_json
+from pfascannet.model.equivalence import compare_dense_to_patches, structured_roi
+from pfascannet.slide.reader import SlideReader
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Export directory, .keras file, or SavedModel directory.", required=True)
@@ -40,33 +45,21 @@ flags.DEFINE_integer("shift_px", 0, "Offset the patches by this many px (a contr
 flags.DEFINE_string("json_out", None, "Also write the result as JSON here.")
 
 
-class CheckError(PfaError):
-    """Bad input to the equivalence check."""
-
-
 def _read_roi(lr: int):
-    import numpy as np  # noqa: PLC0415
-
-    from pfascannet.model.equivalence import structured_roi  # noqa: PLC0415
-
     if FLAGS.slide and FLAGS.image:
-        raise CheckError("give --slide or --image, not both")
+        raise PfaError("give --slide or --image, not both")
     if FLAGS.slide:
-        from pfascannet.slide.reader import SlideReader  # noqa: PLC0415
-
         with SlideReader(FLAGS.slide) as reader:
             roi = reader.read_region((FLAGS.x, FLAGS.y), 0, (lr, lr))
         return np.ascontiguousarray(roi[..., :3], dtype=np.uint8), f"{FLAGS.slide} at ({FLAGS.x}, {FLAGS.y})"
     if FLAGS.image:
-        import cv2  # noqa: PLC0415
-
         if not os.path.isfile(FLAGS.image):
             raise FileNotFoundError(f"no image at {FLAGS.image}")
         bgr = cv2.imread(FLAGS.image, cv2.IMREAD_COLOR)
         if bgr is None:
-            raise CheckError(f"cannot read {FLAGS.image} as an image")
+            raise PfaError(f"cannot read {FLAGS.image} as an image")
         if bgr.shape[0] < lr or bgr.shape[1] < lr:
-            raise CheckError(f"{FLAGS.image} is {bgr.shape[1]}x{bgr.shape[0]}, smaller than the ROI side {lr}")
+            raise PfaError(f"{FLAGS.image} is {bgr.shape[1]}x{bgr.shape[0]}, smaller than the ROI side {lr}")
         return np.ascontiguousarray(bgr[:lr, :lr, ::-1]), FLAGS.image
     return structured_roi(lr, FLAGS.seed), f"structured test ROI (seed {FLAGS.seed})"
 
@@ -74,12 +67,11 @@ def _read_roi(lr: int):
 def main(argv):
     del argv
     from pfascannet.inference import export  # noqa: PLC0415  (imports Keras: after flag parsing)
-    from pfascannet.model.equivalence import compare_dense_to_patches  # noqa: PLC0415
 
     if FLAGS.positions < 4:
-        raise CheckError(f"--positions must be >= 4 (the four corners), got {FLAGS.positions}")
+        raise PfaError(f"--positions must be >= 4 (the four corners), got {FLAGS.positions}")
     if FLAGS.tolerance <= 0:
-        raise CheckError(f"--tolerance must be > 0, got {FLAGS.tolerance}")
+        raise PfaError(f"--tolerance must be > 0, got {FLAGS.tolerance}")
     dense = export.load_detector(FLAGS.model, format=FLAGS.format, roi_px=FLAGS.roi_px)
     patch = dense
     if isinstance(dense, export.SavedModelDetector):
@@ -100,8 +92,6 @@ def main(argv):
     print(f"spread       {report.spread:.6g} (max - min tumour probability over the dense tile)")
     print(f"max |diff|   {report.max_abs_diff:.3g} (tolerance {FLAGS.tolerance:g}): {'OK' if ok else 'MISMATCH'}")
     if FLAGS.json_out:
-        from pfascannet.io_utils import write_json  # noqa: PLC0415
-
         write_json(FLAGS.json_out, {
             "model": FLAGS.model, "alpha": dense.alpha, "roi_px": dense.roi_px, "tile_px": dense.tile_px,
             "roi": source, "shift_px": FLAGS.shift_px, "positions": report.positions,

@@ -27,6 +27,9 @@ import sys
 
 from absl import flags
 
+from pfascannet import heldout, io_utils, workflow
+from pfascannet.errors import PfaError
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("weights", None, "Training weights (.weights.h5) to evaluate.")
 flags.DEFINE_string("config", "small", "Model config of the weights.")
@@ -35,9 +38,6 @@ flags.DEFINE_string("workdir", None, "Folder for the cohorts, the export and the
 flags.DEFINE_string("out", None, "Where to write the JSON report (default <workdir>/heldout.json).")
 
 def main(argv):
-    from pfascannet import heldout, io_utils, workflow  # noqa: PLC0415
-    from pfascannet.errors import PfaError  # noqa: PLC0415
-
     if len(argv) > 1:
         raise PfaError(f"unexpected arguments {argv[1:]}")
     if not FLAGS.weights or not os.path.isfile(FLAGS.weights):

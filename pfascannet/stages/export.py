@@ -23,6 +23,10 @@ import os
 
 from absl import flags
 
+from pfascannet import geometry
+from pfascannet.inference.export_meta import ExportError
+from pfascannet.model.config import get_config
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A training run folder (uses its final.weights.h5 and config.json).")
 flags.DEFINE_string("weights", None, "A .weights.h5 of the training model (instead of --workdir).")
@@ -37,10 +41,6 @@ flags.DEFINE_string("out", None, "Export folder.")
 
 
 def main(argv):
-    from pfascannet import geometry  # noqa: PLC0415  (light: no Keras)
-    from pfascannet.inference.export_meta import ExportError  # noqa: PLC0415
-    from pfascannet.model.config import get_config  # noqa: PLC0415  (light: no Keras)
-
     # Every flag and input is checked before TensorFlow / Keras are imported
     # (6-11 s) and before any weights load.
     if len(argv) > 1:
@@ -76,8 +76,8 @@ def main(argv):
     elif not os.path.isfile(FLAGS.checkpoint + ".index"):
         raise ExportError(f"{FLAGS.checkpoint}: no such checkpoint (expected {FLAGS.checkpoint}.index)")
 
-    from pfascannet.inference.export import export_detector  # noqa: PLC0415
-    from pfascannet.inference import model_io  # noqa: PLC0415
+    from pfascannet.inference.export import export_detector  # noqa: PLC0415  (imports Keras)
+    from pfascannet.inference import model_io  # noqa: PLC0415  (imports Keras)
 
     source = weights or FLAGS.checkpoint
     try:
@@ -111,7 +111,7 @@ def _check_weights_file(path: str, config, error) -> None:
     if head != _HDF5_MAGIC:
         raise error(f"{path}: not a Keras .weights.h5 file (not HDF5: it starts with {head[:8]!r})")
     try:
-        import h5py  # noqa: PLC0415
+        import h5py  # noqa: PLC0415  (comes with Keras; only this check needs it)
     except ImportError:  # pragma: no cover - h5py comes with Keras
         return
     try:

@@ -26,7 +26,7 @@ from absl import flags
 
 from pfascannet.camelyon import LEVEL0_MPP
 from pfascannet.errors import PfaError
-from pfascannet.evaluation import froc, reference, report, run
+from pfascannet.evaluation import froc, metric_reports, reference, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("lesions_dir", None, "Folder of <slide>.csv lesion files (confidence,X,Y).")
@@ -65,7 +65,7 @@ def main(argv):
                           annotations_dir=FLAGS.annotations_dir, images_dir=FLAGS.images_dir,
                           truth_lesions=FLAGS.truth_lesions, allow_missing=FLAGS.allow_missing, mpp=FLAGS.mpp,
                           n_bootstrap=FLAGS.n_bootstrap, seed=FLAGS.seed, class_threshold=FLAGS.class_threshold,
-                          note=FLAGS.note or report.synthetic_note_for(FLAGS.reference), inputs=inputs,
+                          note=FLAGS.note or metric_reports.synthetic_note_for(FLAGS.reference), inputs=inputs,
                           known_slides=all_refs, ignore_extra=FLAGS.ignore_extra, exclude=exclude,
                           reference_name=FLAGS.reference)
     if exclude:

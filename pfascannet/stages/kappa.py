@@ -12,7 +12,7 @@ from __future__ import annotations
 from absl import flags
 
 from pfascannet.errors import PfaError
-from pfascannet.evaluation import pn_stage, report
+from pfascannet.evaluation import metric_reports, pn_stage
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("submission", None, "Camelyon17 submission CSV (patient,stage).")
@@ -33,10 +33,10 @@ def main(argv):
         rep = pn_stage.score_submission(ref, sub)
     except pn_stage.StageError as exc:
         raise PfaError(f"{FLAGS.submission} against {FLAGS.reference}: {exc}") from None
-    note = FLAGS.note or report.synthetic_note_for(FLAGS.reference)
+    note = FLAGS.note or metric_reports.synthetic_note_for(FLAGS.reference)
     rep["note"] = note
     print(f"kappa_quadratic = {rep['kappa_quadratic']:.4f}  over {rep['n_patients']} patients "
           f"(stages in clinical order {' < '.join(pn_stage.STAGES)})")
     if FLAGS.out:
-        _, md = report.write_report(FLAGS.out, "kappa", rep, report.kappa_markdown(rep, note))
+        _, md = metric_reports.write_report(FLAGS.out, "kappa", rep, metric_reports.kappa_markdown(rep, note))
         print(f"report: {md}")

@@ -20,7 +20,7 @@ import os
 from absl import flags
 
 from pfascannet.errors import PfaError
-from pfascannet.evaluation import reference, report, run
+from pfascannet.evaluation import metric_reports, reference, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("maps_dir", None, "Folder of <slide>.npy probability maps with their .json.")
@@ -42,7 +42,7 @@ def main(argv):
     rep = run.pn_stage_report(FLAGS.maps_dir, refs, FLAGS.out, stages=FLAGS.stages,
                               train_split=FLAGS.train_split, test_split=FLAGS.test_split, seed=FLAGS.seed,
                               n_estimators=FLAGS.n_estimators,
-                              note=FLAGS.note or report.synthetic_note_for(FLAGS.reference))
+                              note=FLAGS.note or metric_reports.synthetic_note_for(FLAGS.reference))
     print(f"submission: {os.path.join(FLAGS.out, 'submission.csv')}")
     if rep is None:
         print("no truth for the test patients: kappa not computed")

@@ -30,6 +30,10 @@ import sys
 
 from absl import flags, logging
 
+from pfascannet import geometry
+from pfascannet.cliutil import fail
+from pfascannet.inference import engine, ray_scan, runs, scan_options, slide_list
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Export directory, .keras file or SavedModel directory.")
 flags.DEFINE_string("slides", None, "A slide, a folder of slides (or a cohort with images/), or a list file (.txt/.csv).")
@@ -70,11 +74,8 @@ def main(argv) -> None:
     for name in ("model", "slides", "out"):
         if not getattr(FLAGS, name):
             _usage(f"--{name} is required")
-    from pfascannet.inference import engine, runs, scan_options, slide_list  # noqa: PLC0415  (no Keras yet)
 
     if FLAGS.ray is not None:
-        from pfascannet.inference import ray_scan  # noqa: PLC0415
-
         ray_scan.import_ray()  # not installed: one line, before anything else
 
     # Every flag and input is checked here, before the (slow) model load.
@@ -101,7 +102,6 @@ def main(argv) -> None:
             _usage(f"--roi must be an integer or 'auto', got {FLAGS.roi!r}")
     if FLAGS.memory_gb is not None and not FLAGS.memory_gb > 0:
         _usage(f"--memory_gb must be a positive number of GiB, got {FLAGS.memory_gb}")
-    from pfascannet import geometry  # noqa: PLC0415
 
     for name in ("alpha", "ensemble_alpha"):
         if getattr(FLAGS, name) is not None:
@@ -149,8 +149,6 @@ def _check_slides(slides) -> None:
     Slides that exist but cannot be scanned (unreadable, no pixel size) among
     others that can are left to the scan, which names each as failed (exit 1).
     """
-    from pfascannet.inference import slide_list  # noqa: PLC0415
-
     missing = [p for p in slides if not os.path.exists(p)]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -162,8 +160,6 @@ def _check_slides(slides) -> None:
 
 
 def _usage(message: str) -> None:
-    from pfascannet.cliutil import fail  # noqa: PLC0415
-
     fail(message)
 
 

@@ -22,11 +22,14 @@ measure the pipeline, not clinical accuracy; the table says so.
 from __future__ import annotations
 
 import os
+import platform
 import time
 
 from absl import flags
 
+from pfascannet import geometry, io_utils, results_page, workflow
 from pfascannet.errors import PfaError
+from pfascannet.evaluation import run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Output folder (cohort, runs, exports, scans, reports, table1.md).")
@@ -48,11 +51,8 @@ MODELS = (("wo_sl", False, 0, 16), ("sl", True, 0, 16), ("ens_a16", True, 1, 16)
 def main(argv):
     if len(argv) > 1:
         raise PfaError(f"unexpected arguments {argv[1:]}; all inputs are flags")
-    import platform  # noqa: PLC0415
 
-    from pfascannet import geometry, io_utils, reporting, workflow  # noqa: PLC0415
-    from pfascannet.evaluation import run  # noqa: PLC0415
-    from pfascannet.training.trainer import TrainSettings, scratch_recipe  # noqa: PLC0415
+    from pfascannet.training.trainer import TrainSettings, scratch_recipe  # noqa: PLC0415  (imports TensorFlow and Keras)
 
     out = os.path.abspath(FLAGS.out)
     patients = FLAGS.patients or (6 if FLAGS.quick else 10)
@@ -115,12 +115,12 @@ def main(argv):
                                n_bootstrap=FLAGS.n_bootstrap, warn=log)
         reports[name] = ev
         timing = workflow.scan_timing(os.path.join(out, f"scan_{name}"))
-        rows.append(reporting.results_row(labels[name], ev, timing))
+        rows.append(results_page.results_row(labels[name], ev, timing))
     rows.append({"method": "PFA-ScanNet, patch-wise scan (same weights)", "s_per_roi": patch["s_per_roi"],
                  "min_per_wsi": workflow.minutes_per_wsi(patch["s_per_roi"])})
     log.end()
 
-    table = reporting.table1_markdown(rows, title=f"Table 1 on the synthetic cohort ({FLAGS.config} widths)")
+    table = results_page.table1_markdown(rows, title=f"Table 1 on the synthetic cohort ({FLAGS.config} widths)")
     dense = rows[1]["s_per_roi"]
     notes += [
         f"cohort: {patients} synthetic patients x 5 nodes, seed {FLAGS.seed}, half for training; "

@@ -16,6 +16,8 @@ import os
 
 from absl import flags
 
+from pfascannet.data import sampling
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", None, "Cohort folder (images/, annotations/, slides.csv).")
 flags.DEFINE_string("out", None, "Output folder for the shards.")
@@ -28,7 +30,7 @@ flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 
 def main(argv):
-    from pfascannet.data import pipeline, sampling  # noqa: PLC0415
+    from pfascannet.data import pipeline  # noqa: PLC0415  (imports TensorFlow)
 
     if len(argv) > 1:
         raise sampling.SamplingError(f"unexpected arguments {argv[1:]}")

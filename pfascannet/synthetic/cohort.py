@@ -34,6 +34,7 @@ import os
 import time
 from typing import Optional, Sequence
 
+import cv2
 import numpy as np
 
 from pfascannet import io_utils
@@ -43,9 +44,9 @@ from pfascannet.errors import PfaError
 from pfascannet.evaluation.pn_stage import write_camelyon17_csv
 from pfascannet.slide.annotations import Annotation, write_asap_xml, write_mask_tiff
 from pfascannet.slide.tiff_writer import write_pyramid_tiff
-from pfascannet.synthetic import lesions as lesion_lib
+from pfascannet.synthetic import lesion_shapes as lesion_lib
 from pfascannet.synthetic.stain import centre_profile
-from pfascannet.synthetic.tissue import TISSUE_TRUTH_DS, Lesion, SlidePlan, SlideRenderer
+from pfascannet.synthetic.tissue_render import TISSUE_TRUTH_DS, Lesion, SlidePlan, SlideRenderer
 
 STAGE_CYCLE = ("pN1", "pN0(i+)", "pN1mi", "pN2", "pN0")
 """Stages given to patients 0, 1, 2, ... in turn (a cohort of 4 patients already has a macro,
@@ -108,8 +109,6 @@ def node_labels_for_stage(rng: np.random.Generator, stage: str, nodes: int = 5) 
 
 def _inside_by(poly_xy: np.ndarray, container_xy: np.ndarray) -> float:
     """Smallest signed distance (px) of the polygon's vertices inside the container."""
-    import cv2  # noqa: PLC0415
-
     contour = container_xy.astype(np.float32).reshape(-1, 1, 2)
     return min(cv2.pointPolygonTest(contour, (float(x), float(y)), True) for x, y in poly_xy[::4])
 
@@ -267,20 +266,18 @@ def plan_slide(
 # Writing.
 
 
-def write_slide(plan: SlidePlan, out_dir: str, *, mpp: float, tile_px: int = 512, quality: int = 90,
+def write_slide(plan: SlidePlan, out_dir: str, *, mpp: float, tiff_tile_px: int = 512, quality: int = 90,
                 workers: Optional[int] = None) -> dict:
     """Writes one planned slide's image, tissue truth and (for lesion slides) XML and mask.
 
     Returns:
       ``{"levels": [(w, h), ...]}``.
     """
-    import cv2  # noqa: PLC0415
-
     renderer = SlideRenderer(plan, mpp)
     sid = plan.slide_id
     levels = write_pyramid_tiff(
         os.path.join(out_dir, "images", f"{sid}.tif"), (plan.width, plan.height), renderer.render_tile,
-        tile_px=tile_px, mpp=mpp, compression="jpeg", quality=quality, channels=3,
+        tiff_tile_px=tiff_tile_px, mpp=mpp, compression="jpeg", quality=quality, channels=3,
         background=plan.stain.glass_rgb, workers=workers,
         description=f"pfascannet synthetic lymph node {sid} (not patient data)",
     )
@@ -291,7 +288,7 @@ def write_slide(plan: SlidePlan, out_dir: str, *, mpp: float, tile_px: int = 512
     if plan.lesions:
         write_asap_xml(os.path.join(out_dir, "annotations", f"{sid}.xml"), plan.annotations)
         write_mask_tiff(os.path.join(out_dir, "masks", f"{sid}_mask.tif"), plan.annotations,
-                        (plan.width, plan.height), mpp, tile_px=tile_px)
+                        (plan.width, plan.height), mpp, tiff_tile_px=tiff_tile_px)
     return {"levels": levels}
 
 
@@ -446,7 +443,7 @@ def make_cohort(
         sid = plan.slide_id
         stages[entry.patient] = entry.stage
         t0 = time.perf_counter()
-        written = write_slide(plan, out_dir, mpp=mpp, tile_px=tile_px, quality=quality, workers=workers)
+        written = write_slide(plan, out_dir, mpp=mpp, tiff_tile_px=tile_px, quality=quality, workers=workers)
         nodes[sid] = label
         slides.append({
             "slide": sid, "patient": entry.patient, "node": entry.node, "split": entry.split, "label": label,

@@ -12,7 +12,8 @@ from typing import Mapping, Optional, Sequence
 
 from pfascannet import io_utils
 from pfascannet.evaluation import froc
-from pfascannet.evaluation.report import SYNTHETIC_NOTE
+from pfascannet.evaluation.metric_reports import SYNTHETIC_NOTE
+from pfascannet.workflow import minutes_per_wsi
 
 
 def _pct(v: Optional[float]) -> str:
@@ -55,8 +56,6 @@ def table1_markdown(rows: Sequence[Mapping], title: str = "Table 1 (synthetic co
 
 def results_row(method: str, evaluation: Mapping, timing: Optional[Mapping]) -> dict:
     """A Table 1 row from ``evaluation.run.evaluate_scan``'s dict and ``workflow.scan_timing``."""
-    from pfascannet.workflow import minutes_per_wsi  # noqa: PLC0415
-
     s_roi = timing.get("model_s_per_roi") if timing else None
     pn = evaluation.get("pn_stage")
     row = {

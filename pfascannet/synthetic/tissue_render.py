@@ -30,6 +30,7 @@ import math
 import threading
 from typing import Optional
 
+import cv2
 import numpy as np
 
 from pfascannet.slide.annotations import Annotation, rasterize
@@ -171,8 +172,6 @@ def _noise_banks(side: int) -> tuple[np.ndarray, np.ndarray]:
     Fixed content (seeded by a constant): slides differ by the per-tile offsets
     into the banks, which are hashed from the slide's seed and the tile position.
     """
-    import cv2  # noqa: PLC0415
-
     with _BANKS_LOCK:
         for have, banks in _BANKS.items():
             if have >= side:
@@ -195,8 +194,6 @@ class SlideRenderer:
     """
 
     def __init__(self, plan: SlidePlan, mpp: float):
-        import cv2  # noqa: PLC0415
-
         self.plan = plan
         self.mpp = float(mpp)
         self.dimensions = (plan.width, plan.height)
@@ -251,8 +248,6 @@ class SlideRenderer:
 
     def _field_window(self, x0: int, y0: int, w: int, h: int) -> Optional[np.ndarray]:
         """Fields at every level-0 pixel of the window, or None if it holds no tissue."""
-        import cv2  # noqa: PLC0415
-
         d = FIELD_DS
         # Coarse cell c has its centre at level-0 (c + 0.5) * d - 0.5, so
         # resizing cells c0.. by d puts pixel (c0 * d) at output index 0.
@@ -327,8 +322,6 @@ class SlideRenderer:
 
         This is the ``tile_source`` of :func:`pfascannet.slide.tiff_writer.write_pyramid_tiff`.
         """
-        import cv2  # noqa: PLC0415
-
         m = self._margin
         x0, y0, ew, eh = x - m, y - m, w + 2 * m, h + 2 * m
         f = self._field_window(x0, y0, ew, eh)
@@ -380,8 +373,6 @@ class SlideRenderer:
         return cx[keep], cy[keep], u[..., 2:][keep]
 
     def _draw_nuclei(self, canvas, lab, x0, y0, ew, eh, small: bool) -> None:
-        import cv2  # noqa: PLC0415
-
         table = _SMALL if small else _LARGE
         cx, cy, u = self._grid(_SMALL_PITCH_UM if small else _LARGE_PITCH_UM, x0, y0, ew, eh, 1 if small else 2, 7)
         px = (cx - x0).astype(int)
@@ -415,8 +406,6 @@ class SlideRenderer:
 
     def _draw_fat(self, eosin, hema, lab, x0, y0, ew, eh) -> None:
         """Adipocytes: white vacuoles, centred in fat, with pink septa between them."""
-        import cv2  # noqa: PLC0415
-
         fat = lab == FAT
         if not fat.any():
             return
