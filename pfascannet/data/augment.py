@@ -29,6 +29,7 @@ import math
 import tensorflow as tf
 
 from pfascannet.errors import PfaError
+from pfascannet.settings import setting
 
 
 class AugmentError(PfaError, ValueError):
@@ -53,18 +54,18 @@ class AugmentConfig:
         value scaled by 1 +- hsv_s / hsv_v.
     """
 
-    flip: bool = True
-    rot90: bool = True
-    max_rotation_deg: float = 45.0
-    scale_range: tuple[float, float] = (0.9, 1.1)
-    max_shift_px: int = 16
-    brightness: float = 0.06
-    contrast: tuple[float, float] = (0.85, 1.15)
-    saturation: tuple[float, float] = (0.85, 1.15)
-    hue: float = 0.02
-    hsv_h: float = 0.02
-    hsv_s: float = 0.1
-    hsv_v: float = 0.08
+    flip: bool = setting(True, help="Random left-right and up-down flips.")
+    rot90: bool = setting(True, help="Random multiples of 90 degrees.")
+    max_rotation_deg: float = setting(45.0, help="Arbitrary-angle rotation drawn from +- this (degrees).")
+    scale_range: tuple[float, float] = setting((0.9, 1.1), help="min,max zoom (> 1 magnifies), log-uniform.")
+    max_shift_px: int = setting(16, help="Random crop offset, +- pixels in x and y.")
+    brightness: float = setting(0.06, help="Additive brightness delta, fraction of full scale.")
+    contrast: tuple[float, float] = setting((0.85, 1.15), help="min,max contrast factor.")
+    saturation: tuple[float, float] = setting((0.85, 1.15), help="min,max saturation factor.")
+    hue: float = setting(0.02, help="Hue delta of the colour jitter (fraction of the hue circle, <= 0.5).")
+    hsv_h: float = setting(0.02, help="HSV jitter: hue shift +- this.")
+    hsv_s: float = setting(0.1, help="HSV jitter: saturation scaled by 1 +- this.")
+    hsv_v: float = setting(0.08, help="HSV jitter: value scaled by 1 +- this.")
 
     def __post_init__(self):
         lo, hi = self.scale_range
