@@ -129,7 +129,7 @@ def main(argv):
         if not os.path.exists(os.path.join(data, "cohort.json")):
             print(f"generating the synthetic cohort in {data} ...", flush=True)
             make_cohort(data, seed=FLAGS.cohort_seed, **COHORT)
-    settings = trainer.TrainSettings(
+    settings = trainer.TrainSettings.from_flat(
         data=data, workdir=os.path.join(FLAGS.workdir, "train"), config="tiny", steps=FLAGS.steps,
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, seed=FLAGS.seed,
         random_per_class=FLAGS.random_per_class, boundary=FLAGS.boundary, itc=FLAGS.itc,

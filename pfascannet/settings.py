@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import sys
 import types
 import typing
 from typing import Any, Iterable, Mapping, Optional
@@ -176,7 +177,12 @@ def leaves(cls: type, _prefix: str = "", _path: tuple = (), _inherit: Optional[d
             continue
         meta = dict(f.metadata)
         path = _path + (f.name,)
-        base, item, optional = _base_type(hints[f.name])
+        try:
+            base, item, optional = _base_type(hints[f.name])
+        except SettingsError:
+            if meta.get("flag") is not False:
+                raise
+            base, item, optional = object, None, True  # set in code only (no flag)
         if dataclasses.is_dataclass(base):
             sub = meta.get("group", base)
             prefix = _prefix + meta.get("prefix", "")
@@ -281,7 +287,8 @@ def _build(cls: type, path: tuple, flat: Mapping[str, Any], by_path: dict) -> An
         if not f.init:
             continue
         here = path + (f.name,)
-        base, _, _ = _base_type(hints[f.name])
+        leaf = by_path.get(here)
+        base = leaf.type if leaf is not None and not leaf.switch == leaf.name else _base_type(hints[f.name])[0]
         if dataclasses.is_dataclass(base):
             switch = by_path.get(here)  # only an optional group has a leaf at its own path
             if switch is not None and switch.name in flat:
@@ -303,11 +310,16 @@ def _build(cls: type, path: tuple, flat: Mapping[str, Any], by_path: dict) -> An
 # --------------------------------------------------------------------------- absl flags
 
 
-def define_flags(cls: type, flag_values=None, skip: Iterable[str] = ()) -> list[str]:
-    """Defines one absl flag per setting of ``cls`` (except ``flag=False`` ones and ``skip``); returns their names."""
+def define_flags(cls: type, flag_values=None, skip: Iterable[str] = (), module_name: Optional[str] = None) -> list[str]:
+    """Defines one absl flag per setting of ``cls`` (except ``flag=False`` ones and ``skip``); returns their names.
+
+    The flags are key flags of ``module_name`` (default: the calling module),
+    so that module's ``--help`` lists them as if it had defined them itself.
+    """
     from absl import flags  # noqa: PLC0415  (absl only where flags are wanted)
 
     fv = flag_values if flag_values is not None else flags.FLAGS
+    module_name = module_name or sys._getframe(1).f_globals.get("__name__", "__main__")
     skip = set(skip)
     names = []
     for leaf in leaves(cls):
@@ -332,6 +344,7 @@ def define_flags(cls: type, flag_values=None, skip: Iterable[str] = ()) -> list[
                                                                        for v in default], leaf.help, **kw)
         else:  # _base_type admits nothing else
             raise SettingsError(f"no flag type for {leaf.name}")
+        fv.register_key_flag_for_module(module_name, fv[leaf.name])
         names.append(leaf.name)
     return names
 

@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 from pfascannet import geometry
 from pfascannet.errors import PfaError
 from pfascannet.progress import Progress
+from pfascannet.synthetic.cohort import CohortSettings  # noqa: F401  (callers name it workflow.CohortSettings)
 
 SHIPPED_WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 
@@ -64,17 +65,6 @@ class Log:
 # --------------------------------------------------------------------------- cohort
 
 
-@dataclasses.dataclass(frozen=True)
-class CohortSettings:
-    """Arguments of ``synthetic.cohort.make_cohort`` that define a cohort."""
-
-    seed: int = 0
-    patients: int = 4
-    slide_size: int = 4096
-    test_fraction: float = 0.5
-    nodes_per_patient: int = 5
-
-
 def ensure_cohort(cohort_dir: str, settings: CohortSettings, log: Log) -> None:
     """Generates the synthetic cohort unless ``cohort_dir`` already holds it with these settings."""
     from pfascannet.synthetic import cohort  # noqa: PLC0415
@@ -88,7 +78,7 @@ def ensure_cohort(cohort_dir: str, settings: CohortSettings, log: Log) -> None:
             return
         raise PfaError(f"{cohort_dir} holds a different cohort ({marker}); choose another --out or remove it")
     n = settings.patients * settings.nodes_per_patient
-    cohort.make_cohort(cohort_dir, progress=log.counter(n, "slide"), **dataclasses.asdict(settings))
+    cohort.make_cohort(cohort_dir, settings, progress=log.counter(n, "slide"))
 
 
 def cohort_slides(cohort_dir: str, split: Optional[str] = None) -> list[str]:
