@@ -7,7 +7,7 @@ import pytest
 from absl import flags
 
 from pfascannet import settings as settings_lib
-from pfascannet.data.augment import AugmentConfig
+from pfascannet.data.augment_config import AugmentConfig
 from pfascannet.synthetic.cohort import CohortError, CohortSettings
 from pfascannet.training import trainer
 from pfascannet.training.settings import TrainSettings, TrainingError

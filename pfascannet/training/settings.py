@@ -2,7 +2,7 @@
 
 ``TrainSettings`` nests one dataclass per part of the method: the model
 (``ModelSettings``), the patch sampler (``SamplerSettings``, Sec. 2.4 Fig. 1),
-the augmentation (``data.augment.AugmentConfig``, Sec. 2.4; None: off), the
+the augmentation (``data.augment_config.AugmentConfig``, Sec. 2.4; None: off), the
 loss (``LossSettings``, eqs. (2)-(3)), the optimiser (``OptimiserSettings``)
 and hard-negative mining (``MiningSettings``); the run's own fields (data,
 workdir, steps, batch, seed, checkpoints, distribution) sit at the top.
@@ -25,7 +25,7 @@ from typing import Optional
 
 from pfascannet import settings as settings_lib
 from pfascannet.data import sampling
-from pfascannet.data.augment import AugmentConfig
+from pfascannet.data.augment_config import AugmentConfig
 from pfascannet.errors import PfaError
 from pfascannet.model.precision import PRECISIONS
 from pfascannet.settings import LEGACY_IS_DEFAULT, group, setting
