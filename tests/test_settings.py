@@ -1,6 +1,7 @@
 """One declaration per setting: flags generated from the settings dataclasses, flat names, old runs resume."""
 
 import dataclasses
+import io
 import json
 
 import pytest
@@ -119,3 +120,13 @@ def test_cohort_settings_one_declaration():
     assert {s.test_fraction for s in demo.SIZES.values()} == {0.5}  # the demo's cohorts, as before
     with pytest.raises(CohortError, match="test_fraction"):
         CohortSettings(test_fraction=2.0)
+
+
+def test_training_progress_line_has_step_losses_rate_and_eta():
+    out = io.StringIO()
+    report = trainer.progress_printer(stream=out)
+    report(trainer.TrainProgress(3, 10, {"total": 0.5, "accuracy": 1.0}, 2.0, 12.5, first_step=2))
+    report(trainer.TrainProgress(4, 10, {"total": 0.25, "accuracy": 1.0}, 3.0, 12.5, first_step=2))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("train: 3/10") and lines[1].startswith("train: 4/10")
+    assert "total=0.2500" in lines[1] and "12.5 patches/s" in lines[1] and "ETA" in lines[1]
