@@ -43,7 +43,7 @@ def _train(workdir: str, strategy: str) -> dict:
     from pfascannet.training import trainer  # noqa: PLC0415  (imports TensorFlow and Keras)
 
     times = {}
-    s = trainer.TrainSettings(
+    s = trainer.TrainSettings.from_flat(
         data=FLAGS.data, workdir=workdir, steps=FLAGS.steps, batch_size=FLAGS.batch_size, learning_rate=0.002,
         random_per_class=8, boundary=4, itc=2, checkpoint_every=FLAGS.steps, log_every=1, strategy=strategy,
         collective="ring" if strategy == "multiworker" else "auto",

@@ -132,13 +132,14 @@ def main(argv):
             print(f"generating the synthetic cohort in {data} ...", flush=True)
             make_cohort(data, seed=FLAGS.cohort_seed, **COHORT)
     recipe = trainer.scratch_recipe(FLAGS.steps, FLAGS.hard_negative_rounds)
-    settings = trainer.TrainSettings(
+    settings = trainer.TrainSettings.from_flat(
         data=data, workdir=os.path.join(FLAGS.workdir, "train"), config=FLAGS.config, batch_size=FLAGS.batch_size,
         seed=FLAGS.seed, max_seconds=FLAGS.minutes * 60, checkpoint_every=50, log_every=10, **recipe,
     )
 
     sampler = sampling.PatchSampler(sampling.load_cohort(data, "train"), sampling.SamplerConfig(
-        random_per_class=settings.random_per_class, boundary=settings.boundary, itc=settings.itc))
+        random_per_class=settings.sampler.random_per_class, boundary=settings.sampler.boundary,
+        itc=settings.sampler.itc))
     samples = sampler.sample(FLAGS.seed)
     pipe_rate = pipeline_throughput(sampler, samples, FLAGS.batch_size, FLAGS.pipeline_batches, FLAGS.seed)
     print(f"input pipeline: {pipe_rate:.1f} patches/s", flush=True)
@@ -175,7 +176,7 @@ def main(argv):
         "seed": FLAGS.seed,
         "cohort": {"path": os.path.abspath(data), "generated": FLAGS.data is None, "seed": FLAGS.cohort_seed,
                    **({"settings": COHORT} if FLAGS.data is None else {})},
-        "training": {**settings.to_dict(), "steps_done": result.step, "stopped_at_time_limit": result.stopped_early,
+        "training": {**settings.flat(), "steps_done": result.step, "stopped_at_time_limit": result.stopped_early,
                      "wall_s": round(train_wall, 1), "samples": result.samples,
                      "paper_recipe": "SGD 1e-4, momentum 0.9, from ImageNet VGG16"},
         "throughput_patches_per_s": {"input_pipeline": round(pipe_rate, 2),

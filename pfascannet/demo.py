@@ -67,14 +67,14 @@ def obtain_model(s: DemoSettings, cohort_dir: str, log: workflow.Log) -> tuple[s
     from pfascannet.training.trainer import TrainSettings, scratch_recipe  # noqa: PLC0415  (imports TensorFlow and Keras)
 
     # The from-scratch recipe, one hard-negative round (a few minutes in all).
-    settings = TrainSettings(data=cohort_dir, workdir=os.path.join(s.out, "train"), config=TRAIN_CONFIG,
-                             batch_size=8, seed=s.seed, max_seconds=60 * s.train_minutes, log_every=10,
-                             checkpoint_every=50, **scratch_recipe(s.train_steps, hard_negative_rounds=1))
+    settings = TrainSettings.from_flat(data=cohort_dir, workdir=os.path.join(s.out, "train"), config=TRAIN_CONFIG,
+                                       batch_size=8, seed=s.seed, max_seconds=60 * s.train_minutes, log_every=10,
+                                       checkpoint_every=50, **scratch_recipe(s.train_steps, hard_negative_rounds=1))
     weights = workflow.train_model(settings, log)
     return weights, TRAIN_CONFIG, (
         f"model: `{TRAIN_CONFIG}` trained here for up to {s.train_steps} steps / {s.train_minutes:g} min "
-        f"(trainer.scratch_recipe: Adam, lr {settings.learning_rate}, cosine decay, a hard-negative round at "
-        f"step {settings.hard_negative_at}; batch {settings.batch_size}, seed {s.seed})")
+        f"(trainer.scratch_recipe: Adam, lr {settings.optimiser.learning_rate}, cosine decay, a hard-negative round at "
+        f"step {settings.mining.at}; batch {settings.batch_size}, seed {s.seed})")
 
 
 def _froc_value(v: Optional[float]) -> str:

@@ -25,6 +25,7 @@ from pfascannet.model.config import get_config
 from pfascannet.progress import Progress
 from pfascannet.slide.reader import SlideReader
 from pfascannet.synthetic import cohort
+from pfascannet.synthetic.cohort import CohortSettings
 
 SHIPPED_WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 
@@ -71,17 +72,6 @@ class Log:
 # --------------------------------------------------------------------------- cohort
 
 
-@dataclasses.dataclass(frozen=True)
-class CohortSettings:
-    """Arguments of ``synthetic.cohort.make_cohort`` that define a cohort."""
-
-    seed: int = 0
-    patients: int = 4
-    slide_size: int = 4096
-    test_fraction: float = 0.5
-    nodes_per_patient: int = 5
-
-
 def ensure_cohort(cohort_dir: str, settings: CohortSettings, log: Log) -> None:
     """Generates the synthetic cohort unless ``cohort_dir`` already holds it with these settings."""
     marker = os.path.join(cohort_dir, "cohort.json")
@@ -93,7 +83,7 @@ def ensure_cohort(cohort_dir: str, settings: CohortSettings, log: Log) -> None:
             return
         raise PfaError(f"{cohort_dir} holds a different cohort ({marker}); choose another --out or remove it")
     n = settings.patients * settings.nodes_per_patient
-    cohort.make_cohort(cohort_dir, progress=log.counter(n, "slide"), **dataclasses.asdict(settings))
+    cohort.make_cohort(cohort_dir, settings, progress=log.counter(n, "slide"))
 
 
 def cohort_slides(cohort_dir: str, split: Optional[str] = None) -> list[str]:

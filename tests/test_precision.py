@@ -185,8 +185,8 @@ def det_grid(det):
 def test_training_runs_a_few_steps_in_mixed_precision(cohort, tmp_path, precision):
     from pfascannet.training import trainer  # noqa: PLC0415
 
-    s = trainer.TrainSettings(data=str(cohort), workdir=str(tmp_path / precision), config="tiny", steps=3,
-                              batch_size=1, random_per_class=1, boundary=0, itc=0, learning_rate=1e-3,
+    s = trainer.TrainSettings.from_flat(data=str(cohort), workdir=str(tmp_path / precision), config="tiny",
+                                        steps=3, batch_size=1, random_per_class=1, boundary=0, itc=0, learning_rate=1e-3,
                               checkpoint_every=3, log_every=1, precision=precision)
     result = trainer.train(s)
     assert result.step == 3 and all(np.isfinite(h[1]["total"]) for h in result.history)
@@ -197,4 +197,4 @@ def test_training_runs_a_few_steps_in_mixed_precision(cohort, tmp_path, precisio
     model = model_io.load_training_model(result.final_weights, "tiny")
     assert all(w.dtype == "float32" for w in model.weights)
     with pytest.raises(trainer.TrainingError, match="precision"):
-        trainer.TrainSettings(data=str(cohort), workdir=str(tmp_path / "x"), precision="half")
+        trainer.TrainSettings.from_flat(data=str(cohort), workdir=str(tmp_path / "x"), precision="half")

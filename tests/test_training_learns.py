@@ -41,7 +41,7 @@ def _held_out(cohort):
 
 
 def test_short_from_scratch_run_learns(cohort, tmp_path):
-    settings = trainer.TrainSettings(
+    settings = trainer.TrainSettings.from_flat(
         data=os.fspath(cohort), workdir=str(tmp_path / "run"), config="small", steps=STEPS, batch_size=8,
         optimizer="adam", learning_rate=1e-3, warmup_steps=10, random_per_class=32, boundary=8, itc=4,
         augment=False, checkpoint_every=STEPS, log_every=STEPS, seed=0,

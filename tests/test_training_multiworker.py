@@ -142,7 +142,8 @@ def _log(log_dir, index, kind):
 
 
 def _steps_logged(text):
-    return [int(m) for m in re.findall(r"^step (\d+)/\d+ ", text, re.M)]
+    # The trainer's progress lines (pfascannet.progress, through absl logging on stderr).
+    return [int(m) for m in re.findall(r"\btrain: (\d+)/\d+ ", text)]
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +160,7 @@ def one_worker_weights(cohort, tmp_path_factory):
            *[f"--{k}={v}" for k, v in RUN_FLAGS.items()]]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=PHASE_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _steps_logged(proc.stdout) == list(range(1, STEPS + 1))
+    assert _steps_logged(proc.stderr) == list(range(1, STEPS + 1))
     return str(workdir / "final.weights.h5")
 
 
@@ -174,7 +175,7 @@ def test_two_workers_equal_one_worker_and_only_the_chief_writes(cohort, loopback
         _kill_all(procs)
     for i, p in enumerate(procs):
         assert p.returncode == 0, _log(logs, i, "err")[-3000:]
-        assert _steps_logged(_log(logs, i, "out")) == list(range(1, STEPS + 1))
+        assert _steps_logged(_log(logs, i, "err")) == list(range(1, STEPS + 1))
     cfg = json.loads((workdir / "config.json").read_text())
     assert cfg["replicas"] == 2 and cfg["settings"]["strategy"] == "multiworker"
 
@@ -229,6 +230,6 @@ def test_killed_worker_stops_the_job_and_both_resume_from_the_checkpoint(cohort,
         _kill_all(procs)
     for i, p in enumerate(procs):
         assert p.returncode == 0, _log(logs2, i, "err")[-3000:]
-        assert _steps_logged(_log(logs2, i, "out")) == list(range(last + 1, STEPS + 1))
+        assert _steps_logged(_log(logs2, i, "err")) == list(range(last + 1, STEPS + 1))
     assert not (workdir / ".worker-1.tmp").exists()  # the killed worker's scratch, cleared by the rerun
     _assert_same_weights(one_worker_weights, workdir / "final.weights.h5")

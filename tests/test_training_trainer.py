@@ -25,7 +25,7 @@ def _settings(cohort, workdir, **kw):
     base = dict(data=_dir(cohort), workdir=str(workdir), steps=4, batch_size=2, learning_rate=0.002,
                 random_per_class=2, boundary=1, itc=1, checkpoint_every=2, log_every=1, num_parallel_calls=2)
     base.update(kw)
-    return trainer.TrainSettings(**base)
+    return trainer.TrainSettings.from_flat(**base)
 
 
 def _run_child(code, *args, timeout=240):
@@ -52,7 +52,7 @@ def test_two_steps_under_mirrored_strategy_on_two_cpu_devices(cohort, tmp_path):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from pfascannet.training import trainer
         strategy = trainer.make_strategy()
-        s = trainer.TrainSettings(data=sys.argv[1], workdir=sys.argv[2], steps=2, batch_size=2,
+        s = trainer.TrainSettings.from_flat(data=sys.argv[1], workdir=sys.argv[2], steps=2, batch_size=2,
                                   learning_rate=0.002, random_per_class=1, boundary=1, itc=0,
                                   log_every=1, num_parallel_calls=2)
         r = trainer.train(s, on_progress=None, strategy=strategy)
@@ -84,7 +84,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(cohort, tmp_path):
     code = """
         import os, signal, sys
         from pfascannet.training import trainer
-        s = trainer.TrainSettings(data=sys.argv[1], workdir=sys.argv[2], steps=5, batch_size=1,
+        s = trainer.TrainSettings.from_flat(data=sys.argv[1], workdir=sys.argv[2], steps=5, batch_size=1,
                                   learning_rate=0.002, random_per_class=1, boundary=1, itc=0,
                                   checkpoint_every=1, log_every=1, num_parallel_calls=2,
                                   optimizer="adam", warmup_steps=3)
@@ -181,7 +181,7 @@ def test_hard_negative_rounds_scan_the_training_slides_and_resume(cohort, tmp_pa
     monkeypatch.setattr(trainer, "_mine", counting_mine)
     s = _settings(cohort, tmp_path, steps=4, batch_size=1, random_per_class=1, boundary=0, itc=0, augment=False,
                   hard_negative_at=1, hard_negative_every=2, hard_negative_threshold=0.0, hard_negative_max=5)
-    assert s.hard_negative_source == "slides" and s.mining_steps() == [1, 3]
+    assert s.mining.source == "slides" and s.mining_steps() == [1, 3]
     r = trainer.train(s, on_progress=None)
     assert mined == [1, 3]
     sampler = sampling.PatchSampler(sampling.load_cohort(_dir(cohort), "train"))
@@ -229,7 +229,7 @@ def test_settings_and_workdir_errors_are_clear(cohort, tmp_path):
     with pytest.raises(PfaError, match="gamma"):
         _settings(cohort, tmp_path, gamma=0.9)
     os.makedirs(tmp_path / "w")
-    json.dump({"settings": dict(_settings(cohort, tmp_path / "w").to_dict(), seed=99)},
+    json.dump({"settings": dict(_settings(cohort, tmp_path / "w").flat(), seed=99)},
               open(tmp_path / "w" / "config.json", "w"))
     with pytest.raises(trainer.TrainingError, match="other settings"):
         trainer.train(_settings(cohort, tmp_path / "w"), on_progress=None)
@@ -257,23 +257,23 @@ def test_a_run_written_before_the_recipe_settings_still_resumes(cohort, tmp_path
     # it trained with SGD, no warm-up, one replayed draw.
     work = tmp_path / "old"
     os.makedirs(work)
-    old = _settings(cohort, work, optimizer="sgd", warmup_steps=0, stream=False).to_dict()
+    old = _settings(cohort, work, optimizer="sgd", warmup_steps=0, stream=False).flat()
     for key in ("optimizer", "warmup_steps", "stream", "imagenet_weights", "hard_negative_every",
                 "hard_negative_source", "lr_schedule"):
         old.pop(key)
     json.dump({"settings": old}, open(work / "config.json", "w"))
-    resolved = {"settings": _settings(cohort, work, stream=False).to_dict()}
+    resolved = {"settings": _settings(cohort, work, stream=False).flat()}
     trainer._check_workdir_config(str(work / "config.json"), resolved)  # same run: no error
     with pytest.raises(trainer.TrainingError, match="stream"):
-        trainer._check_workdir_config(str(work / "config.json"), {"settings": _settings(cohort, work).to_dict()})
+        trainer._check_workdir_config(str(work / "config.json"), {"settings": _settings(cohort, work).flat()})
     # An older run that mined hard negatives mined random patches, one round.
     old_mining = dict(old, hard_negative_at=2)
     json.dump({"settings": old_mining}, open(work / "config.json", "w"))
     same = _settings(cohort, work, stream=False, hard_negative_at=2, hard_negative_source="patches")
-    trainer._check_workdir_config(str(work / "config.json"), {"settings": same.to_dict()})
+    trainer._check_workdir_config(str(work / "config.json"), {"settings": same.flat()})
     with pytest.raises(trainer.TrainingError, match="hard_negative_source"):
-        slides = dataclasses.replace(same, hard_negative_source="slides")
-        trainer._check_workdir_config(str(work / "config.json"), {"settings": slides.to_dict()})
+        slides = same.replace(hard_negative_source="slides")
+        trainer._check_workdir_config(str(work / "config.json"), {"settings": slides.flat()})
 
 
 @pytest.mark.slow  # a full-width VGG16 trunk; 27 s under load

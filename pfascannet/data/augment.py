@@ -23,66 +23,11 @@ see the same data it would have seen uninterrupted.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import tensorflow as tf
 
-from pfascannet.errors import PfaError
-
-
-class AugmentError(PfaError, ValueError):
-    """An augmentation setting out of range."""
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """Ranges of every augmentation; a zero/identity value switches one off.
-
-    Attributes:
-      flip: random left-right and up-down flips.
-      rot90: random multiples of 90 degrees.
-      max_rotation_deg: arbitrary-angle rotation drawn from +-this.
-      scale_range: (min, max) zoom; > 1 magnifies.
-      max_shift_px: random crop offset, +- pixels in x and y.
-      brightness: additive brightness delta, fraction of full scale.
-      contrast: (min, max) contrast factor.
-      saturation: (min, max) saturation factor.
-      hue: hue delta (fraction of the hue circle) of the colour jitter.
-      hsv_h, hsv_s, hsv_v: HSV jitter: hue shift +-hsv_h, saturation and
-        value scaled by 1 +- hsv_s / hsv_v.
-    """
-
-    flip: bool = True
-    rot90: bool = True
-    max_rotation_deg: float = 45.0
-    scale_range: tuple[float, float] = (0.9, 1.1)
-    max_shift_px: int = 16
-    brightness: float = 0.06
-    contrast: tuple[float, float] = (0.85, 1.15)
-    saturation: tuple[float, float] = (0.85, 1.15)
-    hue: float = 0.02
-    hsv_h: float = 0.02
-    hsv_s: float = 0.1
-    hsv_v: float = 0.08
-
-    def __post_init__(self):
-        lo, hi = self.scale_range
-        if not 0 < lo <= hi:
-            raise AugmentError(f"scale_range must be 0 < min <= max, got {self.scale_range}")
-        for name in ("contrast", "saturation"):
-            a, b = getattr(self, name)
-            if not 0 <= a <= b:
-                raise AugmentError(f"{name} must be 0 <= min <= max, got {(a, b)}")
-        if not 0 <= self.hue <= 0.5:
-            raise AugmentError(f"hue must be in [0, 0.5], got {self.hue}")
-        if self.max_shift_px < 0 or self.max_rotation_deg < 0 or self.brightness < 0:
-            raise AugmentError("max_shift_px, max_rotation_deg and brightness must be >= 0")
-
-    @classmethod
-    def none(cls) -> "AugmentConfig":
-        """Every augmentation off (evaluation, tests)."""
-        return cls(False, False, 0.0, (1.0, 1.0), 0, 0.0, (1.0, 1.0), (1.0, 1.0), 0.0, 0.0, 0.0, 0.0)
+from pfascannet.data.augment_config import AugmentConfig, AugmentError  # noqa: F401  (their home; re-exported)
 
 
 def _sub(seed: tf.Tensor, k: int) -> tf.Tensor:

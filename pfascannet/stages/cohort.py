@@ -19,19 +19,14 @@ from __future__ import annotations
 
 from absl import flags
 
+from pfascannet import settings as settings_lib
 from pfascannet.errors import PfaError
+from pfascannet.synthetic.cohort import CohortSettings, make_cohort
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Output cohort folder (created).")
-flags.DEFINE_integer("seed", 0, "Seed; the cohort is a deterministic function of it and the other flags.")
-flags.DEFINE_integer("patients", 4, "Patients (5 lymph-node slides each).")
-flags.DEFINE_integer("nodes_per_patient", 5, "Slides per patient (Camelyon17: 5).")
-flags.DEFINE_integer("slide_size", 4096, "Approximate side (px) of negative/ITC/micro slides; macro slides fit their lesion.")
-flags.DEFINE_float("mpp", 0.243, "Microns per level-0 pixel (Camelyon: 0.243); lesion sizes are physical.")
-flags.DEFINE_float("test_fraction", 0.25, "Share of patients in the test split (the rest: train).")
-flags.DEFINE_integer("centres", 5, "Staining centres (stain, focus and noise vary between them).")
-flags.DEFINE_integer("tile_px", 512, "TIFF tile side (multiple of 16).")
-flags.DEFINE_integer("quality", 90, "JPEG quality of slide tiles.")
+# One flag per cohort setting (--seed, --patients, ..., --test_fraction), generated from CohortSettings.
+settings_lib.define_flags(CohortSettings)
 flags.DEFINE_integer("workers", 0, "Threads rendering tiles (0: CPU count, at most 4).")
 flags.mark_flags_as_required(["out"])
 
@@ -39,19 +34,9 @@ flags.mark_flags_as_required(["out"])
 def main(argv):
     if len(argv) > 1:
         raise PfaError(f"unexpected arguments {argv[1:]}; all inputs are flags")
-    from pfascannet.synthetic.cohort import make_cohort  # noqa: PLC0415
-
     info = make_cohort(
         FLAGS.out,
-        seed=FLAGS.seed,
-        patients=FLAGS.patients,
-        nodes_per_patient=FLAGS.nodes_per_patient,
-        slide_size=FLAGS.slide_size,
-        mpp=FLAGS.mpp,
-        test_fraction=FLAGS.test_fraction,
-        centres=FLAGS.centres,
-        tile_px=FLAGS.tile_px,
-        quality=FLAGS.quality,
+        settings_lib.from_flags(CohortSettings, FLAGS),
         workers=None if FLAGS.workers == 0 else FLAGS.workers,
         progress=lambda msg: print(msg, flush=True),
     )

@@ -74,9 +74,10 @@ def main(argv):
     recipe = scratch_recipe(steps, hard_negative_rounds=rounds)
     weights, notes = {}, []
     for name, synergistic, seed_offset, _ in MODELS:
-        settings = TrainSettings(data=cohort_dir, workdir=os.path.join(out, f"train_{name}"), config=FLAGS.config,
-                                 batch_size=FLAGS.batch_size, synergistic=synergistic, seed=FLAGS.seed + seed_offset,
-                                 max_seconds=None if minutes is None else 60 * minutes, **recipe)
+        settings = TrainSettings.from_flat(
+            data=cohort_dir, workdir=os.path.join(out, f"train_{name}"), config=FLAGS.config,
+            batch_size=FLAGS.batch_size, synergistic=synergistic, seed=FLAGS.seed + seed_offset,
+            max_seconds=None if minutes is None else 60 * minutes, **recipe)
         log(f"      {name}: {steps} steps" + (f" or {minutes:g} min" if minutes else ""))
         weights[name] = workflow.train_model(settings, log)
     notes.append(

@@ -8,6 +8,6 @@ table.  Results on these slides measure the pipeline, not clinical accuracy.
 Entry point: :func:`make_cohort` (``data_prep/make_synthetic_cohort.py``).
 """
 
-from pfascannet.synthetic.cohort import CohortError, CohortInfo, make_cohort
+from pfascannet.synthetic.cohort import CohortError, CohortInfo, CohortSettings, make_cohort
 
-__all__ = ["CohortError", "CohortInfo", "make_cohort"]
+__all__ = ["CohortError", "CohortInfo", "CohortSettings", "make_cohort"]

@@ -41,6 +41,7 @@ from pfascannet import io_utils
 from pfascannet.camelyon import (LEVEL0_MPP, NODE_LABELS, node_class, node_slide_id, patient_id,
                                  pn_stage_from_nodes)
 from pfascannet.errors import PfaError
+from pfascannet.settings import setting
 from pfascannet.evaluation.pn_stage import write_camelyon17_csv
 from pfascannet.slide.annotations import Annotation, write_asap_xml, write_mask_tiff
 from pfascannet.slide.tiff_writer import write_pyramid_tiff
@@ -313,45 +314,76 @@ class PlannedSlide:
     centre: int
 
 
-def plan_cohort(
-    *,
-    seed: int = 0,
-    patients: int = 4,
-    nodes_per_patient: int = 5,
-    slide_size: int = 4096,
-    mpp: float = LEVEL0_MPP,
-    test_fraction: float = 0.25,
-    centres: int = 5,
-    node_labels: Optional[Sequence[Sequence[str]]] = None,
-) -> list[PlannedSlide]:
-    """Plans a cohort without rendering it (same arguments as :func:`make_cohort`).
+@dataclasses.dataclass(frozen=True)
+class CohortSettings:
+    """Everything a synthetic cohort is a deterministic function of (``cohort.json`` records them).
+
+    ``make_cohort``, ``plan_cohort``, ``workflow.ensure_cohort`` and the
+    ``pfascannet cohort`` flags all take these (one declaration each).
+    """
+
+    seed: int = setting(0, help="Seed; the cohort is a deterministic function of it and the other flags.")
+    patients: int = setting(4, help="Patients (5 lymph-node slides each).")
+    nodes_per_patient: int = setting(5, help="Slides per patient (Camelyon17: 5).")
+    slide_size: int = setting(
+        4096, help="Approximate side (px) of negative/ITC/micro slides; macro slides fit their lesion.")
+    mpp: float = setting(LEVEL0_MPP, help="Microns per level-0 pixel (Camelyon: 0.243); lesion sizes are physical.")
+    test_fraction: float = setting(
+        0.25, help="Share of patients in the test split (rounded, at least one when < 1 and patients > 1; "
+                   "the rest: train).")
+    centres: int = setting(5, help="Staining centres (stain, focus and noise vary between them).")
+    node_labels: Optional[Sequence[Sequence[str]]] = setting(
+        None, flag=False, help="Explicit node labels per patient (negative|itc|micro|macro), overriding the stage cycle.")
+    tile_px: int = setting(512, help="TIFF tile side (multiple of 16).")
+    quality: int = setting(90, help="JPEG quality of slide tiles.")
+
+    def __post_init__(self):
+        patients, nodes_per_patient, node_labels = self.patients, self.nodes_per_patient, self.node_labels
+        if isinstance(patients, bool) or not isinstance(patients, int) or patients < 1:
+            raise CohortError(f"patients must be an integer >= 1, got {patients!r}")
+        if nodes_per_patient < 1:
+            raise CohortError(f"nodes_per_patient must be >= 1, got {nodes_per_patient!r}")
+        if not 1024 <= self.slide_size <= 65536:
+            raise CohortError(f"slide_size must be between 1024 and 65536 px, got {self.slide_size!r}")
+        if not 0.05 <= self.mpp <= 5:
+            raise CohortError(f"mpp must be a pixel size in microns between 0.05 and 5, got {self.mpp!r}")
+        if not 0 <= self.test_fraction <= 1:
+            raise CohortError(f"test_fraction must be in [0, 1], got {self.test_fraction!r}")
+        if self.centres < 1:
+            raise CohortError(f"centres must be >= 1, got {self.centres!r}")
+        if node_labels is not None:
+            node_labels = [list(x) for x in node_labels]
+            if len(node_labels) != patients:
+                raise CohortError(f"node_labels gives {len(node_labels)} patients but patients={patients}")
+            for labs in node_labels:
+                bad = [x for x in labs if x not in NODE_LABELS]
+                if bad or len(labs) != nodes_per_patient:
+                    raise CohortError(
+                        f"each patient's node_labels must be {nodes_per_patient} of {NODE_LABELS}, got {labs}"
+                    )
+            object.__setattr__(self, "node_labels", node_labels)
+        tile_px, quality = self.tile_px, self.quality
+        if isinstance(tile_px, bool) or not isinstance(tile_px, int) or tile_px < 16 or tile_px % 16:
+            raise CohortError(f"tile_px must be a positive multiple of 16, got {tile_px!r}")
+        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+            raise CohortError(f"quality must be a JPEG quality in 1..100, got {quality!r}")
+
+
+def _settings(settings: Optional[CohortSettings], kwargs: dict) -> CohortSettings:
+    if settings is not None and kwargs:
+        raise TypeError(f"give CohortSettings or keyword settings, not both (got {sorted(kwargs)})")
+    return settings if settings is not None else CohortSettings(**kwargs)
+
+
+def plan_cohort(settings: Optional[CohortSettings] = None, **kwargs) -> list[PlannedSlide]:
+    """Plans a cohort without rendering it (the settings of :func:`make_cohort`).
 
     ``make_cohort`` renders exactly these plans, so tests and tools can find
     where the mimics and lesions of a written cohort are.
     """
-    if isinstance(patients, bool) or not isinstance(patients, int) or patients < 1:
-        raise CohortError(f"patients must be an integer >= 1, got {patients!r}")
-    if nodes_per_patient < 1:
-        raise CohortError(f"nodes_per_patient must be >= 1, got {nodes_per_patient!r}")
-    if not 1024 <= slide_size <= 65536:
-        raise CohortError(f"slide_size must be between 1024 and 65536 px, got {slide_size!r}")
-    if not 0.05 <= mpp <= 5:
-        raise CohortError(f"mpp must be a pixel size in microns between 0.05 and 5, got {mpp!r}")
-    if not 0 <= test_fraction <= 1:
-        raise CohortError(f"test_fraction must be in [0, 1], got {test_fraction!r}")
-    if centres < 1:
-        raise CohortError(f"centres must be >= 1, got {centres!r}")
-    if node_labels is not None:
-        node_labels = [list(x) for x in node_labels]
-        if len(node_labels) != patients:
-            raise CohortError(f"node_labels gives {len(node_labels)} patients but patients={patients}")
-        for labs in node_labels:
-            bad = [x for x in labs if x not in NODE_LABELS]
-            if bad or len(labs) != nodes_per_patient:
-                raise CohortError(
-                    f"each patient's node_labels must be {nodes_per_patient} of {NODE_LABELS}, got {labs}"
-                )
-
+    cs = _settings(settings, kwargs)
+    seed, patients, nodes_per_patient, node_labels = cs.seed, cs.patients, cs.nodes_per_patient, cs.node_labels
+    slide_size, mpp, test_fraction, centres = cs.slide_size, cs.mpp, cs.test_fraction, cs.centres
     rng = np.random.default_rng([seed, 0])
     n_test = int(round(test_fraction * patients))
     if 0 < test_fraction < 1 and patients > 1:
@@ -379,37 +411,19 @@ def plan_cohort(
 
 def make_cohort(
     out_dir: str | os.PathLike,
+    settings: Optional[CohortSettings] = None,
     *,
-    seed: int = 0,
-    patients: int = 4,
-    nodes_per_patient: int = 5,
-    slide_size: int = 4096,
-    mpp: float = LEVEL0_MPP,
-    test_fraction: float = 0.25,
-    centres: int = 5,
-    node_labels: Optional[Sequence[Sequence[str]]] = None,
-    tile_px: int = 512,
-    quality: int = 90,
     workers: Optional[int] = None,
     progress: Optional[callable] = None,
+    **kwargs,
 ) -> CohortInfo:
     """Generates a Camelyon-like cohort in ``out_dir`` (layout in the module docstring).
 
     Args:
       out_dir: output directory (created; existing files of the same names are replaced).
-      seed: everything is a deterministic function of it (and the other settings).
-      patients: number of patients; patient ``p`` gets stage ``STAGE_CYCLE[p % 5]``.
-      nodes_per_patient: lymph nodes (slides) per patient; Camelyon17 has 5.
-      slide_size: approximate side (px) of negative, ITC and micro slides; macro
-        slides are sized to their > 2 mm lesion instead.
-      mpp: microns per level-0 pixel; lesion sizes are physical.
-      test_fraction: share of patients (rounded, at least one when < 1 and
-        patients > 1) in the ``test`` split; the rest are ``train``.
-      centres: number of staining centres (patients are spread over them).
-      node_labels: optional explicit labels per patient (each a sequence of
-        ``negative|itc|micro|macro``, one per node), overriding the stage cycle.
-      tile_px: TIFF tile side.
-      quality: JPEG quality of the slide tiles.
+      settings: a :class:`CohortSettings`; or its fields as keywords (``seed=...,
+        patients=...``), the rest at their defaults.  Patient ``p`` gets stage
+        ``STAGE_CYCLE[p % 5]`` unless ``node_labels`` gives each node's label.
       workers: threads rendering tiles of a slide (default: CPU count, <= 4).
       progress: optional ``callable(message: str)`` called once per slide.
 
@@ -422,17 +436,15 @@ def make_cohort(
     t_start = time.perf_counter()
     out_dir = os.fspath(out_dir)
     # Checked before anything is planned or written (the planning alone takes seconds).
-    if isinstance(tile_px, bool) or not isinstance(tile_px, int) or tile_px < 16 or tile_px % 16:
-        raise CohortError(f"tile_px must be a positive multiple of 16, got {tile_px!r}")
-    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-        raise CohortError(f"quality must be a JPEG quality in 1..100, got {quality!r}")
+    cs = _settings(settings, kwargs)
+    seed, patients, nodes_per_patient, node_labels = cs.seed, cs.patients, cs.nodes_per_patient, cs.node_labels
+    slide_size, mpp, test_fraction, centres = cs.slide_size, cs.mpp, cs.test_fraction, cs.centres
+    tile_px, quality = cs.tile_px, cs.quality
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise CohortError(f"workers must be an integer >= 1 (or None: CPU count), got {workers!r}")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise CohortError(f"{out_dir} exists and is not a folder")
-    planned = plan_cohort(seed=seed, patients=patients, nodes_per_patient=nodes_per_patient,
-                          slide_size=slide_size, mpp=mpp, test_fraction=test_fraction, centres=centres,
-                          node_labels=node_labels)
+    planned = plan_cohort(cs)
     # A killed run leaves hidden, unlocked temporaries (partial TIFFs, scratch
     # pyramid levels); clear them before writing anything new.
     for sub in ("", "images", "annotations", "masks", "tissue"):

@@ -66,215 +66,26 @@ import tensorflow as tf
 
 from pfascannet import io_utils
 from pfascannet.data import pipeline, sampling
-from pfascannet.data.augment import AugmentConfig
-from pfascannet.errors import PfaError
-
-STRATEGIES = ("mirrored", "multiworker")
-COLLECTIVES = ("auto", "ring", "nccl")
-"""Multi-worker all-reduce: ``ring`` (gRPC, CPUs), ``nccl`` (GPUs), ``auto`` (NCCL where every device is a GPU)."""
-KERNEL_INITS = ("he_normal", "model", "imagenet")
-OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("constant", "cosine")
-HARD_NEGATIVE_SOURCES = ("slides", "patches")
-
-# Settings that change what a run computes: a resumed run must match them.
-_RUN_DEFINING = (
-    "data", "config", "batch_size", "learning_rate", "momentum", "lambda_seg", "gamma", "synergistic",
-    "seed", "split", "random_per_class", "boundary", "itc", "augment", "tfrecords", "hard_negative_at", "kernel_init",
-    "optimizer", "warmup_steps", "stream", "imagenet_weights", "precision", "hard_negative_every",
-    "hard_negative_source", "hard_negative_threshold", "hard_negative_max", "hard_negative_candidates", "lr_schedule",
+from pfascannet.progress import LOGGER, Progress
+from pfascannet.training.settings import (
+    COLLECTIVES,
+    HARD_NEGATIVE_SOURCES,
+    KERNEL_INITS,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    PAPER_DEFAULTS,
+    STRATEGIES,
+    TrainingError,
+    TrainSettings,
+    workdir_mismatch,
 )
 
-
-# What runs written before a setting existed did, so that they still resume.
-_LEGACY_DEFAULTS = {"optimizer": "sgd", "warmup_steps": 0, "stream": False, "imagenet_weights": "imagenet",
-                    "precision": "float32", "hard_negative_every": 0, "hard_negative_source": "patches",
-                    "lr_schedule": "constant"}
-
-
-class TrainingError(PfaError, ValueError):
-    """A training setting or work directory that cannot be used."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSettings:
-    """Everything one training run depends on (validated on construction).
-
-    Attributes:
-      data: cohort folder (``images/``, ``annotations/``, ``slides.csv``).
-      workdir: checkpoints, logs, resolved config and final weights.
-      config: model config name (``tiny`` or ``paper``).
-      steps: total optimisation steps (a resumed run continues to this).
-      batch_size: global batch (split over the replicas; a multiple of them).
-      learning_rate, momentum: SGD (paper: 1e-4, 0.9).
-      lambda_seg: lambda of eq. (3) (paper: 0.5).
-      gamma: truncation point of eq. (2) (paper: 0.04).
-      synergistic: False is the paper's "w/o SL" ablation (Lcla only).
-      seed: sampling, initialisation, shuffling and augmentation.
-      split: slides of ``slides.csv`` to train on.
-      random_per_class, boundary, itc: sampler counts (``SamplerConfig``).
-      augment: Sec. 2.4 augmentation on (False: raw patches).
-      tfrecords: glob of TFRecord shards to read instead of the slides.
-      checkpoint_every: steps between checkpoints.
-      keep_checkpoints: checkpoints kept.
-      log_every: steps between log lines / TensorBoard points.
-      hard_negative_at: step of the first hard-negative round (0: never).
-      hard_negative_every: steps between later rounds (0: one round); rounds
-        run at ``hard_negative_at + k * hard_negative_every`` below ``steps``,
-        and each round's negatives join the earlier rounds'.
-      hard_negative_source: ``slides`` (``training.mining``: the current
-        weights scan every training slide densely, and the map's maxima at or
-        above ``hard_negative_threshold`` in normal tissue become negatives)
-        or ``patches`` (``sampling.HardNegativeMiner``: the classifier scores
-        ``hard_negative_candidates`` random normal patches).
-      hard_negative_candidates, hard_negative_threshold, hard_negative_max:
-        candidates scored (``patches`` only), the false-positive probability,
-        and the most negatives one round adds.
-      max_seconds: stop early (checkpoint + final weights) after this long.
-      strategy: ``mirrored`` (one machine) or ``multiworker`` (TF_CONFIG).
-      collective: multi-worker all-reduce implementation (``COLLECTIVES``).
-      collective_timeout_s: multi-worker only: a collective that waits longer
-        for a peer raises (None: rely on the coordination service's
-        heartbeats alone).  TensorFlow spends a thread per collective on it,
-        so leave it None unless a hang must be bounded (tests do).
-      num_parallel_calls: parallel slide reads (-1: tf.data AUTOTUNE).
-      kernel_init: ``he_normal`` redraws every convolution kernel with He
-        initialisation before the first step; ``model`` keeps the model's own
-        (Glorot) initialisation; ``imagenet`` starts the trunk from Keras'
-        ImageNet VGG16 (``imagenet_weights``) as the paper does, which needs
-        ``config="paper_imagenet"`` (the paper's widths with the caffe input
-        convention those weights expect) -- the decoder and head stay He.
-        From scratch, 13 ReLU convolutions without normalisation lose half
-        their signal variance per layer under Glorot, and the patch output
-        barely moves from 0.5 (He et al., ICCV 2015).
-      imagenet_weights: ``"imagenet"`` (Keras downloads the file on first
-        use) or a path to a VGG16-without-top weights file.
-      optimizer: ``sgd`` (the paper's, with ``momentum``; meant for
-        fine-tuning from ImageNet at 1e-4) or ``adam`` (our choice for
-        from-scratch runs, where the paper is silent: measured here, SGD at
-        the 2e-3 a from-scratch run needs takes steps large enough in its
-        first few iterations to switch off most ReLUs of the narrow first
-        blocks -- block1_conv2 of ``tiny`` went from 29 % to 3 % active in 20
-        steps and the output became constant -- while Adam's steps are bounded
-        by the learning rate per weight; 1e-3 is the usual rate).
-      warmup_steps: the learning rate rises linearly from lr/warmup_steps
-        to lr over this many steps (0: none); protects the same first steps.
-      lr_schedule: after the warm-up, ``constant`` (the paper is silent) or
-        ``cosine`` (half a cosine from the rate to 0 at ``steps``; our choice
-        for from-scratch Adam runs: at a constant 1e-3 the demo recipe's loss
-        rose again after its hard-negative round, 0.13 to 0.61 in 125 steps).
-      stream: fresh seeded patch positions every epoch
-        (``pipeline.SampleStream``) rather than one draw replayed; epoch 0 is
-        ``samples.csv``.
-      precision: ``float32``, or ``bfloat16`` / ``float16`` Keras mixed
-        precision (``model.precision``; weights stay float32, the losses are
-        computed on float32 outputs); ``float16`` scales the loss
-        dynamically (``keras.optimizers.LossScaleOptimizer``).
-    """
-
-    data: str
-    workdir: str
-    config: str = "tiny"
-    steps: int = 1000
-    batch_size: int = 8
-    learning_rate: float = 1e-4
-    momentum: float = 0.9
-    lambda_seg: float = 0.5
-    gamma: float = 0.04
-    synergistic: bool = True
-    seed: int = 0
-    split: str = "train"
-    random_per_class: int = 64
-    boundary: int = 32
-    itc: int = 16
-    augment: bool = True
-    tfrecords: Optional[str] = None
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 3
-    log_every: int = 10
-    hard_negative_at: int = 0
-    hard_negative_candidates: int = 256
-    hard_negative_threshold: float = 0.5
-    hard_negative_max: int = 64
-    hard_negative_every: int = 0
-    hard_negative_source: str = "slides"
-    max_seconds: Optional[float] = None
-    strategy: str = "mirrored"
-    collective: str = "auto"
-    collective_timeout_s: Optional[float] = None
-    num_parallel_calls: int = -1
-    kernel_init: str = "he_normal"
-    imagenet_weights: str = "imagenet"
-    optimizer: str = "sgd"
-    warmup_steps: int = 0
-    lr_schedule: str = "constant"
-    stream: bool = True
-    precision: str = "float32"
-
-    def __post_init__(self):
-        def pos_int(name, minimum=1):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-                raise TrainingError(f"{name} must be an integer >= {minimum}, got {v!r}")
-
-        for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
-            pos_int(name)
-        for name in ("random_per_class", "boundary", "itc", "hard_negative_at", "hard_negative_candidates",
-                     "hard_negative_max", "warmup_steps", "hard_negative_every"):
-            pos_int(name, 0)
-        if not self.learning_rate > 0:
-            raise TrainingError(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        if not 0 <= self.momentum < 1:
-            raise TrainingError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if self.kernel_init not in KERNEL_INITS:
-            raise TrainingError(f"kernel_init must be one of {KERNEL_INITS}, got {self.kernel_init!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise TrainingError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise TrainingError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.hard_negative_source not in HARD_NEGATIVE_SOURCES:
-            raise TrainingError(
-                f"hard_negative_source must be one of {HARD_NEGATIVE_SOURCES}, got {self.hard_negative_source!r}"
-            )
-        if not 0.0 <= self.hard_negative_threshold <= 1.0:
-            raise TrainingError(f"hard_negative_threshold must be in [0, 1], got {self.hard_negative_threshold!r}")
-        from pfascannet.model.precision import PRECISIONS  # noqa: PLC0415
-
-        if self.precision not in PRECISIONS:
-            raise TrainingError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.kernel_init == "imagenet":
-            if self.config != "paper_imagenet":
-                raise TrainingError(
-                    f"kernel_init 'imagenet' needs config 'paper_imagenet' (the paper's widths with the input "
-                    f"convention ImageNet VGG16 expects), got config {self.config!r}"
-                )
-            if self.imagenet_weights != "imagenet" and not os.path.isfile(self.imagenet_weights):
-                raise TrainingError(f"imagenet_weights {self.imagenet_weights!r}: no such file (or 'imagenet')")
-        if self.strategy not in STRATEGIES:
-            raise TrainingError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.collective not in COLLECTIVES:
-            raise TrainingError(f"collective must be one of {COLLECTIVES}, got {self.collective!r}")
-        if self.collective_timeout_s is not None and not self.collective_timeout_s > 0:
-            raise TrainingError(f"collective_timeout_s must be > 0, got {self.collective_timeout_s!r}")
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise TrainingError(f"max_seconds must be > 0, got {self.max_seconds!r}")
-        if self.tfrecords is None and not os.path.isdir(self.data):
-            raise TrainingError(f"--data {self.data!r} is not a cohort folder")
-        # Loss settings are validated by the loss itself (eq. (2) range of gamma).
-        from pfascannet.model.losses import SynergisticLoss  # noqa: PLC0415
-
-        SynergisticLoss(gamma=self.gamma, lam=self.lambda_seg, synergistic=self.synergistic)
-
-    def mining_steps(self) -> list[int]:
-        """Steps at which a hard-negative round runs (before that step's batch)."""
-        if not self.hard_negative_at:
-            return []
-        if not self.hard_negative_every:
-            return [self.hard_negative_at] if self.hard_negative_at < self.steps else []
-        return list(range(self.hard_negative_at, self.steps, self.hard_negative_every))
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+# Settings live in training/settings.py; re-exported for callers of ``trainer``.
+__all__ = [
+    "COLLECTIVES", "HARD_NEGATIVE_SOURCES", "KERNEL_INITS", "LR_SCHEDULES", "OPTIMIZERS", "STRATEGIES",
+    "TrainProgress", "TrainResult", "TrainSettings", "TrainingError", "WarmUp", "he_initialise", "make_optimizer",
+    "make_strategy", "progress_printer", "scratch_recipe", "train",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -410,10 +221,21 @@ def _save_weights(model, path: str) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def print_progress(p: TrainProgress) -> None:
-    """Default progress line: step, losses, throughput, ETA."""
-    parts = " ".join(f"{k}={v:.4f}" for k, v in p.losses.items())
-    print(f"step {p.step}/{p.steps} {parts} {p.patches_per_s:.1f} patches/s eta {p.eta_s / 60:.1f} min", flush=True)
+def progress_printer(stream=None) -> Callable[[TrainProgress], None]:
+    """The default ``on_progress``: a ``pfascannet.progress.Progress`` line of step, losses, patches/s and ETA.
+
+    One line per call (``log_every`` steps apart); on a terminal the line is
+    redrawn in place.  ``stream``: write plain lines there instead.
+    """
+    reporter = Progress(label="train", unit="step", stream=stream, interval_s=0.0)
+
+    def report(p: TrainProgress) -> None:
+        if reporter.done == 0 and p.first_step:
+            reporter.done = p.first_step  # resumed: earlier steps count, not in the rate
+        losses = " ".join(f"{k}={v:.4f}" for k, v in p.losses.items())
+        reporter.update(p.step, p.steps, extra=f"{losses} {p.patches_per_s:.1f} patches/s")
+
+    return report
 
 
 def write_scalars(writer, step: int, scalars: dict) -> None:
@@ -435,20 +257,12 @@ def write_scalars(writer, step: int, scalars: dict) -> None:
 
 
 def _check_workdir_config(path: str, resolved: dict) -> None:
+    """Refuses a workdir whose run (``config.json``'s flat ``settings``, old or new) computed something else."""
     if not os.path.exists(path):
         return
     with open(path, encoding="utf-8") as f:
         old = json.load(f).get("settings", {})
-    new = resolved["settings"]
-    # Without mining on either side, how mining would have run does not matter.
-    no_mining = not old.get("hard_negative_at") and not new.get("hard_negative_at")
-    diff = {}
-    for k in _RUN_DEFINING:
-        if no_mining and k.startswith("hard_negative_"):
-            continue
-        before = old.get(k, _LEGACY_DEFAULTS.get(k))
-        if before != new[k]:
-            diff[k] = (before, new[k])
+    diff = workdir_mismatch(old, resolved["settings"])
     if diff:
         raise TrainingError(
             f"{os.path.dirname(path)} holds a run with other settings {diff} (old, new); "
@@ -456,16 +270,20 @@ def _check_workdir_config(path: str, resolved: dict) -> None:
         )
 
 
+_PRINT = object()
+
+
 def train(
     settings: TrainSettings,
-    on_progress: Optional[Callable[[TrainProgress], None]] = print_progress,
+    on_progress: Optional[Callable[[TrainProgress], None]] = _PRINT,
     strategy: Optional[tf.distribute.Strategy] = None,
 ) -> TrainResult:
     """Trains (or resumes) one run; see the module docstring.
 
     Args:
       settings: the run.
-      on_progress: called after every ``log_every`` steps and the last (None: silent).
+      on_progress: called after every ``log_every`` steps and the last
+        (default: ``progress_printer()``; None: silent).
       strategy: overrides ``make_strategy(settings.strategy)``.
 
     Returns:
@@ -474,7 +292,9 @@ def train(
     from pfascannet.model.config import get_config  # noqa: PLC0415
 
     s = settings
-    model_config = get_config(s.config)
+    if on_progress is _PRINT:
+        on_progress = progress_printer()
+    model_config = get_config(s.model.config)
     strategy = strategy or make_strategy(s.strategy, s.collective, s.collective_timeout_s)
     replicas = strategy.num_replicas_in_sync
     if s.batch_size % replicas:
@@ -488,129 +308,166 @@ def train(
     if not chief:
         shutil.rmtree(writedir, ignore_errors=True)
         os.makedirs(writedir)
+    run = _Run(s, strategy, model_config, replicas, chief, workdir, writedir)
     try:
-        return _train(s, on_progress, strategy, model_config, replicas, chief, workdir, writedir)
+        return _train(run, on_progress)
     finally:
         if not chief:
             shutil.rmtree(writedir, ignore_errors=True)
 
 
-def _train(s, on_progress, strategy, model_config, replicas, chief, workdir, writedir) -> TrainResult:
-    import keras  # noqa: PLC0415
+@dataclasses.dataclass
+class _Run:
+    """Where and how one process trains: settings, strategy, and the folders it reads and writes."""
 
-    from pfascannet.model.decoder import decoder_targets  # noqa: PLC0415
-    from pfascannet.model.detector import build_training_model  # noqa: PLC0415
-    from pfascannet.model.losses import SynergisticLoss  # noqa: PLC0415
-    from pfascannet.model.precision import dtype_policy  # noqa: PLC0415
+    s: TrainSettings
+    strategy: tf.distribute.Strategy
+    model_config: object
+    replicas: int
+    chief: bool
+    workdir: str
+    writedir: str
 
-    resolved = {
-        "settings": s.to_dict(),
-        "model": model_config.to_dict(),
-        "replicas": replicas,
-        "devices": list(getattr(strategy.extended, "worker_devices", [])),
+
+def _resolved_config(run: _Run) -> dict:
+    """What ``config.json`` records: the settings (flat, and nested), the model, the machine."""
+    return {
+        "settings": run.s.flat(),
+        "nested_settings": run.s.to_dict(),
+        "model": run.model_config.to_dict(),
+        "replicas": run.replicas,
+        "devices": list(getattr(run.strategy.extended, "worker_devices", [])),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "python": platform.python_version(),
-        "paper_defaults": {"learning_rate": 1e-4, "momentum": 0.9, "lambda_seg": 0.5, "gamma": 0.04},
+        "paper_defaults": dict(PAPER_DEFAULTS),
     }
-    config_path = os.path.join(workdir, "config.json")
-    _check_workdir_config(config_path, resolved)
 
-    # -- data ---------------------------------------------------------------
-    sampler = reader = None
-    samples: list[sampling.PatchSample] = []
-    if s.tfrecords is None:
-        slides = sampling.load_cohort(s.data, s.split)
-        sampler = sampling.PatchSampler(
-            slides, sampling.SamplerConfig(random_per_class=s.random_per_class, boundary=s.boundary, itc=s.itc)
-        )
-        samples_path = os.path.join(workdir, "samples.csv")
-        if os.path.exists(samples_path):
-            samples = sampling.load_samples(samples_path)
-        else:
-            samples = sampler.sample(s.seed)
-            if chief:
-                sampling.save_samples(samples_path, samples)
-        reader = pipeline.PatchReader(sampler)
-    elif s.hard_negative_at:
-        raise TrainingError("hard-negative mining reads slides; it cannot be combined with --tfrecords")
-    if chief:
-        io_utils.write_json(config_path, resolved)
 
-    augment_config = AugmentConfig() if s.augment else None
+@dataclasses.dataclass
+class _Data:
+    """The run's patch samples and the readers that stream them."""
+
+    sampler: Optional[sampling.PatchSampler]
+    reader: Optional[pipeline.PatchReader]
+    samples: list
+
+
+def _prepare_data(run: _Run) -> _Data:
+    """Samples the training slides once (``samples.csv``; read back on a resume) and opens a reader."""
+    s = run.s
+    if s.tfrecords is not None:
+        if s.mining.at:
+            raise TrainingError("hard-negative mining reads slides; it cannot be combined with --tfrecords")
+        return _Data(None, None, [])
+    sampler = sampling.PatchSampler(sampling.load_cohort(s.data, s.split), s.sampler.config())
+    samples_path = os.path.join(run.workdir, "samples.csv")
+    if os.path.exists(samples_path):
+        samples = sampling.load_samples(samples_path)
+    else:
+        samples = sampler.sample(s.seed)
+        if run.chief:
+            sampling.save_samples(samples_path, samples)
+    return _Data(sampler, pipeline.PatchReader(sampler), samples)
+
+
+def _make_dataset(run: _Run, data: _Data, start_step: int, extra: list):
+    """The distributed input stream from element ``start_step * batch_size`` on, with ``extra`` negatives."""
+    s = run.s
+    start = start_step * s.batch_size
     parallel = tf.data.AUTOTUNE if s.num_parallel_calls < 0 else s.num_parallel_calls
+    if s.tfrecords is not None:
+        ds = pipeline.tfrecord_dataset(
+            s.tfrecords, batch_size=s.batch_size, seed=s.seed, augment_config=s.augmentation,
+            start_index=start, num_parallel_calls=parallel,
+        )
+    else:
+        stream = (pipeline.SampleStream(data.sampler, s.seed, extra=extra, first=data.samples)
+                  if s.sampler.stream else data.samples + extra)
+        ds = pipeline.slide_dataset(
+            stream, data.reader, batch_size=s.batch_size, seed=s.seed, augment_config=s.augmentation,
+            start_index=start, num_parallel_calls=parallel,
+        )
+    # ``ds`` yields global batches; under several workers the strategy
+    # rebatches each into one slice per replica and DATA sharding hands
+    # each worker its slices, so the global batch is the one-worker one.
+    # (Every worker reads the whole stream and keeps its part: simple and
+    # exact; reading only one's own elements would need an index-level split.)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return run.strategy.experimental_distribute_dataset(ds.with_options(options))
 
-    def make_dataset(start_step: int, extra: list) -> tf.data.Dataset:
-        start = start_step * s.batch_size
-        if s.tfrecords is not None:
-            ds = pipeline.tfrecord_dataset(
-                s.tfrecords, batch_size=s.batch_size, seed=s.seed, augment_config=augment_config,
-                start_index=start, num_parallel_calls=parallel,
-            )
-        else:
-            stream = pipeline.SampleStream(sampler, s.seed, extra=extra, first=samples) if s.stream else samples + extra
-            ds = pipeline.slide_dataset(
-                stream, reader, batch_size=s.batch_size, seed=s.seed, augment_config=augment_config,
-                start_index=start, num_parallel_calls=parallel,
-            )
-        # ``ds`` yields global batches; under several workers the strategy
-        # rebatches each into one slice per replica and DATA sharding hands
-        # each worker its slices, so the global batch is the one-worker one.
-        # (Every worker reads the whole stream and keeps its part: simple and
-        # exact; reading only one's own elements would need an index-level split.)
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        return strategy.experimental_distribute_dataset(ds.with_options(options))
 
-    # -- model, optimiser, checkpoint ----------------------------------------
+@dataclasses.dataclass
+class _State:
+    """Model, optimiser and step counter, with the checkpoint that saves and restores them."""
+
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    step_var: tf.Variable
+    checkpoint: tf.train.Checkpoint
+    manager: tf.train.CheckpointManager
+    start_step: int
+
+
+def _build_state(run: _Run) -> _State:
+    """Builds model and optimiser under the strategy, restores the latest checkpoint, or initialises a fresh run."""
+    from pfascannet.model.detector import build_training_model  # noqa: PLC0415
+    from pfascannet.model.precision import dtype_policy  # noqa: PLC0415
+
+    s = run.s
     keras.utils.set_random_seed(s.seed)
-    with strategy.scope():
-        with dtype_policy(s.precision):
-            model = build_training_model(model_config)
+    with run.strategy.scope():
+        with dtype_policy(s.model.precision):
+            model = build_training_model(run.model_config)
         optimizer = make_optimizer(s)
-        if s.precision == "float16":
+        if s.model.precision == "float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # float16 gradients underflow otherwise
         # Built here, not lazily inside tf.function: slot variables must be
         # created under the strategy's scope, outside the replica context.
         optimizer.build(model.trainable_variables)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(writedir, "checkpoints"), max_to_keep=s.keep_checkpoints)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(run.writedir, "checkpoints"),
+                                         max_to_keep=s.keep_checkpoints)
     # Every worker restores the chief's checkpoint.
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    latest = tf.train.latest_checkpoint(os.path.join(run.workdir, "checkpoints"))
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
     start_step = int(step_var.numpy())
-    if start_step == 0 and s.kernel_init in ("he_normal", "imagenet"):
+    if start_step == 0 and s.model.kernel_init in ("he_normal", "imagenet"):
         he_initialise(model, s.seed)
-    if start_step == 0 and s.kernel_init == "imagenet":
+    if start_step == 0 and s.model.kernel_init == "imagenet":
         from pfascannet.model.imagenet import ImagenetInitError, load_imagenet_trunk  # noqa: PLC0415
 
         try:
-            load_imagenet_trunk(model, s.imagenet_weights)
+            load_imagenet_trunk(model, s.model.imagenet_weights)
         except ImagenetInitError as e:
             raise TrainingError(str(e)) from None
+    return _State(model, optimizer, step_var, checkpoint, manager, start_step)
 
-    # Rounds already run when this process starts are read back, not mined again.
-    hard: list = []
-    for round_step in s.mining_steps():
-        if round_step < start_step:
-            hard = _join(hard, _load_round(workdir, s, round_step))
 
-    loss_fn = SynergisticLoss(gamma=s.gamma, lam=s.lambda_seg, synergistic=s.synergistic)
+def _make_train_step(run: _Run, state: _State):
+    """One synchronous step over every replica: eq. (3)'s loss, its gradient, the update; returns mean losses."""
+    from pfascannet.model.decoder import decoder_targets  # noqa: PLC0415
+    from pfascannet.model.losses import SynergisticLoss  # noqa: PLC0415
+
+    s, strategy, model, optimizer = run.s, run.strategy, state.model, state.optimizer
+    precision = s.model.precision
+    loss_fn = SynergisticLoss(gamma=s.loss.gamma, lam=s.loss.lambda_seg, synergistic=s.loss.synergistic)
     variables = model.trainable_variables
 
     def replica_step(image, targets):
         with tf.GradientTape() as tape:
             outputs = model(image, training=True)
-            if s.precision != "float32":  # the losses' logs and means in float32
+            if precision != "float32":  # the losses' logs and means in float32
                 outputs = {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
-            seg = decoder_targets(targets["mask"]) if s.synergistic else None
+            seg = decoder_targets(targets["mask"]) if s.loss.synergistic else None
             losses = loss_fn(targets["label"], seg, outputs)
             # Losses are per-replica means; the optimiser sums gradients over
             # replicas, so divide to get the gradient of the global mean.
-            scaled = losses["total"] / replicas
-            if s.precision == "float16":
+            scaled = losses["total"] / run.replicas
+            if precision == "float16":
                 scaled = optimizer.scale_loss(scaled)  # apply_gradients unscales
         grads = tape.gradient(scaled, variables)
         # Without synergistic learning the decoder gets no gradient at all.
@@ -624,26 +481,55 @@ def _train(s, on_progress, strategy, model_config, replicas, chief, workdir, wri
     def train_step(batch):
         image, targets = batch
         per_replica = strategy.run(replica_step, args=(image, targets))
-        step_var.assign_add(1)
+        state.step_var.assign_add(1)
         return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in per_replica.items()}
 
-    writer = tf.summary.create_file_writer(os.path.join(writedir, "tensorboard"))
+    return train_step
+
+
+def _train(run: _Run, on_progress) -> TrainResult:
+    """Config check, data, state, then the loop: steps, hard-negative rounds, logs, checkpoints."""
+    s, workdir = run.s, run.workdir
+    resolved = _resolved_config(run)
+    config_path = os.path.join(workdir, "config.json")
+    _check_workdir_config(config_path, resolved)
+    data = _prepare_data(run)
+    if run.chief:
+        io_utils.write_json(config_path, resolved)
+    state = _build_state(run)
+    start_step = state.start_step
+
+    # Rounds already run when this process starts are read back, not mined again.
+    hard: list = []
+    for round_step in s.mining_steps():
+        if round_step < start_step:
+            hard = _join(hard, _load_round(workdir, s, round_step))
+
+    train_step = _make_train_step(run, state)
+    writer = tf.summary.create_file_writer(os.path.join(run.writedir, "tensorboard"))
     history: list = []
     t0 = time.perf_counter()
     step = start_step
     stopped_early = False
     train_time = 0.0
-    iterator = iter(make_dataset(step, hard)) if step < s.steps else None
+    iterator = iter(_make_dataset(run, data, step, hard)) if step < s.steps else None
+    multiworker = isinstance(run.strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
-    multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    def save(step: int) -> None:
+        try:
+            state.manager.save(checkpoint_number=step)
+        except _PEER_ERRORS as exc:
+            if not multiworker:
+                raise
+            _peer_lost(exc, run.strategy, step, workdir)
 
     while step < s.steps:
         if step in s.mining_steps():
             found = _load_round(workdir, s, step)
             if found is None:
-                found = _mine(s, sampler, reader, model, model_config, chief, workdir, step)
+                found = _mine(s, data.sampler, data.reader, state.model, run.model_config, run.chief, workdir, step)
             hard = _join(hard, found)
-            iterator = iter(make_dataset(step, hard))
+            iterator = iter(_make_dataset(run, data, step, hard))
         batch = next(iterator)
         ts = time.perf_counter()
         try:
@@ -651,7 +537,7 @@ def _train(s, on_progress, strategy, model_config, replicas, chief, workdir, wri
         except _PEER_ERRORS as exc:
             if not multiworker:
                 raise
-            _peer_lost(exc, strategy, step, workdir)
+            _peer_lost(exc, run.strategy, step, workdir)
         train_time += time.perf_counter() - ts
         step += 1
         history.append((step, losses))
@@ -662,27 +548,23 @@ def _train(s, on_progress, strategy, model_config, replicas, chief, workdir, wri
         if step % s.log_every == 0 or last or over_time:
             rate = (step - start_step) * s.batch_size / max(train_time, 1e-9)
             scalars = {f"train/{k}": v for k, v in losses.items()}
-            scalars.update({"train/learning_rate": float(np.asarray(optimizer.learning_rate)), "train/patches_per_s": rate})
+            scalars.update({"train/learning_rate": float(np.asarray(state.optimizer.learning_rate)),
+                            "train/patches_per_s": rate})
             write_scalars(writer, step, scalars)
             if on_progress is not None:
                 elapsed = time.perf_counter() - t0
                 on_progress(TrainProgress(step, s.steps, losses, elapsed, rate, start_step, s.max_seconds))
         if step % s.checkpoint_every == 0 or last or over_time:
-            try:
-                manager.save(checkpoint_number=step)
-            except _PEER_ERRORS as exc:
-                if not multiworker:
-                    raise
-                _peer_lost(exc, strategy, step, workdir)
+            save(step)
         if over_time and not last:
             stopped_early = True
             break
 
     final = os.path.join(workdir, "final.weights.h5")
-    if chief:
-        _save_weights(model, final)
-    if reader is not None:
-        reader.close()
+    if run.chief:
+        _save_weights(state.model, final)
+    if data.reader is not None:
+        data.reader.close()
     return TrainResult(
         step=step,
         final_weights=final,
@@ -691,7 +573,7 @@ def _train(s, on_progress, strategy, model_config, replicas, chief, workdir, wri
         trainer_patches_per_s=(step - start_step) * s.batch_size / max(train_time, 1e-9),
         stopped_early=stopped_early,
         resumed_from=start_step,
-        samples=len(samples) + len(hard),
+        samples=len(data.samples) + len(hard),
     )
 
 
@@ -718,7 +600,7 @@ def _cause(message: str) -> str:
 
 def _round_path(workdir: str, s: TrainSettings, step: int) -> str:
     # The first round keeps the name runs made before rounds existed gave it.
-    name = "hard_negatives.csv" if step == s.hard_negative_at else f"hard_negatives_step{step}.csv"
+    name = "hard_negatives.csv" if step == s.mining.at else f"hard_negatives_step{step}.csv"
     return os.path.join(workdir, name)
 
 
@@ -737,24 +619,25 @@ def _join(hard: list, found: Optional[list]) -> list:
 def _mine(s: TrainSettings, sampler, reader, model, model_config, chief: bool, workdir: str, step: int) -> list:
     """One hard-negative round with the current weights (Sec. 1; ``hard_negative_source``)."""
     t0 = time.perf_counter()
-    if s.hard_negative_source == "slides":
+    m = s.mining
+    if m.source == "slides":
         from pfascannet.training.mining import mine_from_slides  # noqa: PLC0415
 
         found = mine_from_slides(model, model_config, sampler, os.path.join(workdir, "mining", f"step_{step}"),
-                                 threshold=s.hard_negative_threshold, max_keep=s.hard_negative_max)
+                                 threshold=m.threshold, max_keep=m.max_keep)
         what = f"{len(sampler.slides)} training slides scanned"
     else:
         miner = sampling.HardNegativeMiner(
-            candidates=s.hard_negative_candidates, threshold=s.hard_negative_threshold, max_keep=s.hard_negative_max,
+            candidates=m.candidates, threshold=m.threshold, max_keep=m.max_keep,
             batch_size=max(1, min(8, s.batch_size)),
         )
         seed = s.seed + 1 + s.mining_steps().index(step)
         found = miner(sampler, sampling.classifier_predict_fn(model), reader.read_patch, seed=seed)
-        what = f"{s.hard_negative_candidates} normal patches scored"
+        what = f"{m.candidates} normal patches scored"
     if chief:
         sampling.save_samples(_round_path(workdir, s, step), found)
-    print(f"hard-negative round at step {step}: {len(found)} false positives >= {s.hard_negative_threshold:g} "
-          f"({what}, {time.perf_counter() - t0:.0f} s)", flush=True)
+    LOGGER.info(f"hard-negative round at step {step}: {len(found)} false positives >= {m.threshold:g} "
+                f"({what}, {time.perf_counter() - t0:.0f} s)")
     return found
 
 
@@ -791,7 +674,7 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def scratch_recipe(steps: int, hard_negative_rounds: int = 2) -> dict:
-    """TrainSettings fields of the from-scratch recipe, for a run of ``steps`` steps.
+    """Flat settings of the from-scratch recipe (``TrainSettings.from_flat(..., **recipe)``), for ``steps`` steps.
 
     Where the paper is silent (it fine-tunes ImageNet VGG16 with SGD 1e-4) this
     is our choice, measured in BENCHMARKS.md "A detector that detects": Adam at
@@ -820,19 +703,17 @@ def make_optimizer(s: TrainSettings):
     The warm-up reads the optimiser's own iteration count, which the
     checkpoint restores, so a resumed run continues on the same schedule.
     """
-
-    lr = s.learning_rate
-    if s.warmup_steps or s.lr_schedule == "cosine":
-        lr = WarmUp(s.learning_rate, s.warmup_steps, s.steps if s.lr_schedule == "cosine" else 0)
-    if s.optimizer == "adam":
+    o = s.optimiser
+    lr = o.learning_rate
+    if o.warmup_steps or o.lr_schedule == "cosine":
+        lr = WarmUp(o.learning_rate, o.warmup_steps, s.steps if o.lr_schedule == "cosine" else 0)
+    if o.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=lr)
-    return keras.optimizers.SGD(learning_rate=lr, momentum=s.momentum)
+    return keras.optimizers.SGD(learning_rate=lr, momentum=o.momentum)
 
 
 def he_initialise(model, seed: int) -> int:
     """Redraws every Conv2D/Conv2DTranspose kernel with He-normal (seeded); returns how many."""
-    import keras  # noqa: PLC0415
-
     n = 0
     for i, layer in enumerate(model.layers):
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
