@@ -27,6 +27,12 @@ import numpy as np
 
 from pfascannet import geometry
 from pfascannet.data import sampling
+from pfascannet.inference import engine
+from pfascannet.inference.export import KerasDetector
+from pfascannet.inference.lesions import lesion_candidates
+from pfascannet.inference.model_run import ModelRun
+from pfascannet.inference.scan_options import ScanOptions
+from pfascannet.model.detector import build_detector, transfer_weights
 
 MINING_RADIUS_UM = 100.0
 """Reach of a map maximum when picking negatives: one point per ~0.2 mm blob of false positive."""
@@ -65,12 +71,6 @@ def mine_from_slides(
     Returns:
       ``hard_negative`` samples (label 0) centred on the maxima, by decreasing probability.
     """
-    from pfascannet.inference import engine  # noqa: PLC0415
-    from pfascannet.inference.export import KerasDetector  # noqa: PLC0415
-    from pfascannet.inference.model_run import ModelRun  # noqa: PLC0415
-    from pfascannet.inference.scan_options import ScanOptions  # noqa: PLC0415
-    from pfascannet.inference.lesions import lesion_candidates  # noqa: PLC0415
-    from pfascannet.model.detector import build_detector, transfer_weights  # noqa: PLC0415
 
     per_slide = max(4, max_keep // 4) if per_slide is None else int(per_slide)
     detector = build_detector(model_config, alpha=alpha, input_px=None)

@@ -66,7 +66,14 @@ import tensorflow as tf
 
 from pfascannet import io_utils
 from pfascannet.data import pipeline, sampling
+from pfascannet.model.config import get_config
+from pfascannet.model.decoder import decoder_targets
+from pfascannet.model.detector import build_training_model
+from pfascannet.model.imagenet import ImagenetInitError, load_imagenet_trunk
+from pfascannet.model.losses import SynergisticLoss
+from pfascannet.model.precision import dtype_policy
 from pfascannet.progress import LOGGER, Progress
+from pfascannet.training.mining import mine_from_slides
 from pfascannet.training.settings import (
     COLLECTIVES,
     HARD_NEGATIVE_SOURCES,
@@ -289,7 +296,6 @@ def train(
     Returns:
       A ``TrainResult``; the weights are in ``result.final_weights``.
     """
-    from pfascannet.model.config import get_config  # noqa: PLC0415
 
     s = settings
     if on_progress is _PRINT:
@@ -412,8 +418,6 @@ class _State:
 
 def _build_state(run: _Run) -> _State:
     """Builds model and optimiser under the strategy, restores the latest checkpoint, or initialises a fresh run."""
-    from pfascannet.model.detector import build_training_model  # noqa: PLC0415
-    from pfascannet.model.precision import dtype_policy  # noqa: PLC0415
 
     s = run.s
     keras.utils.set_random_seed(s.seed)
@@ -438,7 +442,6 @@ def _build_state(run: _Run) -> _State:
     if start_step == 0 and s.model.kernel_init in ("he_normal", "imagenet"):
         he_initialise(model, s.seed)
     if start_step == 0 and s.model.kernel_init == "imagenet":
-        from pfascannet.model.imagenet import ImagenetInitError, load_imagenet_trunk  # noqa: PLC0415
 
         try:
             load_imagenet_trunk(model, s.model.imagenet_weights)
@@ -449,8 +452,6 @@ def _build_state(run: _Run) -> _State:
 
 def _make_train_step(run: _Run, state: _State):
     """One synchronous step over every replica: eq. (3)'s loss, its gradient, the update; returns mean losses."""
-    from pfascannet.model.decoder import decoder_targets  # noqa: PLC0415
-    from pfascannet.model.losses import SynergisticLoss  # noqa: PLC0415
 
     s, strategy, model, optimizer = run.s, run.strategy, state.model, state.optimizer
     precision = s.model.precision
@@ -621,7 +622,6 @@ def _mine(s: TrainSettings, sampler, reader, model, model_config, chief: bool, w
     t0 = time.perf_counter()
     m = s.mining
     if m.source == "slides":
-        from pfascannet.training.mining import mine_from_slides  # noqa: PLC0415
 
         found = mine_from_slides(model, model_config, sampler, os.path.join(workdir, "mining", f"step_{step}"),
                                  threshold=m.threshold, max_keep=m.max_keep)
