@@ -115,8 +115,6 @@ def patch_auc(weights: str, config: str, data: str, seed: int, per_class: int, b
 def main(argv):
     from pfascannet.training import trainer  # noqa: PLC0415  (imports TensorFlow and Keras)
 
-    if len(argv) > 1:
-        raise trainer.TrainingError(f"unexpected arguments {argv[1:]}")
     if not FLAGS.workdir:
         raise trainer.TrainingError("--workdir is required")
     try:

@@ -51,13 +51,16 @@ def _parse_flags(argv):
     # absl's own parser exits 1 with a "FATAL Flags parsing error" on a bad or
     # missing flag; in this project a bad flag is bad input: one line, exit 2.
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
     except flags.Error as exc:
         fail(f"{exc} (--helpfull lists the flags)")
     except SystemExit as exc:
         # absl's --help, --helpshort, --helpfull and --helpxml print and exit 1;
         # asking for help is not a failure (README: 1 means some item failed).
         sys.exit(0 if exc.code == 1 else exc.code)
+    if len(rest) > 1:  # every stage takes its inputs as flags
+        fail(f"unexpected argument(s): {' '.join(rest[1:])}; all inputs are flags (--helpfull lists them)")
+    return rest
 
 
 def run_main(main: Callable) -> None:

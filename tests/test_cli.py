@@ -86,6 +86,7 @@ def test_console_script_runs_a_stage(tmp_path):
         (["demo", "--nosuchflag"], "nosuchflag"),
         # scan's bare --ray (a local Ray) is accepted, so the error is the threshold's
         (["scan", "--ray", "--model=m", "--slides=s", "--out=o", "--threshold=nan"], "threshold"),
+        (["cohort", "--out=C", "extra.txt"], "unexpected argument(s): extra.txt"),  # inputs are flags
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, says, tmp_path):

@@ -34,8 +34,6 @@ flags.mark_flags_as_required(["reference", "out"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise PfaError(f"unexpected arguments {argv[1:]}; all inputs are flags")
     if bool(FLAGS.scores) == bool(FLAGS.lesions_dir):
         raise PfaError("give exactly one of --scores (name,probability CSV) or --lesions_dir")
     all_refs = reference.read_reference(FLAGS.reference)

@@ -20,7 +20,6 @@ from __future__ import annotations
 from absl import flags
 
 from pfascannet import settings as settings_lib
-from pfascannet.errors import PfaError
 from pfascannet.synthetic.cohort import CohortSettings, make_cohort
 
 FLAGS = flags.FLAGS
@@ -32,8 +31,6 @@ flags.mark_flags_as_required(["out"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise PfaError(f"unexpected arguments {argv[1:]}; all inputs are flags")
     info = make_cohort(
         FLAGS.out,
         settings_lib.from_flags(CohortSettings, FLAGS),

@@ -38,8 +38,6 @@ flags.DEFINE_string("workdir", None, "Folder for the cohorts, the export and the
 flags.DEFINE_string("out", None, "Where to write the JSON report (default <workdir>/heldout.json).")
 
 def main(argv):
-    if len(argv) > 1:
-        raise PfaError(f"unexpected arguments {argv[1:]}")
     if not FLAGS.weights or not os.path.isfile(FLAGS.weights):
         raise PfaError(f"--weights {FLAGS.weights!r}: no such weights file")
     if not FLAGS.workdir:

@@ -43,8 +43,6 @@ flags.DEFINE_string("out", None, "Export folder.")
 def main(argv):
     # Every flag and input is checked before TensorFlow / Keras are imported
     # (6-11 s) and before any weights load.
-    if len(argv) > 1:
-        raise ExportError(f"unexpected arguments {argv[1:]}; all inputs are flags")
     if not FLAGS.out:
         raise ExportError("--out is required")
     if os.path.exists(FLAGS.out) and not os.path.isdir(FLAGS.out):

@@ -25,7 +25,6 @@ import os
 from absl import flags
 
 from pfascannet.camelyon import LEVEL0_MPP
-from pfascannet.errors import PfaError
 from pfascannet.evaluation import froc, metric_reports, reference, run
 
 FLAGS = flags.FLAGS
@@ -52,8 +51,6 @@ flags.mark_flags_as_required(["lesions_dir", "reference", "out"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise PfaError(f"unexpected arguments {argv[1:]}; all inputs are flags")
     all_refs = reference.read_reference(FLAGS.reference)
     refs = reference.select_split(all_refs, FLAGS.split, source=FLAGS.reference)
     exclude = list(froc.CAMELYON16_EXCLUDED if FLAGS.camelyon16_exclusions else ()) + list(FLAGS.exclude)

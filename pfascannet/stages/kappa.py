@@ -23,8 +23,6 @@ flags.mark_flags_as_required(["submission", "reference"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise PfaError(f"unexpected arguments {argv[1:]}; all inputs are flags")
     ref = pn_stage.read_camelyon17_csv(FLAGS.reference)
     sub = pn_stage.read_camelyon17_csv(FLAGS.submission)
     if not ref.stages:

@@ -38,8 +38,6 @@ flags.DEFINE_bool("progress", True, "Report progress with rate and ETA.")
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise PfaError(f"unexpected argument(s): {' '.join(argv[1:])}")
     if not FLAGS.scan_dir:
         raise PfaError("--scan_dir is required")
     if not os.path.isdir(FLAGS.scan_dir):

@@ -19,7 +19,6 @@ import os
 
 from absl import flags
 
-from pfascannet.errors import PfaError
 from pfascannet.evaluation import metric_reports, reference, run
 
 FLAGS = flags.FLAGS
@@ -36,8 +35,6 @@ flags.mark_flags_as_required(["maps_dir", "reference", "out"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise PfaError(f"unexpected arguments {argv[1:]}; all inputs are flags")
     refs = reference.read_reference(FLAGS.reference)
     rep = run.pn_stage_report(FLAGS.maps_dir, refs, FLAGS.out, stages=FLAGS.stages,
                               train_split=FLAGS.train_split, test_split=FLAGS.test_split, seed=FLAGS.seed,

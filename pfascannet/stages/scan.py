@@ -69,8 +69,6 @@ flags.DEFINE_string("ray", None, "Scan one slide per Ray task: --ray alone start
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        _usage(f"unexpected argument(s): {' '.join(argv[1:])}")
     for name in ("model", "slides", "out"):
         if not getattr(FLAGS, name):
             _usage(f"--{name} is required")

@@ -28,7 +28,6 @@ import time
 from absl import flags
 
 from pfascannet import geometry, io_utils, results_page, workflow
-from pfascannet.errors import PfaError
 from pfascannet.evaluation import run
 
 FLAGS = flags.FLAGS
@@ -49,8 +48,6 @@ MODELS = (("wo_sl", False, 0, 16), ("sl", True, 0, 16), ("ens_a16", True, 1, 16)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise PfaError(f"unexpected arguments {argv[1:]}; all inputs are flags")
 
     from pfascannet.training.trainer import TrainSettings, scratch_recipe  # noqa: PLC0415  (imports TensorFlow and Keras)
 

@@ -32,8 +32,6 @@ flags.DEFINE_integer("seed", 0, "Sampling seed.")
 def main(argv):
     from pfascannet.data import pipeline  # noqa: PLC0415  (imports TensorFlow)
 
-    if len(argv) > 1:
-        raise sampling.SamplingError(f"unexpected arguments {argv[1:]}")
     if not FLAGS.data or not FLAGS.out:
         raise sampling.SamplingError("--data and --out are required")
     slides = sampling.load_cohort(FLAGS.data, FLAGS.split)

@@ -38,8 +38,6 @@ flags.DEFINE_float("max_minutes", None, "Stop early (checkpoint + final weights)
 def main(argv):
     from pfascannet.training import trainer  # noqa: PLC0415  (the trainer's TensorFlow graph code)
 
-    if len(argv) > 1:
-        raise TrainingError(f"unexpected arguments {argv[1:]}")
 
     if not FLAGS.data and not FLAGS.tfrecords:
         raise TrainingError("--data (a cohort folder) or --tfrecords is required")
