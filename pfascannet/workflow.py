@@ -118,11 +118,7 @@ def train_model(settings, log: Log) -> str:
             log(f"      trained weights already in {final}: reused")
             return final
 
-    def progress(p) -> None:
-        losses = " ".join(f"{k} {v:.4f}" for k, v in p.losses.items())
-        log(f"      step {p.step}/{p.steps}  {losses}  {p.patches_per_s:.1f} patches/s  ETA {p.eta_s:.0f} s")
-
-    result = trainer.train(settings, on_progress=progress)
+    result = trainer.train(settings, on_progress=trainer.progress_printer(log.stream))
     return result.final_weights
 
 
