@@ -189,8 +189,10 @@ def pn_stage_from_nodes(labels: Iterable[str]) -> str:
 # ----------------------------------------------------------------------------
 # Names.
 
-SLIDE_EXTENSIONS = (".tif", ".tiff", ".csv", ".svs", ".ndpi", ".mrxs")
-"""Extensions a slide id drops (slide files, and the per-slide lesion CSV)."""
+SLIDE_EXTENSIONS = (".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
+"""File name endings of slides (what OpenSlide reads): a folder scan takes these files."""
+
+_ID_EXTENSIONS = SLIDE_EXTENSIONS + (".csv",)
 
 PATIENT_ZIP_RE = re.compile(r"^(?P<patient>.+?)\.zip$", re.IGNORECASE)
 """A Camelyon17 patient row's name, ``patient_XXX.zip``."""
@@ -200,9 +202,9 @@ NODE_SLIDE_RE = re.compile(r"^(?P<slide>(?P<patient>.+?)_node_(?P<node>\d+))(\.t
 
 
 def slide_id(name: str | os.PathLike) -> str:
-    """Slide id of a file name or path: the base name without ``.tif``/``.tiff``/``.csv``/``.svs``/..."""
+    """Slide id of a file name or path: the base name without a slide extension or ``.csv`` (a lesion file)."""
     base = os.path.basename(str(name).strip())
-    for ext in SLIDE_EXTENSIONS:
+    for ext in _ID_EXTENSIONS:
         if base.lower().endswith(ext):
             return base[: -len(ext)]
     return base

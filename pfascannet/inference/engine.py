@@ -53,6 +53,7 @@ from typing import Callable, Optional, Sequence, TextIO
 
 import numpy as np
 
+from pfascannet import camelyon
 from pfascannet.errors import PfaError
 from pfascannet.inference import outputs, postprocess
 from pfascannet.inference.ensemble import ensemble_maps
@@ -371,7 +372,7 @@ def scan_slide(
     Raises whatever the slide or model raises; ``scan_slides`` turns that into
     a failed result and goes on.
     """
-    slide = os.path.splitext(os.path.basename(path))[0]
+    slide = camelyon.slide_id(path)
     lock = outputs.slide_lock(out_dir, slide)
     if not lock.acquire(blocking=False):
         if not wait:
@@ -523,7 +524,7 @@ def scan_slides(
     t0 = time.perf_counter()
 
     def one(path: str, wait: bool) -> SlideScanResult:
-        slide = os.path.splitext(os.path.basename(path))[0]
+        slide = camelyon.slide_id(path)
         progress.next_slide(slide, paths.index(path) + 1)
         try:
             result = scan_slide(path, runs, out_dir, options, progress, on_batch, wait=wait)

@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from pfascannet import camelyon
 from pfascannet.errors import PfaError
 from pfascannet.inference import lesions as lesions_lib
 from pfascannet.inference import outputs
@@ -85,7 +86,7 @@ def slide_file(out_dir: str, slide: str, meta: dict) -> Optional[str]:
         except (OSError, ValueError, AttributeError):
             continue
         for path in listed:
-            if os.path.splitext(os.path.basename(str(path)))[0] == slide and os.path.isfile(path):
+            if camelyon.slide_id(str(path)) == slide and os.path.isfile(path):
                 return path
     return None
 

@@ -45,6 +45,7 @@ import time
 import traceback
 from typing import Callable, Optional, Sequence
 
+from pfascannet import camelyon
 from pfascannet.errors import PfaError
 from pfascannet.inference import engine, outputs, runs as runs_lib
 from pfascannet.inference.scan_options import ScanError, ScanOptions
@@ -132,7 +133,7 @@ def scan_slide_task(
     ``wait=True``: if another process holds the slide's lock (a plain scan
     into the same folder), wait for it rather than skip the slide.
     """
-    slide = os.path.splitext(os.path.basename(path))[0]
+    slide = camelyon.slide_id(path)
     try:
         runs = _runs_for(specs)
         return engine.scan_slide(path, runs, out_dir, options, None, on_batch, wait=True)
@@ -267,7 +268,7 @@ def scan_slides_ray(
                 try:
                     result = ray.get(ref)
                 except ray.exceptions.RayError as exc:  # retries used up, or the task could not run
-                    slide = os.path.splitext(os.path.basename(path))[0]
+                    slide = camelyon.slide_id(path)
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                     result = SlideScanResult(slide, path, "failed", f"{type(exc).__name__}: {first}")
                 results[path] = result

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
+from pfascannet import camelyon
+from pfascannet.camelyon import SLIDE_EXTENSIONS
 from pfascannet.errors import PfaError
 from pfascannet.inference.scan_options import ScanError
 from pfascannet.io_utils import is_temp_name
 from pfascannet.slide.reader import SlideReader
-
-SLIDE_EXTENSIONS = (".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
-"""File name endings taken as slides when a folder is scanned."""
 
 
 def check_slide(path: str, mpp: Optional[float] = None) -> Optional[str]:
@@ -74,7 +73,7 @@ def list_slides(spec: str | Sequence[str]) -> list[str]:
         raise ScanError(f"no slides found in {specs} (looked for {', '.join(SLIDE_EXTENSIONS)})")
     ids: dict[str, str] = {}
     for p in paths:
-        sid = os.path.splitext(os.path.basename(p))[0]
+        sid = camelyon.slide_id(p)
         if sid in ids:
             raise ScanError(f"two slides share the id {sid!r}: {ids[sid]} and {p}")
         ids[sid] = p

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import tifffile
 
+from pfascannet import camelyon
 from pfascannet.errors import PfaError
 
 
@@ -132,7 +133,7 @@ class SlideReader:
     @property
     def name(self) -> str:
         """The file name without its extension (Camelyon's slide id)."""
-        return os.path.splitext(os.path.basename(self.path))[0]
+        return camelyon.slide_id(self.path)
 
     def require_mpp(self) -> float:
         """The level-0 pixel size, or a clear error if the slide has none."""

@@ -23,6 +23,7 @@ import sys
 
 from absl import flags
 
+from pfascannet import camelyon
 from pfascannet.errors import PfaError
 from pfascannet.inference import postprocess, slide_list
 from pfascannet.progress import Progress
@@ -45,7 +46,7 @@ def main(argv) -> None:
     settings = postprocess.PostSettings(threshold=FLAGS.threshold, heatmap=FLAGS.heatmap)
     paths = None
     if FLAGS.slides:
-        paths = {os.path.splitext(os.path.basename(p))[0]: p for p in slide_list.list_slides(FLAGS.slides)}
+        paths = {camelyon.slide_id(p): p for p in slide_list.list_slides(FLAGS.slides)}
     progress = Progress(label="post-processing", unit="slide", enabled=FLAGS.progress)
     results = postprocess.postprocess_scan(FLAGS.scan_dir, settings, slides=FLAGS.slide or None,
                                            slide_paths=paths, progress=progress)
