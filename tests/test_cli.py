@@ -56,6 +56,7 @@ def test_every_stage_module_has_a_main(stage):
         assert "\ndef main(argv" in f.read()
 
 
+@pytest.mark.slow  # child processes: the full suite runs it, the quick subset does not
 def test_stage_help_is_the_scripts_help_and_exits_0(tmp_path):
     via_cli = _run([*MODULE, "froc", "--help"], tmp_path)
     via_script = _run([sys.executable, os.path.join(REPO, "eval", "froc.py"), "--help"], tmp_path)
@@ -67,6 +68,7 @@ def test_stage_help_is_the_scripts_help_and_exits_0(tmp_path):
     assert via_cli.stdout == via_script.stdout.replace(f"\n{program}:\n", "\npfascannet froc:\n")
 
 
+@pytest.mark.slow  # child processes: the full suite runs it, the quick subset does not
 def test_console_script_runs_a_stage(tmp_path):
     exe = shutil.which("pfascannet", path=os.path.dirname(sys.executable))
     if exe is None:
@@ -76,6 +78,7 @@ def test_console_script_runs_a_stage(tmp_path):
     assert "nosuchflag" in _one_error_line(_run([exe, "kappa", "--nosuchflag"], tmp_path))
 
 
+@pytest.mark.slow  # child processes: the full suite runs it, the quick subset does not
 @pytest.mark.parametrize(
     "args, says",
     [

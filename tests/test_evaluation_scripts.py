@@ -102,6 +102,7 @@ def test_froc_script_reproduces_the_golden_scores(cohort, tmp_path):
     assert rep["froc_nearest_point"] == pytest.approx(5 / 6)
 
 
+@pytest.mark.slow  # a child process per case: the full suite runs it, the quick subset does not
 def test_froc_script_missing_csv_is_one_line_error(cohort, tmp_path):
     rc, out, err = _run("froc.py", f"--lesions_dir={cohort / 'lesions'}", f"--reference={cohort / 'slides.csv'}",
                         f"--masks_dir={cohort / 'masks'}", f"--out={tmp_path / 'r'}")   # train slides have no CSV
@@ -110,6 +111,7 @@ def test_froc_script_missing_csv_is_one_line_error(cohort, tmp_path):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow  # a child process per case: the full suite runs it, the quick subset does not
 def test_auc_script_from_lesion_csvs(cohort, tmp_path):
     # Top confidences: tumour slide 0.95 (the ITC hit), normals 0.8, 0.7, 0.7: AUC 1.
     rc, out, err = _run("auc.py", f"--lesions_dir={cohort / 'lesions'}", f"--reference={cohort / 'slides.csv'}",
@@ -168,6 +170,7 @@ T1 = "patient_000_node_0"
 N1 = "patient_000_node_1"
 
 
+@pytest.mark.slow  # a child process per case: the full suite runs it, the quick subset does not
 @pytest.mark.parametrize("slide, content", [
     (N1, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"),         # binary: was "a header", exit 0
     (N1, b"\x01\x02\x03 garbage,in,here\n0.5,10,10\n"),                 # garbage first line
@@ -188,6 +191,7 @@ def test_froc_script_bad_lesion_csv(cohort, tmp_path, slide, content):
     _assert_one_line_error(rc, err, lesions / f"{slide}.csv", out)
 
 
+@pytest.mark.slow  # a child process per case: the full suite runs it, the quick subset does not
 def test_froc_script_extra_csv(cohort, tmp_path):
     lesions = _copy_lesions(cohort, tmp_path)
     (lesions / "patient_099_node_0.csv").write_text("0.9,10,10\n")      # not in slides.csv
@@ -201,6 +205,7 @@ def test_froc_script_extra_csv(cohort, tmp_path):
     assert json.loads((tmp_path / "ok" / "froc.json").read_text())["froc_nearest_point"] == pytest.approx(5 / 6)
 
 
+@pytest.mark.slow  # a child process per case: the full suite runs it, the quick subset does not
 @pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage", b"slide,label\n", b"test_001\n"])
 def test_froc_script_bad_reference_names_it(cohort, tmp_path, content):
     ref = tmp_path / "bad_reference.csv"
@@ -210,12 +215,14 @@ def test_froc_script_bad_reference_names_it(cohort, tmp_path, content):
     _assert_one_line_error(rc, err, ref, tmp_path / "r")
 
 
+@pytest.mark.slow  # a child process per case: the full suite runs it, the quick subset does not
 def test_froc_script_unknown_split_names_the_reference(cohort, tmp_path):
     rc, _, err = _run("froc.py", f"--lesions_dir={cohort / 'lesions'}", f"--reference={cohort / 'slides.csv'}",
                       f"--masks_dir={cohort / 'masks'}", "--split=val", f"--out={tmp_path / 'r'}")
     _assert_one_line_error(rc, err, cohort / "slides.csv", tmp_path / "r")
 
 
+@pytest.mark.slow  # a child process per case: the full suite runs it, the quick subset does not
 def test_froc_script_camelyon16_exclusions(cohort, tmp_path):
     """A Camelyon16-style reference: Test_049 and Test_114 carry FPs that the organisers'
     exclusion removes, which gives back the golden T1 + normal-slide scores."""
@@ -251,6 +258,7 @@ def test_froc_script_camelyon16_exclusions(cohort, tmp_path):
     assert rep["froc_nearest_point"] != pytest.approx(5 / 6)
 
 
+@pytest.mark.slow  # a child process per case: the full suite runs it, the quick subset does not
 @pytest.mark.parametrize("content", [
     b"name,probability\n\xff\xfe\x00\x00",                                 # binary
     b"\x01\x02,\x03\npatient_000_node_0,0.9\n",                             # garbage header
@@ -267,6 +275,7 @@ def test_auc_script_bad_scores_names_the_file(cohort, tmp_path, content):
     _assert_one_line_error(rc, err, scores, tmp_path / "r")
 
 
+@pytest.mark.slow  # a child process per case: the full suite runs it, the quick subset does not
 def test_auc_script_extra_lesion_csv(cohort, tmp_path):
     lesions = _copy_lesions(cohort, tmp_path)
     (lesions / "patient_099_node_0.csv").write_text("0.9,10,10\n")
@@ -277,6 +286,7 @@ def test_auc_script_extra_lesion_csv(cohort, tmp_path):
     assert rc == 0, err
 
 
+@pytest.mark.slow  # a child process per case: the full suite runs it, the quick subset does not
 @pytest.mark.parametrize("content", [b"patient,stage\n\xff\xfe\x00", b"\x01\x02\n", b"patient,stage\nfoo.zip,pN1\n"])
 def test_kappa_script_bad_csv_names_the_file(tmp_path, content):
     ref = tmp_path / "ref.csv"

@@ -89,6 +89,7 @@ def test_keras_detector_wraps_a_live_model(exported):
     np.testing.assert_allclose(det.predict(rois), want, atol=1e-5)
 
 
+@pytest.mark.slow  # exports or scans a real model: the full suite runs it, the quick subset does not
 def test_export_reads_config_and_training_mpp_from_the_model(tmp_path, exported):
     *_, rois, want, patch_model = exported
     assert _meta_of(exported)["training_mpp"] == 0.243  # the default: Camelyon level 0

@@ -61,6 +61,7 @@ def _one_error_line(proc) -> str:
     return lines[-1]
 
 
+@pytest.mark.slow  # exports or scans a real model: the full suite runs it, the quick subset does not
 def test_model_replaced_between_runs_is_rescanned(slide, tmp_path):
     model_dir, out = str(tmp_path / "M"), str(tmp_path / "S")
     opts = scan_options.ScanOptions(progress=False, heatmap=False, tissue="all", batch=2)
@@ -109,6 +110,7 @@ def test_a_slide_at_another_pixel_size_than_the_models_is_scanned_with_a_warning
     assert "warning: patient_002_node_0: " in err.getvalue()
 
 
+@pytest.mark.slow  # exports or scans a real model: the full suite runs it, the quick subset does not
 def test_truncated_model_files_are_one_error_naming_the_file(tmp_path):
     from pfascannet.inference.export import ExportError, load_detector
 

@@ -318,6 +318,7 @@ def test_a_slide_locked_by_another_process_is_left_to_it(slide_path, tmp_path):
     assert engine.scan_slide(slide_path, [run], out, scan_options.ScanOptions(**QUIET)).status == "done"
 
 
+@pytest.mark.slow  # several scanning processes: the full suite runs it, the quick subset does not
 def test_concurrent_scans_into_one_out_split_the_slides(slide_path, tmp_path):
     folder = tmp_path / "slides"
     folder.mkdir()

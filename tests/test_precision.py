@@ -40,7 +40,10 @@ def case():
     return equivalence_case(seed=0, roi_px=ROI_PX)
 
 
-@pytest.mark.parametrize("precision", precision_lib.PRECISIONS)
+@pytest.mark.parametrize("precision", [
+    p if p != "float16" else pytest.param(p, marks=pytest.mark.slow)  # float16 is emulated on CPUs: slow
+    for p in precision_lib.PRECISIONS
+])
 def test_dense_equals_patch_classifier_at_each_precision(case, precision):
     config, patch32, roi = case
     tol = precision_lib.EQUIVALENCE_TOLERANCE[precision]
