@@ -15,7 +15,6 @@ Synthetic slides: the numbers measure the pipeline, not clinical accuracy.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -24,6 +23,7 @@ import numpy as np
 from pfascannet import demo, geometry, workflow
 from pfascannet.camelyon import MASK_DOWNSAMPLE
 from pfascannet.evaluation import froc, reference, run
+from pfascannet.evaluation.features import read_probability_map
 from pfascannet.inference.plan import tissue_on_map
 from pfascannet.slide.reader import SlideReader
 from pfascannet.slide.tissue import tissue_mask
@@ -36,9 +36,8 @@ def calibration(scan_dir: str, cohort_dir: str, slides: dict) -> dict:
 
     normal_vals, tumour_vals, maxima = [], [], {"normal": [], "tumour": []}
     for sid, ref in sorted(slides.items()):
-        prob = np.load(os.path.join(scan_dir, "maps", f"{sid}.npy"))
-        with open(os.path.join(scan_dir, "maps", f"{sid}.json"), encoding="utf-8") as f:
-            stride = int(json.load(f)["stride_px"])
+        prob, meta = read_probability_map(os.path.join(scan_dir, "maps", f"{sid}.npy"))
+        stride = int(meta["stride_px"])
         maxima["tumour" if ref.tumour else "normal"].append(float(prob.max()))
         with SlideReader(os.path.join(cohort_dir, "images", f"{sid}.tif")) as reader:
             dims = reader.dimensions

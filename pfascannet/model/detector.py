@@ -127,12 +127,9 @@ class PfaScanNetDetector(keras.Model):
 
     def get_config(self) -> dict:
         return {
-            "name": self.name,
-            "trainable": self.trainable,
-            **_config_args(self.model_config),
+            **_carried_config(self),
             "alpha": self.alpha,
             "input_px": self.input_shape[1],
-            "training_mpp": self.training_mpp,
             "precision": model_precision(self),
         }
 
@@ -180,12 +177,7 @@ class PfaScanNetTrainingModel(keras.Model):
         self.training_mpp = training_mpp
 
     def get_config(self) -> dict:
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            **_config_args(self.model_config),
-            "training_mpp": self.training_mpp,
-        }
+        return _carried_config(self)
 
     @classmethod
     def from_config(cls, config: dict) -> "PfaScanNetTrainingModel":
@@ -199,6 +191,12 @@ def _config_args(config: ModelConfig) -> dict:
         "config_name": config.name,
         "input_convention": config.input_convention,
     }
+
+
+def _carried_config(model) -> dict:
+    """The ``get_config`` both model classes share: name, the ModelConfig's fields, training pixel size."""
+    return {"name": model.name, "trainable": model.trainable, **_config_args(model.model_config),
+            "training_mpp": model.training_mpp}
 
 
 def _policy(precision: str | None):

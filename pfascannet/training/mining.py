@@ -19,14 +19,12 @@ same maps, so all pick the same negatives.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
-import numpy as np
-
 from pfascannet import geometry
 from pfascannet.data import sampling
+from pfascannet.evaluation.features import read_probability_map
 from pfascannet.inference import engine
 from pfascannet.inference.export import KerasDetector
 from pfascannet.inference.lesions import lesion_candidates
@@ -76,12 +74,12 @@ def mine_from_slides(
     detector = _detector(model_config, alpha)
     transfer_weights(model, detector)
     run = ModelRun(KerasDetector(detector, alpha, roi_px), geometry.ScanGeometry(alpha=alpha, roi_px=roi_px),
-                          name="training weights")
+                   name="training weights")
     options = ScanOptions(batch=batch, heatmap=False, progress=False)
     found: list[tuple[float, sampling.PatchSample]] = []
     for slide_id, entry in sorted(sampler.slides.items()):
         engine.scan_slide(entry.image_path, [run], out_dir, options, wait=True)
-        prob_map, meta = _read_map(out_dir, slide_id)
+        prob_map, meta = read_probability_map(os.path.join(out_dir, "maps", slide_id + ".npy"))
         truth = sampler.truth(slide_id)
         picked = 0
         for cand in lesion_candidates(prob_map, int(meta["stride_px"]), floor=threshold, radius_um=MINING_RADIUS_UM,
@@ -111,10 +109,3 @@ def _detector(model_config, alpha: int):
     if key not in _DETECTORS:
         _DETECTORS[key] = build_detector(model_config, alpha=alpha, input_px=None)
     return _DETECTORS[key]
-
-
-def _read_map(out_dir: str, slide_id: str) -> tuple[np.ndarray, dict]:
-    maps = os.path.join(out_dir, "maps")
-    with open(os.path.join(maps, slide_id + ".json"), encoding="utf-8") as f:
-        meta = json.load(f)
-    return np.load(os.path.join(maps, slide_id + ".npy")), meta

@@ -501,8 +501,9 @@ def _train(run: _Run, on_progress) -> TrainResult:
     start_step = state.start_step
 
     # Rounds already run when this process starts are read back, not mined again.
+    mining_steps = s.mining_steps()
     hard: list = []
-    for round_step in s.mining_steps():
+    for round_step in mining_steps:
         if round_step < start_step:
             hard = _join(hard, _load_round(workdir, s, round_step))
 
@@ -525,7 +526,7 @@ def _train(run: _Run, on_progress) -> TrainResult:
             _peer_lost(exc, run.strategy, step, workdir)
 
     while step < s.steps:
-        if step in s.mining_steps():
+        if step in mining_steps:
             found = _load_round(workdir, s, step)
             if found is None:
                 found = _mine(s, data.sampler, data.reader, state.model, run.model_config, run.chief, workdir, step)
