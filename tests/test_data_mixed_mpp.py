@@ -17,15 +17,13 @@ import pytest
 from pfascannet import geometry
 from pfascannet.data import pipeline, sampling
 from pfascannet.slide.reader import SlideReader
-from pfascannet.synthetic.rescale import rescale_cohort
 
 
 @pytest.fixture(scope="module")
-def mixed(cohort, tmp_path_factory):
+def mixed(cohort, half_cohort, tmp_path_factory):
     """``(original dir, half-resolution copy dir, mixed dir)``: the mix takes patient_001's slides from the copy."""
     root = tmp_path_factory.mktemp("mixed_mpp")
-    half = str(root / "half")
-    rescale_cohort(str(cohort), half, 0.486, workers=1)
+    half = str(half_cohort)
     mix = root / "mix"
     for sub in ("images", "annotations", "masks", "tissue"):
         (mix / sub).mkdir(parents=True)
