@@ -43,8 +43,10 @@ and the dense map still equals the patch classifier on the resampled grid.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
+import threading
 from fractions import Fraction
 from typing import Optional, Sequence
 
@@ -174,16 +176,42 @@ class ReadPlan:
         if blur_px:
             region = cv2.GaussianBlur(region, (2 * blur_px + 1, 2 * blur_px + 1), sigmaX=sigma, sigmaY=sigma,
                                       borderType=cv2.BORDER_REPLICATE)
-        ix -= j0 * _INTER_TAB
-        iy -= i0 * _INTER_TAB
-        if ix.max() >= 2**15 * _INTER_TAB or iy.max() >= 2**15 * _INTER_TAB:
-            raise ResampleError(f"a read of {len(xs)} x {len(ys)} model pixels is too large to resample at once")
-        map_xy = np.empty((len(ys), len(xs), 2), np.int16)
-        map_xy[..., 0] = (ix >> _INTER_BITS)[None, :]
-        map_xy[..., 1] = (iy >> _INTER_BITS)[:, None]
-        frac = (((iy & (_INTER_TAB - 1)) << _INTER_BITS)[:, None] | (ix & (_INTER_TAB - 1))[None, :]).astype(np.uint16)
+        map_xy, frac = _remap_tables(ix - j0 * _INTER_TAB, iy - i0 * _INTER_TAB)
         interp = cv2.INTER_LINEAR if ratio > 1 else cv2.INTER_CUBIC
         return cv2.remap(region, map_xy, frac, interp, borderMode=cv2.BORDER_REPLICATE)
+
+
+_TABLES: "collections.OrderedDict[tuple, tuple[np.ndarray, np.ndarray]]" = collections.OrderedDict()
+_TABLES_LOCK = threading.Lock()
+_TABLES_MAX = 4  # whole ROIs, edge ROIs, patches: a few shapes per scan (2708 px: 44 MB each)
+
+
+def _remap_tables(ix: np.ndarray, iy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV's fixed-point remap tables (int16 ``[h, w, 2]`` whole positions, uint16 ``[h, w]`` fractions).
+
+    Every ROI of a scan has the same positions relative to its region (ROI
+    origins are whole map steps apart), so the tables are built once and
+    reused, read-only, by every reader thread.
+    """
+    if ix.max() >= 2**15 * _INTER_TAB or iy.max() >= 2**15 * _INTER_TAB:
+        raise ResampleError(f"a read of {len(ix)} x {len(iy)} model pixels is too large to resample at once")
+    key = (ix.tobytes(), iy.tobytes())
+    with _TABLES_LOCK:
+        hit = _TABLES.get(key)
+        if hit is not None:
+            _TABLES.move_to_end(key)
+            return hit
+    map_xy = np.empty((len(iy), len(ix), 2), np.int16)
+    map_xy[..., 0] = (ix >> _INTER_BITS)[None, :]
+    map_xy[..., 1] = (iy >> _INTER_BITS)[:, None]
+    frac = (((iy & (_INTER_TAB - 1)) << _INTER_BITS)[:, None] | (ix & (_INTER_TAB - 1))[None, :]).astype(np.uint16)
+    map_xy.flags.writeable = False
+    frac.flags.writeable = False
+    with _TABLES_LOCK:
+        _TABLES[key] = (map_xy, frac)
+        while len(_TABLES) > _TABLES_MAX:
+            _TABLES.popitem(last=False)
+    return map_xy, frac
 
 
 def _size(size_px) -> tuple[int, int]:
