@@ -21,43 +21,11 @@ import cv2
 import numpy as np
 import pytest
 
-from pfascannet.viewer import catalogue, server, tiles
-from tests.viewer_support import STRIDE_PX, truth_map
+from pfascannet.viewer import catalogue, tiles
+from tests.viewer_support import STRIDE_PX, Viewer, truth_map, tumour_centre_xy
 
 MODULE = [sys.executable, "-m", "pfascannet.cli"]
 MACRO, NORMAL = "patient_000_node_1", "patient_000_node_0"  # tests/conftest.py: the session cohort's labels
-
-
-class Viewer:
-    """A viewer server on a free port in this process."""
-
-    def __init__(self, scan_dir, **kwargs):
-        self.httpd = server.make_server(catalogue.ScanCatalogue(str(scan_dir), **kwargs), "127.0.0.1", 0)
-        self.port = self.httpd.server_address[1]
-        server.serve_in_thread(self.httpd)
-
-    def request(self, path: str, method: str = "GET", host: str | None = None, body: bytes | None = None):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            # skip_host: the path and the Host header go out exactly as given.
-            conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-            conn.putheader("Host", host or f"127.0.0.1:{self.port}")
-            if body is not None:
-                conn.putheader("Content-Length", str(len(body)))
-            conn.endheaders(body)
-            resp = conn.getresponse()
-            return resp.status, resp.read(), resp.headers
-        finally:
-            conn.close()
-
-    def json(self, path: str):
-        status, body, _ = self.request(path)
-        assert status == 200, (path, status, body[:200])
-        return json.loads(body)
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -71,18 +39,6 @@ def _png(body: bytes) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED)
     assert image is not None
     return image
-
-
-def _tumour_centre_xy(cohort, slide) -> tuple[int, int]:
-    """Level-0 centre of the largest tumour cell block of a slide's truth map."""
-    from pfascannet.slide.reader import SlideReader  # noqa: PLC0415
-
-    with SlideReader(str(cohort / "images" / f"{slide}.tif")) as reader:
-        dims = reader.dimensions
-    prob, _ = truth_map(str(cohort), slide, dims)
-    dist = cv2.distanceTransform((prob > 0.5).astype(np.uint8), cv2.DIST_L2, 3)
-    r, c = np.unravel_index(np.argmax(dist), dist.shape)
-    return int(c * STRIDE_PX + STRIDE_PX // 2), int(r * STRIDE_PX + STRIDE_PX // 2)
 
 
 # --------------------------------------------------------------------------- what the pages get
@@ -144,7 +100,7 @@ def test_slide_tiles_are_the_slides_deep_zoom(viewer, cohort):
 
 def test_overlay_tiles_colour_the_tumour_and_tissue_only(viewer, cohort):
     pyramid = tiles.SlidePyramid(str(cohort / "images" / f"{MACRO}.tif"))
-    x, y = _tumour_centre_xy(cohort, MACRO)
+    x, y = tumour_centre_xy(cohort, MACRO)
     for level in (pyramid.dz.level_count - 1, pyramid.dz.level_count - 5):  # finer and coarser than the map
         ds = 2 ** (pyramid.dz.level_count - 1 - level)
         col, row = (x // ds) // tiles.TILE_PX, (y // ds) // tiles.TILE_PX
@@ -188,6 +144,28 @@ def test_the_overlay_is_rendered_once_per_level_and_keeps_one_cell_lesions_zoome
         assert overlay.raster(level)[0] is overlay.raster(level)[0]  # made once, then reused
     assert set(overlay._rasters) == {top, top - 3, top - 6, top - 8}
     assert overlay.raster(top)[0] is overlay.codes  # the map's own grid where a pixel is finer than a cell
+
+
+def test_every_page_file_ships_with_the_package_and_openseadragon_is_the_recorded_release():
+    # Offline: the pages load only files that pip installs (setup.py package_data), nothing from a CDN.
+    import fnmatch  # noqa: PLC0415
+    import re  # noqa: PLC0415
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(repo, "setup.py"), encoding="utf-8") as f:
+        patterns = re.findall(r'"(viewer/static/[^"]+)"', f.read())
+    package = os.path.join(repo, "pfascannet")
+    static = os.path.join(package, "viewer", "static")
+    files = [os.path.relpath(os.path.join(d, n), package) for d, _, names in os.walk(static) for n in names]
+    assert len(files) > 40
+    for rel in files:
+        assert any(os.path.dirname(p) == os.path.dirname(rel) and fnmatch.fnmatch(os.path.basename(rel),
+                   os.path.basename(p)) for p in patterns), f"{rel} is not in setup.py package_data"
+    with open(os.path.join(static, "openseadragon", "VERSION.txt"), encoding="utf-8") as f:
+        version = re.search(r"OpenSeadragon (\d+\.\d+\.\d+)", f.read()).group(1)
+    with open(os.path.join(static, "openseadragon", "openseadragon.min.js"), encoding="utf-8") as f:
+        assert f.readline().strip() == f"//! openseadragon {version}"
+    assert os.path.getsize(os.path.join(static, "openseadragon", "LICENSE.txt")) > 1000
 
 
 # --------------------------------------------------------------------------- what it refuses
@@ -288,7 +266,7 @@ def test_explicit_truth_flags_override_the_guess(truth_scan, cohort, tmp_path):
     assert cat.truth_sources.reference == str(cohort / "slides.csv")
     outlines, problem = cat.outlines(MACRO)
     assert problem is None and outlines["source"].endswith(f"{MACRO}_mask.tif") and outlines["tumour"]
-    x, y = _tumour_centre_xy(cohort, MACRO)
+    x, y = tumour_centre_xy(cohort, MACRO)
     rings = [np.array(r, np.float32) for r in outlines["tumour"]]
     assert max(cv2.pointPolygonTest(r, (x, y), False) for r in rings) > 0
 

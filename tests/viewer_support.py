@@ -10,10 +10,13 @@ checked by hand: README, BENCHMARKS.md).
 from __future__ import annotations
 
 import glob
+import http.client
+import json
 import os
 import shutil
 import tempfile
 
+import cv2
 import numpy as np
 
 from pfascannet import camelyon
@@ -23,6 +26,7 @@ from pfascannet.progress import Progress
 from pfascannet.slide.annotations import read_mask_level
 from pfascannet.slide.reader import SlideReader
 from pfascannet.slide.tissue import read_tissue_png
+from pfascannet.viewer import catalogue, server
 
 STRIDE_PX = 32
 TUMOUR_P, BACKGROUND_P = 0.95, 0.03
@@ -63,6 +67,48 @@ def write_truth_scan(cohort_dir: str, out_dir: str) -> list[str]:
     postprocess.postprocess_scan(out_dir, postprocess.PostSettings(heatmap=False),
                                  progress=Progress(label="post", enabled=False))
     return [camelyon.slide_id(p) for p in paths]
+
+
+def tumour_centre_xy(cohort, slide) -> tuple[int, int]:
+    """Level-0 centre of the largest tumour cell block of a slide's truth map."""
+    with SlideReader(str(cohort / "images" / f"{slide}.tif")) as reader:
+        dims = reader.dimensions
+    prob, _ = truth_map(str(cohort), slide, dims)
+    dist = cv2.distanceTransform((prob > 0.5).astype(np.uint8), cv2.DIST_L2, 3)
+    r, c = np.unravel_index(np.argmax(dist), dist.shape)
+    return int(c * STRIDE_PX + STRIDE_PX // 2), int(r * STRIDE_PX + STRIDE_PX // 2)
+
+
+class Viewer:
+    """A viewer server on a free port in this process."""
+
+    def __init__(self, scan_dir, **kwargs):
+        self.httpd = server.make_server(catalogue.ScanCatalogue(str(scan_dir), **kwargs), "127.0.0.1", 0)
+        self.port = self.httpd.server_address[1]
+        server.serve_in_thread(self.httpd)
+
+    def request(self, path: str, method: str = "GET", host: str | None = None, body: bytes | None = None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            # skip_host: the path and the Host header go out exactly as given.
+            conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+            conn.putheader("Host", host or f"127.0.0.1:{self.port}")
+            if body is not None:
+                conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
+            resp = conn.getresponse()
+            return resp.status, resp.read(), resp.headers
+        finally:
+            conn.close()
+
+    def json(self, path: str):
+        status, body, _ = self.request(path)
+        assert status == 200, (path, status, body[:200])
+        return json.loads(body)
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 # --------------------------------------------------------------------------- a headless Chromium

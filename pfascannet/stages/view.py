@@ -35,13 +35,14 @@ from absl import flags
 from pfascannet import camelyon
 from pfascannet.errors import PfaError
 from pfascannet.inference import slide_list
+from pfascannet.viewer import DEFAULT_HOST, DEFAULT_PORT
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("scan_dir", None, "The scan folder (it holds maps/<slide>.npy and .json); "
                     "may also be given as the first argument: `pfascannet view S`.")
-flags.DEFINE_string("host", "127.0.0.1", "Address to listen on; anything but a loopback address exposes the "
+flags.DEFINE_string("host", DEFAULT_HOST, "Address to listen on; anything but a loopback address exposes the "
                     "slides to the network.")
-flags.DEFINE_integer("port", 8765, "Port to listen on (0: any free port).")
+flags.DEFINE_integer("port", DEFAULT_PORT, "Port to listen on (0: any free port).")
 flags.DEFINE_string("reference", None, "Slide labels: the cohort's slides.csv, a Camelyon16 reference.csv or a "
                     "Camelyon17 stage CSV; default: the one beside the scanned slides.")
 flags.DEFINE_string("annotations", None, "Folder of ASAP XML files (<slide>.xml) for the truth outlines; "

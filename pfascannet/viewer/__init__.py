@@ -8,3 +8,14 @@
 * ``server``     a read-only stdlib HTTP server over those, plus the pages in ``static/`` (OpenSeadragon,
   vendored unmodified: ``static/openseadragon/VERSION.txt``).
 """
+
+from urllib.parse import quote as _quote
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+"""Where ``pfascannet view`` listens unless told otherwise (the demo's report links assume it)."""
+
+
+def slide_url(slide: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> str:
+    """The URL of a slide's page on a viewer at ``host:port``."""
+    return f"http://{host}:{port}/slide/{_quote(slide, safe='')}"

@@ -159,8 +159,8 @@
     const viewer = state.viewer, info = state.info, item = viewer && viewer.world.getItemAt(0);
     if (!item) return;
     const m = state.markers[i].lesion;
-    // About 0.8 mm across: a lesion and its neighbourhood at a magnification where cells show.
-    const half = info.mpp ? 400 / info.mpp : 1600;
+    // 0.3 mm across: the lesion and its neighbourhood at about 20x, where the cells show.
+    const half = info.mpp ? 150 / info.mpp : 600;
     viewer.viewport.fitBounds(item.imageToViewportRectangle(m.x - half, m.y - half, 2 * half, 2 * half));
     if (state.selected !== null && state.markers[state.selected]) {
       state.markers[state.selected].el.classList.remove('selected');
