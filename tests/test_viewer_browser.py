@@ -103,12 +103,21 @@ def test_list_then_a_tumour_slide_with_overlay_lesions_and_keys(truth_scan, coho
         r, c = np.unravel_index(np.argmax(far), far.shape)
         normal_xy = (int(c * STRIDE_PX + STRIDE_PX // 2), int(r * STRIDE_PX + STRIDE_PX // 2))
         on_tumour, on_normal = driver.execute_script(_TO_PAGE, [tumour_xy, normal_xy])
+        body = driver.find_element(By.TAG_NAME, "body")
+        # Markers and outlines off (their keys), so the pixels compared are the slide's and the map's.
+        body.send_keys("l")
+        body.send_keys("t")
+        assert not driver.find_element(By.ID, "layer-lesions").is_selected()
+        assert not driver.find_element(By.ID, "layer-truth").is_selected()
+        time.sleep(0.5)
         with_map = _screen(driver)
         assert driver.find_element(By.ID, "layer-map").is_selected()
-        driver.find_element(By.TAG_NAME, "body").send_keys("m")  # the overlay's key
+        body.send_keys("m")  # the overlay's key
         assert not driver.find_element(By.ID, "layer-map").is_selected()
         time.sleep(1.0)
         without_map = _screen(driver)
+        body.send_keys("t")
+        body.send_keys("l")
         slide_tumour, slide_normal = _patch(without_map, on_tumour), _patch(without_map, on_normal)
         # The slide's own tiles are there: tissue texture, not the empty viewer's flat grey.
         background = np.array([0x2B, 0x2F, 0x33], np.float32)
@@ -139,7 +148,7 @@ def test_list_then_a_tumour_slide_with_overlay_lesions_and_keys(truth_scan, coho
         assert "selected" in first.get_attribute("class")
 
         # n: the next slide.
-        driver.find_element(By.TAG_NAME, "body").send_keys("n")
+        body.send_keys("n")
         _wait(lambda: driver.current_url.endswith("/slide/" + info["next"]), 20, "the next slide")
         _wait(lambda: driver.execute_script("return !!(window.pfaView && pfaView.info.slide === arguments[0])",
                                             info["next"]), 30, "the next slide's page")
