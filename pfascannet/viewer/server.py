@@ -296,9 +296,10 @@ class ViewerHandler(BaseHTTPRequestHandler):
             self._json(app.slide_json(rest[1]), head)
             return True
         if kind == "thumb" and len(rest) == 1 and rest[0].endswith(".png") and self._slide(rest[0][:-4]):
-            png, _ = app.thumbnail(rest[0][:-4])
-            if png is None:
-                return False
+            png, error = app.thumbnail(rest[0][:-4])
+            if png is None:  # the list shows why (the slide is only opened now, on first use)
+                self._send(HTTPStatus.NOT_FOUND, f"{error}\n".encode(), "text/plain; charset=utf-8", head)
+                return True
             self._send(HTTPStatus.OK, png, "image/png", head, cache="private, max-age=300")
             return True
         if kind == "dzi":

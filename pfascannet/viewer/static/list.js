@@ -19,6 +19,26 @@
     return state.descending ? -order : order;
   }
 
+  // A slide is opened only when first needed: its thumbnail is where a slide that cannot be opened
+  // says so, and the list shows that in the row's problem column.
+  const thumbs = {};
+
+  function thumbnail(row, img) {
+    if (!thumbs[row.slide]) {
+      thumbs[row.slide] = fetch('/thumb/' + encodeURIComponent(row.slide) + '.png').then(function (r) {
+        if (r.ok) return r.blob().then(function (b) { return { url: URL.createObjectURL(b) }; });
+        return r.text().then(function (t) { return { error: t.trim() || ('HTTP ' + r.status) }; });
+      }).catch(function (e) { return { error: e.message }; });
+    }
+    thumbs[row.slide].then(function (t) {
+      if (t.url) { img.src = t.url; return; }
+      img.replaceWith(document.createTextNode('(no image)'));
+      row.problem = row.problem || t.error;
+      const tr = document.querySelector('tr[data-slide="' + CSS.escape(row.slide) + '"] td.problem');
+      if (tr) { tr.textContent = row.problem; tr.classList.add('error'); }
+    });
+  }
+
   function render() {
     const body = document.querySelector('#slides tbody');
     body.textContent = '';
@@ -32,13 +52,11 @@
       a.href = href;
       const img = document.createElement('img');
       img.className = 'thumb';
-      img.loading = 'lazy';
       img.alt = row.slide;
-      img.src = '/thumb/' + encodeURIComponent(row.slide) + '.png';
-      img.onerror = function () { img.replaceWith(document.createTextNode('(no image)')); };
       a.appendChild(img);
       thumb.appendChild(a);
       tr.appendChild(thumb);
+      thumbnail(row, img);
       const name = document.createElement('td');
       const link = document.createElement('a');
       link.href = href;
@@ -49,7 +67,9 @@
       tr.appendChild(cell(row.score === null ? '-' : row.score.toFixed(3), 'num'));
       tr.appendChild(cell(row.label === null ? 'unknown' : row.label, row.tumour ? 'label tumour' : 'label'));
       tr.appendChild(cell(row.n_lesions === null || row.n_lesions === undefined ? '-' : String(row.n_lesions), 'num'));
-      tr.appendChild(cell(row.problem || '', row.problem ? 'error' : ''));
+      const problem = cell(row.problem || '', row.problem ? 'error' : '');
+      problem.className += ' problem';
+      tr.appendChild(problem);
       body.appendChild(tr);
     }
     for (const th of document.querySelectorAll('th.sortable')) {

@@ -231,6 +231,7 @@
 
   function controls(info) {
     $('layer-map').disabled = !info.has_overlay;
+    if (!info.has_overlay) $('layer-map').checked = false;
     for (const id of ['layer-map', 'layer-lesions', 'layer-truth', 'layer-contours']) {
       $(id).addEventListener('change', layers);
     }
