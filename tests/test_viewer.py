@@ -273,6 +273,27 @@ def test_explicit_truth_flags_override_the_guess(truth_scan, cohort, tmp_path):
     assert max(cv2.pointPolygonTest(r, (x, y), False) for r in rings) > 0
 
 
+@pytest.mark.parametrize("slide, reference, annotations", [
+    ("C/images/patient_000_node_0.tif", "C/slides.csv", "C/annotations"),  # the project's cohort
+    ("CAMELYON16/testing/images/test_001.tif", "CAMELYON16/testing/reference.csv",
+     "CAMELYON16/testing/lesion_annotations"),
+    ("CAMELYON16/training/tumor/tumor_001.tif", None, "CAMELYON16/training/lesion_annotations"),
+    ("CAMELYON17/training/center_0/patient_000_node_0.tif", "CAMELYON17/training/stage_labels.csv",
+     "CAMELYON17/training/lesion_annotations"),
+])
+def test_the_truth_is_found_beside_the_slides(tmp_path, slide, reference, annotations):
+    from pfascannet.viewer.truth import find_truth_sources  # noqa: PLC0415
+
+    for rel in (slide, reference):
+        if rel:
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / rel).write_text("")
+    (tmp_path / annotations).mkdir(parents=True)
+    found = find_truth_sources({"s": str(tmp_path / slide)})
+    assert found.reference == (str(tmp_path / reference) if reference else None)
+    assert found.annotations_dir == str(tmp_path / annotations) and found.masks_dir is None
+
+
 # --------------------------------------------------------------------------- the command
 
 

@@ -47,13 +47,21 @@ class TruthSources:
         return ", ".join(parts) or "none found (give --reference, --annotations or --masks_dir)"
 
 
-def find_truth_sources(slide_paths: Mapping[str, str]) -> TruthSources:
-    """The truth that sits beside the scanned slides, in the project's cohort layout.
+REFERENCE_NAMES = ("slides.csv", "reference.csv", "stage_labels.csv", "stages.csv")
+ANNOTATION_DIRS = ("annotations", "lesion_annotations")
+MASK_DIRS = ("masks",)
 
-    A cohort (``pfascannet cohort``, ARCHITECTURE.md) keeps its slides in
-    ``C/images/`` and their truth in ``C/slides.csv`` (or a Camelyon16-style
-    ``C/reference.csv``), ``C/annotations/`` and ``C/masks/``.  The folder that
-    holds most of the scanned slides decides.
+
+def find_truth_sources(slide_paths: Mapping[str, str]) -> TruthSources:
+    """The truth that sits beside the scanned slides, when the user does not say where it is.
+
+    Looked for in the folder that holds most of the scanned slides, then in its parent: a
+    reference list (``REFERENCE_NAMES``), a folder of ASAP XML (``ANNOTATION_DIRS``) and of masks
+    (``MASK_DIRS``); the nearest of each wins.  That finds the project's cohort layout
+    (``C/images/`` -> ``C/slides.csv``, ``C/annotations/``, ``C/masks/``) and the official
+    CAMELYON16/17 folders once their ``lesion_annotations.zip`` is unpacked into a folder of that
+    name (``testing/images/`` -> ``testing/reference.csv``; ``training/tumor/`` ->
+    ``training/lesion_annotations/``; ``training/center_0/`` -> ``training/stage_labels.csv``).
 
     Args:
       slide_paths: slide id -> slide file, as the scan recorded them.
@@ -64,14 +72,14 @@ def find_truth_sources(slide_paths: Mapping[str, str]) -> TruthSources:
         parents[parent] = parents.get(parent, 0) + 1
     if not parents:
         return TruthSources()
-    images = max(sorted(parents), key=parents.get)
-    root = os.path.dirname(images) if os.path.basename(images) == "images" else images
-    reference = next((p for p in (os.path.join(root, n) for n in ("slides.csv", "reference.csv"))
-                      if os.path.isfile(p)), None)
-    annotations = os.path.join(root, "annotations")
-    masks = os.path.join(root, "masks")
-    return TruthSources(reference, annotations if os.path.isdir(annotations) else None,
-                        masks if os.path.isdir(masks) else None)
+    folder = max(sorted(parents), key=parents.get)
+    places = [folder, os.path.dirname(folder)]
+
+    def nearest(names: tuple[str, ...], exists) -> Optional[str]:
+        return next((p for d in places for p in (os.path.join(d, n) for n in names) if exists(p)), None)
+
+    return TruthSources(nearest(REFERENCE_NAMES, os.path.isfile), nearest(ANNOTATION_DIRS, os.path.isdir),
+                        nearest(MASK_DIRS, os.path.isdir))
 
 
 def read_labels(sources: TruthSources) -> dict[str, SlideRef]:
