@@ -216,8 +216,10 @@ class ViewerHandler(BaseHTTPRequestHandler):
         self._serve(head=True)
 
     def _refuse(self):
+        # The request's body is never read, so the connection cannot carry another request.
+        self.close_connection = True
         self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"read-only viewer: GET and HEAD only\n", "text/plain",
-                   extra={"Allow": "GET, HEAD"})
+                   extra={"Allow": "GET, HEAD", "Connection": "close"})
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _refuse
 
