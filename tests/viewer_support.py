@@ -117,8 +117,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-default-apps", "--disable-extensions", "--mute-audio")
-"""Headless, and quiet: without the network flags Chromium keeps trying to reach Google's services."""
+                  "--disable-default-apps", "--disable-extensions", "--mute-audio", "--disable-dev-shm-usage")
+"""Headless, and quiet: without the network flags Chromium keeps trying to reach Google's services.
+No /dev/shm: a container's is often 64 MB, too small for a renderer."""
 
 
 def browser_missing() -> str | None:
