@@ -67,3 +67,17 @@ def half_cohort(cohort, tmp_path_factory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("half_cohort")
     rescale_cohort(str(cohort), str(out), 0.486, workers=1)
     return out
+
+
+# --- issue 20: the viewer's tests share one scan folder of the session cohort (tests/viewer_support.py).
+@pytest.fixture(scope="session")
+def truth_scan(cohort, tmp_path_factory) -> pathlib.Path:
+    """A scan folder of every session-cohort slide whose maps are the truth (``viewer_support.write_truth_scan``).
+
+    Treat it as read-only: other tests share it (copy it to change it).
+    """
+    from tests.viewer_support import write_truth_scan  # noqa: PLC0415
+
+    out = tmp_path_factory.mktemp("truth_scan")
+    write_truth_scan(str(cohort), str(out))
+    return out
