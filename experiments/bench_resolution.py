@@ -37,6 +37,8 @@ flags.DEFINE_integer("seed", 21, "Seed of the held-out cohort (demo default size
 flags.DEFINE_list("mpps", ["0.486", "0.226"], "Pixel sizes of the copies (um/px).")
 flags.DEFINE_bool("native", True, "Also scan the first copy pixel for pixel (the behaviour before the contract).")
 flags.DEFINE_string("out", None, "JSON report (default <workdir>/resolution.json).")
+flags.DEFINE_bool("timing_only", False, "Only time the scans again (fresh folders, cohorts and export reused) and "
+                  "report seconds per ROI: reading + resampling against the model's time.")
 
 
 def _cpu() -> str:
@@ -49,7 +51,7 @@ def _cpu() -> str:
 
 
 def _per_roi(scan_dir: str) -> dict:
-    rois, model_s, wall_s = 0, 0.0, 0.0
+    rois, model_s, wall_s, wait_s = 0, 0.0, 0.0, 0.0
     for name in os.listdir(os.path.join(scan_dir, "maps")):
         if name.endswith(".json"):
             with open(os.path.join(scan_dir, "maps", name), encoding="utf-8") as f:
@@ -58,8 +60,28 @@ def _per_roi(scan_dir: str) -> dict:
                 rois += t["n_rois"] - t["n_resumed"]
                 model_s += t["model_s"]
                 wall_s += t["wall_s"]
+                wait_s += t["wait_s"]
     return {"rois": rois, "wall_s_per_roi": wall_s / rois if rois else None,
-            "model_s_per_roi": model_s / rois if rois else None}
+            "model_s_per_roi": model_s / rois if rois else None,
+            "read_wait_s_per_roi": wait_s / rois if rois else None}
+
+
+def _time_scans(cohorts: dict, export_dir: str, wd: str) -> dict:
+    """Scans every cohort's test slides again into fresh folders, one model load, and returns seconds per ROI."""
+    import shutil  # noqa: PLC0415
+
+    from pfascannet.inference import engine, runs, scan_options  # noqa: PLC0415  (imports Keras)
+
+    run = runs.load_run(export_dir, batch=1)
+    options = scan_options.ScanOptions(batch=1, workers=2, progress=False, heatmap=False)
+    out = {}
+    for mpp, cdir in cohorts.items():
+        scan_dir = os.path.join(wd, f"timing_{mpp.replace('.', 'p')}")
+        shutil.rmtree(scan_dir, ignore_errors=True)
+        t0 = time.perf_counter()
+        engine.scan_slides(workflow.cohort_slides(cdir, "test"), [run], scan_dir, options)
+        out[mpp] = dict(_per_roi(scan_dir), scan_wall_s=round(time.perf_counter() - t0, 1))
+    return out
 
 
 def _compare(base: dict, other: dict) -> dict:
@@ -97,6 +119,12 @@ def main(argv) -> None:
         rescale_cohort(base_dir, dst, float(mpp), progress=log)
         log(f"copy at {mpp} um/px: {time.perf_counter() - t0:.0f} s")
         cohorts[mpp] = dst
+    if FLAGS.timing_only:
+        report["timing"] = _time_scans(cohorts, export_dir, wd)
+        out = FLAGS.out or os.path.join(wd, "resolution_timing.json")
+        io_utils.write_json(out, report)
+        log(json.dumps(report["timing"], indent=1))
+        return
     results = {}
     for mpp, cdir in cohorts.items():
         tag = mpp.replace(".", "p")
