@@ -130,11 +130,15 @@ def pn_stage_report(maps_dir: str, refs: Mapping[str, reference.SlideRef], out_d
     table = pn_stage.read_camelyon17_csv(stages) if stages else None
     train = reference.select_split(refs, train_split)
     test = reference.select_split(refs, test_split)
+    # Slide ids match in any case (the stage CSV's patient_000_node_0.tif, a file Patient_000_Node_0.tif).
+    table_nodes = {k.casefold(): v for k, v in table.nodes.items()} if table is not None else {}
+    maps = {f[:-4].casefold(): os.path.join(maps_dir, f) for f in sorted(os.listdir(maps_dir))
+            if f.lower().endswith(".npy") and not f.startswith(".")}
 
     def node_label(slide: str):
         label = refs[slide].node_label
-        if label is None and table is not None:
-            label = table.nodes.get(slide)
+        if label is None:
+            label = table_nodes.get(slide.casefold())
         return label
 
     train_labels = {s: node_label(s) for s in train}
@@ -148,9 +152,9 @@ def pn_stage_report(maps_dir: str, refs: Mapping[str, reference.SlideRef], out_d
         warn(f"warning: no training slide of class {', '.join(absent)}: the forest cannot predict it")
     feats = {}
     for slide in sorted(set(train) | set(test)):
-        path = os.path.join(maps_dir, f"{slide}.npy")
-        if not os.path.isfile(path):
-            raise PfaError(f"no probability map for slide {slide}: {path}")
+        path = maps.get(slide.casefold())
+        if path is None:
+            raise PfaError(f"no probability map for slide {slide}: {os.path.join(maps_dir, slide + '.npy')}")
         feats[slide] = features.features_from_map_file(path)
     features.write_features_csv(os.path.join(out_dir, "features.csv"), feats)
 
@@ -160,8 +164,9 @@ def pn_stage_report(maps_dir: str, refs: Mapping[str, reference.SlideRef], out_d
 
     truth_nodes = {s: node_label(s) for s in test}
     truth = pn_stage.Camelyon17Table()
-    if table is not None and all(p in table.stages for p in patient_stages):
-        truth.stages = {p: table.stages[p] for p in patient_stages}
+    table_stages = {k.casefold(): v for k, v in table.stages.items()} if table is not None else {}
+    if table is not None and all(p.casefold() in table_stages for p in patient_stages):
+        truth.stages = {p: table_stages[p.casefold()] for p in patient_stages}
     elif all(v is not None for v in truth_nodes.values()):
         truth.stages = pn_stage.stages_from_node_table(truth_nodes)
     if not truth.stages:
