@@ -129,8 +129,10 @@ def write_layout(scratch: str, root: str, layout: str, slides: list[dict],
 
 
 def make_layout_cohort(root: str | os.PathLike, settings=None, *, layout: str, workers: Optional[int] = None,
-                       progress=None):
+                       progress=None, **kwargs):
     """``synthetic.cohort.make_cohort`` into ``root`` laid out as ``layout`` (module docstring).
+
+    ``settings`` (a ``CohortSettings``) or its fields as keywords, as ``make_cohort`` takes them.
 
     Rerun after a kill: it renders again into the scratch folder and rewrites every file.
 
@@ -146,7 +148,7 @@ def make_layout_cohort(root: str | os.PathLike, settings=None, *, layout: str, w
     if os.path.exists(root) and not os.path.isdir(root):
         raise PfaError(f"{root} exists and is not a folder")
     scratch = os.path.join(root, SCRATCH_NAME)
-    info = make_cohort(scratch, settings, workers=workers, progress=progress)
+    info = make_cohort(scratch, settings, workers=workers, progress=progress, **kwargs)
     mapping = write_layout(scratch, root, layout, info.slides, info.stages)
     by_generator = {v: k for k, v in mapping.items()}
     with open(os.path.join(scratch, "cohort.json"), encoding="utf-8") as f:
