@@ -187,3 +187,20 @@ def test_ids_match_in_any_case_for_auc_and_kappa():
     sub = pn_stage.Camelyon17Table({"patient_004": "pN1"}, {"patient_004_node_0": "macro"})
     rep = pn_stage.score_submission(ref, sub)
     assert rep["n_patients"] == 1 and rep["accuracy"] == 1.0 and rep["node_accuracy"] == 1.0
+
+
+def test_a_folder_of_no_known_layout_is_one_error_line_from_the_cli(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "scores.csv").write_text("name,probability\ntest_001,0.5\n")
+    (tmp_path / "somewhere").mkdir()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "pfascannet.cli", "auc", "--scores", "scores.csv", "--reference",
+                           "somewhere", "--out", "R"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=root))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "error: somewhere: not a dataset folder: expected images/ (a pfascannet cohort), training/tumor/, "
+        "training/normal/ or testing/images/ (CAMELYON16), or training/center_<K>/ (CAMELYON17)"]
+    assert not (tmp_path / "R").exists()
