@@ -130,3 +130,12 @@ def test_camelyon17_root_train_export_scan_pn_stage_kappa(tmp_path):
     kp = _cli(tmp_path, "kappa", "--submission", "R/pn/submission.csv", "--reference", str(root), "--out", "R/kappa")
     rep = json.loads((tmp_path / "R" / "kappa" / "kappa.json").read_text())
     assert rep["n_patients"] == 2 and "kappa_quadratic" in kp.stdout
+
+    # The whole evaluation that demo and table1 run takes the root too, with the same numbers.
+    from pfascannet.evaluation import run  # noqa: PLC0415
+
+    ev = run.evaluate_scan(str(tmp_path / "S"), str(root), str(tmp_path / "E"), n_bootstrap=0, warn=lambda m: None)
+    froc_cli = json.loads((tmp_path / "R" / "froc" / "froc.json").read_text())
+    assert ev["froc"]["froc_interpolated"] == froc_cli["froc_interpolated"]
+    assert ev["auc"]["auc"] == json.loads((tmp_path / "R" / "auc" / "auc.json").read_text())["auc"]
+    assert ev["pn_stage"]["n_patients"] == 2
