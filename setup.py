@@ -15,7 +15,11 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["pfascannet", "pfascannet.*"]),
     # The demo's weights (weights/demo.json records how they were made) and the tiny ones tests use.
-    package_data={"pfascannet": ["weights/*.weights.h5", "weights/*.json"]},
+    package_data={"pfascannet": ["weights/*.weights.h5", "weights/*.json",
+                                 # `pfascannet view`: its pages and the vendored OpenSeadragon (no CDN at run time)
+                                 "viewer/static/*.html", "viewer/static/*.js", "viewer/static/*.css",
+                                 "viewer/static/openseadragon/*.js", "viewer/static/openseadragon/*.txt",
+                                 "viewer/static/openseadragon/images/*.png"]},
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3.3",
@@ -36,7 +40,8 @@ setup(
     extras_require={
         # Ray: cohort scans over a cluster (experiments/scan.py --ray); the dev
         # extra includes it so CI runs the Ray tests instead of skipping them.
-        "dev": ["pytest>=7.4", "jax>=0.4.30", "ray>=2.9"],
+        # Selenium drives the viewer's browser test (Debian's chromium + chromium-driver; .ci/run installs them).
+        "dev": ["pytest>=7.4", "jax>=0.4.30", "ray>=2.9", "selenium>=4.11"],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         "ray": ["ray>=2.9"],
         # TensorBoard shows the scalars the trainer writes (train/*) under

@@ -35,6 +35,8 @@ STAGES = {
     "kappa": ("kappa", "quadratic weighted kappa of a Camelyon17 submission"),
     "table1": ("table1", "the paper's Table 1 on a synthetic cohort, end to end"),
     "eval-heldout": ("eval_heldout", "held-out slide-level evaluation of weights on fresh synthetic cohorts"),
+    # issue 20: the slide viewer
+    "view": ("view", "look at a scan in the browser: slides, map, lesions and truth (local server)"),
 }
 BUILTINS = {
     "demo": "the whole pipeline on a synthetic cohort, with a report",

@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import shlex
 from typing import Optional
 
-from pfascannet import geometry, results_page, workflow
+from pfascannet import geometry, results_page, viewer, workflow
 from pfascannet.errors import PfaError
 from pfascannet.evaluation import froc, reference, run
 
@@ -117,6 +118,8 @@ def run_demo(s: DemoSettings, log: Optional[workflow.Log] = None) -> dict:
     refs = reference.select_split(reference.read_reference(os.path.join(cohort_dir, "slides.csv")), "test")
     heatmaps = [(f"{sid} ({r.node_label})", os.path.join(scan_dir, "heatmaps", f"{sid}.png"))
                 for sid, r in sorted(refs.items())]
+    view_command = f"pfascannet view {shlex.quote(scan_dir)}"  # issue 20: the slide viewer
+    view_urls = {f"{sid} ({r.node_label})": viewer.slide_url(sid) for sid, r in refs.items()}
     facts = [
         f"cohort: {cohort_settings.patients} synthetic patients x 5 nodes (seed {s.seed}), "
         f"test split {len(refs)} slides",
@@ -143,8 +146,10 @@ def run_demo(s: DemoSettings, log: Optional[workflow.Log] = None) -> dict:
     md, page = results_page.write_demo_report(
         report_dir, table=table, pn_markdown=results_page.pn_table_markdown(ev["pn_stage"]), heatmaps=heatmaps,
         froc_png=os.path.join(eval_dir, "froc", "froc.png"), roc_png=os.path.join(eval_dir, "auc", "roc.png"),
-        artefacts=artefacts, facts=facts)
+        artefacts=artefacts, facts=facts, view_command=view_command, view_urls=view_urls)
     log.end()
     log(f"report: {page}")
     log(table)
-    return {"report_html": page, "report_md": md, "row": row, "evaluation": ev, "timing": timing}
+    log(f"look at the slides with their maps, lesions and truth: {view_command}")
+    return {"report_html": page, "report_md": md, "row": row, "evaluation": ev, "timing": timing,
+            "view_command": view_command}

@@ -66,14 +66,18 @@ def evaluate_seed(weights: str, config: str, seed: int, workdir: str, log) -> di
     workflow.ensure_cohort(cohort_dir, dataclasses.replace(demo.SIZES["default"], seed=seed), log)
     export_dir = os.path.join(workdir, "model_a16")
     workflow.export_model(weights, config, export_dir, geometry.PAPER_ALPHA, geometry.PAPER_ROI_PX, log)
+    return {"seed": seed, **evaluate_cohort(export_dir, cohort_dir, os.path.join(workdir, f"scan_seed{seed}"),
+                                            os.path.join(workdir, f"eval_seed{seed}"))}
+
+
+def evaluate_cohort(export_dir: str, cohort_dir: str, scan_dir: str, eval_dir: str) -> dict:
+    """Scans a cohort's test slides with an export and scores them (AUC, FROC, per-class sensitivity, calibration)."""
     slides_csv = os.path.join(cohort_dir, "slides.csv")
     refs_all = reference.read_reference(slides_csv)
     refs = reference.select_split(refs_all, "test", source=slides_csv)
-    scan_dir = os.path.join(workdir, f"scan_seed{seed}")
     t0 = time.perf_counter()
     workflow.scan([export_dir], workflow.cohort_slides(cohort_dir, "test"), scan_dir)
     scan_s = time.perf_counter() - t0
-    eval_dir = os.path.join(workdir, f"eval_seed{seed}")
     fr = run.froc_report(os.path.join(scan_dir, "lesions"), refs, os.path.join(eval_dir, "froc"),
                          masks_dir=os.path.join(cohort_dir, "masks"),
                          annotations_dir=os.path.join(cohort_dir, "annotations"),
@@ -83,8 +87,9 @@ def evaluate_seed(weights: str, config: str, seed: int, workdir: str, log) -> di
     scores = run.scores_from_lesions(os.path.join(scan_dir, "lesions"), refs, known_slides=refs_all)
     au = run.auc_report(scores, refs, os.path.join(eval_dir, "auc"), n_bootstrap=0, known_slides=refs_all)
     return {
-        "seed": seed, "test_slides": len(refs), "scan_s": round(scan_s, 1),
+        "test_slides": len(refs), "scan_s": round(scan_s, 1),
         "auc": au["auc"], **{k: fr[k] for k in froc.SCORE_KEYS},
         "sensitivity_by_class": fr["sensitivity_by_class"],
+        "slide_scores": {k: float(v) for k, v in sorted(scores.items())},
         "calibration": calibration(scan_dir, cohort_dir, refs),
     }

@@ -13,7 +13,11 @@ from typing import Mapping, Optional, Sequence
 from pfascannet import io_utils
 from pfascannet.evaluation import froc
 from pfascannet.evaluation.metric_reports import SYNTHETIC_NOTE
+from pfascannet.viewer import DEFAULT_PORT
 from pfascannet.workflow import minutes_per_wsi
+
+VIEW_NOTE = (f"the links below open its pages while it runs on its default port {DEFAULT_PORT} "
+             "(with --port P, change the port in the address)")
 
 
 def _pct(v: Optional[float]) -> str:
@@ -84,22 +88,30 @@ def pn_table_markdown(pn: Optional[Mapping]) -> str:
 
 def write_demo_report(report_dir: str, *, table: str, pn_markdown: str, heatmaps: Sequence[tuple[str, str]],
                       froc_png: str, roc_png: str, artefacts: Sequence[tuple[str, str]],
-                      facts: Sequence[str]) -> tuple[str, str]:
+                      facts: Sequence[str], view_command: str = "",
+                      view_urls: Optional[Mapping[str, str]] = None) -> tuple[str, str]:
     """Writes ``index.md`` and ``index.html`` in ``report_dir``; image paths are made relative to it.
 
     Args:
       heatmaps: ``(slide id with its truth label, png path)``.
       artefacts: ``(what, path)`` for the "where everything lies" list.
       facts: short lines about the run (settings, model provenance, timing).
+      view_command: the ``pfascannet view`` command for the scan (issue 20), said above the heatmaps.
+      view_urls: heatmap label -> its slide's page on that viewer (at the default port).
     """
+    view_urls = dict(view_urls or {})
     rel = lambda p: os.path.relpath(p, report_dir)  # noqa: E731
     md = ["# pfascannet demo report", "", f"> {SYNTHETIC_NOTE}", ""]
     md += [f"- {f}" for f in facts] + [""]
     md += ["## Results", "", table, "## pN-stage (Camelyon17 rules)", "", pn_markdown,
            "## FROC and ROC", "", f"![FROC]({rel(froc_png)}) ![ROC]({rel(roc_png)})", "",
            "## Heatmaps of the test slides (probability, blue low to red high)", ""]
+    if view_command:
+        md += [f"To zoom into any slide with its map, lesions and truth: run `{view_command}`; "
+               f"{VIEW_NOTE}", ""]
     for label, png in heatmaps:
-        md += [f"**{label}**", "", f"![{label}]({rel(png)})", ""]
+        link = f" ([open in the viewer]({view_urls[label]}))" if label in view_urls else ""
+        md += [f"**{label}**{link}", "", f"![{label}]({rel(png)})", ""]
     md += ["## Where every artefact lies", ""] + [f"- {what}: `{path}`" for what, path in artefacts]
     md_text = "\n".join(md) + "\n"
 
@@ -114,8 +126,14 @@ def write_demo_report(report_dir: str, *, table: str, pn_markdown: str, heatmaps
                                                           _md_table_html(pn_markdown),
           "<h2>FROC and ROC</h2>", f"<img src='{html.escape(rel(froc_png))}'> <img src='{html.escape(rel(roc_png))}'>",
           "<h2>Heatmaps of the test slides</h2>"]
+    if view_command:
+        h.append(f"<p>To zoom into any slide with its map, lesions and truth: run <code>{html.escape(view_command)}"
+                 f"</code>; {html.escape(VIEW_NOTE)}</p>")
     for label, png in heatmaps:
-        h.append(f"<figure><img src='{html.escape(rel(png))}'><figcaption>{html.escape(label)}</figcaption></figure>")
+        caption = html.escape(label)
+        if label in view_urls:
+            caption += f" (<a href='{html.escape(view_urls[label])}'>open in the viewer</a>)"
+        h.append(f"<figure><img src='{html.escape(rel(png))}'><figcaption>{caption}</figcaption></figure>")
     h += ["<h2>Where every artefact lies</h2>", "<ul>"]
     h += [f"<li>{html.escape(what)}: <code>{html.escape(path)}</code></li>" for what, path in artefacts]
     h += ["</ul></body></html>"]

@@ -18,6 +18,10 @@ is present; the macro slide is about 11k x 5.5k px, the others about 4k.
 ``cohort_info`` -- the :class:`pfascannet.synthetic.cohort.CohortInfo` of the
 same cohort (rows of ``slides.csv`` / ``lesions.csv`` as dicts, stages).
 
+``half_cohort`` -- the same cohort at 0.486 um/px (a 20x scan of the same tissue:
+every level halved, annotations, masks and tables rescaled; ``synthetic.rescale``),
+made once per session on first use.
+
 ``COHORT_KWARGS`` are the arguments it was made with, for tests that need the
 generator's plans (``pfascannet.synthetic.cohort.plan_cohort(**COHORT_KWARGS)``).
 Treat the folder as read-only: other tests share it.
@@ -53,3 +57,27 @@ def cohort_info(tmp_path_factory):
 def cohort(cohort_info) -> pathlib.Path:
     """Path of the session's synthetic cohort folder (see the module docstring)."""
     return pathlib.Path(cohort_info.out_dir)
+
+
+@pytest.fixture(scope="session")
+def half_cohort(cohort, tmp_path_factory) -> pathlib.Path:
+    """The session cohort at 0.486 um/px (see the module docstring)."""
+    from pfascannet.synthetic.rescale import rescale_cohort  # noqa: PLC0415
+
+    out = tmp_path_factory.mktemp("half_cohort")
+    rescale_cohort(str(cohort), str(out), 0.486, workers=1)
+    return out
+
+
+# --- issue 20: the viewer's tests share one scan folder of the session cohort (tests/viewer_support.py).
+@pytest.fixture(scope="session")
+def truth_scan(cohort, tmp_path_factory) -> pathlib.Path:
+    """A scan folder of every session-cohort slide whose maps are the truth (``viewer_support.write_truth_scan``).
+
+    Treat it as read-only: other tests share it (copy it to change it).
+    """
+    from tests.viewer_support import write_truth_scan  # noqa: PLC0415
+
+    out = tmp_path_factory.mktemp("truth_scan")
+    write_truth_scan(str(cohort), str(out))
+    return out

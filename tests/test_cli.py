@@ -35,7 +35,7 @@ def _one_error_line(proc) -> str:
 
 def test_every_stage_is_listed_and_the_listing_imports_no_stage(tmp_path):
     expected = {"cohort", "tfrecords", "train", "export", "check-equivalence", "scan", "lesions", "froc", "auc",
-                "pn-stage", "kappa", "table1", "eval-heldout", "demo", "version"}
+                "pn-stage", "kappa", "table1", "eval-heldout", "demo", "version", "view"}
     assert set(cli.STAGES) | set(cli.BUILTINS) == expected
     proc = _run([*MODULE, "--help"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

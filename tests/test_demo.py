@@ -81,3 +81,31 @@ def test_demo_bad_output_path_is_one_line_error(tmp_path):
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow  # the whole demo
+def test_demo_ends_with_the_viewer_command_and_the_viewer_shows_its_scan(demo_run):
+    # issue 20: the demo says how to look at its scan, its report links to the viewer, and the viewer
+    # shows every slide of the demo with its map, lesions and truth.
+    from pfascannet.viewer import slide_url  # noqa: PLC0415
+    from tests.viewer_support import Viewer  # noqa: PLC0415
+
+    out, log = demo_run
+    scan = out / "scan"
+    assert f"pfascannet view {scan}" in log.strip().splitlines()[-1]
+    page = (out / "report" / "index.html").read_text()
+    with open(out / "cohort" / "slides.csv") as f:
+        rows = [line.strip().split(",") for line in f][1:]
+    assert f"pfascannet view {scan}" in page
+    assert all(slide_url(r[0]) in page for r in rows if r[3] == "test")
+    viewer = Viewer(scan)
+    try:
+        listed = {r["slide"]: r for r in viewer.json("/api/slides")["slides"]}
+        assert sorted(listed) == sorted(r[0] for r in rows)
+        assert all(r["score"] is not None and r["label"] and not r["problem"] for r in listed.values())
+        tumour = next(r[0] for r in rows if r[3] == "test" and r[4] in ("micro", "macro"))
+        info = viewer.json(f"/api/slide/{tumour}")
+        assert info["has_overlay"] and info["lesions"] and info["truth"]["tumour"], info["slide"]
+        assert viewer.request(f"/overlay/{tumour}/t50_files/0/0_0.png")[0] == 200
+    finally:
+        viewer.close()

@@ -85,7 +85,7 @@ def test_model_replaced_between_runs_is_rescanned(slide, tmp_path):
     assert engine.scan_slides(slide, [runs.load_run(model_dir)], out, opts).results[0].status == "skipped"
 
 
-def test_a_slide_at_another_pixel_size_than_the_models_is_scanned_with_a_warning(slide, tmp_path):
+def test_a_slide_at_another_pixel_size_is_read_at_the_models_and_warned_only_when_read_natively(slide, tmp_path):
     import io
 
     from pfascannet.slide.tiff_writer import write_pyramid_tiff
@@ -97,14 +97,21 @@ def test_a_slide_at_another_pixel_size_than_the_models_is_scanned_with_a_warning
     noise = np.random.default_rng(2).integers(0, 256, (256, 256, 3), dtype=np.uint8)
     write_pyramid_tiff(coarse, (1000, 700), lambda x, y, w, h: noise[:h, :w], tiff_tile_px=256, mpp=0.5,
                        compression="deflate", num_levels=2, workers=1)
-    err = io.StringIO()
-    opts = engine.ScanOptions(progress=False, heatmap=False, tissue="all", batch=2, progress_stream=err)
     run = runs.load_run(model_dir)
     assert run.detector.training_mpp == 0.243
+    err = io.StringIO()
+    opts = engine.ScanOptions(progress=False, heatmap=False, tissue="all", batch=2, progress_stream=err)
     summary = engine.scan_slides([slide, coarse], [run], str(tmp_path / "S"), opts)
     same, other = sorted(summary.results, key=lambda r: r.path != slide)
     assert same.status == other.status == "done"
-    assert not same.warnings  # 0.243 um/px, like the model
+    assert not same.warnings and not other.warnings  # both read at 0.243 um/px (0.5 -> 0.25: within a map step)
+    assert same.meta["read"]["scale"] == "1/1" and other.meta["read"]["scale"] == "1/2"
+    assert other.meta["stride_px"] == 16 and other.meta["read"]["realised_mpp"] == pytest.approx(0.25)
+    # Read pixel for pixel (--scan_level 0), the model sees cells at half their size: one warning line.
+    err = io.StringIO()
+    native = engine.ScanOptions(progress=False, heatmap=False, tissue="all", batch=2, progress_stream=err,
+                                scan_level=0)
+    (other,) = engine.scan_slides([coarse], [run], str(tmp_path / "N"), native).results
     assert len(other.warnings) == 1 and "0.5 um/px" in other.warnings[0] and "0.243 um/px" in other.warnings[0]
     assert other.meta["warnings"] == other.warnings
     assert "warning: patient_002_node_0: " in err.getvalue()

@@ -94,10 +94,11 @@ class PatchReader:
             return len(self._all)
 
     def read_patch(self, sample: PatchSample) -> np.ndarray:
-        """uint8 ``[692, 692, 3]`` RGB at level 0."""
+        """uint8 ``[692, 692, 3]`` RGB at the model's pixel size (``SlideTruth.read_patch``)."""
+        truth = self.sampler.truth(sample.slide_id)
         reader = self._borrow(sample.slide_id)
         try:
-            return reader.read_region((sample.x, sample.y), 0, (P, P))
+            return truth.read_patch(reader, (sample.x, sample.y), P)
         finally:
             self._give_back(sample.slide_id, reader)
 

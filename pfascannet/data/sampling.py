@@ -39,6 +39,7 @@ from pfascannet.camelyon import FROC_ITC_MAX_UM, LEVEL0_MPP
 from pfascannet.errors import PfaError
 from pfascannet.slide import annotations as ann_mod, tissue as tissue_mod
 from pfascannet.slide.reader import SlideReader
+from pfascannet.slide.resample import ReadPlan, plan_read
 
 KINDS = ("tumour", "normal", "boundary", "itc", "hard_negative")
 """Every sample kind; the first four come from ``PatchSampler.sample``."""
@@ -182,7 +183,8 @@ class SlideTruth:
       tissue_downsample: downsample of the Otsu tissue mask (Sec. 2.4).
     """
 
-    def __init__(self, entry: SlideEntry, grid_downsample: int = 16, tissue_downsample: int = 32):
+    def __init__(self, entry: SlideEntry, grid_downsample: int = 16, tissue_downsample: int = 32,
+                 target_mpp: Optional[float] = LEVEL0_MPP):
         self.entry = entry
         self.grid_downsample = int(grid_downsample)
         self.tissue_downsample = int(tissue_downsample)
@@ -190,6 +192,13 @@ class SlideTruth:
             self.dimensions: tuple[int, int] = reader.dimensions
             self.mpp: float = reader.mpp if reader.mpp is not None else LEVEL0_MPP
             self.tissue: np.ndarray = np.asarray(tissue_mod.tissue_mask(reader, downsample=self.tissue_downsample), bool)
+            # Patches are read at the model's pixel size, on the scanner's read plan
+            # (the same snapped scale, so training and scanning see the same pixels).
+            self.read: ReadPlan = plan_read(self.mpp, target_mpp, reader.level_downsamples,
+                                            reader.openslide_downsamples, (geometry.output_stride_px(geometry.PAPER_ALPHA),))
+        self.scale: float = float(self.read.scale)
+        # Level-0 offset from a patch's top-left to the pixel under its centre model pixel.
+        self.centre_offset_px: int = int(round((geometry.PATCH_CENTRE_PX + 0.5) * self.scale - 0.5))
         self.annotations = datasets.read_annotations(entry.annotation_path) if entry.annotation_path else None
         gw = -(-self.dimensions[0] // self.grid_downsample)
         gh = -(-self.dimensions[1] // self.grid_downsample)
@@ -218,6 +227,38 @@ class SlideTruth:
     def label_at(self, xy: tuple[int, int]) -> int:
         """1 if level-0 pixel ``xy`` is tumour."""
         return int(self.mask_window(xy, (1, 1))[0, 0])
+
+    def top_left(self, centre_xy: tuple[float, float]) -> tuple[int, int]:
+        """Level-0 top-left of the patch whose centre model pixel lies on level-0 ``centre_xy`` (clipped to the slide)."""
+        cx, cy = int(round(centre_xy[0])), int(round(centre_xy[1]))
+        cx = min(max(cx, 0), self.dimensions[0] - 1)
+        cy = min(max(cy, 0), self.dimensions[1] - 1)
+        return cx - self.centre_offset_px, cy - self.centre_offset_px
+
+    def centre_of(self, top_left_xy: tuple[int, int]) -> tuple[int, int]:
+        """Level-0 pixel under the centre model pixel of the patch at ``top_left_xy`` (what its label is)."""
+        return int(top_left_xy[0]) + self.centre_offset_px, int(top_left_xy[1]) + self.centre_offset_px
+
+    def model_mask(self, top_left_xy: tuple[int, int], offset_px: int, size_px: int) -> np.ndarray:
+        """Tumour mask (uint8, 1 = tumour) of model pixels ``offset_px .. offset_px + size_px`` of a patch.
+
+        Model pixel ``u`` of the patch at level-0 ``top_left_xy`` is the level-0
+        cell ``[x + u s, x + (u + 1) s)`` with ``s = scale`` (the read's own
+        convention, ``slide.resample``), so the mask lies pixel for pixel on the patch.
+        """
+        if self.annotations is None:
+            return np.zeros((size_px, size_px), np.uint8)
+        s = self.scale
+        origin = (int(top_left_xy[0]) + offset_px * s, int(top_left_xy[1]) + offset_px * s)
+        if s == 1.0:
+            origin = (int(origin[0]), int(origin[1]))
+        m = ann_mod.rasterize(self.annotations, self.dimensions, downsample=s, origin_xy=origin,
+                              size_wh=(size_px, size_px))
+        return (np.asarray(m) > 0).astype(np.uint8)
+
+    def read_patch(self, reader, top_left_xy: tuple[int, int], size_px: int = geometry.PATCH_PX) -> np.ndarray:
+        """RGB uint8 ``[size, size, 3]`` at the model's pixel size from level-0 ``top_left_xy`` (``reader``: this slide's)."""
+        return self.read.read_level0(reader, top_left_xy, size_px)
 
     def tissue_grid(self) -> np.ndarray:
         """Tissue mask resampled onto the tumour grid (nearest)."""
@@ -280,10 +321,12 @@ class PatchSampler:
       >>> mask512 = sampler.mask(samples[0])
     """
 
-    def __init__(self, slides: Sequence[SlideEntry], config: SamplerConfig = SamplerConfig()):
+    def __init__(self, slides: Sequence[SlideEntry], config: SamplerConfig = SamplerConfig(),
+                 target_mpp: Optional[float] = LEVEL0_MPP):
         if not slides:
             raise SamplingError("PatchSampler needs at least one slide")
         self.config = config
+        self.target_mpp = target_mpp
         self.slides = {s.slide_id: s for s in slides}
         self._truth: dict[str, SlideTruth] = {}
         self._lock = threading.Lock()
@@ -295,7 +338,7 @@ class PatchSampler:
                 if slide_id not in self.slides:
                     raise SamplingError(f"unknown slide {slide_id!r}")
                 self._truth[slide_id] = SlideTruth(
-                    self.slides[slide_id], self.config.grid_downsample, self.config.tissue_downsample
+                    self.slides[slide_id], self.config.grid_downsample, self.config.tissue_downsample, self.target_mpp
                 )
             return self._truth[slide_id]
 
@@ -341,12 +384,6 @@ class PatchSampler:
 
     # -- sampling -----------------------------------------------------------
 
-    def _top_left(self, t: SlideTruth, centre_xy: tuple[float, float]) -> tuple[int, int]:
-        cx, cy = int(round(centre_xy[0])), int(round(centre_xy[1]))
-        cx = min(max(cx, 0), t.dimensions[0] - 1)
-        cy = min(max(cy, 0), t.dimensions[1] - 1)
-        return cx - geometry.PATCH_CENTRE_PX, cy - geometry.PATCH_CENTRE_PX
-
     def _draw_from_cells(self, kind: str, n: int, rng: np.random.Generator) -> list[PatchSample]:
         if n == 0:
             return []
@@ -363,8 +400,8 @@ class PatchSampler:
             r, c = rc[rng.integers(len(rc))]
             ds = t.grid_downsample
             cx, cy = (c + rng.random()) * ds, (r + rng.random()) * ds
-            x, y = self._top_left(t, (cx, cy))
-            out.append(PatchSample(sid, x, y, t.label_at((x + geometry.PATCH_CENTRE_PX, y + geometry.PATCH_CENTRE_PX)), kind))
+            x, y = t.top_left((cx, cy))
+            out.append(PatchSample(sid, x, y, t.label_at(t.centre_of((x, y))), kind))
         return out
 
     def _draw_random_tumour(self, n: int, rng: np.random.Generator) -> list[PatchSample]:
@@ -405,8 +442,8 @@ class PatchSampler:
         for i in order:
             sid, cxy = centres[i]
             t = self.truth(sid)
-            x, y = self._top_left(t, cxy)
-            out.append(PatchSample(sid, x, y, t.label_at((x + geometry.PATCH_CENTRE_PX, y + geometry.PATCH_CENTRE_PX)), "itc"))
+            x, y = t.top_left(cxy)
+            out.append(PatchSample(sid, x, y, t.label_at(t.centre_of((x, y))), "itc"))
         return out
 
     def random_normal(self, n: int, seed: int) -> list[PatchSample]:
@@ -420,7 +457,7 @@ class PatchSampler:
         ``692`` is the whole patch, aligned pixel for pixel with it.
         """
         off = (geometry.PATCH_PX - size_px) // 2
-        return self.truth(sample.slide_id).mask_window((sample.x + off, sample.y + off), (size_px, size_px))
+        return self.truth(sample.slide_id).model_mask((sample.x, sample.y), off, size_px)
 
 
 # ---------------------------------------------------------------------------

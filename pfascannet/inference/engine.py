@@ -67,6 +67,7 @@ from pfascannet.inference.slide_list import list_slides, shard_slides
 from pfascannet.io_utils import atomic_path, remove_stale_temps
 from pfascannet.progress import Progress, fmt_duration
 from pfascannet.slide.reader import SlideReader
+from pfascannet.slide.resample import ReadPlan, ResampleError, native_plan, plan_read
 from pfascannet.slide.tissue import tissue_mask
 
 
@@ -237,8 +238,7 @@ def scan_map(
     readers = ThreadReaders(slide_path, options.mpp)
 
     def read_roi(k: int) -> np.ndarray:
-        lr = plan.roi_side_px(k)
-        return readers.get().read_region(plan.roi_xy(k), plan.scan_level, (lr, lr))
+        return plan.read_roi(readers.get(), k)
 
     t_start = time.perf_counter()
     last_ckpt = time.monotonic()
@@ -319,8 +319,8 @@ def slide_identity(path: str) -> dict:
     return {"file": os.path.basename(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def map_fingerprint(path: str, runs: Sequence[ModelRun], options: ScanOptions) -> dict:
-    """Everything a slide's map depends on (the model's content included); see the module docstring."""
+def map_fingerprint(path: str, runs: Sequence[ModelRun], options: ScanOptions, read: Optional[ReadPlan] = None) -> dict:
+    """Everything a slide's map depends on (the model's content and the read plan included); see the module docstring."""
     tissue = options.tissue if isinstance(options.tissue, str) else getattr(options.tissue, "__name__", "custom")
     out = {
         "slide": slide_identity(path),
@@ -330,6 +330,8 @@ def map_fingerprint(path: str, runs: Sequence[ModelRun], options: ScanOptions) -
         "tissue_downsample": options.tissue_downsample,
         "mpp": options.mpp,
     }
+    if read is not None:
+        out["read"] = read.describe()
     # Edge ROIs leave the glass-only quarters of an ROI at 0 where whole ROIs
     # computed them: another map, so another fingerprint (where they apply).
     if any(plan_split(r, options) > 1 for r in runs) and options.tissue != "all":
@@ -399,8 +401,51 @@ def _map_done(out_dir: str, slide: str, fingerprint: dict) -> bool:
     return True
 
 
+def slide_read_plan(reader: SlideReader, runs: Sequence[ModelRun], options: ScanOptions) -> ReadPlan:
+    """How a slide is read for these models (``slide.resample``): at their training pixel size.
+
+    ``options.scan_level`` (``--scan_level``) reads that level pixel for pixel
+    instead, as do models that state no training pixel size.  A slide without a
+    pixel size is refused (the error names ``--mpp``): no silent 0.243 um/px.
+
+    Raises:
+      ScanError: an ensemble whose members were trained at different pixel sizes,
+        or a scan level whose downsample is not whole in OpenSlide's mapping.
+    """
+    if reader.mpp is None:
+        reader.require_mpp()
+    if options.scan_level is not None:
+        level = options.scan_level
+        downsample = level_downsample(reader.level_downsamples, level)
+        # OpenSlide maps level-0 xy onto a level with its own downsample; where
+        # that is not the whole value (odd level sizes) ROIs would drift and
+        # be interpolated, so such levels are refused rather than misread.
+        os_ds = getattr(reader, "openslide_downsamples", reader.level_downsamples)[level]
+        if abs(float(os_ds) - downsample) > 1e-9 * downsample:
+            raise ScanError(
+                f"{reader.path}: OpenSlide maps level {level} with downsample {float(os_ds):.6f}, "
+                f"not exactly {downsample}; ROIs would not land on whole pixels: scan at level 0"
+            )
+        return native_plan(level, downsample)
+    targets = sorted({float(m) for m in (getattr(r.detector, "training_mpp", None) for r in runs) if m is not None})
+    if len(targets) > 1:
+        raise ScanError(f"the ensemble's models were trained at different pixel sizes {targets} um/px; "
+                        "scan them separately")
+    try:
+        return plan_read(reader.mpp, targets[0] if targets else None, reader.level_downsamples,
+                         getattr(reader, "openslide_downsamples", None), [r.grid.stride_px for r in runs])
+    except ResampleError as exc:
+        raise ScanError(f"{reader.path}: {exc}") from None
+
+
+def _read_plan(path: str, runs: Sequence[ModelRun], options: ScanOptions) -> ReadPlan:
+    with SlideReader(path, mpp=options.mpp) as reader:
+        return slide_read_plan(reader, runs, options)
+
+
 def _scan_slide_locked(path, slide, runs, out_dir, options, progress, on_batch) -> SlideScanResult:
-    fingerprint = map_fingerprint(path, runs, options)
+    read = _read_plan(path, runs, options)
+    fingerprint = map_fingerprint(path, runs, options, read)
     post = post_settings(options)
     if _map_done(out_dir, slide, fingerprint):
         # Same map: only post-processing can be left to do; the model is not called.
@@ -409,7 +454,7 @@ def _scan_slide_locked(path, slide, runs, out_dir, options, progress, on_batch) 
             return SlideScanResult(slide, path, "skipped", "already scanned with these settings", meta=meta)
         return SlideScanResult(slide, path, "done", "lesions and heatmap redone from the saved map", meta=meta,
                                warnings=list(meta.get("warnings", [])))
-    meta, stats, warnings = _make_map(path, slide, runs, out_dir, options, fingerprint, progress, on_batch)
+    meta, stats, warnings = _make_map(path, slide, runs, out_dir, options, fingerprint, read, progress, on_batch)
     meta, _ = postprocess.postprocess_slide(out_dir, slide, post, slide_path=path, mpp=options.mpp)
     for m in range(len(runs)):
         try:
@@ -419,30 +464,20 @@ def _scan_slide_locked(path, slide, runs, out_dir, options, progress, on_batch) 
     return SlideScanResult(slide, path, "done", "", stats=stats, meta=meta, warnings=warnings)
 
 
-def _make_map(path, slide, runs, out_dir, options, fingerprint, progress, on_batch):
+def _make_map(path, slide, runs, out_dir, options, fingerprint, read, progress, on_batch):
     """Plans, scans (resuming any checkpoint) and writes the slide's map; ``(sidecar, stats, warnings)``."""
     with SlideReader(path, mpp=options.mpp) as reader:
-        if reader.mpp is None:
-            reader.require_mpp()  # the error names --mpp: no silent 0.243 um/px
-        downsample = level_downsample(reader.level_downsamples, options.scan_level)
-        # OpenSlide maps level-0 xy onto a level with its own downsample; where
-        # that is not the whole value (odd level sizes) ROIs would drift and
-        # be interpolated, so such levels are refused rather than misread.
-        os_ds = getattr(reader, "openslide_downsamples", reader.level_downsamples)[options.scan_level]
-        if abs(float(os_ds) - downsample) > 1e-9 * downsample:
-            raise ScanError(
-                f"{path}: OpenSlide maps level {options.scan_level} with downsample {float(os_ds):.6f}, "
-                f"not exactly {downsample}; ROIs would not land on whole pixels: scan at level 0"
-            )
         tissue = _tissue(reader, options)
         dims, mpp = reader.dimensions, reader.mpp
     plans = [
-        make_plan(dims, r.grid, tissue, options.tissue_downsample, options.scan_level, downsample, plan_split(r, options))
+        make_plan(dims, r.grid, tissue, options.tissue_downsample, split=plan_split(r, options), read=read)
         for r in runs
     ]
     coarse = max(range(len(plans)), key=lambda i: plans[i].stride_px)
     grid_plan = plans[coarse]
-    warnings = mpp_warnings(slide, mpp, [r.detector for r in runs])
+    # The pixel size the models see: the read plan's (within a map step of theirs), or the
+    # slide's own on a native read of --scan_level.
+    warnings = mpp_warnings(slide, read.realised_mpp or mpp, [r.detector for r in runs])
     for w in warnings:
         progress.warning(w)
     if sum(len(p) for p in plans) == 0:
@@ -469,7 +504,8 @@ def _make_map(path, slide, runs, out_dir, options, fingerprint, progress, on_bat
         "alpha": grid_plan.geometry.alpha,
         "roi_px": grid_plan.geometry.roi_px,
         "stride_px": grid_plan.stride_px,
-        "scan_level": options.scan_level,
+        "scan_level": read.level,
+        "read": read.describe(),
         "dimensions": list(dims),
         "mpp": mpp,
         "model": runs[0].name if len(runs) == 1 else [r.name for r in runs],

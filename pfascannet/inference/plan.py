@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from fractions import Fraction
 from typing import Optional
 
 import numpy as np
 
 from pfascannet import geometry
 from pfascannet.errors import PfaError
+from pfascannet.slide.resample import ReadPlan, native_plan
 
 
 class PlanError(PfaError, ValueError):
@@ -49,7 +51,9 @@ class RoiPlan:
       geometry: alpha and ROI side LR (scan-level pixels).
       dimensions: level-0 slide ``(width, height)``.
       scan_level: the pyramid level ROIs are read at.
-      downsample: the (whole) level-0 pixels per scan-level pixel.
+      downsample: level-0 pixels per model pixel: the level's whole downsample
+        for a native read, a Fraction where the slide is resampled to the
+        model's pixel size (``read``); the map stride ``S`` is whole either way.
       rois_rowcol: int array ``[K, 2]`` of planned ROI grid positions ``(i, j)``,
         row-major; ROI ``k`` fills map rows ``i Lm ..`` and columns ``j Lm ..``.
       split: s of the edge ROIs (1: none).
@@ -65,11 +69,16 @@ class RoiPlan:
     rois_rowcol: np.ndarray
     split: int = 1
     edge_rowcol: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    read: Optional[ReadPlan] = None
+
+    def __post_init__(self):
+        if self.read is None:  # a native read of scan_level (the plan before the resolution contract)
+            object.__setattr__(self, "read", native_plan(self.scan_level, int(self.downsample)))
 
     @property
     def stride_px(self) -> int:
         """S: level-0 pixels per map pixel."""
-        return self.geometry.stride_px * self.downsample
+        return self.read.stride_px(self.geometry.stride_px)
 
     @property
     def tile_px(self) -> int:
@@ -120,12 +129,22 @@ class RoiPlan:
         """LR of ROI ``k`` in scan-level pixels (smaller for edge ROIs)."""
         return self.geometry.roi_px if k < self.n_whole else self.edge_roi_px
 
-    def roi_xy(self, k: int) -> tuple[int, int]:
-        """Level-0 ``(x, y)`` of ROI ``k``'s top-left (negative at the top/left edge)."""
+    def roi_origin(self, k: int) -> tuple[int, int]:
+        """Model-pixel ``(x, y)`` of ROI ``k``'s top-left on the slide's model-pixel grid (``ReadPlan.read``)."""
         r0, c0, _ = self._cell(k)
         stride = self.geometry.stride_px
         origin = geometry.map_origin_px(self.geometry.alpha)
-        return ((c0 * stride - origin) * self.downsample, (r0 * stride - origin) * self.downsample)
+        return c0 * stride - origin, r0 * stride - origin
+
+    def roi_xy(self, k: int) -> tuple[float, float]:
+        """Level-0 ``(x, y)`` of ROI ``k``'s top-left (negative at the top/left edge; whole for native reads)."""
+        u, v = self.roi_origin(k)
+        x, y = u * self.read.scale, v * self.read.scale
+        return (int(x), int(y)) if x.denominator == y.denominator == 1 else (float(x), float(y))
+
+    def read_roi(self, reader, k: int) -> np.ndarray:
+        """RGB uint8 ``[LR, LR, 3]`` of ROI ``k`` at the model's pixel size (``read``)."""
+        return self.read.read(reader, self.roi_origin(k), self.roi_side_px(k))
 
     def roi_window(self, k: int) -> tuple[int, int, int, int]:
         """Map rows ``r0:r1`` and columns ``c0:c1`` that ROI ``k`` fills (clipped to the map)."""
@@ -145,7 +164,8 @@ class RoiPlan:
             "tile_px": self.tile_px,
             "stride_px": self.stride_px,
             "scan_level": self.scan_level,
-            "downsample": self.downsample,
+            "downsample": _json_number(self.downsample),
+            "read": self.read.describe(),
             "dimensions": list(self.dimensions),
             "map_shape": list(self.map_shape),
             "map_origin_px": geometry.map_origin_px(self.geometry.alpha),
@@ -155,6 +175,11 @@ class RoiPlan:
             **({"split": self.split, "n_edge_rois": int(self.edge_rowcol.shape[0]),
                 "edge_roi_px": self.edge_roi_px} if self.edge_rowcol.shape[0] else {}),
         }
+
+
+def _json_number(v):
+    v = Fraction(v)
+    return int(v) if v.denominator == 1 else f"{v.numerator}/{v.denominator}"
 
 
 def level_downsample(level_downsamples: tuple[float, ...], level: int) -> int:
@@ -226,6 +251,7 @@ def make_plan(
     scan_level: int = 0,
     downsample: int = 1,
     split: int = 1,
+    read: Optional[ReadPlan] = None,
 ) -> RoiPlan:
     """Plans the ROIs of a slide (§2.2, eq. (1)), keeping only those over tissue.
 
@@ -239,6 +265,10 @@ def make_plan(
       split: s > 1 plans edge ROIs (module docstring) where they cost fewer
         input pixels; ignored without a tissue mask or where ``Lm/s`` is not
         whole (``edge_split`` says which s a geometry allows).
+      read: how the slide is read at the model's pixel size
+        (``slide.resample.plan_read``); it sets the level and the scale, and
+        ``scan_level`` / ``downsample`` are ignored.  None: a native read of
+        ``scan_level``.
 
     Returns:
       The RoiPlan; ``len(plan)`` may be 0 for a slide with no tissue.
@@ -246,10 +276,14 @@ def make_plan(
     w, h = (int(v) for v in dimensions)
     if w < 1 or h < 1:
         raise PlanError(f"slide dimensions must be positive, got {dimensions}")
-    if isinstance(downsample, bool) or int(downsample) != downsample or downsample < 1:
+    if read is not None:
+        scan_level, downsample = read.level, read.scale
+        downsample = int(downsample) if downsample.denominator == 1 else downsample
+    elif isinstance(downsample, bool) or int(downsample) != downsample or downsample < 1:
         raise PlanError(f"downsample must be a whole number >= 1, got {downsample!r}")
-    downsample = int(downsample)
-    plan = RoiPlan(scan_geometry, (w, h), int(scan_level), downsample, np.zeros((0, 2), np.int64))
+    else:
+        downsample = int(downsample)
+    plan = RoiPlan(scan_geometry, (w, h), int(scan_level), downsample, np.zeros((0, 2), np.int64), read=read)
     grid_rows, grid_cols = plan.grid_shape
     if tissue is None:
         keep = np.ones((grid_rows, grid_cols), bool)

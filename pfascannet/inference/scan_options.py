@@ -35,7 +35,10 @@ class ScanOptions:
       batch: ROIs per model call.
       workers: reader threads.
       prefetch_batches: batches read ahead of the model.
-      scan_level: pyramid level ROIs are read at (its downsample must be whole).
+      scan_level: None (default): every slide is read at the model's training
+        pixel size, from the level just finer than it, resampled where needed
+        (``slide.resample``); a level: read that level pixel for pixel,
+        whatever the slide's pixel size (its downsample must be whole).
       tissue: ``"otsu"`` (``slide.tissue.tissue_mask``), ``"all"`` (every ROI),
         or a callable ``reader -> bool mask`` at ``tissue_downsample``.
       tissue_downsample: level-0 pixels per tissue-mask pixel.
@@ -58,7 +61,7 @@ class ScanOptions:
     batch: int = 2
     workers: int = 2
     prefetch_batches: int = 2
-    scan_level: int = 0
+    scan_level: Optional[int] = None
     tissue: object = "otsu"
     tissue_downsample: int = 32
     checkpoint_every_s: float = 30.0
@@ -81,8 +84,9 @@ class ScanOptions:
             raise ScanError(f"mpp must be a positive number of microns per level-0 pixel, got {self.mpp!r}")
         if not (_is_number(self.threshold) and 0.0 <= self.threshold <= 1.0):
             raise ScanError(f"threshold must be a probability in [0, 1], got {self.threshold!r}")
-        if isinstance(self.scan_level, bool) or not isinstance(self.scan_level, int) or self.scan_level < 0:
-            raise ScanError(f"scan_level must be an integer >= 0, got {self.scan_level!r}")
+        sl = self.scan_level
+        if sl is not None and (isinstance(sl, bool) or not isinstance(sl, int) or sl < 0):
+            raise ScanError(f"scan_level must be None (the model's pixel size) or an integer >= 0, got {sl!r}")
         td = self.tissue_downsample
         if isinstance(td, bool) or not isinstance(td, int) or td < 1:
             raise ScanError(f"tissue_downsample must be an integer >= 1, got {td!r}")

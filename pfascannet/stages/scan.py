@@ -55,7 +55,9 @@ flags.DEFINE_multi_string("ensemble", [], "Another model to average with (repeat
 flags.DEFINE_integer("ensemble_alpha", 32, "Alpha of the ensemble members (the paper pairs 16 with 32).")
 flags.DEFINE_string("shard", None, "i/N: scan only slides k with k mod N == i of the sorted list (0 <= i < N).")
 flags.DEFINE_float("mpp", None, "Microns per level-0 pixel, overriding the slides' own; required for slides that carry none.")
-flags.DEFINE_integer("scan_level", 0, "Pyramid level to read ROIs at (its downsample must be whole).")
+flags.DEFINE_integer("scan_level", None, "Read this pyramid level pixel for pixel (its downsample must be whole) "
+                     "instead of the default: every slide read at the model's training pixel size, from the level "
+                     "just finer than it, resampled where needed (the map JSON records the read plan).")
 flags.DEFINE_enum("tissue", "otsu", ["otsu", "all"], "Scan only tissue (Otsu), or every ROI.")
 flags.DEFINE_bool("edge_rois", True, "At the tissue's edge, quarter-size ROIs where they cost less than whole ones "
                   "(same pixels; glass-only quarters stay 0). Needs the .keras model or a recent export.")

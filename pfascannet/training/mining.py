@@ -89,7 +89,7 @@ def mine_from_slides(
             r = TUMOUR_CLEARANCE_PX
             if truth.mask_window((cand.x - r, cand.y - r), (2 * r, 2 * r)).any():
                 continue
-            x, y = cand.x - geometry.PATCH_CENTRE_PX, cand.y - geometry.PATCH_CENTRE_PX
+            x, y = truth.top_left((cand.x, cand.y))
             found.append((cand.confidence, sampling.PatchSample(slide_id, x, y, 0, "hard_negative")))
             picked += 1
     found.sort(key=lambda cs: (-cs[0], cs[1].slide_id, cs[1].y, cs[1].x))

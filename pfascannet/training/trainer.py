@@ -68,7 +68,7 @@ from pfascannet import io_utils
 from pfascannet.data import pipeline, sampling
 from pfascannet.model.config import get_config
 from pfascannet.model.decoder import decoder_targets
-from pfascannet.model.detector import build_training_model
+from pfascannet.model.detector import TRAINING_MPP, build_training_model
 from pfascannet.model.imagenet import ImagenetInitError, load_imagenet_trunk
 from pfascannet.model.losses import SynergisticLoss
 from pfascannet.model.precision import dtype_policy
@@ -366,7 +366,8 @@ def _prepare_data(run: _Run) -> _Data:
         if s.mining.at:
             raise TrainingError("hard-negative mining reads slides; it cannot be combined with --tfrecords")
         return _Data(None, None, [])
-    sampler = sampling.PatchSampler(sampling.load_cohort(s.data, s.split), s.sampler.config())
+    # Patches are read at the pixel size the model is built for, from every slide whatever its own.
+    sampler = sampling.PatchSampler(sampling.load_cohort(s.data, s.split), s.sampler.config(), target_mpp=TRAINING_MPP)
     samples_path = os.path.join(run.workdir, "samples.csv")
     if os.path.exists(samples_path):
         samples = sampling.load_samples(samples_path)

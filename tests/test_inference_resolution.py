@@ -1,0 +1,44 @@
+"""The shipped weights on a 20x copy of the same tissue: the slide scores the original gets.
+
+The small case of ``experiments/bench_resolution.py`` (BENCHMARKS.md, "Slides at
+other pixel sizes"): the session cohort and its 0.486 um/px copy, scanned with
+the demo weights at alpha 16.  Read at the model's 0.243 um/px the copy's
+slide scores are within 0.03 of the original's (read pixel for pixel, the
+behaviour before the resolution contract, the benchmark's cohort moved by up to 0.21).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+
+import pytest
+
+from pfascannet import demo, geometry, workflow
+
+SLIDES = ("patient_000_node_2", "patient_001_node_0", "patient_001_node_1")  # itc, micro, negative
+
+
+def _scores(scan_dir):
+    with open(os.path.join(scan_dir, "slide_scores.csv"), newline="", encoding="utf-8") as f:
+        return {row["name"]: float(row["probability"]) for row in csv.DictReader(f)}
+
+
+@pytest.mark.slow
+def test_shipped_weights_score_a_20x_copy_like_the_original(cohort, half_cohort, tmp_path):
+    from pfascannet.inference import engine, runs, scan_options  # noqa: PLC0415  (imports Keras)
+
+    weights, meta = workflow.shipped_weights(demo.SHIPPED)
+    model = str(tmp_path / "model")
+    workflow.export_model(weights, meta["config"], model, geometry.PAPER_ALPHA, geometry.PAPER_ROI_PX,
+                          workflow.Log(stream=io.StringIO()))
+    run = runs.load_run(model, batch=1)
+    options = scan_options.ScanOptions(batch=1, progress=False, heatmap=False)
+    scores = {}
+    for name, folder in (("original", cohort), ("half", half_cohort)):
+        paths = [os.path.join(folder, "images", f"{s}.tif") for s in SLIDES]
+        assert engine.scan_slides(paths, [run], str(tmp_path / name), options).ok
+        scores[name] = _scores(tmp_path / name)
+    diffs = {s: scores["half"][s] - scores["original"][s] for s in SLIDES}
+    assert all(abs(d) <= 0.03 for d in diffs.values()), diffs
