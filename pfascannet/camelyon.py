@@ -190,7 +190,7 @@ def pn_stage_from_nodes(labels: Iterable[str]) -> str:
 # Names.
 
 SLIDE_EXTENSIONS = (".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
-"""File name endings of slides (what OpenSlide reads): a folder scan takes these files."""
+"""File name endings of slides (what OpenSlide reads); ``datasets`` finds slides by them, in any case."""
 
 _ID_EXTENSIONS = SLIDE_EXTENSIONS + (".csv",)
 

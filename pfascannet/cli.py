@@ -75,7 +75,12 @@ def _demo_parser() -> argparse.ArgumentParser:
 @guarded
 def _demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from pfascannet import demo  # noqa: PLC0415  (keeps `pfascannet --help` light: the demo imports the whole pipeline)
+    from pfascannet import demo, progress, quiet  # noqa: PLC0415  (keeps `pfascannet --help` light)
+
+    if not quiet.verbose_requested():
+        # Plain lines, once: a library's logging.info() during the export gives the root logger a
+        # handler (logging.basicConfig), which would print every progress line a second time.
+        progress.use_plain_output()
 
     settings = demo.DemoSettings(out=args.out, size="fast" if args.fast else "default", train=args.train,
                                  train_steps=args.train_steps, train_minutes=args.train_minutes, seed=args.seed)

@@ -8,6 +8,10 @@ traceback.  Set ``PFASCANNET_DEBUG=1`` to see the traceback anyway.
 The exit statuses of every command (README.md): 0 all done; 1 some items
 (slides, ...) failed, each named on its own line, the others done; 2 bad
 input or flags, before any work; 130 interrupted (rerun to resume).
+
+Importing this module turns TensorFlow's start-up noise off (``pfascannet.quiet``),
+and ``run_main`` makes progress lines plain, unless ``--verbosity`` or
+``PFASCANNET_DEBUG=1`` asks for absl's logging.
 """
 
 from __future__ import annotations
@@ -18,7 +22,11 @@ from typing import Callable, NoReturn
 
 from absl import app, flags
 
+from pfascannet import quiet
 from pfascannet.errors import PfaError
+
+# Before any stage module imports TensorFlow: every main imports this module first.
+quiet.quiet_startup()
 
 USER_ERRORS = (PfaError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
@@ -81,4 +89,25 @@ def run_main(main: Callable) -> None:
         prepare_argv = getattr(stage, "prepare_argv", None)
         if prepare_argv is not None:
             sys.argv = prepare_argv(sys.argv)
-    app.run(guarded(main), flags_parser=_parse_flags)
+    app.run(guarded(_quiet_logs(main)), flags_parser=_parse_flags)
+
+
+def _quiet_logs(main: Callable) -> Callable:
+    """``main`` with plain progress lines and TensorFlow's Python INFO logs off, unless verbosity was asked for.
+
+    Runs after absl parsed the flags and installed its handler (``pfascannet.quiet``).
+    """
+
+    def wrapper(argv):
+        if not quiet.verbose_requested():
+            from absl import logging as absl_logging  # noqa: PLC0415
+
+            from pfascannet import progress  # noqa: PLC0415
+
+            progress.use_plain_output()
+            absl_logging.set_verbosity(absl_logging.WARNING)  # TensorFlow's "Assets written to ..." and such
+        return main(argv)
+
+    wrapper.__name__ = getattr(main, "__name__", "main")
+    wrapper.__doc__ = main.__doc__
+    return wrapper

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from pfascannet import demo, geometry, workflow
+from pfascannet import datasets, demo, geometry, workflow
 from pfascannet.camelyon import MASK_DOWNSAMPLE
 from pfascannet.evaluation import froc, reference, run
 from pfascannet.evaluation.features import read_probability_map
@@ -35,17 +35,18 @@ def calibration(scan_dir: str, cohort_dir: str, slides: dict) -> dict:
     """Map percentiles over normal tissue (normal slides) and inside tumour (tumour slides), and slide maxima."""
 
     normal_vals, tumour_vals, maxima = [], [], {"normal": [], "tumour": []}
+    images = datasets.SlideIndex(os.path.join(cohort_dir, "images"))
     for sid, ref in sorted(slides.items()):
         prob, meta = read_probability_map(os.path.join(scan_dir, "maps", f"{sid}.npy"))
         stride = int(meta["stride_px"])
         maxima["tumour" if ref.tumour else "normal"].append(float(prob.max()))
-        with SlideReader(os.path.join(cohort_dir, "images", f"{sid}.tif")) as reader:
+        with SlideReader(images.require(sid)) as reader:
             dims = reader.dimensions
             tissue = None if ref.tumour else tissue_mask(reader, downsample=32)
         if ref.tumour:
             mask = froc.slide_tumour_mask(sid, os.path.join(cohort_dir, "masks"),
                                           os.path.join(cohort_dir, "annotations"),
-                                          images_dir=os.path.join(cohort_dir, "images")) > 0
+                                          images_dir=images) > 0
             tumour_vals.append(prob[tissue_on_map(mask, MASK_DOWNSAMPLE, dims, stride)])
         else:
             normal_vals.append(prob[tissue_on_map(tissue, 32, dims, stride)])

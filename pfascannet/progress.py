@@ -7,9 +7,12 @@ Where the output goes:
 - Anywhere else (a log file, a pipe, a batch job), a plain progress line goes
   through ``logging`` at most every ``interval_s`` seconds, so logs stay short.
 - Messages and warnings go through ``logging`` (the ``pfascannet`` logger):
-  under an absl main they carry absl's prefix and honour ``--verbosity`` and
-  ``--log_dir``; where nothing configured logging (``pfascannet demo``, a
-  script), ``LOGGER`` shows INFO and above on stderr as plain lines.
+  plain lines on stderr.  The command-line mains make them plain
+  (``use_plain_output``) unless ``--verbosity`` (or ``--log_dir``) or
+  ``PFASCANNET_DEBUG=1`` is given; then they go through absl's handler, with
+  its prefix, and honour ``--verbosity`` and ``--log_dir``.  Where nothing
+  configured logging (``pfascannet demo``, a script), ``LOGGER`` shows INFO
+  and above on stderr as plain lines.
 - ``stream=``: everything (line and messages) written to that stream instead,
   plain lines, for callers that collect the output (tests, notebooks).
 """
@@ -54,6 +57,20 @@ def ensure_logging() -> None:
     if LOGGER.handlers or logging.getLogger().handlers:
         return
     LOGGER.addHandler(_StderrHandler())
+    if LOGGER.level == logging.NOTSET:
+        LOGGER.setLevel(logging.INFO)
+
+
+def use_plain_output() -> None:
+    """The package's messages and progress lines as plain lines on stderr, not through absl's handler.
+
+    What the command-line mains do unless ``--verbosity`` or ``PFASCANNET_DEBUG``
+    asks for absl's logging (``pfascannet.quiet``): without it, an absl main
+    would prefix every line with ``I1202 18:46:11.150813 140177 progress.py:178]``.
+    """
+    if not any(isinstance(h, _StderrHandler) for h in LOGGER.handlers):
+        LOGGER.addHandler(_StderrHandler())
+    LOGGER.propagate = False
     if LOGGER.level == logging.NOTSET:
         LOGGER.setLevel(logging.INFO)
 

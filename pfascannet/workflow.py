@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from pfascannet import geometry
+from pfascannet import datasets, geometry
 from pfascannet.errors import PfaError
 from pfascannet.evaluation import reference
 from pfascannet.inference import engine, runs, scan_options
@@ -87,9 +87,10 @@ def ensure_cohort(cohort_dir: str, settings: CohortSettings, log: Log) -> None:
 
 
 def cohort_slides(cohort_dir: str, split: Optional[str] = None) -> list[str]:
-    """Slide paths of a cohort's ``slides.csv`` (one split, or all)."""
+    """Slide paths of a cohort's ``slides.csv`` (one split, or all), found by ``datasets``' one rule."""
     refs = reference.select_split(reference.read_reference(os.path.join(cohort_dir, "slides.csv")), split)
-    return [os.path.join(cohort_dir, "images", f"{s}.tif") for s in sorted(refs)]
+    images = datasets.SlideIndex(os.path.join(cohort_dir, "images"))
+    return [images.require(s) for s in sorted(refs)]
 
 
 # --------------------------------------------------------------------------- model

@@ -112,7 +112,7 @@ def test_hard_negative_miner_keeps_only_false_positives(sampler):
 
 
 def test_bad_cohort_and_config_are_clear(tmp_path):
-    with pytest.raises(sampling.SamplingError, match="not a cohort folder"):
+    with pytest.raises(sampling.SamplingError, match="not a dataset folder: expected images/"):
         sampling.load_cohort(tmp_path)
     with pytest.raises(sampling.SamplingError, match="boundary"):
         sampling.SamplerConfig(boundary=-1)

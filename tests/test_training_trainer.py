@@ -222,7 +222,7 @@ def test_learning_rate_warms_up_then_decays_to_zero(cohort, tmp_path):
 def test_settings_and_workdir_errors_are_clear(cohort, tmp_path):
     with pytest.raises(trainer.TrainingError, match="batch_size"):
         _settings(cohort, tmp_path, batch_size=0)
-    with pytest.raises(trainer.TrainingError, match="not a cohort folder"):
+    with pytest.raises(trainer.TrainingError, match="no such dataset folder"):
         _settings(cohort, tmp_path, data=str(tmp_path / "nope"))
     from pfascannet.errors import PfaError
 

@@ -34,7 +34,7 @@ import numpy as np
 import scipy.ndimage as ndi
 from skimage import measure
 
-from pfascannet import geometry, io_utils
+from pfascannet import datasets, geometry, io_utils
 from pfascannet.camelyon import FROC_ITC_MAX_UM, LEVEL0_MPP
 from pfascannet.errors import PfaError
 from pfascannet.slide import annotations as ann_mod, tissue as tissue_mod
@@ -61,66 +61,57 @@ class SlideEntry:
     Attributes:
       slide_id: file name without extension (Camelyon's slide id).
       image_path: the whole-slide image.
-      annotation_path: ASAP XML of its lesions, or None (normal slide).
+      annotation_path: ASAP XML of its lesions (a path, or a ``datasets.AnnotationFile`` in a zip),
+        or None (normal slide).
       split: ``train`` / ``test`` (free text for real cohorts).
       label: the cohort's slide label as written (e.g. ``negative``, ``macro``).
     """
 
     slide_id: str
     image_path: str
-    annotation_path: Optional[str] = None
+    annotation_path: Optional[str | datasets.AnnotationFile] = None
     split: str = "train"
     label: str = ""
 
 
 def load_cohort(data_dir: str | os.PathLike, split: Optional[str] = None) -> list[SlideEntry]:
-    """Lists the slides of a cohort laid out as in ARCHITECTURE.md.
+    """Lists the training slides of a dataset root: a cohort, or CAMELYON16/17 as downloaded.
 
-    ``<data_dir>/slides.csv`` (columns ``slide,split,label,...``) names the
-    slides when present; otherwise every ``images/*.tif`` is taken (a real
-    Camelyon16 folder with ``images/`` and ``annotations/`` works as is).
-    A slide has lesions iff ``annotations/<slide>.xml`` exists.
+    ``datasets.open_dataset`` finds the slides, their split and their
+    annotations (a folder of ASAP XML or ``lesion_annotations.zip``), whatever
+    the layout (``pfascannet/datasets.py``).  A slide has lesions iff it has
+    an annotation.  Where the layout says a slide holds tumour but it has no
+    annotation, its patches cannot be labelled: CAMELYON16's ``training/tumor``
+    slides must have one (error); CAMELYON17's node-labelled slides without one
+    (most of them: 50 are annotated) are left out, as are slides of unknown label.
 
     Args:
-      data_dir: the cohort folder.
-      split: keep only slides of this split (needs ``slides.csv``).
+      data_dir: the dataset root.
+      split: keep only slides of this split (``train``: CAMELYON's ``training/``).
 
     Raises:
       SamplingError: no such folder, no slides, or an unknown split.
     """
     data_dir = os.fspath(data_dir)
-    images = os.path.join(data_dir, "images")
-    if not os.path.isdir(images):
-        raise SamplingError(f"{data_dir}: not a cohort folder (no images/ subfolder)")
-    rows: list[dict] = []
-    table = os.path.join(data_dir, "slides.csv")
-    if os.path.exists(table):
-        with open(table, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        if rows and "slide" not in rows[0]:
-            raise SamplingError(f"{table}: expected a 'slide' column, got {list(rows[0])}")
-    else:
-        if split is not None:
-            raise SamplingError(f"{data_dir}: split {split!r} requested but there is no slides.csv")
-        rows = [{"slide": os.path.splitext(n)[0]} for n in sorted(os.listdir(images)) if n.endswith(".tif")]
+    try:
+        ds = datasets.open_dataset(data_dir)
+    except datasets.DatasetError as exc:
+        raise SamplingError(str(exc)) from None
+    if split is not None and ds.layout == "cohort" and ds.reference_path is None:
+        raise SamplingError(f"{data_dir}: split {split!r} requested but there is no slides.csv")
     entries = []
-    for row in rows:
-        sid = row["slide"]
-        if split is not None and row.get("split") != split:
+    for s in ds.split(split):
+        if s.annotation is None and s.tumour and ds.layout != "cohort":
+            if ds.layout == "camelyon16":
+                raise SamplingError(f"tumour slide {s.image_path} has no annotation {s.slide_id}.xml in "
+                                    f"{ds.annotations.where()}: its patches cannot be labelled")
             continue
-        image = os.path.join(images, sid + ".tif")
-        xml = os.path.join(data_dir, "annotations", sid + ".xml")
-        entries.append(
-            SlideEntry(
-                slide_id=sid,
-                image_path=image,
-                annotation_path=xml if os.path.exists(xml) else None,
-                split=row.get("split", "train") or "train",
-                label=row.get("label", "") or "",
-            )
-        )
+        if s.annotation is None and s.tumour is None and ds.layout != "cohort":
+            continue
+        entries.append(SlideEntry(slide_id=s.slide_id, image_path=s.image_path, annotation_path=s.annotation,
+                                  split=s.split or "train", label=s.label))
     if not entries:
-        splits = sorted({r.get("split", "") for r in rows})
+        splits = sorted({s.split for s in ds.slides})
         raise SamplingError(f"{data_dir}: no slides" + (f" in split {split!r} (splits: {splits})" if split else ""))
     return entries
 
@@ -208,7 +199,7 @@ class SlideTruth:
         self.scale: float = float(self.read.scale)
         # Level-0 offset from a patch's top-left to the pixel under its centre model pixel.
         self.centre_offset_px: int = int(round((geometry.PATCH_CENTRE_PX + 0.5) * self.scale - 0.5))
-        self.annotations = ann_mod.read_asap_xml(entry.annotation_path) if entry.annotation_path else None
+        self.annotations = datasets.read_annotations(entry.annotation_path) if entry.annotation_path else None
         gw = -(-self.dimensions[0] // self.grid_downsample)
         gh = -(-self.dimensions[1] // self.grid_downsample)
         if self.annotations is not None:

@@ -50,7 +50,7 @@ import numpy as np
 from scipy import ndimage
 from skimage import measure
 
-from pfascannet import io_utils
+from pfascannet import datasets, io_utils
 from pfascannet.camelyon import (LEVEL0_MPP, MASK_DOWNSAMPLE, MASK_TUMOUR_VALUE, METASTASIS_CLASSES,
                                  froc_growth_limit_px, is_froc_itc, major_axis_length, node_class)
 from pfascannet.evaluation import csv_rows
@@ -159,9 +159,9 @@ def lesion_sizes_um(labels: np.ndarray, mask: np.ndarray, mpp: float = LEVEL0_MP
     return out
 
 
-def tumour_mask_from_xml(path: str | os.PathLike, dimensions_xy: tuple[int, int]) -> np.ndarray:
-    """Level-5 uint8 tumour mask (255 tumour) of an ASAP XML file."""
-    return annotations.rasterize(annotations.read_asap_xml(path), dimensions_xy,
+def tumour_mask_from_xml(path, dimensions_xy: tuple[int, int]) -> np.ndarray:
+    """Level-5 uint8 tumour mask (255 tumour) of an ASAP XML file (a path or a ``datasets.AnnotationFile``)."""
+    return annotations.rasterize(datasets.read_annotations(path), dimensions_xy,
                                  downsample=MASK_DOWNSAMPLE)
 
 
@@ -578,11 +578,12 @@ def _find(directory: str, names: Sequence[str]) -> Optional[str]:
     return None
 
 
-def _image_dimensions(slide: str, images_dir: Optional[str]) -> Optional[tuple[int, int]]:
-    """Level-0 ``(width, height)`` of ``<images_dir>/<slide>.tif|.tiff|.svs``, or None without one."""
+def _image_dimensions(slide: str, images_dir) -> Optional[tuple[int, int]]:
+    """Level-0 ``(width, height)`` of the slide's file in ``images_dir`` (a folder or a
+    ``datasets.SlideIndex``; any case, any slide extension), or None without one."""
     if not images_dir:
         return None
-    image = _find(images_dir, [f"{slide}.tif", f"{slide}.tiff", f"{slide}.svs"])
+    image = datasets.as_slide_index(images_dir).find(slide)
     if not image:
         return None
 
@@ -591,29 +592,33 @@ def _image_dimensions(slide: str, images_dir: Optional[str]) -> Optional[tuple[i
 
 
 def slide_tumour_mask(slide: str, masks_dir: Optional[str] = None,
-                      annotations_dir: Optional[str] = None,
+                      annotations_dir=None,
                       dimensions_xy: Optional[tuple[int, int]] = None,
-                      images_dir: Optional[str] = None) -> np.ndarray:
+                      images_dir=None) -> np.ndarray:
     """Level-5 tumour mask (255 tumour) of a tumour slide, from its mask TIFF or ASAP XML.
 
     Looks for ``<masks_dir>/<slide>_mask.tif`` (or ``<slide>.tif``) first, then
-    ``<annotations_dir>/<slide>.xml`` rasterised at downsample 32 with the
-    slide's level-0 size from ``dimensions_xy`` or from ``<images_dir>/<slide>.tif``.
+    the slide's ASAP XML in ``annotations_dir`` (a folder of XML, a zip of them
+    such as CAMELYON's ``lesion_annotations.zip``, or a ``datasets.AnnotationIndex``)
+    rasterised at downsample 32 with the slide's level-0 size from
+    ``dimensions_xy`` or from its file in ``images_dir`` (a folder or a ``datasets.SlideIndex``).
     """
     if masks_dir:
         path = _find(masks_dir, [f"{slide}_mask.tif", f"{slide}_mask.tiff", f"{slide}.tif", f"{slide}.tiff"])
         if path:
             return annotations.read_mask_level(path, downsample=MASK_DOWNSAMPLE)
-    if annotations_dir:
-        path = _find(annotations_dir, [f"{slide}.xml"])
-        if path:
+    index = datasets.as_annotation_index(annotations_dir) if annotations_dir else None
+    if index is not None:
+        found = index.find(slide)
+        if found:
             if dimensions_xy is None:
                 dimensions_xy = _image_dimensions(slide, images_dir)
             if dimensions_xy is None:
-                raise FrocError(f"slide {slide}: rasterising {path} needs the slide's level-0 size; "
+                raise FrocError(f"slide {slide}: rasterising {found} needs the slide's level-0 size; "
                                 f"give a reference with width,height or the images folder")
-            return tumour_mask_from_xml(path, dimensions_xy)
-    where = " or ".join(d for d in (masks_dir, annotations_dir) if d) or "(no masks or annotations folder given)"
+            return tumour_mask_from_xml(found, dimensions_xy)
+    where = " or ".join(str(d) for d in (masks_dir, index.where() if index is not None else None) if d) or (
+        "(no masks or annotations folder given)")
     raise FrocError(f"tumour slide {slide}: no mask `{slide}_mask.tif` or annotation `{slide}.xml` in {where}")
 
 
@@ -649,7 +654,8 @@ def score_submission(lesions_dir: str, reference: Mapping[str, object],
     Args:
       lesions_dir: folder of ``confidence,X,Y`` CSVs, one per slide.
       reference: {slide: SlideRef} (``evaluation.reference``); the slides scored.
-      masks_dir, annotations_dir, images_dir: where tumour slides' truth is;
+      masks_dir, annotations_dir, images_dir: where tumour slides' truth is (annotations: a
+        folder of ASAP XML or a zip of them; images: a folder or a ``datasets.SlideIndex``);
         ``images_dir`` also gives the level-0 size of slides the reference
         gives none for.
       truth_lesions: {slide: [(X, Y, class)]} for per-class sensitivity;
@@ -671,6 +677,9 @@ def score_submission(lesions_dir: str, reference: Mapping[str, object],
     """
     if not os.path.isdir(lesions_dir):
         raise FrocError(f"lesions folder {lesions_dir}: not a folder")
+    # Indexed once: a folder of XML or a zip of them, slides by id in any case.
+    annotations_dir = datasets.as_annotation_index(annotations_dir) if annotations_dir else None
+    images_dir = datasets.as_slide_index(images_dir) if images_dir else None
     extras = extra_csvs(lesions_dir, reference if known_slides is None else known_slides)
     if extras and not ignore_extra:
         more = f" ({len(extras)} such files)" if len(extras) > 1 else ""

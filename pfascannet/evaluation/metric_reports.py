@@ -19,8 +19,16 @@ SYNTHETIC_NOTE = ("Synthetic cohort: these numbers measure the pipeline on gener
 
 
 def synthetic_note_for(path: Optional[str]) -> Optional[str]:
-    """The synthetic-cohort note when ``path``'s folder holds the generator's ``cohort.json``."""
-    if path and os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(path)), "cohort.json")):
+    """The synthetic-cohort note when the generator's ``cohort.json`` is in ``path`` (a dataset root),
+    beside it, or one folder up (``ROOT/testing/reference.csv`` of ``pfascannet cohort --layout camelyon16``)."""
+    if not path:
+        return None
+    path = os.path.abspath(path)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    candidates = [folder]
+    if not os.path.isdir(path) and os.path.basename(folder).lower() in ("training", "testing"):
+        candidates.append(os.path.dirname(folder))
+    if any(os.path.isfile(os.path.join(f, "cohort.json")) for f in candidates):
         return SYNTHETIC_NOTE
     return None
 

@@ -178,17 +178,20 @@ def score_submission(reference: Camelyon17Table, submission: Camelyon17Table) ->
     Every reference patient must be in the submission (as the organisers'
     script requires); extra submission patients are ignored and listed.
     """
-    missing = sorted(set(reference.stages) - set(submission.stages))
+    # Patient and slide ids match in any case (Patient_004.zip and patient_004.zip are one patient).
+    sub_stages = {p.casefold(): v for p, v in submission.stages.items()}
+    sub_nodes = {s.casefold(): v for s, v in submission.nodes.items()}
+    missing = sorted(p for p in reference.stages if p.casefold() not in sub_stages)
     if missing:
         raise StageError(f"submission lacks {len(missing)} reference patient(s), e.g. {missing[:3]}")
     patients = sorted(reference.stages)
     ref = [reference.stages[p] for p in patients]
-    sub = [submission.stages[p] for p in patients]
+    sub = [sub_stages[p.casefold()] for p in patients]
     confusion = np.zeros((len(STAGES), len(STAGES)), dtype=int)
     for r, s in zip(ref, sub):
         confusion[stage_rank(r), stage_rank(s)] += 1
-    shared_nodes = sorted(set(reference.nodes) & set(submission.nodes))
-    node_accuracy = (float(np.mean([reference.nodes[s] == submission.nodes[s] for s in shared_nodes]))
+    shared_nodes = sorted(s for s in reference.nodes if s.casefold() in sub_nodes)
+    node_accuracy = (float(np.mean([reference.nodes[s] == sub_nodes[s.casefold()] for s in shared_nodes]))
                      if shared_nodes else None)
     return {
         "node_accuracy": node_accuracy,
@@ -198,7 +201,8 @@ def score_submission(reference: Camelyon17Table, submission: Camelyon17Table) ->
         "accuracy": float(np.mean([stage_rank(r) == stage_rank(s) for r, s in zip(ref, sub)])),
         "stages": list(STAGES),
         "confusion_rows_reference_cols_submission": confusion.tolist(),
-        "extra_patients_ignored": sorted(set(submission.stages) - set(reference.stages)),
+        "extra_patients_ignored": sorted(p for p in submission.stages
+                                         if p.casefold() not in {r.casefold() for r in reference.stages}),
     }
 
 

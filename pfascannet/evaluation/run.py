@@ -58,8 +58,10 @@ def froc_report(lesions_dir: str, refs: Mapping[str, reference.SlideRef], out_di
     rep = froc.evaluate(results, n_bootstrap=n_bootstrap, seed=seed, class_threshold=class_threshold)
     rep["excluded_slides"] = excluded
     rep["exclusion_asked"] = exclude
+    where = getattr(annotations_dir, "where", None)  # a datasets.AnnotationIndex: its folders / zips
     rep["inputs"] = dict(inputs or {"lesions_dir": lesions_dir, "masks_dir": masks_dir,
-                                    "annotations_dir": annotations_dir, "truth_lesions": truth_lesions,
+                                    "annotations_dir": where() if where else annotations_dir,
+                                    "truth_lesions": truth_lesions,
                                     "allow_missing": allow_missing, "mpp": mpp, "ignore_extra": ignore_extra,
                                     "exclude": exclude})
     rep["note"] = note
@@ -130,11 +132,15 @@ def pn_stage_report(maps_dir: str, refs: Mapping[str, reference.SlideRef], out_d
     table = pn_stage.read_camelyon17_csv(stages) if stages else None
     train = reference.select_split(refs, train_split)
     test = reference.select_split(refs, test_split)
+    # Slide ids match in any case (the stage CSV's patient_000_node_0.tif, a file Patient_000_Node_0.tif).
+    table_nodes = {k.casefold(): v for k, v in table.nodes.items()} if table is not None else {}
+    maps = {f[:-4].casefold(): os.path.join(maps_dir, f) for f in sorted(os.listdir(maps_dir))
+            if f.lower().endswith(".npy") and not f.startswith(".")}
 
     def node_label(slide: str):
         label = refs[slide].node_label
-        if label is None and table is not None:
-            label = table.nodes.get(slide)
+        if label is None:
+            label = table_nodes.get(slide.casefold())
         return label
 
     train_labels = {s: node_label(s) for s in train}
@@ -148,9 +154,9 @@ def pn_stage_report(maps_dir: str, refs: Mapping[str, reference.SlideRef], out_d
         warn(f"warning: no training slide of class {', '.join(absent)}: the forest cannot predict it")
     feats = {}
     for slide in sorted(set(train) | set(test)):
-        path = os.path.join(maps_dir, f"{slide}.npy")
-        if not os.path.isfile(path):
-            raise PfaError(f"no probability map for slide {slide}: {path}")
+        path = maps.get(slide.casefold())
+        if path is None:
+            raise PfaError(f"no probability map for slide {slide}: {os.path.join(maps_dir, slide + '.npy')}")
         feats[slide] = features.features_from_map_file(path)
     features.write_features_csv(os.path.join(out_dir, "features.csv"), feats)
 
@@ -160,8 +166,9 @@ def pn_stage_report(maps_dir: str, refs: Mapping[str, reference.SlideRef], out_d
 
     truth_nodes = {s: node_label(s) for s in test}
     truth = pn_stage.Camelyon17Table()
-    if table is not None and all(p in table.stages for p in patient_stages):
-        truth.stages = {p: table.stages[p] for p in patient_stages}
+    table_stages = {k.casefold(): v for k, v in table.stages.items()} if table is not None else {}
+    if table is not None and all(p.casefold() in table_stages for p in patient_stages):
+        truth.stages = {p: table_stages[p.casefold()] for p in patient_stages}
     elif all(v is not None for v in truth_nodes.values()):
         truth.stages = pn_stage.stages_from_node_table(truth_nodes)
     if not truth.stages:
@@ -181,36 +188,39 @@ def pn_stage_report(maps_dir: str, refs: Mapping[str, reference.SlideRef], out_d
 
 def evaluate_scan(scan_dir: str, cohort_dir: str, out_dir: str, *, split: str = "test",
                   n_bootstrap: int = 1000, seed: int = 0, warn: Callable[[str], None] = print) -> dict:
-    """FROC, AUC and pN-stage kappa of a scan folder against a cohort folder.
+    """FROC, AUC and pN-stage kappa of a scan folder against a dataset root.
 
-    The cohort folder holds ``slides.csv`` (with a split column), ``masks/``,
-    ``annotations/``, ``lesions.csv`` (optional) and ``stages.csv``; the
-    scan folder ``lesions/``, ``maps/`` and ``slide_scores.csv``.  Reports
-    land in ``out_dir/{froc,auc,pn_stage}``.
+    The root is read by ``datasets.open_dataset``: a cohort folder
+    (``slides.csv`` with a split column, ``masks/``, ``annotations/``,
+    ``lesions.csv`` (optional), ``stages.csv``) or CAMELYON16/17 as downloaded
+    (annotations from ``lesion_annotations.zip``, splits from the folders; the
+    pN-stage needs node labels, so only CAMELYON17 and cohorts have one).
+    The scan folder holds ``lesions/``, ``maps/`` and ``slide_scores.csv``.
+    Reports land in ``out_dir/{froc,auc,pn_stage}``.
 
     Returns:
-      ``{"froc": ..., "auc": ..., "pn_stage": ...}`` report dicts.
+      ``{"froc": ..., "auc": ..., "pn_stage": ...}`` report dicts (``pn_stage`` None without node labels).
     """
-    slides_csv = os.path.join(cohort_dir, "slides.csv")
-    refs_all = reference.read_reference(slides_csv)
-    refs = reference.select_split(refs_all, split, source=slides_csv)
-    note = metric_reports.synthetic_note_for(slides_csv)
-    lesions_csv = os.path.join(cohort_dir, "lesions.csv")
-    stages_csv = os.path.join(cohort_dir, "stages.csv")
+    from pfascannet import datasets  # noqa: PLC0415  (datasets reads references through this package)
+
+    ds = datasets.open_dataset(cohort_dir)
+    refs_all = ds.refs()
+    source = ds.reference_path or cohort_dir
+    refs = reference.select_split(refs_all, split, source=source)
+    note = metric_reports.SYNTHETIC_NOTE if ds.synthetic else None
     scores_csv = os.path.join(scan_dir, "slide_scores.csv")
+    has_nodes = any(r.node_label for r in refs_all.values()) or ds.stages_path
     out = {
         "froc": froc_report(
             os.path.join(scan_dir, "lesions"), refs, os.path.join(out_dir, "froc"),
-            masks_dir=os.path.join(cohort_dir, "masks"),
-            annotations_dir=os.path.join(cohort_dir, "annotations"),
-            images_dir=os.path.join(cohort_dir, "images"),
-            truth_lesions=lesions_csv if os.path.isfile(lesions_csv) else None,
-            n_bootstrap=n_bootstrap, seed=seed, note=note, known_slides=refs_all, reference_name=slides_csv),
+            masks_dir=ds.masks_dir, annotations_dir=ds.annotations, images_dir=ds.images,
+            truth_lesions=ds.truth_lesions,
+            n_bootstrap=n_bootstrap, seed=seed, note=note, known_slides=refs_all, reference_name=source),
         "auc": auc_report(slide_metrics.read_slide_scores(scores_csv), refs, os.path.join(out_dir, "auc"),
                           n_bootstrap=n_bootstrap, seed=seed, note=note, known_slides=refs_all,
                           source=scores_csv),
         "pn_stage": pn_stage_report(os.path.join(scan_dir, "maps"), refs_all, os.path.join(out_dir, "pn_stage"),
-                                    stages=stages_csv if os.path.isfile(stages_csv) else None,
-                                    test_split=split, seed=seed, note=note, warn=warn),
+                                    stages=ds.stages_path, test_split=split, seed=seed, note=note,
+                                    warn=warn) if has_nodes else None,
     }
     return out

@@ -95,7 +95,7 @@ def match_scores(reference: Mapping[str, int], scores: Mapping[str, float],
                  missing_score: Optional[float] = None, *, known_slides: Optional[Iterable[str]] = None,
                  ignore_extra: bool = False, source: Optional[str] = None
                  ) -> tuple[list[str], list[int], list[float]]:
-    """Aligns slide scores to a reference {slide: 0/1}.
+    """Aligns slide scores to a reference {slide: 0/1}; slide ids match in any case.
 
     A reference slide without a score is an error unless ``missing_score``
     is given (e.g. 0.0: a method that skipped a slide called it normal).  A
@@ -109,16 +109,25 @@ def match_scores(reference: Mapping[str, int], scores: Mapping[str, float],
     """
     where = f"{source}: " if source else ""
     names = sorted(reference)
-    missing = [n for n in names if n not in scores]
+    # Slide ids match in any case (datasets.slide_key): CAMELYON16's reference.csv says
+    # Test_001 where the download names the slide test_001.tif.
+    by_key: dict[str, str] = {}
+    for n in scores:
+        k = n.casefold()
+        if k in by_key:
+            raise SlideMetricsError(f"{where}slides {by_key[k]!r} and {n!r} differ only in case: one slide, two scores")
+        by_key[k] = n
+    missing = [n for n in names if n.casefold() not in by_key]
     if missing and missing_score is None:
         raise SlideMetricsError(f"{where}no score for {len(missing)} reference slide(s), e.g. {missing[:3]}")
-    known = set(reference if known_slides is None else known_slides)
-    extra = sorted(n for n in scores if n not in known)
+    known = {n.casefold() for n in (reference if known_slides is None else known_slides)}
+    extra = sorted(n for n in scores if n.casefold() not in known)
     if extra and not ignore_extra:
         raise SlideMetricsError(f"{where}score for {len(extra)} slide(s) not in the reference, e.g. {extra[:3]}; "
                                 f"fix the names or ignore such rows explicitly (--ignore_extra)")
     return (names, [int(reference[n]) for n in names],
-            [float(scores.get(n, missing_score)) for n in names])
+            [float(scores[by_key[n.casefold()]]) if n.casefold() in by_key else float(missing_score)
+             for n in names])
 
 
 def plot_roc(path: str | os.PathLike, labels: Sequence[int], scores: Sequence[float],

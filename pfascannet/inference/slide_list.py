@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
-from pfascannet import camelyon
+from pfascannet import camelyon, datasets
 from pfascannet.camelyon import SLIDE_EXTENSIONS
 from pfascannet.errors import PfaError
 from pfascannet.inference.scan_options import ScanError
-from pfascannet.io_utils import is_temp_name
 from pfascannet.slide.reader import SlideReader
 
 
@@ -30,7 +29,7 @@ def check_slide(path: str, mpp: Optional[float] = None) -> Optional[str]:
 
 
 def list_slides(spec: str | Sequence[str]) -> list[str]:
-    """Slide paths from a slide file, a folder (or a cohort with ``images/``), or a list file.
+    """Slide paths from a slide file, a folder (or a dataset root: ``datasets.folder_slides``), or a list file.
 
     A list file (``.txt``, ``.csv``, ``.lst``) holds one path per line
     (relative paths are relative to the list file; ``#`` starts a comment; a
@@ -47,13 +46,10 @@ def list_slides(spec: str | Sequence[str]) -> list[str]:
     for s in specs:
         s = os.fspath(s)
         if os.path.isdir(s):
-            folder = os.path.join(s, "images") if os.path.isdir(os.path.join(s, "images")) else s
+            # A dataset root (a cohort, CAMELYON16/17 as downloaded) gives all its slides; any other
+            # folder its slide files, or its subfolders' (CAMELYON17's training/center_K/).
             # Dot-files (a copy's or a writer's temporaries, macOS "._" files) are never slides.
-            paths += [
-                os.path.join(folder, f)
-                for f in sorted(os.listdir(folder))
-                if f.lower().endswith(SLIDE_EXTENSIONS) and not f.startswith(".") and not is_temp_name(f)
-            ]
+            paths += datasets.folder_slides(s)
         elif s.lower().endswith((".txt", ".csv", ".lst")):
             if not os.path.exists(s):
                 raise ScanError(f"{s}: no such slide list")
@@ -63,7 +59,7 @@ def list_slides(spec: str | Sequence[str]) -> list[str]:
                     item = line.split("#", 1)[0].strip().split(",")[0].strip()
                     if not item:
                         continue
-                    if not item.lower().endswith(SLIDE_EXTENSIONS):
+                    if not datasets.is_slide_name(item):
                         continue  # a CSV header or a non-slide column
                     paths.append(item if os.path.isabs(item) else os.path.join(base, item))
         else:
@@ -73,10 +69,10 @@ def list_slides(spec: str | Sequence[str]) -> list[str]:
         raise ScanError(f"no slides found in {specs} (looked for {', '.join(SLIDE_EXTENSIONS)})")
     ids: dict[str, str] = {}
     for p in paths:
-        sid = camelyon.slide_id(p)
-        if sid in ids:
-            raise ScanError(f"two slides share the id {sid!r}: {ids[sid]} and {p}")
-        ids[sid] = p
+        key = datasets.slide_key(p)  # ids match in any case (datasets), so Tumor_001 and tumor_001 collide
+        if key in ids:
+            raise ScanError(f"two slides share the id {camelyon.slide_id(p)!r} (in any case): {ids[key]} and {p}")
+        ids[key] = p
     return paths
 
 

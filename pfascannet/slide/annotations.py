@@ -153,8 +153,22 @@ def read_asap_xml(path: str | os.PathLike) -> list[Annotation]:
         raise AnnotationError(f"{path}: is a directory, not an ASAP XML file")
     if os.path.getsize(path) == 0:
         raise AnnotationError(f"{path}: empty annotation file (0 bytes)")
+    with open(path, "rb") as f:
+        return parse_asap_xml(f.read(), path)
+
+
+def parse_asap_xml(data: bytes, source: str) -> list[Annotation]:
+    """``read_asap_xml`` on the bytes of an ASAP XML file (e.g. a member of a zip), hardened the same way.
+
+    Args:
+      data: the file's bytes.
+      source: what to name in errors (``lesion_annotations.zip:tumor_001.xml``).
+    """
+    path = source
+    if not data:
+        raise AnnotationError(f"{path}: empty annotation file (0 bytes)")
     try:
-        root = DET.parse(path, forbid_dtd=True, forbid_entities=True, forbid_external=True).getroot()
+        root = DET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except defusedxml.DTDForbidden as exc:
         raise AnnotationError(
             f"{path}: refused: the XML declares a DTD (possible entity-expansion or "

@@ -5,6 +5,10 @@ Scores come from a ``name,probability`` CSV (``--scores``, e.g. a scan's
 highest lesion confidence per slide in a folder of lesion CSVs (``--lesions_dir``).
 
   pfascannet auc --scores S/slide_scores.csv --reference C/slides.csv --split test --out R/auc
+  pfascannet auc --scores S/slide_scores.csv --reference CAMELYON16 --split test --out R/auc
+
+Slide ids match in any case (CAMELYON16's reference.csv says ``Test_001``, its
+slide ``test_001.tif``).
 
 Writes ``auc.json``, ``auc.md`` and ``roc.png`` to ``--out``.
 """
@@ -15,13 +19,15 @@ import os
 
 from absl import flags
 
+from pfascannet import datasets
 from pfascannet.errors import PfaError
 from pfascannet.evaluation import metric_reports, reference, run, slide_metrics
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("scores", None, "name,probability CSV of slide scores.")
 flags.DEFINE_string("lesions_dir", None, "Or: folder of lesion CSVs; a slide's score is its top confidence.")
-flags.DEFINE_string("reference", None, "slides.csv, Camelyon16 reference.csv or Camelyon17 stage CSV.")
+flags.DEFINE_string("reference", None, "slides.csv, Camelyon16 reference.csv, Camelyon17 stage CSV, or a dataset "
+                                        "root (a cohort, CAMELYON16/17 as downloaded).")
 flags.DEFINE_string("split", None, "Score only this split of the reference (e.g. test).")
 flags.DEFINE_float("missing_score", None, "Score for reference slides the input lacks (default: error).")
 flags.DEFINE_bool("ignore_extra", False, "Skip scores (or lesion CSVs) of slides the reference does not list "
@@ -36,7 +42,7 @@ flags.mark_flags_as_required(["reference", "out"])
 def main(argv):
     if bool(FLAGS.scores) == bool(FLAGS.lesions_dir):
         raise PfaError("give exactly one of --scores (name,probability CSV) or --lesions_dir")
-    all_refs = reference.read_reference(FLAGS.reference)
+    all_refs, _ = datasets.open_reference(FLAGS.reference)
     refs = reference.select_split(all_refs, FLAGS.split, source=FLAGS.reference)
     if FLAGS.scores:
         scores = slide_metrics.read_slide_scores(FLAGS.scores)

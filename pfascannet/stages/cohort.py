@@ -7,6 +7,11 @@ Layout of ``C`` (ARCHITECTURE.md, "Files between stages"): ``images/``,
 ``lesions.csv``, ``cohort.json``.  Patient ``p`` gets pN-stage
 ``pN1, pN0(i+), pN1mi, pN2, pN0`` in turn, so 5 patients cover every stage
 (4 already hold every node class).  Deterministic from ``--seed``.
+
+``--layout camelyon16`` / ``camelyon17`` writes the same slides in the official
+download's layout instead (``pfascannet/synthetic/layouts.py``):
+
+  pfascannet cohort --out CAMELYON16 --layout camelyon16 --patients 4
 Results on synthetic slides measure the pipeline, not clinical accuracy.
 
 Killed part way, rerun the same command: it rewrites every file (each appears
@@ -17,21 +22,28 @@ Exit status (README): 0 written, 2 bad flags (one ``error:`` line).
 
 from __future__ import annotations
 
+import functools
+
 from absl import flags
 
 from pfascannet import settings as settings_lib
 from pfascannet.synthetic.cohort import CohortSettings, make_cohort
+from pfascannet.synthetic.layouts import LAYOUT_CHOICES, make_layout_cohort
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Output cohort folder (created).")
 # One flag per cohort setting (--seed, --patients, ..., --test_fraction), generated from CohortSettings.
 settings_lib.define_flags(CohortSettings)
 flags.DEFINE_integer("workers", 0, "Threads rendering tiles (0: CPU count, at most 4).")
+flags.DEFINE_enum("layout", "cohort", list(LAYOUT_CHOICES),
+                  "Folder layout: the project's own (cohort), or CAMELYON16 / CAMELYON17 as downloaded "
+                  "(official names, zipped ASAP XML, reference.csv / stage_labels.csv).")
 flags.mark_flags_as_required(["out"])
 
 
 def main(argv):
-    info = make_cohort(
+    make = make_cohort if FLAGS.layout == "cohort" else functools.partial(make_layout_cohort, layout=FLAGS.layout)
+    info = make(
         FLAGS.out,
         settings_lib.from_flags(CohortSettings, FLAGS),
         workers=None if FLAGS.workers == 0 else FLAGS.workers,
@@ -44,4 +56,5 @@ def main(argv):
     print(
         f"wrote {len(info.slides)} slides ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
         f"{len(info.lesions)} lesions, stages {', '.join(stages)} to {FLAGS.out} in {info.seconds:.1f} s"
+        + ("" if FLAGS.layout == "cohort" else f" ({FLAGS.layout} layout)")
     )

@@ -8,6 +8,12 @@ reference.csv, or a Camelyon17 stage CSV).
 
   pfascannet froc --lesions_dir S/lesions --reference C/slides.csv \
       --masks_dir C/masks --truth_lesions C/lesions.csv --split test --out R/froc
+  pfascannet froc --lesions_dir S/lesions --reference CAMELYON16 --split test --out R/froc
+
+``--reference`` a dataset root (``pfascannet/datasets.py``: a cohort, or
+CAMELYON16/17 as downloaded) gives the truth and, unless flags say otherwise,
+the masks, annotations (``lesion_annotations.zip`` or a folder) and slides.
+Slide ids match in any case (``Test_001`` in reference.csv, ``test_001.csv``).
 
 Writes ``froc.json``, ``froc.md`` and ``froc.png`` to ``--out`` and prints the
 three scores (interpolated, nearest point, organisers' grading; see
@@ -24,14 +30,18 @@ import os
 
 from absl import flags
 
+from pfascannet import datasets
 from pfascannet.camelyon import LEVEL0_MPP
 from pfascannet.evaluation import froc, metric_reports, reference, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("lesions_dir", None, "Folder of <slide>.csv lesion files (confidence,X,Y).")
-flags.DEFINE_string("reference", None, "slides.csv, Camelyon16 reference.csv or Camelyon17 stage CSV.")
+flags.DEFINE_string("reference", None, "slides.csv, Camelyon16 reference.csv, Camelyon17 stage CSV, or a dataset "
+                                        "root (a cohort, CAMELYON16/17 as downloaded: truth, annotations and "
+                                        "slides from it).")
 flags.DEFINE_string("masks_dir", None, "Folder of <slide>_mask.tif tumour masks (255 = tumour).")
-flags.DEFINE_string("annotations_dir", None, "Folder of <slide>.xml ASAP annotations (used if no mask).")
+flags.DEFINE_string("annotations_dir", None, "Folder of <slide>.xml ASAP annotations, or a zip of them "
+                                              "(lesion_annotations.zip); used if no mask.")
 flags.DEFINE_string("images_dir", None, "Folder of slides: the level-0 size of slides the reference gives none for "
                                         "(rasterising XML; detections beyond a slide are errors).")
 flags.DEFINE_string("truth_lesions", None, "Cohort lesions.csv for per-class sensitivity (optional).")
@@ -51,16 +61,24 @@ flags.mark_flags_as_required(["lesions_dir", "reference", "out"])
 
 
 def main(argv):
-    all_refs = reference.read_reference(FLAGS.reference)
+    all_refs, ds = datasets.open_reference(FLAGS.reference)
     refs = reference.select_split(all_refs, FLAGS.split, source=FLAGS.reference)
+    # A dataset root gives the truth the flags leave out: its masks, annotations (folder or zip), slides.
+    masks_dir = FLAGS.masks_dir or (ds.masks_dir if ds else None)
+    annotations_dir = FLAGS.annotations_dir or (ds.annotations if ds else None)
+    images_dir = FLAGS.images_dir or (ds.images if ds else None)
+    truth_lesions = FLAGS.truth_lesions or (ds.truth_lesions if ds else None)
     exclude = list(froc.CAMELYON16_EXCLUDED if FLAGS.camelyon16_exclusions else ()) + list(FLAGS.exclude)
     inputs = {k: getattr(FLAGS, k) for k in ("lesions_dir", "reference", "masks_dir", "annotations_dir",
                                              "truth_lesions", "split", "allow_missing", "ignore_extra",
                                              "camelyon16_exclusions", "mpp")}
     inputs["exclude"] = exclude
-    rep = run.froc_report(FLAGS.lesions_dir, refs, FLAGS.out, masks_dir=FLAGS.masks_dir,
-                          annotations_dir=FLAGS.annotations_dir, images_dir=FLAGS.images_dir,
-                          truth_lesions=FLAGS.truth_lesions, allow_missing=FLAGS.allow_missing, mpp=FLAGS.mpp,
+    inputs.update(masks_dir=masks_dir, annotations_dir=str(annotations_dir.where() if ds and annotations_dir is
+                                                           ds.annotations else annotations_dir),
+                  truth_lesions=truth_lesions)
+    rep = run.froc_report(FLAGS.lesions_dir, refs, FLAGS.out, masks_dir=masks_dir,
+                          annotations_dir=annotations_dir, images_dir=images_dir,
+                          truth_lesions=truth_lesions, allow_missing=FLAGS.allow_missing, mpp=FLAGS.mpp,
                           n_bootstrap=FLAGS.n_bootstrap, seed=FLAGS.seed, class_threshold=FLAGS.class_threshold,
                           note=FLAGS.note or metric_reports.synthetic_note_for(FLAGS.reference), inputs=inputs,
                           known_slides=all_refs, ignore_extra=FLAGS.ignore_extra, exclude=exclude,

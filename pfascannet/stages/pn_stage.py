@@ -8,6 +8,7 @@ quadratic kappa when the test patients' truth is known.
 
   pfascannet pn-stage --maps_dir S/maps --reference C/slides.csv \
       --stages C/stages.csv --out R/pn_stage
+  pfascannet pn-stage --maps_dir S/maps --reference CAMELYON17 --out R/pn_stage
 
 Writes ``features.csv``, ``submission.csv`` (Camelyon17 format) and, with
 truth, ``pn_stage.json``/``pn_stage.md`` to ``--out``.
@@ -19,12 +20,16 @@ import os
 
 from absl import flags
 
-from pfascannet.evaluation import metric_reports, reference, run
+from pfascannet import datasets
+from pfascannet.evaluation import metric_reports, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("maps_dir", None, "Folder of <slide>.npy probability maps with their .json.")
-flags.DEFINE_string("reference", None, "Cohort slides.csv (slide,patient,node,split,label,...).")
-flags.DEFINE_string("stages", None, "Camelyon17 stage CSV: node labels for training, patient truth for kappa.")
+flags.DEFINE_string("reference", None, "Cohort slides.csv (slide,patient,node,split,label,...), or a dataset root "
+                                        "(a cohort, CAMELYON17 as downloaded: splits from training/ and testing/, "
+                                        "node labels and stages from its stage CSV).")
+flags.DEFINE_string("stages", None, "Camelyon17 stage CSV: node labels for training, patient truth for kappa "
+                                     "(default with a dataset root: its stage CSV).")
 flags.DEFINE_string("train_split", "train", "Split whose slides train the random forest.")
 flags.DEFINE_string("test_split", "test", "Split whose patients are staged.")
 flags.DEFINE_integer("seed", 0, "Random forest seed.")
@@ -35,8 +40,9 @@ flags.mark_flags_as_required(["maps_dir", "reference", "out"])
 
 
 def main(argv):
-    refs = reference.read_reference(FLAGS.reference)
-    rep = run.pn_stage_report(FLAGS.maps_dir, refs, FLAGS.out, stages=FLAGS.stages,
+    refs, ds = datasets.open_reference(FLAGS.reference)
+    stages = FLAGS.stages or (ds.stages_path if ds else None)
+    rep = run.pn_stage_report(FLAGS.maps_dir, refs, FLAGS.out, stages=stages,
                               train_split=FLAGS.train_split, test_split=FLAGS.test_split, seed=FLAGS.seed,
                               n_estimators=FLAGS.n_estimators,
                               note=FLAGS.note or metric_reports.synthetic_note_for(FLAGS.reference))

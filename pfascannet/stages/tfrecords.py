@@ -19,9 +19,10 @@ from absl import flags
 from pfascannet.data import sampling
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data", None, "Cohort folder (images/, annotations/, slides.csv).")
+flags.DEFINE_string("data", None, "Dataset root: a cohort folder (images/, annotations/, slides.csv) or "
+                                   "CAMELYON16/17 as downloaded (training/, testing/).")
 flags.DEFINE_string("out", None, "Output folder for the shards.")
-flags.DEFINE_string("split", "train", "Slides of slides.csv to sample.")
+flags.DEFINE_string("split", "train", "Split to sample (slides.csv's split column; CAMELYON: train = training/).")
 flags.DEFINE_integer("random_per_class", 64, "Random tumour and random normal patches (each).")
 flags.DEFINE_integer("boundary", 32, "Boundary patches.")
 flags.DEFINE_integer("itc", 16, "ITC patches.")

@@ -231,13 +231,14 @@ class TrainSettings:
     any setting by its flat name with ``settings.replace(...)``.
     """
 
-    data: str = setting(must_match=True, help="Cohort folder (images/, annotations/, slides.csv).")
+    data: str = setting(must_match=True, help="Dataset root: a cohort folder (images/, annotations/, slides.csv) "
+                      "or CAMELYON16/17 as downloaded (training/, testing/).")
     workdir: str = setting(help="Run folder: checkpoints, logs, config.json, final.weights.h5.")
     model: ModelSettings = group(ModelSettings)
     steps: int = setting(1000, help="Total optimisation steps (a resumed run continues to this).")
     batch_size: int = setting(8, must_match=True, help="Global batch size (a multiple of the number of replicas).")
     seed: int = setting(0, must_match=True, help="Seed of sampling, initialisation, shuffling and augmentation.")
-    split: str = setting("train", must_match=True, help="Slides of slides.csv to train on.")
+    split: str = setting("train", must_match=True, help="Split to train on (slides.csv's split column; CAMELYON: train = training/).")
     sampler: SamplerSettings = group(SamplerSettings)
     augmentation: Optional[AugmentConfig] = group(
         AugmentConfig, switch="augment", prefix="augment_", must_match=True, legacy=LEGACY_IS_DEFAULT,
@@ -271,8 +272,13 @@ class TrainSettings:
             raise TrainingError(f"collective_timeout_s must be > 0, got {self.collective_timeout_s!r}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise TrainingError(f"max_seconds must be > 0, got {self.max_seconds!r}")
-        if self.tfrecords is None and not os.path.isdir(self.data):
-            raise TrainingError(f"--data {self.data!r} is not a cohort folder")
+        if self.tfrecords is None:
+            from pfascannet import datasets  # noqa: PLC0415  (light: no slide is opened)
+
+            try:
+                datasets.detect_layout(self.data)
+            except datasets.DatasetError as exc:
+                raise TrainingError(f"--data: {exc}") from None
 
     # -- flat names ------------------------------------------------------------
 
