@@ -278,6 +278,8 @@ def test_explicit_truth_flags_override_the_guess(truth_scan, cohort, tmp_path):
     ("CAMELYON16/testing/images/test_001.tif", "CAMELYON16/testing/reference.csv",
      "CAMELYON16/testing/lesion_annotations"),
     ("CAMELYON16/training/tumor/tumor_001.tif", None, "CAMELYON16/training/lesion_annotations"),
+    ("CAMELYON16/testing/images/test_001.tif", "CAMELYON16/testing/reference.csv",
+     "CAMELYON16/testing/lesion_annotations.zip"),
     ("CAMELYON17/training/center_0/patient_000_node_0.tif", "CAMELYON17/training/stage_labels.csv",
      "CAMELYON17/training/lesion_annotations"),
 ])
@@ -288,7 +290,13 @@ def test_the_truth_is_found_beside_the_slides(tmp_path, slide, reference, annota
         if rel:
             (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / rel).write_text("")
-    (tmp_path / annotations).mkdir(parents=True)
+    if annotations.endswith(".zip"):
+        import zipfile  # noqa: PLC0415
+
+        with zipfile.ZipFile(tmp_path / annotations, "w") as zf:
+            zf.writestr("test_001.xml", "<ASAP_Annotations/>")
+    else:
+        (tmp_path / annotations).mkdir(parents=True)
     found = find_truth_sources({"s": str(tmp_path / slide)})
     assert found.reference == (str(tmp_path / reference) if reference else None)
     assert found.annotations_dir == str(tmp_path / annotations) and found.masks_dir is None
@@ -341,3 +349,19 @@ def test_view_prints_its_url_serves_and_stops_on_ctrl_c(truth_scan):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_outlines_are_read_from_a_lesion_annotations_zip_as_downloaded(cohort, tmp_path):
+    import zipfile  # noqa: PLC0415
+
+    from pfascannet.viewer.truth import TruthSources, slide_outlines  # noqa: PLC0415
+
+    zpath = tmp_path / "lesion_annotations.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for name in sorted(os.listdir(cohort / "annotations")):
+            zf.write(cohort / "annotations" / name, f"lesion_annotations/{name.upper().replace('.XML', '.xml')}")
+    from_zip = slide_outlines(TruthSources(annotations_dir=str(zpath)), "patient_000_node_1")
+    from_folder = slide_outlines(TruthSources(annotations_dir=str(cohort / "annotations")), "patient_000_node_1")
+    assert from_zip["tumour"] and from_zip["tumour"] == from_folder["tumour"]
+    assert from_zip["exclusion"] == from_folder["exclusion"]
+    assert from_zip["source"].startswith(str(zpath) + ":")

@@ -45,8 +45,8 @@ flags.DEFINE_string("host", DEFAULT_HOST, "Address to listen on; anything but a 
 flags.DEFINE_integer("port", DEFAULT_PORT, "Port to listen on (0: any free port).")
 flags.DEFINE_string("reference", None, "Slide labels: the cohort's slides.csv, a Camelyon16 reference.csv or a "
                     "Camelyon17 stage CSV; default: the one beside the scanned slides.")
-flags.DEFINE_string("annotations", None, "Folder of ASAP XML files (<slide>.xml) for the truth outlines; "
-                    "default: the one beside the scanned slides.")
+flags.DEFINE_string("annotations", None, "ASAP XML for the truth outlines: a folder of <slide>.xml files or a zip "
+                    "of them (lesion_annotations.zip); default: the one beside the scanned slides.")
 flags.DEFINE_string("masks_dir", None, "Folder of Camelyon mask TIFFs (<slide>_mask.tif), outlined for slides "
                     "without XML; default: the one beside the scanned slides.")
 flags.DEFINE_string("slides", None, "Where the slides are now (a folder, a slide or a list file) when they "
@@ -81,7 +81,10 @@ def main(argv) -> None:
     paths = None
     if FLAGS.slides:
         paths = {camelyon.slide_id(p): p for p in slide_list.list_slides(FLAGS.slides)}
-    annotations, masks = _folder("annotations", FLAGS.annotations), _folder("masks_dir", FLAGS.masks_dir)
+    annotations = FLAGS.annotations
+    if annotations is not None and not truth.annotation_source(annotations):
+        raise PfaError(f"--annotations {annotations}: not a folder of ASAP XML files or a .zip of them")
+    masks = _folder("masks_dir", FLAGS.masks_dir)
     cat = catalogue.ScanCatalogue(FLAGS.scan_dir, slide_paths=paths, truth_override=truth.TruthSources(
         FLAGS.reference, annotations, masks))
     try:

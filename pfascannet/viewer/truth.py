@@ -2,11 +2,12 @@
 
 Three sources, each optional: a reference list (anything
 ``evaluation.reference.read_reference`` reads: the cohort's ``slides.csv``,
-Camelyon16 ``reference.csv``, a Camelyon17 stage CSV) for the labels; a folder
-of ASAP XML files (``<slide>.xml``) for the outlines, exclusion regions
-(groups ``_2``/``Exclusion``/``None``) kept apart; and a folder of Camelyon
-mask TIFFs (``<slide>_mask.tif``), traced on their level-5 page, for slides
-without XML.
+Camelyon16 ``reference.csv``, a Camelyon17 stage CSV) for the labels; ASAP XML
+(a folder of ``<slide>.xml`` or CAMELYON's ``lesion_annotations.zip``, read
+through ``datasets.AnnotationIndex``, ids in any case) for the outlines,
+exclusion regions (groups ``_2``/``Exclusion``/``None``) kept apart; and a
+folder of Camelyon mask TIFFs (``<slide>_mask.tif``), traced on their level-5
+page, for slides without XML.
 
 :func:`find_truth_sources` is the one place that guesses where the truth of
 a scan is when the user does not say; the ``view`` stage's ``--reference``,
@@ -16,15 +17,17 @@ a scan is when the user does not say; the ``view`` stage's ``--reference``,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Mapping, Optional
 
 import cv2
 import numpy as np
 
+from pfascannet import datasets
 from pfascannet.camelyon import MASK_DOWNSAMPLE
 from pfascannet.evaluation.reference import SlideRef, read_reference
-from pfascannet.slide.annotations import read_asap_xml, read_mask_level
+from pfascannet.slide.annotations import read_mask_level
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +36,7 @@ class TruthSources:
 
     Attributes:
       reference: a reference list (slide labels).
-      annotations_dir: a folder of ASAP XML files named ``<slide>.xml``.
+      annotations_dir: a folder of ASAP XML files named ``<slide>.xml``, or a zip of them.
       masks_dir: a folder of Camelyon mask TIFFs named ``<slide>_mask.tif`` (or ``<slide>.tif``).
     """
 
@@ -48,7 +51,7 @@ class TruthSources:
 
 
 REFERENCE_NAMES = ("slides.csv", "reference.csv", "stage_labels.csv", "stages.csv")
-ANNOTATION_DIRS = ("annotations", "lesion_annotations")
+ANNOTATION_SOURCES = ("annotations", "lesion_annotations", "lesion_annotations.zip")
 MASK_DIRS = ("masks",)
 
 
@@ -56,12 +59,12 @@ def find_truth_sources(slide_paths: Mapping[str, str]) -> TruthSources:
     """The truth that sits beside the scanned slides, when the user does not say where it is.
 
     Looked for in the folder that holds most of the scanned slides, then in its parent: a
-    reference list (``REFERENCE_NAMES``), a folder of ASAP XML (``ANNOTATION_DIRS``) and of masks
-    (``MASK_DIRS``); the nearest of each wins.  That finds the project's cohort layout
-    (``C/images/`` -> ``C/slides.csv``, ``C/annotations/``, ``C/masks/``) and the official
-    CAMELYON16/17 folders once their ``lesion_annotations.zip`` is unpacked into a folder of that
-    name (``testing/images/`` -> ``testing/reference.csv``; ``training/tumor/`` ->
-    ``training/lesion_annotations/``; ``training/center_0/`` -> ``training/stage_labels.csv``).
+    reference list (``REFERENCE_NAMES``), ASAP XML (``ANNOTATION_SOURCES``: a folder, or the zip as
+    downloaded) and masks (``MASK_DIRS``); the nearest of each wins.  That finds the project's cohort
+    layout (``C/images/`` -> ``C/slides.csv``, ``C/annotations/``, ``C/masks/``) and the official
+    CAMELYON16/17 folders (``testing/images/`` -> ``testing/reference.csv``,
+    ``testing/lesion_annotations.zip``; ``training/tumor/`` -> ``training/lesion_annotations.zip``;
+    ``training/center_0/`` -> ``training/stage_labels.csv``).
 
     Args:
       slide_paths: slide id -> slide file, as the scan recorded them.
@@ -78,8 +81,17 @@ def find_truth_sources(slide_paths: Mapping[str, str]) -> TruthSources:
     def nearest(names: tuple[str, ...], exists) -> Optional[str]:
         return next((p for d in places for p in (os.path.join(d, n) for n in names) if exists(p)), None)
 
-    return TruthSources(nearest(REFERENCE_NAMES, os.path.isfile), nearest(ANNOTATION_DIRS, os.path.isdir),
+    return TruthSources(nearest(REFERENCE_NAMES, os.path.isfile), nearest(ANNOTATION_SOURCES, annotation_source),
                         nearest(MASK_DIRS, os.path.isdir))
+
+
+def annotation_source(path: str) -> bool:
+    return os.path.isdir(path) or (os.path.isfile(path) and path.lower().endswith(".zip"))
+
+
+@functools.lru_cache(maxsize=8)
+def _annotation_index(source: str) -> datasets.AnnotationIndex:
+    return datasets.AnnotationIndex(source)
 
 
 def read_labels(sources: TruthSources) -> dict[str, SlideRef]:
@@ -118,12 +130,12 @@ def slide_outlines(sources: TruthSources, slide: str) -> dict:
       ``[x, y]``.  A slide without a file in either folder has none (a normal slide, or unknown).
 
     Raises:
-      AnnotationError: an XML file that cannot be read (the message names it).
+      AnnotationError, DatasetError: an XML file (or zip member) that cannot be read (the message names it).
     """
-    xml = _find_file(sources.annotations_dir, slide, (".xml",))
+    xml = _annotation_index(sources.annotations_dir).find(slide) if sources.annotations_dir else None
     if xml is not None:
-        out = {"source": xml, "tumour": [], "exclusion": []}
-        for a in read_asap_xml(xml):
+        out = {"source": str(xml), "tumour": [], "exclusion": []}
+        for a in datasets.read_annotations(xml):
             if not a.is_area:
                 continue
             ring = np.round(a.coords_xy, 1).tolist()
