@@ -82,7 +82,7 @@ def evaluate_cohort(export_dir: str, cohort_dir: str, scan_dir: str, eval_dir: s
                          masks_dir=os.path.join(cohort_dir, "masks"),
                          annotations_dir=os.path.join(cohort_dir, "annotations"),
                          images_dir=os.path.join(cohort_dir, "images"),
-                         truth_lesions=os.path.join(cohort_dir, "lesions.csv"), n_bootstrap=0,
+                         truth_lesions=os.path.join(cohort_dir, "lesions.csv"), n_bootstrap=0, mpp=None,
                          known_slides=refs_all, reference_name=slides_csv)
     scores = run.scores_from_lesions(os.path.join(scan_dir, "lesions"), refs, known_slides=refs_all)
     au = run.auc_report(scores, refs, os.path.join(eval_dir, "auc"), n_bootstrap=0, known_slides=refs_all)

@@ -413,3 +413,22 @@ def test_unknown_size_is_reported(tmp_path):
     (tmp_path / "b.csv").write_text("0.7,100,10\n")
     with pytest.raises(froc.FrocError, match=r"b\.csv: detection .* outside the 100x100 slide"):
         froc.score_submission(str(tmp_path), refs)
+
+
+def test_froc_limits_in_um_on_a_20x_slide_with_each_slides_pixel_size(half_cohort, tmp_path):
+    """A 330 um micro-metastasis on a 0.486 um/px copy: the organisers' fixed 0.243 um/px makes it a
+    165 um ITC (not counted); the slide's own pixel size keeps it a lesion to find."""
+    from pfascannet.evaluation import reference as ref_mod  # noqa: PLC0415
+
+    refs = {k: v for k, v in ref_mod.read_reference(str(half_cohort / "slides.csv")).items()
+            if k == "patient_001_node_0"}
+    lesions = tmp_path / "lesions"
+    lesions.mkdir()
+    (lesions / "patient_001_node_0.csv").write_text("")
+    kw = dict(masks_dir=str(half_cohort / "masks"), images_dir=str(half_cohort / "images"))
+    organisers = froc.score_submission(str(lesions), refs, mpp=0.243, **kw)[0]
+    own = froc.score_submission(str(lesions), refs, mpp=None, **kw)[0]
+    assert organisers.lesion_classes == [] and organisers.n_itc == 2
+    assert own.lesion_classes == ["micro"] and own.n_itc == 1 and list(own.tp_probs) == [0.0]
+    with pytest.raises(froc.FrocError, match="its own pixel size"):
+        froc.score_submission(str(lesions), refs, mpp=None, masks_dir=str(half_cohort / "masks"))

@@ -591,6 +591,16 @@ def _image_dimensions(slide: str, images_dir) -> Optional[tuple[int, int]]:
         return tuple(int(v) for v in reader.dimensions)
 
 
+def _image_mpp(slide: str, images_dir) -> float:
+    """The level-0 pixel size of the slide's file in ``images_dir`` (for per-slide FROC limits)."""
+    image = datasets.as_slide_index(images_dir).find(slide) if images_dir else None
+    if not image:
+        raise FrocError(f"slide {slide}: its own pixel size was asked for the FROC limits, but its image is not "
+                        f"in {images_dir or '(no images folder)'}; give --images_dir, or --mpp for every slide")
+    with SlideReader(image) as reader:
+        return reader.require_mpp()
+
+
 def slide_tumour_mask(slide: str, masks_dir: Optional[str] = None,
                       annotations_dir=None,
                       dimensions_xy: Optional[tuple[int, int]] = None,
@@ -646,7 +656,7 @@ def score_submission(lesions_dir: str, reference: Mapping[str, object],
                      masks_dir: Optional[str] = None, annotations_dir: Optional[str] = None,
                      images_dir: Optional[str] = None,
                      truth_lesions: Optional[Mapping[str, list]] = None,
-                     allow_missing: bool = False, mpp: float = LEVEL0_MPP, *,
+                     allow_missing: bool = False, mpp: Optional[float] = LEVEL0_MPP, *,
                      known_slides: Optional[Iterable[str]] = None, ignore_extra: bool = False,
                      reference_name: Optional[str] = None) -> list[SlideResult]:
     """Per-slide results of a folder of Camelyon16 lesion CSVs (``<slide>.csv``).
@@ -662,7 +672,9 @@ def score_submission(lesions_dir: str, reference: Mapping[str, object],
         without it a lesion's class is measured from the ungrown mask.
       allow_missing: a slide without a CSV has no detections (else an error,
         as the organisers' script requires a file per slide).
-      mpp: level-0 pixel size for the growth and ITC limits (0.243).
+      mpp: level-0 pixel size for the growth and ITC limits: 0.243 for every slide, as the
+        organisers' script; None: each tumour slide's own (from its file in ``images_dir``), so the
+        75 um growth and the 275 um ITC rule stay physical on slides of other scanners.
       known_slides: every slide of the reference file (default: ``reference``'s):
         a CSV in ``lesions_dir`` for a slide outside it is an error (the
         organisers' loop over CSV files would have scored it as a normal
@@ -703,12 +715,13 @@ def score_submission(lesions_dir: str, reference: Mapping[str, object],
             result = score_slide(slide, detections, None, dimensions_xy=dims, source=csv_path)
         else:
             mask = slide_tumour_mask(slide, masks_dir, annotations_dir, dims, images_dir)
-            labels = evaluation_mask(mask, mpp=mpp)
-            itc = itc_labels(labels, mpp=mpp)
+            slide_mpp = mpp if mpp is not None else _image_mpp(slide, images_dir)
+            labels = evaluation_mask(mask, mpp=slide_mpp)
+            itc = itc_labels(labels, mpp=slide_mpp)
             if truth_lesions is not None:
                 classes = classes_from_truth(labels, truth_lesions.get(slide, []))
             else:
-                classes = {lab: node_class(um) for lab, um in lesion_sizes_um(labels, mask, mpp).items()}
+                classes = {lab: node_class(um) for lab, um in lesion_sizes_um(labels, mask, slide_mpp).items()}
             result = score_slide(slide, detections, labels, itc, classes, dimensions_xy=dims, source=csv_path)
         result.size_known = dims is not None or bool(result.tumour)
         results.append(result)

@@ -25,7 +25,7 @@ def _title(base: str, note: Optional[str]) -> str:
 def froc_report(lesions_dir: str, refs: Mapping[str, reference.SlideRef], out_dir: str, *,
                 masks_dir: Optional[str] = None, annotations_dir: Optional[str] = None,
                 images_dir: Optional[str] = None, truth_lesions: Optional[str] = None,
-                allow_missing: bool = False, mpp: float = camelyon.LEVEL0_MPP, n_bootstrap: int = 1000,
+                allow_missing: bool = False, mpp: Optional[float] = camelyon.LEVEL0_MPP, n_bootstrap: int = 1000,
                 seed: int = 0, class_threshold: float = 0.5, note: Optional[str] = None,
                 inputs: Optional[Mapping] = None, known_slides: Optional[Iterable[str]] = None,
                 ignore_extra: bool = False, exclude: Iterable[str] = (),
@@ -41,6 +41,8 @@ def froc_report(lesions_dir: str, refs: Mapping[str, reference.SlideRef], out_di
       exclude: slide ids left out of the FROC (e.g. ``froc.CAMELYON16_EXCLUDED``);
         the report names those it dropped.
       reference_name: the reference file, for messages.
+      mpp: the FROC's pixel size (``froc.score_submission``): 0.243 for every slide (the
+        organisers'), or None for each slide's own.
     """
     if not os.path.isdir(lesions_dir):
         raise PfaError(f"lesions folder {lesions_dir}: not a folder")
@@ -62,7 +64,8 @@ def froc_report(lesions_dir: str, refs: Mapping[str, reference.SlideRef], out_di
     rep["inputs"] = dict(inputs or {"lesions_dir": lesions_dir, "masks_dir": masks_dir,
                                     "annotations_dir": where() if where else annotations_dir,
                                     "truth_lesions": truth_lesions,
-                                    "allow_missing": allow_missing, "mpp": mpp, "ignore_extra": ignore_extra,
+                                    "allow_missing": allow_missing, "mpp": mpp if mpp is not None else "each slide's own",
+                                    "ignore_extra": ignore_extra,
                                     "exclude": exclude})
     rep["note"] = note
     metric_reports.write_report(out_dir, "froc", rep, metric_reports.froc_markdown(rep, note))

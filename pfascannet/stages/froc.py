@@ -55,6 +55,8 @@ flags.DEFINE_integer("n_bootstrap", 1000, "Bootstrap resamples for the CIs (0: n
 flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
 flags.DEFINE_float("class_threshold", 0.5, "Probability at which per-class sensitivity is taken.")
 flags.DEFINE_float("mpp", LEVEL0_MPP, "Level-0 um per px for the growth/ITC limits (organisers: 0.243).")
+flags.DEFINE_bool("slide_mpp", False, "Take each tumour slide's own pixel size (from its image) for the growth and "
+                  "ITC limits instead of --mpp: slides of other scanners (20x, 0.226 um/px) keep the limits in um.")
 flags.DEFINE_string("note", None, "A line for the report (default: synthetic-cohort note when detected).")
 flags.DEFINE_string("out", None, "Report folder.")
 flags.mark_flags_as_required(["lesions_dir", "reference", "out"])
@@ -71,14 +73,15 @@ def main(argv):
     exclude = list(froc.CAMELYON16_EXCLUDED if FLAGS.camelyon16_exclusions else ()) + list(FLAGS.exclude)
     inputs = {k: getattr(FLAGS, k) for k in ("lesions_dir", "reference", "masks_dir", "annotations_dir",
                                              "truth_lesions", "split", "allow_missing", "ignore_extra",
-                                             "camelyon16_exclusions", "mpp")}
+                                             "camelyon16_exclusions", "mpp", "slide_mpp")}
     inputs["exclude"] = exclude
     inputs.update(masks_dir=masks_dir, annotations_dir=str(annotations_dir.where() if ds and annotations_dir is
                                                            ds.annotations else annotations_dir),
                   truth_lesions=truth_lesions)
     rep = run.froc_report(FLAGS.lesions_dir, refs, FLAGS.out, masks_dir=masks_dir,
                           annotations_dir=annotations_dir, images_dir=images_dir,
-                          truth_lesions=truth_lesions, allow_missing=FLAGS.allow_missing, mpp=FLAGS.mpp,
+                          truth_lesions=truth_lesions, allow_missing=FLAGS.allow_missing,
+                          mpp=None if FLAGS.slide_mpp else FLAGS.mpp,
                           n_bootstrap=FLAGS.n_bootstrap, seed=FLAGS.seed, class_threshold=FLAGS.class_threshold,
                           note=FLAGS.note or metric_reports.synthetic_note_for(FLAGS.reference), inputs=inputs,
                           known_slides=all_refs, ignore_extra=FLAGS.ignore_extra, exclude=exclude,
