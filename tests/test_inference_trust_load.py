@@ -124,3 +124,87 @@ def test_a_detector_with_no_readable_content_falls_back_to_its_name():
     run = _run(OracleDetector(16, LR), name="/models/custom")
     assert run.digest == "/models/custom"
     assert run.describe()["digest"] == "/models/custom"
+
+
+# --------------------------------------------------------------------------- NFS locks
+
+
+def _nfs_flock(monkeypatch, always: int | None = None):
+    """``fcntl.flock`` as on NFS: an exclusive lock of an fd opened read-only fails with EBADF.
+
+    (NFS clients emulate ``flock`` with byte-range locks, which need write
+    access.)  ``always``: every call fails with that errno (no locks at all).
+    """
+    real = fcntl.flock
+
+    def flock(fd, op):
+        if always is not None:
+            raise OSError(always, os.strerror(always))
+        if op & fcntl.LOCK_EX and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return real(fd, op)
+
+    monkeypatch.setattr(io_utils.fcntl, "flock", flock)
+
+
+_LIVE_WRITER = """
+import sys, time
+from pfascannet.io_utils import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    open(tmp, "w").write("name,probability\\n")
+    print("writing", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _writer(target, seconds=60):
+    proc = subprocess.Popen([sys.executable, "-c", _LIVE_WRITER, str(target), str(seconds)], stdout=subprocess.PIPE,
+                            text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.stdout.readline().strip() == "writing"
+    return proc
+
+
+def test_on_nfs_a_live_writers_temp_of_slide_scores_is_not_removed(tmp_path, monkeypatch):
+    # Another process is writing slide_scores.csv; this one cleans the folder (as every scan does at its start).
+    proc = _writer(tmp_path / "slide_scores.csv")
+    try:
+        _nfs_flock(monkeypatch)
+        temps = [n for n in os.listdir(tmp_path) if io_utils.is_temp_name(n)]
+        assert len(temps) == 1
+        assert io_utils.remove_stale_temps(tmp_path) == []
+        assert os.listdir(tmp_path) == temps
+        # This process's own writes take a lock that holds on NFS too.
+        with io_utils.atomic_path(tmp_path / "x.json") as tmp:
+            open(tmp, "w").write("{}")
+            assert io_utils.remove_stale_temps(tmp_path, prefix=".x.json") == []
+    finally:
+        proc.kill()
+        proc.wait()
+    # The writer was killed: on NFS its temporary is now found stale and removed.
+    assert len(io_utils.remove_stale_temps(tmp_path)) == 1
+    assert sorted(os.listdir(tmp_path)) == ["x.json"]
+
+
+def test_where_no_lock_can_be_tested_only_a_dead_owners_temp_is_removed(tmp_path, monkeypatch):
+    live = _writer(tmp_path / "a.csv")
+    dead = _writer(tmp_path / "b.csv")
+    dead.kill()
+    dead.wait()
+    try:
+        _nfs_flock(monkeypatch, always=errno.ENOLCK)
+        removed = io_utils.remove_stale_temps(tmp_path)
+        assert len(removed) == 1 and os.path.basename(removed[0]).startswith(".b.csv.tmp-")
+        left = os.listdir(tmp_path)
+        assert len(left) == 1 and left[0].startswith(".a.csv.tmp-")  # its owner lives: kept
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_slide_lock_works_where_flock_needs_write_access(tmp_path, monkeypatch):
+    _nfs_flock(monkeypatch)
+    a, b = io_utils.FileLock(tmp_path / "s.lock"), io_utils.FileLock(tmp_path / "s.lock")
+    assert a.acquire() and not b.acquire()
+    a.release()
+    assert b.acquire()
+    b.release()
