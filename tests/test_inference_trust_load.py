@@ -208,3 +208,50 @@ def test_slide_lock_works_where_flock_needs_write_access(tmp_path, monkeypatch):
     a.release()
     assert b.acquire()
     b.release()
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    from pfascannet.inference.export import export_detector
+    from pfascannet.model.config import ModelConfig
+    from pfascannet.model.detector import build_detector
+    from tests.model_support import randomise_weights
+
+    model = build_detector(ModelConfig.tiny(), alpha=16)
+    randomise_weights(model)
+    out = str(tmp_path_factory.mktemp("tiny_model") / "M")
+    export_detector(model, ModelConfig.tiny(), out, alpha=16, roi_px=916, formats=("keras",))
+    return out
+
+
+@pytest.mark.slow  # three scan processes with the tiny model; ~40 s under load
+def test_sigint_stops_a_scan_with_status_130_and_the_rerun_resumes(tiny_export, tmp_path):
+    import json
+
+    slide = str(tmp_path / f"{SID}.tif")
+    write_slide(slide, wh=(2600, 1800))
+    out = tmp_path / "S"
+    cmd = [sys.executable, "-m", "pfascannet.cli", "scan", f"--model={tiny_export}", f"--slides={slide}",
+           f"--out={out}", "--tissue=all", "--batch=1", "--checkpoint_s=0", "--noprogress"]
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    ckpt = out / "partial" / f"{SID}.m0.npz"
+    deadline = time.monotonic() + 240
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ckpt.exists() and proc.poll() is None, "the scan never got under way"
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: interrupted; rerun the same command to resume"]
+    assert ckpt.exists() and not (out / "maps" / f"{SID}.npy").exists()
+    assert not [n for n in os.listdir(out / "partial") if n.startswith(".")]  # no temporary left
+    rerun = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    meta = json.load(open(out / "maps" / f"{SID}.json"))
+    assert meta["timing"][0]["n_resumed"] > 0 and not ckpt.exists()
