@@ -68,6 +68,7 @@ flags.DEFINE_float("kill_min_s", 2.0, "Least seconds between two kills.")
 flags.DEFINE_float("kill_max_s", 10.0, "Most seconds between two kills.")
 flags.DEFINE_integer("max_rounds", 0, "Stop after this many rounds (0: as many as the duration allows).")
 flags.DEFINE_integer("seed", 0, "Seed of the kill times, victims and swap moments.")
+flags.DEFINE_bool("scan_soak", True, "Run the scan soak (--noscan_soak: only the training soak).")
 flags.DEFINE_integer("train_steps", 300, "Steps of the training soak (0: no training soak).")
 flags.DEFINE_integer("train_kills", 5, "SIGKILLs of the training run.")
 flags.DEFINE_integer("train_batch", 2, "Batch size of the training soak.")
@@ -438,7 +439,7 @@ def train_soak(workdir: str, log=print) -> dict:
         plain_s = time.time() - t0
         json.dump({"wall_s": plain_s}, open(timing, "w"))
     t0 = time.time()
-    kills, runs = 0, 0
+    kills, runs, kill_steps = 0, 0, []
     os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
     while True:
         runs += 1
@@ -451,14 +452,20 @@ def train_soak(workdir: str, log=print) -> dict:
         if p.poll() is None:
             p.kill()
             kills += 1
-            log(f"training: SIGKILL {kills} after {time.time() - p.started:.0f} s")
+            ckpts = [int(n[5:-6]) for n in os.listdir(os.path.join(killed, "checkpoints"))
+                     if n.startswith("ckpt-") and n.endswith(".index")] if os.path.isdir(
+                         os.path.join(killed, "checkpoints")) else []
+            kill_steps.append(max(ckpts, default=0))
+            log(f"training: SIGKILL {kills} after {time.time() - p.started:.0f} s (last checkpoint: step "
+                f"{kill_steps[-1]})")
             continue
         assert p.popen.returncode == 0, f"training run {runs} exited {p.popen.returncode}"
         break
     a, b = os.path.join(plain, "final.weights.h5"), os.path.join(killed, "final.weights.h5")
     equal = filecmp.cmp(a, b, shallow=False)
     assert equal, "final.weights.h5 of the killed run differs from the unkilled run's"
-    return {"steps": steps, "batch_size": batch, "kills": kills, "runs": runs, "weights_bytes_compared": os.path.getsize(b),
+    return {"steps": steps, "batch_size": batch, "kills": kills, "checkpoint_step_at_each_kill": kill_steps,
+            "runs": runs, "weights_bytes_compared": os.path.getsize(b),
             "byte_identical": equal, "unkilled_s": round(plain_s, 1), "killed_total_s": round(time.time() - t0, 1)}
 
 
@@ -476,7 +483,8 @@ def main(argv) -> None:
 
     result = {"command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "slides": FLAGS.slides,
               "slide_px": FLAGS.slide_px, "procs": FLAGS.procs, "ray": FLAGS.ray, "duration_s": FLAGS.duration_s}
-    result["scan"] = scan_soak(os.path.abspath(FLAGS.workdir), wh, log)
+    if FLAGS.scan_soak:
+        result["scan"] = scan_soak(os.path.abspath(FLAGS.workdir), wh, log)
     if FLAGS.train_steps > 0:
         result["train"] = train_soak(os.path.abspath(FLAGS.workdir), log)
     text = json.dumps(result, indent=2)
