@@ -55,12 +55,12 @@ OWNER_FILE = ".owner"
 """The file inside a scratch folder whose lock says its writer lives (content: ``pid@host``)."""
 
 OWNERLESS_GRACE_S = 60.0
-"""A scratch folder with no owner file yet may be one a writer has just made: left alone this long."""
+"""An older version's scratch folder (no owner file) whose own lock cannot be tested (NFS) is left this long."""
 
 
-def _lock_fd(path: str, create: bool = False) -> int:
+def _lock_fd(path: str) -> int:
     """An fd of ``path``, opened for writing, holding an exclusive flock (BlockingIOError if another holds it)."""
-    fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o666)
+    fd = os.open(path, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BaseException:
@@ -191,7 +191,7 @@ def remove_stale_temps(directory: str | os.PathLike, prefix: str = "") -> list[s
             continue  # a live writer holds it
         except FileNotFoundError:
             if not os.path.lexists(full) or not is_dir or not _ownerless_and_old(full):
-                continue  # gone meanwhile, or a folder its writer has just made
+                continue  # gone meanwhile, or an older version's folder that may be in use
         except OSError:
             # No lock can be tested here (EBADF, ENOLCK, EOPNOTSUPP, ...): remove
             # only what a process of this host that is gone left.
@@ -212,7 +212,7 @@ def remove_stale_temps(directory: str | os.PathLike, prefix: str = "") -> list[s
 
 
 def _ownerless_and_old(folder: str) -> bool:
-    """May a scratch folder without an owner file (an older version's, or one a writer is making) go?"""
+    """May a scratch folder without an owner file (an older version's) go?"""
     # ``temp_dir`` gives a folder its temporary name only once its owner file
     # is locked, so one without is an older version's; those locked the folder itself.
     try:
