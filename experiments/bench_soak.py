@@ -6,7 +6,8 @@ The scan soak, in rounds until ``--duration_s`` of chaos have passed:
   ``--ray``, one ``pfascannet scan --ray`` run (a local Ray) scan one folder of
   ``--slides`` small synthetic slides into one ``--out`` folder;
 - every ``--kill_min_s``..``--kill_max_s`` seconds one plain scanning process,
-  drawn at random, is killed with SIGKILL and started again;
+  drawn at random among those past their start-up (``--min_age_s``), is killed
+  with SIGKILL and started again, up to ``--kills_per_round`` times a round;
 - each round begins by swapping the model behind ``W/model`` (export A ->
   export B, file by file, as a user would copy one over the other); at a random
   moment of the round, while the processes run, the model is swapped back
@@ -64,8 +65,10 @@ flags.DEFINE_integer("slides", 42, "Number of small slides.")
 flags.DEFINE_string("slide_px", "1024x768", "Slide width x height (level-0 px).")
 flags.DEFINE_integer("procs", 3, "Plain scanning processes.")
 flags.DEFINE_bool("ray", True, "Also run one `pfascannet scan --ray` (a local Ray) in every round.")
-flags.DEFINE_float("kill_min_s", 2.0, "Least seconds between two kills.")
-flags.DEFINE_float("kill_max_s", 10.0, "Most seconds between two kills.")
+flags.DEFINE_float("kill_min_s", 4.0, "Least seconds between two kills.")
+flags.DEFINE_float("kill_max_s", 15.0, "Most seconds between two kills.")
+flags.DEFINE_integer("kills_per_round", 6, "Most kills in one round (then it settles and is compared).")
+flags.DEFINE_float("min_age_s", 8.0, "Only a process running this long is killed (not one still importing).")
 flags.DEFINE_integer("max_rounds", 0, "Stop after this many rounds (0: as many as the duration allows).")
 flags.DEFINE_integer("seed", 0, "Seed of the kill times, victims and swap moments.")
 flags.DEFINE_bool("scan_soak", True, "Run the scan soak (--noscan_soak: only the training soak).")
@@ -352,6 +355,7 @@ def scan_soak(workdir: str, wh: tuple[int, int], log=print) -> dict:
         result["ray_runs"] += int(FLAGS.ray)
         swap_back_at = t_round + rng.uniform(8.0, 30.0)
         swapped_back = False
+        round_kills = 0
         next_kill = time.time() + rng.uniform(FLAGS.kill_min_s, FLAGS.kill_max_s)
         while procs:
             time.sleep(0.1)
@@ -377,14 +381,15 @@ def scan_soak(workdir: str, wh: tuple[int, int], log=print) -> dict:
                 if p.started < last_change or not swapped_back or rc != 0:
                     procs.append(start(p.kind))  # it scanned with what it loaded: again, with what is there now
                     result["restarts"] += 1
-            chaos = now - t_start < FLAGS.duration_s
-            plain = [p for p in procs if p.kind == "scan"]
+            chaos = now - t_start < FLAGS.duration_s and round_kills < FLAGS.kills_per_round
+            plain = [p for p in procs if p.kind == "scan" and now - p.started >= FLAGS.min_age_s]
             if chaos and now >= next_kill and plain:
                 victim = rng.choice(plain)
                 victim.kill()
                 procs.remove(victim)
                 procs.append(start("scan"))
                 result["kills"] += 1
+                round_kills += 1
                 next_kill = now + rng.uniform(FLAGS.kill_min_s, FLAGS.kill_max_s)
         files, nbytes = compare_outputs(clean_scan(workdir, version, env), out)
         left = leftovers(out)

@@ -235,3 +235,30 @@ CORPUS: list[tuple[str, bytes, str]] = [
 def test_found_cases(kind, data, expected):
     reader, name = READERS[kind]
     assert outcome(reader, data, name) == expected
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "pfascannet.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3"))
+
+
+@pytest.mark.slow  # two command-line processes
+def test_the_command_line_turns_found_cases_into_one_error_line_and_status_2(tmp_path):
+    # The same inputs through the commands a user runs: one `error:` line, exit 2, no traceback.
+    bad_list = tmp_path / "slides.txt"
+    bad_list.write_bytes(b"\x80")
+    model = tmp_path / "M"  # never loaded: slide lists are checked first
+    model.mkdir()
+    (model / "export.json").write_text('{"alpha": 16, "roi_px": 916, "formats": {"keras": "detector.keras"}}')
+    (model / "detector.keras").write_bytes(b"PK\x03\x04 cut short")
+    reference = tmp_path / "reference.csv"
+    reference.write_bytes(b"test_001,Tumor\ntest_001.tif,Normal\n")
+    scores = tmp_path / "scores.csv"
+    scores.write_bytes(b"name,probability\ntest_001,0.5\n")
+    for proc in (_cli("scan", f"--model={model}", f"--slides={bad_list}", f"--out={tmp_path / 'S'}"),
+                 _cli("auc", f"--scores={scores}", f"--reference={reference}", f"--out={tmp_path / 'R'}")):
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        assert [line for line in lines if line.startswith("error:")] == [lines[-1]]
+    assert not (tmp_path / "R").exists()
