@@ -24,7 +24,8 @@ def test_soak_round_ends_byte_equal_to_a_clean_scan(tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "experiments", "bench_soak.py"), f"--workdir={tmp_path / 'W'}",
          "--slides=4", "--slide_px=1024x768", "--procs=3", "--noray", "--duration_s=12", "--kill_min_s=2",
-         "--kill_max_s=4", "--kills_per_round=3", "--min_age_s=6", "--max_rounds=1", "--train_steps=0", f"--out_json={out}"],
+         "--kill_max_s=4", "--kills_per_round=3", "--min_age_s=6", "--max_rounds=1", "--train_steps=0",
+         f"--out_json={out}"],
         cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True,
         timeout=900,
     )

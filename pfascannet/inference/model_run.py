@@ -113,7 +113,7 @@ def numeric_settings(detector) -> dict:
 
 
 def content_digest(detector) -> Optional[str]:
-    """The detector's ``digest``, else a hash of the weights of the Keras model it is or holds (``model``), else None."""
+    """The detector's ``digest``, else a hash of the weights of the Keras model it is or holds (``model``), or None."""
     digest = getattr(detector, "digest", None)
     if digest is not None:
         return str(digest)
