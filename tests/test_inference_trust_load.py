@@ -255,3 +255,34 @@ def test_sigint_stops_a_scan_with_status_130_and_the_rerun_resumes(tiny_export, 
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     meta = json.load(open(out / "maps" / f"{SID}.json"))
     assert meta["timing"][0]["n_resumed"] > 0 and not ckpt.exists()
+
+
+# --------------------------------------------------------------------------- checkpoints of another model
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_after(n):
+    def hook(done):
+        if done >= n:
+            raise _Killed
+
+    return hook
+
+
+def test_a_checkpoint_of_another_model_goes_when_the_slide_is_found_done(slide_path, tmp_path):
+    # Found by the soak: a process still holding the old model started the slide
+    # again and was killed; the next process found the map done with the current
+    # model and skipped it, and the other model's checkpoint stayed for good.
+    opts = scan_options.ScanOptions(**QUIET)
+    out = str(tmp_path / "S")
+    assert engine.scan_slides(slide_path, [_run(NumericsOracle(digest="A"))], out, opts).ok
+    summary = engine.scan_slides(slide_path, [_run(NumericsOracle(digest="B"))], out, opts, on_batch=_kill_after(6))
+    assert summary.results[0].status == "failed"
+    assert os.listdir(os.path.join(out, "partial")) == [f"{SID}.m0.npz"]
+    again = _run(NumericsOracle(digest="A"))
+    assert engine.scan_slides(slide_path, [again], out, opts).results[0].status == "skipped"
+    assert again.detector.rois_seen == 0
+    assert os.listdir(os.path.join(out, "partial")) == []
