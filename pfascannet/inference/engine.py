@@ -42,8 +42,8 @@ and shards), ``scan_summary`` (results, ``scan_config.json``).
 from __future__ import annotations
 
 import collections
-import contextlib
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
