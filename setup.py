@@ -40,8 +40,9 @@ setup(
     extras_require={
         # Ray: cohort scans over a cluster (experiments/scan.py --ray); the dev
         # extra includes it so CI runs the Ray tests instead of skipping them.
-        # Selenium drives the viewer's browser test (Debian's chromium + chromium-driver; .ci/run installs them).
-        "dev": ["pytest>=7.4", "jax>=0.4.30", "ray>=2.9", "selenium>=4.11"],
+        # Selenium drives the viewer's browser test (Debian's chromium + chromium-driver; .ci/run installs them);
+        # hypothesis: the fuzzed-reader tests (tests/test_fuzz_readers.py).
+        "dev": ["pytest>=7.4", "jax>=0.4.30", "ray>=2.9", "selenium>=4.11", "hypothesis>=6.0"],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         "ray": ["ray>=2.9"],
         # TensorBoard shows the scalars the trainer writes (train/*) under

@@ -5,9 +5,13 @@ to a temporary name beside the target and renamed onto it.  Temporary names
 start with a dot and carry ``.tmp-`` (``.name.tmp-XXXXXXXX``, a scratch
 folder holding the file being written), so no output glob (``*.npy``), no
 slide lister and no ``ls`` picks one up; the writer holds an ``flock`` on
-the folder while it writes, so
-:func:`remove_stale_temps` (run by the next run of the same stage) deletes
-exactly the leftovers of killed processes and never a live writer's file.
+the folder's owner file (``OWNER_FILE``, opened for writing: on NFS, whose
+clients emulate ``flock`` with byte-range locks, a lock of a file opened
+read-only fails with EBADF) while it writes, so :func:`remove_stale_temps`
+(run by the next run of the same stage) deletes exactly the leftovers of
+killed processes and never a live writer's file.  Where no lock can be
+tested at all, a temporary is removed only if its owner file names a
+process of this host that is gone.
 
 :class:`FileLock` is the per-slide lock of the scanner: a non-blocking
 ``flock`` on a small file, released by the kernel when its process dies
@@ -17,7 +21,6 @@ exactly the leftovers of killed processes and never a live writer's file.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -25,6 +28,7 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -47,15 +51,45 @@ def is_temp_name(name: str) -> bool:
     return bool(_TEMP_RE.match(os.path.basename(name)))
 
 
-def _lock_fd(path: str, directory: bool = False) -> int:
-    """An fd of ``path`` holding an exclusive flock (raises BlockingIOError if another holds it)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY if directory else os.O_RDWR)
+OWNER_FILE = ".owner"
+"""The file inside a scratch folder whose lock says its writer lives (content: ``pid@host``)."""
+
+OWNERLESS_GRACE_S = 60.0
+"""An older version's scratch folder (no owner file) whose own lock cannot be tested (NFS) is left this long."""
+
+
+def _lock_fd(path: str) -> int:
+    """An fd of ``path``, opened for writing, holding an exclusive flock (BlockingIOError if another holds it)."""
+    fd = os.open(path, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _owner_id() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def _owner_gone(owner_path: str) -> bool:
+    """True only if the owner file names a process of this host that no longer exists."""
+    try:
+        with open(owner_path, encoding="utf-8") as f:
+            pid, _, host = f.read().strip().partition("@")
+        pid = int(pid)
+    except (OSError, ValueError):
+        return False
+    if host != socket.gethostname() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # EPERM: it exists
+    return False
 
 
 @contextlib.contextmanager
@@ -92,15 +126,22 @@ def temp_dir(beside: str | os.PathLike) -> Iterator[str]:
     beside = os.fspath(beside)
     parent = os.path.dirname(os.path.abspath(beside))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=temp_prefix(beside), dir=parent)
-    fd = None
-    with contextlib.suppress(OSError):
-        fd = _lock_fd(tmp, directory=True)
+    # Made under a name no cleaner touches, named a temporary once its owner
+    # file is locked: a cleaner never sees a live scratch folder without one.
+    new = tempfile.mkdtemp(prefix="." + os.path.basename(beside) + ".new-", dir=parent)
+    fd = os.open(os.path.join(new, OWNER_FILE), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    tmp = new
     try:
+        os.write(fd, (_owner_id() + "\n").encode())
+        with contextlib.suppress(OSError):
+            # Where locks cannot be had, the pid@host above still tells a
+            # cleaner on this host that the owner lives.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        tmp = os.path.join(parent, temp_prefix(beside) + new.rsplit(".new-", 1)[1])
+        os.rename(new, tmp)
         yield tmp
     finally:
-        if fd is not None:
-            os.close(fd)
+        os.close(fd)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -113,6 +154,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it owner-only
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(tmp, OWNER_FILE))  # ours, not the writer's (its lock stays until we close)
         if os.path.isdir(path):
             shutil.rmtree(path)
         elif os.path.lexists(path):
@@ -123,9 +166,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
 def remove_stale_temps(directory: str | os.PathLike, prefix: str = "") -> list[str]:
     """Deletes the temporaries of killed writers in ``directory`` (not recursive).
 
-    A temporary another live process is writing is locked and stays.  Args:
-    ``prefix``: only names starting with it (e.g. ``"." + slide``).
-    Returns the paths removed.
+    A temporary another live process is writing is locked and stays; so
+    does one whose owner cannot be told dead (no lock can be tested and its
+    owner file names another host or a live process; a folder with no owner
+    file younger than ``OWNERLESS_GRACE_S``).  Args: ``prefix``: only names
+    starting with it (e.g. ``"." + slide``).  Returns the paths removed.
     """
     directory = os.fspath(directory)
     try:
@@ -138,16 +183,19 @@ def remove_stale_temps(directory: str | os.PathLike, prefix: str = "") -> list[s
             continue
         full = os.path.join(directory, name)
         is_dir = os.path.isdir(full) and not os.path.islink(full)
+        lock_path = os.path.join(full, OWNER_FILE) if is_dir else full
+        fd = None
         try:
-            fd = _lock_fd(full, directory=is_dir)
+            fd = _lock_fd(lock_path)
         except BlockingIOError:
             continue  # a live writer holds it
         except FileNotFoundError:
-            continue  # renamed or removed meanwhile
-        except OSError as exc:
-            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF):
-                fd = None  # no flock here: an old leftover is still a leftover
-            else:
+            if not os.path.lexists(full) or not is_dir or not _ownerless_and_old(full):
+                continue  # gone meanwhile, or an older version's folder that may be in use
+        except OSError:
+            # No lock can be tested here (EBADF, ENOLCK, EOPNOTSUPP, ...): remove
+            # only what a process of this host that is gone left.
+            if not (is_dir and _owner_gone(lock_path)):
                 continue
         try:
             if is_dir:
@@ -161,6 +209,33 @@ def remove_stale_temps(directory: str | os.PathLike, prefix: str = "") -> list[s
             if fd is not None:
                 os.close(fd)
     return removed
+
+
+def _ownerless_and_old(folder: str) -> bool:
+    """May a scratch folder without an owner file (an older version's) go?"""
+    # ``temp_dir`` gives a folder its temporary name only once its owner file
+    # is locked, so one without is an older version's; those locked the folder itself.
+    try:
+        os.close(_lock_dir_fd(folder))
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        pass  # (NFS: EBADF) left alone for a while, then removed
+    try:
+        return time.time() - os.stat(folder).st_mtime > OWNERLESS_GRACE_S
+    except OSError:
+        return False
+
+
+def _lock_dir_fd(path: str) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class FileLock:

@@ -142,6 +142,31 @@ def test_rerun_through_ray_skips_what_is_done(local_ray, specs, slide_dir, plain
     _assert_same_outputs(plain_scan, out)
 
 
+_KILLED_WRITER = """
+import os, signal, sys
+from pfascannet.io_utils import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    open(tmp, "w").write("name,probability\\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_ray_run_removes_a_killed_runs_temporaries_at_the_folder_level(local_ray, specs, slide_dir, plain_scan,
+                                                                        tmp_path):
+    # A scan killed while writing slide_scores.csv left its hidden temporary; the plain scan removes it.
+    import shutil
+
+    out = str(tmp_path / "copy")
+    shutil.copytree(plain_scan, out)
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, os.path.join(out, "slide_scores.csv")],
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == -signal.SIGKILL
+    assert [n for n in os.listdir(out) if n.startswith(".slide_scores.csv.tmp-")]
+    options = scan_options.ScanOptions(**dict(OPTIONS, progress=False))
+    ray_scan.scan_slides_ray(str(slide_dir), specs, out, options)
+    assert not [n for n in os.listdir(out) if n.startswith(".")]
+
+
 class PauseOnce:
     """``on_batch`` hook run in the workers: the first task to finish its 3rd ROI writes its pid and waits.
 

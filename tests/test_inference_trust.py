@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -318,37 +317,59 @@ def test_a_slide_locked_by_another_process_is_left_to_it(slide_path, tmp_path):
     assert engine.scan_slide(slide_path, [run], out, scan_options.ScanOptions(**QUIET)).status == "done"
 
 
+_SCANNER = """
+import json, sys, time
+import numpy as np
+from pfascannet import geometry
+from pfascannet.inference import engine, model_run, scan_options
+from tests.scan_support import LM, OracleDetector
+
+class Slow(OracleDetector):
+    def predict(self, rois):
+        time.sleep(0.02)
+        return super().predict(rois)
+
+lr = geometry.roi_px(LM, 16)
+run = model_run.ModelRun(Slow(16, lr), geometry.ScanGeometry(16, lr), name="/models/M")
+options = scan_options.ScanOptions(progress=False, heatmap=False, tissue="all", checkpoint_every_s=0.0, workers=2,
+                                   batch=3)
+import os
+open(os.path.join(sys.argv[3], str(os.getpid())), "w").close()
+while len(os.listdir(sys.argv[3])) < 2:  # both processes start scanning at the same moment
+    time.sleep(0.005)
+summary = engine.scan_slides(sys.argv[1], [run], sys.argv[2], options)
+print(json.dumps({"rois_seen": run.detector.rois_seen, "ok": summary.ok,
+                  "statuses": [r.status for r in summary.results]}))
+"""
+
+
 @pytest.mark.slow  # several scanning processes: the full suite runs it, the quick subset does not
 def test_concurrent_scans_into_one_out_split_the_slides(slide_path, tmp_path):
+    # Real processes, as users start them (two shells, two nodes): each has its own locks and pid.
+    import json
+
     folder = tmp_path / "slides"
     folder.mkdir()
     for k in range(4):
         os.symlink(slide_path, folder / f"patient_000_node_{k}.tif")
     out = str(tmp_path / "S")
-
-    class Slow(OracleDetector):
-        def predict(self, rois):
-            time.sleep(0.02)
-            return super().predict(rois)
-
-    lr = geometry.roi_px(LM, 16)
-    runs = [_run(Slow(16, lr)), _run(Slow(16, lr))]
-    summaries = [None, None]
-
-    def scan(i):
-        summaries[i] = engine.scan_slides(str(folder), [runs[i]], out, scan_options.ScanOptions(**QUIET))
-
-    threads = [threading.Thread(target=scan, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    # Every slide computed exactly once between the two scans, and both report all four finished.
-    assert runs[0].detector.rois_seen + runs[1].detector.rois_seen == 4 * N_ROIS
-    assert runs[0].detector.rois_seen > 0 and runs[1].detector.rois_seen > 0
-    for s in summaries:
-        assert s.ok and len(s.results) == 4 and {r.status for r in s.results} <= {"done", "skipped"}
-    assert sum(r.status == "done" for s in summaries for r in s.results) == 4
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    start = tmp_path / "ready"  # a barrier past both processes' imports
+    start.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", _SCANNER, str(folder), out, str(start)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=root, env=dict(os.environ, PYTHONPATH=root))
+             for _ in range(2)]
+    reports = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr[-2000:]
+        reports.append(json.loads(stdout.strip().splitlines()[-1]))
+    # Every slide computed exactly once between the two processes, and both report all four finished.
+    assert sum(r["rois_seen"] for r in reports) == 4 * N_ROIS
+    assert all(r["rois_seen"] > 0 for r in reports)
+    for r in reports:
+        assert r["ok"] and len(r["statuses"]) == 4 and set(r["statuses"]) <= {"done", "skipped"}
+    assert sum(s == "done" for r in reports for s in r["statuses"]) == 4
 
 
 # --------------------------------------------------------------------------- 5. no silent defaults

@@ -72,20 +72,33 @@ class PatchReader:
         self._idle: dict[str, list] = {}
         self._all: list = []
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._busy = 0  # reads in flight
+        self._closed = False
 
     def _borrow(self, slide_id: str):
         with self._lock:
+            if self._closed:
+                raise PipelineError(f"read of {slide_id} after the patch reader was closed")
+            self._busy += 1
             idle = self._idle.setdefault(slide_id, [])
             if idle:
                 return idle.pop()
-        reader = SlideReader(self.sampler.slides[slide_id].image_path)
+        try:
+            reader = SlideReader(self.sampler.slides[slide_id].image_path)
+        except BaseException:
+            self._give_back(slide_id, None)
+            raise
         with self._lock:
             self._all.append(reader)
         return reader
 
     def _give_back(self, slide_id: str, reader) -> None:
         with self._lock:
-            self._idle[slide_id].append(reader)
+            self._busy -= 1
+            if reader is not None:
+                self._idle[slide_id].append(reader)
+            self._changed.notify_all()
 
     @property
     def open_handles(self) -> int:
@@ -107,7 +120,13 @@ class PatchReader:
         return self.read_patch(sample), self.sampler.mask(sample, size_px=P)
 
     def close(self) -> None:
+        """Closes every handle once the reads in flight (tf.data's threads may still run some) have ended.
+
+        Later reads raise ``PipelineError``: a handle opened after this would stay open.
+        """
         with self._lock:
+            self._closed = True
+            self._changed.wait_for(lambda: self._busy == 0)
             for r in self._all:
                 r.close()
             self._all.clear()

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -449,6 +450,7 @@ def _scan_slide_locked(path, slide, runs, out_dir, options, progress, on_batch) 
     post = post_settings(options)
     if _map_done(out_dir, slide, fingerprint):
         # Same map: only post-processing can be left to do; the model is not called.
+        _remove_checkpoints(out_dir, slide)  # another model's, killed part way: this map is the slide's now
         meta, redone = postprocess.postprocess_slide(out_dir, slide, post, slide_path=path, mpp=options.mpp)
         if not redone:
             return SlideScanResult(slide, path, "skipped", "already scanned with these settings", meta=meta)
@@ -456,12 +458,22 @@ def _scan_slide_locked(path, slide, runs, out_dir, options, progress, on_batch) 
                                warnings=list(meta.get("warnings", [])))
     meta, stats, warnings = _make_map(path, slide, runs, out_dir, options, fingerprint, read, progress, on_batch)
     meta, _ = postprocess.postprocess_slide(out_dir, slide, post, slide_path=path, mpp=options.mpp)
-    for m in range(len(runs)):
-        try:
-            os.remove(os.path.join(out_dir, "partial", f"{slide}.m{m}.npz"))
-        except FileNotFoundError:
-            pass
+    _remove_checkpoints(out_dir, slide)
     return SlideScanResult(slide, path, "done", "", stats=stats, meta=meta, warnings=warnings)
+
+
+def _remove_checkpoints(out_dir: str, slide: str) -> None:
+    """Removes every member's checkpoint of ``slide`` (``partial/<slide>.m<k>.npz``); called under its lock."""
+    folder = os.path.join(out_dir, "partial")
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return
+    for name in names:
+        stem, dot, member = name[: -len(".npz")].rpartition(".m") if name.endswith(".npz") else ("", "", "")
+        if dot and stem == slide and member.isdigit():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
 
 
 def _make_map(path, slide, runs, out_dir, options, fingerprint, read, progress, on_batch):

@@ -197,6 +197,7 @@ class KerasDetector(_GeometryMixin):
         self.precision = model_precision(model)
         self.training_mpp = model_training_mpp(model) if training_mpp is None else check_training_mpp(training_mpp)
         self.xla = resolve_xla(xla)
+        self.backend = keras.backend.backend()  # the kernels that compute the map (model_run.numeric_settings)
         _set_jit(model, self.xla)
 
     @property

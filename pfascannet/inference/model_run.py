@@ -45,8 +45,10 @@ class ModelRun:
       name: the model's path or id, recorded in the outputs.
       digest: the model's content (a hash of its files or weights); resume and
         skip decisions compare it, so a model replaced behind the same path is
-        rescanned.  None: the detector's own ``digest`` attribute (the
-        exported detectors have one, computed once per load), else the name.
+        rescanned.  None: ``content_digest(detector)`` (the detector's own
+        ``digest``, else a hash of the weights of the Keras model it holds),
+        else the name (a detector whose content cannot be read: give
+        ``digest`` to have it rescanned when it changes).
     """
 
     detector: Detector
@@ -58,7 +60,7 @@ class ModelRun:
     def __post_init__(self):
         d = self.detector
         if self.digest is None:
-            self.digest = getattr(d, "digest", None)
+            self.digest = content_digest(d) or self.name
         if self.mode == "dense":
             if (int(d.alpha), int(d.roi_px)) != (self.grid.alpha, self.grid.roi_px):
                 raise ScanError(
@@ -85,12 +87,42 @@ class ModelRun:
             "name": self.name, "mode": self.mode, "alpha": self.grid.alpha, "roi_px": self.grid.roi_px,
             "digest": self.digest,
         }
-        # The weights (hence the digest) are the same at every precision, but
-        # the map is not: a bfloat16 map is a different map.  Named only when
-        # not float32, so maps made before precision was a setting stay valid.
-        if self.precision != "float32":
-            out["precision"] = self.precision
+        out.update(numeric_settings(self.detector))
         return out
+
+
+def numeric_settings(detector) -> dict:
+    """Every runtime setting of ``detector`` that changes the numbers of its maps (part of their fingerprint).
+
+    The weights (hence the digest) are the same under each, but the map is
+    not: a bfloat16 map is another map, and XLA's kernels and oneDNN's differ
+    by up to 0.05 in bfloat16 (``model.precision``); JAX and PyTorch run
+    other kernels again.  Each is named only when not the default (float32,
+    no XLA, TensorFlow), so maps made before it was a setting stay valid.
+    """
+    out = {}
+    precision = str(getattr(detector, "precision", "float32"))
+    if precision != "float32":
+        out["precision"] = precision
+    if bool(getattr(detector, "xla", False)):
+        out["xla"] = True
+    backend = getattr(detector, "backend", None)
+    if backend not in (None, "tensorflow"):
+        out["backend"] = str(backend)
+    return out
+
+
+def content_digest(detector) -> Optional[str]:
+    """The detector's ``digest``, else a hash of the weights of the Keras model it is or holds (``model``), or None."""
+    digest = getattr(detector, "digest", None)
+    if digest is not None:
+        return str(digest)
+    for model in (detector, getattr(detector, "model", None)):
+        if model is not None and hasattr(model, "weights") and hasattr(model, "get_weights"):
+            from pfascannet.inference.export import weights_digest  # noqa: PLC0415  (Keras only when a model is there)
+
+            return "weights:" + weights_digest(model)
+    return None
 
 
 EDGE_SPLIT = 2

@@ -51,6 +51,7 @@ from pfascannet.inference import engine, outputs, runs as runs_lib
 from pfascannet.inference.scan_options import ScanError, ScanOptions
 from pfascannet.inference.scan_summary import ScanSummary, SlideScanResult, write_scan_config
 from pfascannet.inference.slide_list import list_slides, shard_slides
+from pfascannet.io_utils import remove_stale_temps
 from pfascannet.progress import Progress, fmt_duration
 
 RAY_MISSING = "--ray needs Ray, an optional extra: pip install -e '.[ray]' (or pip install 'ray>=2.9')"
@@ -234,6 +235,7 @@ def scan_slides_ray(
         paths = shard_slides(paths, shard)
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    remove_stale_temps(out_dir)  # slide_scores.csv, scan_config: a killed run's temporaries (as scan_slides)
     started = _start(ray, ray_options)
     try:
         resources = ray.cluster_resources()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Optional, Sequence
 
@@ -54,7 +55,7 @@ def list_slides(spec: str | Sequence[str]) -> list[str]:
             if not os.path.exists(s):
                 raise ScanError(f"{s}: no such slide list")
             base = os.path.dirname(os.path.abspath(s))
-            with open(s, encoding="utf-8") as f:
+            with _list_text(s) as f:
                 for line in f:
                     item = line.split("#", 1)[0].strip().split(",")[0].strip()
                     if not item:
@@ -74,6 +75,24 @@ def list_slides(spec: str | Sequence[str]) -> list[str]:
             raise ScanError(f"two slides share the id {camelyon.slide_id(p)!r} (in any case): {ids[key]} and {p}")
         ids[key] = p
     return paths
+
+
+def _list_text(path: str) -> io.StringIO:
+    """A slide list's text; one ``ScanError`` naming the file and line if it is not text."""
+    if os.path.isdir(path):
+        raise ScanError(f"{path}: a folder, not a slide list")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ScanError(f"{path}:{line}: byte 0x{data[exc.start]:02x} is not UTF-8 text; "
+                        "a slide list holds one path per line") from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise ScanError(f"{path}:{line}: holds a NUL byte; a slide list holds one path per line")
+    return io.StringIO(text, newline=None)  # lines end at \n, \r\n or \r, as open() reads them
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -13,8 +13,14 @@ them, at the cost of one scan of the training slides per round.
 A round's scan goes to its own folder (``<workdir>/mining/step_<N>/``, laid out
 as any scan): a killed round resumes slide by slide, and the maps stay for
 inspection.  Under several workers every worker runs the round; the scanner's
-per-slide locks share the slides between them, and every worker then reads the
-same maps, so all pick the same negatives.
+per-slide locks share the slides between them (each worker passes over a slide
+another holds and waits for it only once its own are done, as ``scan_slides``
+does), and every worker then reads the same maps, so all pick the same negatives.
+
+A negative is a maximum of the map at or above ``threshold``, in tissue (the
+Otsu mask the sampler uses: glass inside a scanned ROI is never a "mimic"),
+more than ``TUMOUR_CLEARANCE_PX`` from annotated tumour, at most ``per_slide``
+from one slide (``negatives_from_map``).
 """
 
 from __future__ import annotations
@@ -76,24 +82,45 @@ def mine_from_slides(
     run = ModelRun(KerasDetector(detector, alpha, roi_px), geometry.ScanGeometry(alpha=alpha, roi_px=roi_px),
                    name="training weights")
     options = ScanOptions(batch=batch, heatmap=False, progress=False)
-    found: list[tuple[float, sampling.PatchSample]] = []
-    for slide_id, entry in sorted(sampler.slides.items()):
+    slides = sorted(sampler.slides.items())
+    # Slides another worker holds are passed over, then waited for once ours are done.
+    locked = [(sid, entry) for sid, entry in slides
+              if engine.scan_slide(entry.image_path, [run], out_dir, options).status == "locked"]
+    for _, entry in locked:
         engine.scan_slide(entry.image_path, [run], out_dir, options, wait=True)
+    found: list[tuple[float, sampling.PatchSample]] = []
+    for slide_id, _ in slides:
         prob_map, meta = read_probability_map(os.path.join(out_dir, "maps", slide_id + ".npy"))
-        truth = sampler.truth(slide_id)
-        picked = 0
-        for cand in lesion_candidates(prob_map, int(meta["stride_px"]), floor=threshold, radius_um=MINING_RADIUS_UM,
-                                      mpp=truth.mpp, dimensions_xy=truth.dimensions):
-            if picked == per_slide:
-                break
-            r = TUMOUR_CLEARANCE_PX
-            if truth.mask_window((cand.x - r, cand.y - r), (2 * r, 2 * r)).any():
-                continue
-            x, y = truth.top_left((cand.x, cand.y))
-            found.append((cand.confidence, sampling.PatchSample(slide_id, x, y, 0, "hard_negative")))
-            picked += 1
+        found += negatives_from_map(prob_map, int(meta["stride_px"]), sampler.truth(slide_id), slide_id,
+                                    threshold=threshold, per_slide=per_slide)
     found.sort(key=lambda cs: (-cs[0], cs[1].slide_id, cs[1].y, cs[1].x))
     return [s for _, s in found[:max_keep]]
+
+
+def negatives_from_map(
+    prob_map, stride_px: int, truth: sampling.SlideTruth, slide_id: str, *, threshold: float, per_slide: int,
+) -> list[tuple[float, sampling.PatchSample]]:
+    """``(probability, hard_negative sample)`` of a slide's map, most confident first (see the module docstring).
+
+    Maxima (``lesion_candidates`` within ``MINING_RADIUS_UM``) at or above
+    ``threshold`` whose centre lies in ``truth``'s tissue mask and more than
+    ``TUMOUR_CLEARANCE_PX`` level-0 pixels from annotated tumour, at most ``per_slide``.
+    """
+    out: list[tuple[float, sampling.PatchSample]] = []
+    r = TUMOUR_CLEARANCE_PX
+    ds = truth.tissue_downsample
+    rows, cols = truth.tissue.shape
+    for cand in lesion_candidates(prob_map, int(stride_px), floor=threshold, radius_um=MINING_RADIUS_UM,
+                                  mpp=truth.mpp, dimensions_xy=truth.dimensions):
+        if len(out) == per_slide:
+            break
+        if not truth.tissue[min(cand.y // ds, rows - 1), min(cand.x // ds, cols - 1)]:
+            continue  # glass (inside a scanned ROI): not a mimic of tumour
+        if truth.mask_window((cand.x - r, cand.y - r), (2 * r, 2 * r)).any():
+            continue  # a boundary case, not a mimic
+        x, y = truth.top_left((cand.x, cand.y))  # the patch centred on it, at the model's pixel size
+        out.append((cand.confidence, sampling.PatchSample(slide_id, x, y, 0, "hard_negative")))
+    return out
 
 
 _DETECTORS: dict = {}

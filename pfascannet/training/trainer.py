@@ -566,6 +566,9 @@ def _train(run: _Run, on_progress) -> TrainResult:
     final = os.path.join(workdir, "final.weights.h5")
     if run.chief:
         _save_weights(state.model, final)
+    # Drop the input pipeline first: its prefetch threads may still be reading
+    # (close() also waits for reads in flight, and refuses later ones).
+    iterator = None  # noqa: F841
     if data.reader is not None:
         data.reader.close()
     return TrainResult(
