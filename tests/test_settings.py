@@ -30,6 +30,7 @@ def _flags(cls):
 
 
 def test_train_flags_are_generated_from_the_fields_with_help(tmp_path):
+    (tmp_path / "images").mkdir()  # --data must be a dataset folder (datasets.detect_layout)
     fv, names = _flags(TrainSettings)
     leaves = settings_lib.leaves(TrainSettings)
     assert set(names) == {leaf.name for leaf in leaves if leaf.flag}
@@ -46,6 +47,7 @@ def test_train_flags_are_generated_from_the_fields_with_help(tmp_path):
 
 
 def test_flags_build_the_nested_settings(tmp_path):
+    (tmp_path / "images").mkdir()  # --data must be a dataset folder (datasets.detect_layout)
     fv, _ = _flags(TrainSettings)
     fv(["prog", f"--data={tmp_path}", "--workdir=w", "--learning_rate=0.003", "--optimizer=adam",
         "--hard_negative_at=5", "--hard_negative_max=7", "--augment_scale_range=0.8,1.25", "--nosynergistic"])
@@ -63,6 +65,7 @@ def test_flags_build_the_nested_settings(tmp_path):
 
 
 def test_flat_names_round_trip(tmp_path):
+    (tmp_path / "images").mkdir()  # --data must be a dataset folder (datasets.detect_layout)
     s = TrainSettings.from_flat(data=str(tmp_path), workdir="w", learning_rate=1e-3, random_per_class=3,
                                 augment_hue=0.1, hard_negative_at=4, precision="bfloat16")
     flat = s.flat()
@@ -80,12 +83,14 @@ def test_flat_names_round_trip(tmp_path):
         s.replace(optimizer="rmsprop")
 
 
-def test_the_scratch_recipe_is_flat_names():
-    s = TrainSettings.from_flat(data=".", workdir="w", **trainer.scratch_recipe(300, 2))
+def test_the_scratch_recipe_is_flat_names(tmp_path):
+    (tmp_path / "images").mkdir()  # --data must be a dataset folder (datasets.detect_layout)
+    s = TrainSettings.from_flat(data=str(tmp_path), workdir="w", **trainer.scratch_recipe(300, 2))
     assert s.optimiser.optimizer == "adam" and s.mining_steps() == [100, 200]
 
 
 def test_an_old_flat_config_json_resumes(tmp_path):
+    (tmp_path / "images").mkdir()  # --data must be a dataset folder (datasets.detect_layout)
     # The settings key set of a config.json written by the flat TrainSettings
     # (before the recipe settings and the augmentation ranges existed).
     old = {"data": str(tmp_path), "workdir": str(tmp_path / "w"), "config": "tiny", "steps": 1000, "batch_size": 8,
