@@ -21,6 +21,7 @@ def test_patch_reader_closes_only_after_reads_in_flight_end(cohort, monkeypatch)
     # handle, and no handle may stay open.
     reader, sampler = _reader(cohort)
     slide_id = sorted(sampler.slides)[0]
+    sampler.truth(slide_id)  # as in training: sampling built the slide's truth (and read plan) before any patch read
     sample = sampling.PatchSample(slide_id, 100, 100, 0, "normal")
     entered, release = threading.Event(), threading.Event()
     opened, closed = [], []

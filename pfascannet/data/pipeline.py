@@ -108,10 +108,11 @@ class PatchReader:
 
     def read_patch(self, sample: PatchSample) -> np.ndarray:
         """uint8 ``[692, 692, 3]`` RGB at the model's pixel size (``SlideTruth.read_patch``)."""
-        truth = self.sampler.truth(sample.slide_id)
         reader = self._borrow(sample.slide_id)
         try:
-            return truth.read_patch(reader, (sample.x, sample.y), P)
+            # The slide's truth (its read plan) may be built here, on first use: inside the borrow,
+            # so close() waits for its reads too.
+            return self.sampler.truth(sample.slide_id).read_patch(reader, (sample.x, sample.y), P)
         finally:
             self._give_back(sample.slide_id, reader)
 
