@@ -58,15 +58,20 @@ OWNERLESS_GRACE_S = 60.0
 """An older version's scratch folder (no owner file) whose own lock cannot be tested (NFS) is left this long."""
 
 
-def _lock_fd(path: str) -> int:
-    """An fd of ``path``, opened for writing, holding an exclusive flock (BlockingIOError if another holds it)."""
-    fd = os.open(path, os.O_RDWR)
+def _flocked_fd(path: str, open_flags: int) -> int:
+    """An fd of ``path`` holding an exclusive flock (BlockingIOError if another holds it)."""
+    fd = os.open(path, open_flags)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _lock_fd(path: str) -> int:
+    """An fd of ``path``, opened for writing (what NFS's lock emulation needs), holding an exclusive flock."""
+    return _flocked_fd(path, os.O_RDWR)
 
 
 def _owner_id() -> str:
@@ -229,13 +234,7 @@ def _ownerless_and_old(folder: str) -> bool:
 
 
 def _lock_dir_fd(path: str) -> int:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _flocked_fd(path, os.O_RDONLY | os.O_DIRECTORY)
 
 
 class FileLock:
