@@ -274,8 +274,18 @@ def plan_read(
     if any(s % q for s in strides):
         raise ResampleError(f"map strides {strides} (model px) are not multiples of the finest, {q}")
     steps = max(1, round(target_mpp / slide_mpp * q))
-    scale = Fraction(steps, q)
+    return plan_at_scale(Fraction(steps, q), level_downsamples, openslide_downsamples, slide_mpp, target_mpp)
+
+
+def plan_at_scale(
+    scale: Fraction,
+    level_downsamples: Sequence[float],
+    openslide_downsamples: Optional[Sequence[float]] = None,
+    slide_mpp: Optional[float] = None,
+    target_mpp: Optional[float] = None,
+) -> ReadPlan:
+    """The read plan for ``scale`` level-0 px per output px: the coarsest usable level at least as fine
+    (level 0 when even it is coarser: upsampling), the rest resampled."""
     levels = usable_levels(level_downsamples, openslide_downsamples or level_downsamples)
-    # The coarsest level at least as fine as the target; level 0 when even it is coarser (upsampling).
     level, ds = max((lv for lv in levels if lv[1] <= scale), key=lambda lv: lv[1], default=(0, 1))
     return ReadPlan(level, ds, scale, slide_mpp, target_mpp)

@@ -33,7 +33,7 @@ from pfascannet import io_utils
 from pfascannet.errors import PfaError
 from pfascannet.slide.annotations import Annotation, read_asap_xml, write_asap_xml, write_mask_tiff
 from pfascannet.slide.reader import SlideReader
-from pfascannet.slide.resample import ReadPlan, usable_levels
+from pfascannet.slide.resample import plan_at_scale
 from pfascannet.slide.tiff_writer import write_pyramid_tiff
 
 
@@ -45,10 +45,8 @@ def rescale_slide(src: str, dst: str, mpp: float, *, quality: int = 90, workers:
     """Writes ``src`` at ``mpp`` um/px to ``dst`` (atomically); returns its size and scale."""
     with SlideReader(src) as reader:
         src_mpp = reader.require_mpp()
-        scale = Fraction(float(mpp) / src_mpp).limit_denominator(4096)
-        levels = usable_levels(reader.level_downsamples, reader.openslide_downsamples)
-        level, ds = max((lv for lv in levels if lv[1] <= scale), key=lambda lv: lv[1], default=(0, 1))
-        plan = ReadPlan(level, ds, scale, src_mpp, float(mpp))
+        scale = _scale(mpp, src_mpp)
+        plan = plan_at_scale(scale, reader.level_downsamples, reader.openslide_downsamples, src_mpp, float(mpp))
         w0, h0 = reader.dimensions
         width, height = int(np.ceil(w0 / scale)), int(np.ceil(h0 / scale))
 
@@ -57,6 +55,11 @@ def rescale_slide(src: str, dst: str, mpp: float, *, quality: int = 90, workers:
 
         write_pyramid_tiff(dst, (width, height), tile, mpp=float(mpp), quality=quality, workers=workers)
     return {"width": width, "height": height, "scale": float(scale)}
+
+
+def _scale(mpp: float, src_mpp: float) -> Fraction:
+    """Source level-0 px per copy px."""
+    return Fraction(float(mpp) / src_mpp).limit_denominator(4096)
 
 
 def rescale_annotations(annotations, scale: float) -> list[Annotation]:
@@ -88,7 +91,7 @@ def rescale_cohort(src_dir: str, dst_dir: str, mpp: float, *, workers: Optional[
             with SlideReader(dst_img) as r:
                 info = {"width": r.dimensions[0], "height": r.dimensions[1]}
             with SlideReader(src_img) as r:
-                info["scale"] = float(Fraction(float(mpp) / r.require_mpp()).limit_denominator(4096))
+                info["scale"] = float(_scale(mpp, r.require_mpp()))
         else:
             info = rescale_slide(src_img, dst_img, mpp, workers=workers)
         scales[sid] = info["scale"]
