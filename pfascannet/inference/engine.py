@@ -63,6 +63,7 @@ from pfascannet.inference.model_run import EDGE_SPLIT, ModelRun, plan_split, pre
 from pfascannet.inference.plan import RoiPlan, level_downsample, make_plan, tissue_on_map
 from pfascannet.inference.roi_readers import ThreadReaders
 from pfascannet.inference.scan_options import ScanError, ScanOptions
+from pfascannet.inference.stream import scan_map_streaming, stream_settings
 from pfascannet.inference.scan_summary import ScanSummary, SlideScanResult, write_scan_config
 from pfascannet.inference.slide_list import list_slides, shard_slides
 from pfascannet.io_utils import atomic_path, remove_stale_temps
@@ -81,6 +82,7 @@ class ScanStats:
     wall_s: float = 0.0
     model_s: float = 0.0
     wait_s: float = 0.0
+    input_px: int = 0  # model pixels pushed through the detector (ROI sides squared, or streamed strips)
 
 
 # --------------------------------------------------------------------------- progress
@@ -137,7 +139,7 @@ class ScanProgress(Progress):
         )
 
 
-def _quiet_progress(options: ScanOptions) -> ScanProgress:
+def quiet_progress(options: ScanOptions) -> ScanProgress:
     """A reporter that shows only warnings and errors (for a slide scanned without one)."""
     return ScanProgress(1, options.progress_stream, enabled=False)
 
@@ -145,7 +147,7 @@ def _quiet_progress(options: ScanOptions) -> ScanProgress:
 # --------------------------------------------------------------------------- one map
 
 
-def _fingerprint_id(fingerprint: dict) -> str:
+def fingerprint_id(fingerprint: dict) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -163,7 +165,7 @@ def _load_checkpoint(
     problem = None
     try:
         with np.load(path, allow_pickle=False) as data:
-            if str(data["fingerprint"]) != _fingerprint_id(fingerprint):
+            if str(data["fingerprint"]) != fingerprint_id(fingerprint):
                 problem = "was made by another model or with other settings"
             else:
                 prob_map, done = np.asarray(data["map"]), np.asarray(data["done"])
@@ -183,7 +185,7 @@ def _load_checkpoint(
 
 def _save_checkpoint(path: str, fingerprint: dict, prob_map: np.ndarray, done: np.ndarray) -> None:
     with atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, map=prob_map, done=done, fingerprint=np.array(_fingerprint_id(fingerprint)))
+        np.savez(tmp, map=prob_map, done=done, fingerprint=np.array(fingerprint_id(fingerprint)))
 
 
 def scan_map(
@@ -212,13 +214,15 @@ def scan_map(
     Returns:
       ``(map, stats)``: float32 ``plan.map_shape``, 0 outside planned ROIs.
     """
+    if options.stream:
+        return scan_map_streaming(slide_path, run, plan, options, checkpoint_path, fingerprint, progress, on_batch)
     if plan.geometry != run.grid:
         raise ScanError(f"plan geometry {plan.geometry} does not match the model grid {run.grid}")
     fingerprint = dict(fingerprint or {}, plan=plan.describe(), run=run.describe())
-    stats = ScanStats(n_rois=len(plan))
+    stats = ScanStats(n_rois=len(plan), input_px=plan.input_px())
     resumed = None
     if checkpoint_path:
-        warn = (progress or _quiet_progress(options)).warning
+        warn = (progress or quiet_progress(options)).warning
         resumed = _load_checkpoint(checkpoint_path, fingerprint, plan.map_shape, len(plan), warn)
     if resumed is not None:
         prob_map, done = resumed
@@ -333,6 +337,8 @@ def map_fingerprint(path: str, runs: Sequence[ModelRun], options: ScanOptions, r
     }
     if read is not None:
         out["read"] = read.describe()
+    if options.stream:  # another computation of the same map (float32 within 1e-5): another fingerprint
+        out["stream"] = stream_settings(options)
     # Edge ROIs leave the glass-only quarters of an ROI at 0 where whole ROIs
     # computed them: another map, so another fingerprint (where they apply).
     if any(plan_split(r, options) > 1 for r in runs) and options.tissue != "all":
@@ -385,7 +391,7 @@ def scan_slide(
         # Under the lock nobody else writes this slide's files: its leftovers can go.
         for sub in _SLIDE_SUBDIRS:
             remove_stale_temps(os.path.join(out_dir, sub), prefix="." + slide)
-        return _scan_slide_locked(path, slide, runs, out_dir, options, progress or _quiet_progress(options), on_batch)
+        return _scan_slide_locked(path, slide, runs, out_dir, options, progress or quiet_progress(options), on_batch)
     finally:
         lock.release()
 

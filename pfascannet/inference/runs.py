@@ -89,10 +89,12 @@ def resolve_run(
     memory_budget_bytes: Optional[float] = None,
     precision: Optional[str] = None,
     xla: str = "auto",
+    layers: bool = False,
 ) -> RunSpec:
     """Checks a model path and the requested alpha / ROI side, and settles them, without loading anything.
 
-    ``precision`` None is the export's; ``xla`` see ``export.resolve_xla``.
+    ``precision`` None is the export's; ``xla`` see ``export.resolve_xla``; ``layers``: the
+    scan needs the model's layers (``--stream``), so an export loads its ``.keras`` model.
 
     Raises:
       ScanError / ExportError / GeometryError: a missing or incomplete export,
@@ -118,7 +120,12 @@ def resolve_run(
         check_precision(precision)
     if xla not in XLA_SETTINGS:
         raise ScanError(f"xla must be one of {', '.join(XLA_SETTINGS)}, got {xla!r}")
-    return _resolve(model_path, alpha, roi, mode, batch, memory_budget_bytes, precision, xla)
+    spec = _resolve(model_path, alpha, roi, mode, batch, memory_budget_bytes, precision, xla)
+    if layers and spec.meta is not None and spec.format != "keras":
+        if "keras" not in spec.meta.get("formats", {}):
+            raise ScanError(f"{model_path}: --stream needs the export's .keras model, and this export has none")
+        spec = dataclasses.replace(spec, format="keras")
+    return spec
 
 
 def load_run(
@@ -221,6 +228,7 @@ def resolve_runs(
     memory_budget_bytes: Optional[float] = None,
     precision: Optional[str] = None,
     xla: str = "auto",
+    layers: bool = False,
 ) -> list[RunSpec]:
     """The runs of a scan, checked but not loaded: the main model, then each ensemble member (default alpha 32, §3).
 
@@ -229,7 +237,7 @@ def resolve_runs(
     on its own grid: ``auto`` again, or the main run's map tile Lm (so both
     read ROIs of about the same size).
     """
-    specs = [resolve_run(model_path, alpha, roi, mode, batch, memory_budget_bytes, precision, xla)]
+    specs = [resolve_run(model_path, alpha, roi, mode, batch, memory_budget_bytes, precision, xla, layers)]
     for other in ensemble:
         other_roi: Union[int, str, None]
         if roi == "auto":
@@ -241,5 +249,6 @@ def resolve_runs(
             stride = geometry.output_stride_px(member_alpha)
             lm = max(1, (specs[0].roi_px - geometry.PATCH_PX) // stride + 1)
             other_roi = geometry.roi_px(lm, member_alpha)
-        specs.append(resolve_run(other, ensemble_alpha, other_roi, mode, batch, memory_budget_bytes, precision, xla))
+        specs.append(resolve_run(other, ensemble_alpha, other_roi, mode, batch, memory_budget_bytes, precision, xla,
+                                 layers))
     return specs

@@ -18,6 +18,13 @@ import numpy as np
 from pfascannet.errors import PfaError
 
 
+STREAM_ROWS = 16
+"""``stream_rows`` default: map rows per chunk of a streamed strip (512 input px at alpha 16)."""
+
+STREAM_WIDTH = 256
+"""``stream_width`` default: widest streamed strip in map pixels (8,852 input px at alpha 16)."""
+
+
 class ScanError(PfaError):
     """Bad scan settings or inputs (slide list, shard, detector geometry)."""
 
@@ -53,6 +60,12 @@ class ScanOptions:
         glass-only quarters are left at 0 like unplanned ROIs, so it is part
         of the map's fingerprint.
       heatmap: write the heatmap PNG.
+      stream: compute each map by streaming tall strips through the detector,
+        every layer keeping its halo (``inference.stream``): no ROI border
+        computed twice; the same map as the ROI scan (float32 within 1e-5).
+        Dense mode with the ``.keras`` model; part of the map's fingerprint.
+      stream_rows: map rows per streamed chunk (memory and speed knob; in the fingerprint).
+      stream_width: widest streamed strip in map pixels (bounds memory; in the fingerprint).
       progress: report progress with rate and ETA (``pfascannet.progress``).
       progress_stream: where progress and the scan's messages go; None: a
         terminal line on stderr and messages through ``logging``.
@@ -70,11 +83,14 @@ class ScanOptions:
     mpp: Optional[float] = None
     edge_rois: bool = True
     heatmap: bool = True
+    stream: bool = False
+    stream_rows: int = STREAM_ROWS
+    stream_width: int = STREAM_WIDTH
     progress: bool = True
     progress_stream: Optional[TextIO] = None
 
     def __post_init__(self):
-        for name in ("batch", "workers", "prefetch_batches", "patch_batch"):
+        for name in ("batch", "workers", "prefetch_batches", "patch_batch", "stream_rows", "stream_width"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ScanError(f"{name} must be an integer >= 1, got {value!r}")

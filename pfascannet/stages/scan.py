@@ -10,6 +10,7 @@ Examples::
     python experiments/scan.py --model m16 --ensemble m32 --slides list.txt --out scan/ --roi auto
     python experiments/scan.py ... --shard 0/4     # on machine 0 of 4; no slide is done twice
     python experiments/scan.py ... --mode patch    # the patch-by-patch speed baseline
+    python experiments/scan.py ... --stream        # no ROI border computed twice (same map; inference/stream.py)
     python experiments/scan.py ... --precision bfloat16   # mixed precision (2.5x on an AVX512-BF16 CPU; BENCHMARKS.md)
     python experiments/scan.py ... --ray           # one Ray task per slide on a local Ray (pip install -e '.[ray]')
     python experiments/scan.py ... --ray=auto      # ... or on the Ray cluster this machine belongs to (BUILD.md)
@@ -65,6 +66,11 @@ flags.DEFINE_float("threshold", 0.5, "Probability for the contours (lesion candi
 flags.DEFINE_float("checkpoint_s", 30.0, "Seconds between checkpoints of a slide in progress.")
 flags.DEFINE_integer("patch_batch", 32, "Patches per model call in --mode=patch.")
 flags.DEFINE_bool("heatmap", True, "Write heatmap PNGs.")
+flags.DEFINE_bool("stream", False, "Stream tall strips of each slide through the detector, every layer keeping its "
+                  "halo: no ROI border computed twice, the same map (dense mode; loads the export's .keras model).")
+flags.DEFINE_integer("stream_rows", scan_options.STREAM_ROWS, "Map rows per streamed chunk (--stream).")
+flags.DEFINE_integer("stream_width", scan_options.STREAM_WIDTH,
+                     "Widest streamed strip in map pixels; bounds the memory of a chunk (--stream).")
 flags.DEFINE_bool("progress", True, "Print progress with ETA to stderr.")
 flags.DEFINE_string("ray", None, "Scan one slide per Ray task: --ray alone starts a local Ray on this machine, "
                     "--ray=ADDRESS joins a cluster (auto, host:6379, ray://host:10001). Needs the 'ray' extra.")
@@ -92,6 +98,9 @@ def main(argv) -> None:
         threshold=FLAGS.threshold,
         mpp=FLAGS.mpp,
         heatmap=FLAGS.heatmap,
+        stream=FLAGS.stream,
+        stream_rows=FLAGS.stream_rows,
+        stream_width=FLAGS.stream_width,
         progress=FLAGS.progress,
     )
     roi = FLAGS.roi
@@ -124,7 +133,10 @@ def main(argv) -> None:
         memory_budget_bytes=None if FLAGS.memory_gb is None else FLAGS.memory_gb * 2**30,
         precision=FLAGS.precision,
         xla=FLAGS.xla,
+        layers=FLAGS.stream,
     )
+    if FLAGS.stream and FLAGS.mode != "dense":
+        _usage("--stream computes the dense map; it cannot be used with --mode=patch")
     slides = slide_list.list_slides(FLAGS.slides)
     _check_slides(slide_list.shard_slides(slides, shard) if shard is not None else slides)
     if FLAGS.ray is not None:  # the workers load the model; the driver never does
