@@ -6,7 +6,14 @@ tissue per second for a 32-px map on the 2-core CPU; the float32 / 2708 scan
 half tissue in smooth blobs (H&E-like texture, white glass around, JPEG
 tiles, 0.243 um/px), then scans it once per ``--variants`` entry, each in a
 fresh process (peak RSS is per variant), in the order given:
-``PRECISION:ROI:whole|edges``.  The first is the baseline of the same run.
+``PRECISION:ROI:whole|edges|stream``.  The first is the baseline of the same run.
+``stream`` is the streaming scan (``--stream``, ``inference.stream``) over the
+edge-ROI plan: the same map with no ROI border computed twice; its time
+includes compiling each layer for the strip's shapes (an ROI variant's
+warm-up is not timed).  Each row also gives seconds per ROI of output (the
+2048 x 2048 px a 2708 ROI's 64 x 64 map covers: whole ROIs + edge ROIs / 4)
+and the minutes of a 400-ROI WSI at that rate (Table 1's runtime), with the
+CPU's model and its bf16 features.
 
 Paper widths, random weights (speed does not depend on them), alpha 16,
 batch 1, 2 reader threads, tissue = Otsu (the scanner's default).  Every
@@ -44,7 +51,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/pfascannet_bench_tissue", "Slide and scans go here.")
 flags.DEFINE_enum("config", "paper", ["paper", "tiny"], "Model widths.")
 flags.DEFINE_integer("side_px", 8192, "Slide side (level-0 px).")
-flags.DEFINE_list("variants", ["float32:2708:whole", "bfloat16:2708:edges"], "PRECISION:ROI:whole|edges, in order.")
+flags.DEFINE_list("variants", ["float32:2708:whole", "bfloat16:2708:edges"],
+                  "PRECISION:ROI:whole|edges|stream, in order.")
 flags.DEFINE_string("_child", None, "Internal: run this variant and print JSON.")
 
 
@@ -87,28 +95,47 @@ def write_blob_slide(path: str, side_px: int, seed: int = 0) -> float:
     return float((big > level).mean())
 
 
-def _parse(text: str) -> tuple[str, int, bool]:
+def _parse(text: str) -> tuple[str, int, str]:
     try:
         precision, roi, mode = text.split(":")
-        if mode not in ("whole", "edges"):
+        if mode not in ("whole", "edges", "stream"):
             raise ValueError
-        return precision, int(roi), mode == "edges"
+        return precision, int(roi), mode
     except ValueError:
-        raise BenchError(f"a variant is PRECISION:ROI:whole|edges, got {text!r}") from None
+        raise BenchError(f"a variant is PRECISION:ROI:whole|edges|stream, got {text!r}") from None
+
+
+def cpu_features() -> dict:
+    """The CPU's model name and whether it has AMX-BF16 / AVX512-BF16 (compare timings only within one CPU)."""
+    model, flags_ = "unknown", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags_ = set(value.split())
+    except OSError:
+        pass
+    return {"cpu": model, "amx_bf16": "amx_bf16" in flags_, "avx512_bf16": "avx512_bf16" in flags_,
+            "cores": os.cpu_count()}
 
 
 def _child(text: str, slide: str) -> None:
     from pfascannet.inference.export import KerasDetector  # noqa: PLC0415  (imports Keras)
     from pfascannet.model.detector import build_detector  # noqa: PLC0415  (imports Keras)
 
-    precision, roi, edges = _parse(text)
+    precision, roi, mode = _parse(text)
+    edges = mode != "whole"
     grid = geometry.ScanGeometry(16, roi)
     det = KerasDetector(build_detector(get_config(FLAGS.config), alpha=16, precision=precision), 16, roi, digest="random")
     run = model_run.ModelRun(det, grid, name=f"random-{FLAGS.config}", digest="random")
-    options = scan_options.ScanOptions(batch=1, workers=2, edge_rois=edges, progress=False, heatmap=True)
+    options = scan_options.ScanOptions(batch=1, workers=2, edge_rois=edges, progress=False, heatmap=True,
+                                       stream=mode == "stream")
     sides = [roi] + ([geometry.roi_px(grid.tile_px // 2, 16)] if model_run.plan_split(run, options) > 1 else [])
     t0 = time.perf_counter()
-    for side in sides:
+    for side in sides if mode != "stream" else ():
         model_run.edge_detector(run, side).predict(np.full((1, side, side, 3), 200, np.uint8))
     warm_s = time.perf_counter() - t0
     out = os.path.join(FLAGS.workdir, f"scan_{text.replace(':', '_')}_{time.time_ns()}")
@@ -122,6 +149,7 @@ def _child(text: str, slide: str) -> None:
     print("RESULT " + json.dumps({
         "variant": text, "whole_scan_s": wall, "model_s": res.stats[0].model_s, "read_wait_s": res.stats[0].wait_s,
         "rois": member["n_rois"], "edge_rois": member.get("n_edge_rois", 0), "warmup_s": warm_s,
+        "input_mpx": res.stats[0].input_px / 1e6,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "out": out,
     }), flush=True)
 
@@ -145,6 +173,7 @@ def main(argv) -> None:
     with SlideReader(slide) as reader:
         mask = tissue_mask(reader, downsample=32)
     tissue_mpx = float(mask.sum()) * 32 * 32 / 1e6
+    print(f"cpu: {cpu_features()}", flush=True)
     print(f"slide {slide}: {FLAGS.side_px}^2, Otsu tissue {tissue_mpx:.1f} Mpx "
           f"({100 * tissue_mpx * 1e6 / FLAGS.side_px ** 2:.0f} %)", flush=True)
     rows = []
@@ -159,16 +188,21 @@ def main(argv) -> None:
             continue
         row = json.loads(lines[-1][7:])
         row["tissue_mpx_per_s"] = tissue_mpx / row["whole_scan_s"]
+        output_rois = row["rois"] - row["edge_rois"] + row["edge_rois"] / 4
+        row["s_per_roi_of_output"] = row["model_s"] / output_rois
+        row["min_per_400_roi_wsi"] = row["s_per_roi_of_output"] * 400 / 60
         row["load_average"] = os.getloadavg()
         rows.append(row)
         base = rows[0].get("tissue_mpx_per_s")
         ratio = f" = {row['tissue_mpx_per_s'] / base:.2f}x the first" if base else ""
         print(f"{v}: {row['whole_scan_s']:.1f} s whole scan, model {row['model_s']:.1f} s, {row['rois']} ROIs "
               f"({row['edge_rois']} edge), {row['tissue_mpx_per_s']:.3f} Mpx tissue/s"
-              f"{ratio}, "
+              f"{ratio}, {row['input_mpx']:.1f} Mpx input, {row['s_per_roi_of_output']:.2f} s per ROI of output "
+              f"({row['min_per_400_roi_wsi']:.1f} min per 400-ROI WSI), "
               f"peak RSS {row['peak_rss_gb']:.2f} GB", flush=True)
     with open(os.path.join(FLAGS.workdir, "bench_tissue_scan.json"), "w", encoding="utf-8") as f:
         json.dump({"slide": slide, "side_px": FLAGS.side_px, "tissue_mpx": tissue_mpx, "config": FLAGS.config,
+                   **cpu_features(),
                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}, f, indent=1)
 
 
