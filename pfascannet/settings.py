@@ -87,6 +87,11 @@ def setting(default: Any = MISSING, *, help: str, flag: Optional[str | bool] = N
     return dataclasses.field(default=default, metadata=meta)
 
 
+def fixed(default: Any, *, help: str, check: Optional[Callable[[Any], Optional[str]]] = None) -> Any:  # noqa: A002
+    """A dataclass field that is not a setting of a run: no flag, not in the flat view; code may pass another value."""
+    return dataclasses.field(default=default, metadata={"help": help, "fixed": True, "check": check})
+
+
 def group(cls: type, *, help: str = "", prefix: str = "", switch: Optional[str] = None,  # noqa: A002
           default_on: bool = True, active: Optional[str] = None, must_match: Optional[bool] = None,
           legacy: Any = NO_LEGACY) -> Any:
@@ -197,7 +202,7 @@ def leaves(cls: type, _prefix: str = "", _path: tuple = (), _inherit: Optional[d
     hints = typing.get_type_hints(cls)
     out: list[Leaf] = []
     for f in dataclasses.fields(cls):
-        if not f.init:
+        if not f.init or f.metadata.get("fixed"):
             continue
         meta = dict(f.metadata)
         path = _path + (f.name,)
@@ -313,7 +318,7 @@ def _build(cls: type, path: tuple, flat: Mapping[str, Any], by_path: dict) -> An
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
-        if not f.init:
+        if not f.init or f.metadata.get("fixed"):
             continue
         here = path + (f.name,)
         leaf = by_path.get(here)
