@@ -432,8 +432,8 @@ def same_as(cls: type, name: str) -> Any:
     """A field declared like ``cls``'s field ``name`` (default, help, check, flag...): one declaration, two holders."""
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
     if f.default_factory is not MISSING:
-        return dataclasses.field(default_factory=f.default_factory, metadata=f.metadata)
-    return dataclasses.field(default=f.default, metadata=f.metadata)
+        return dataclasses.field(default_factory=f.default_factory, metadata=dict(f.metadata))
+    return dataclasses.field(default=f.default, metadata=dict(f.metadata))
 
 
 def check_fields(obj: Any, error: type = SettingsError) -> None:
