@@ -294,7 +294,8 @@ class SamplerConfig:
       tissue_downsample: downsample of the Otsu tissue mask.
     """
 
-    random_per_class: int = setting(64, check=at_least(0), help="Random tumour patches and random normal patches (each).")
+    random_per_class: int = setting(64, check=at_least(0),
+                                    help="Random tumour patches and random normal patches (each).")
     boundary: int = setting(32, check=at_least(0), help="Boundary patches (centre on a lesion border).")
     itc: int = setting(16, check=at_least(0), help="ITC patches (centred on lesions < 275 um).")
     itc_max_um: float = fixed(FROC_ITC_MAX_UM, check=positive, help="Major-axis limit of an ITC lesion (um).")

@@ -93,7 +93,8 @@ class ScanOptions:
         help="Read this pyramid level pixel for pixel (its downsample must be whole) instead of the default: every "
              "slide read at the model's training pixel size, from the level just finer than it, resampled where "
              "needed (the map JSON records the read plan).")
-    tissue: object = setting("otsu", choices=TISSUE_CHOICES, check=_tissue, help="Scan only tissue (Otsu), or every ROI.")
+    tissue: object = setting("otsu", choices=TISSUE_CHOICES, check=_tissue,
+                             help="Scan only tissue (Otsu), or every ROI.")
     tissue_downsample: int = setting(32, flag=False, check=at_least(1), help="Level-0 pixels per tissue-mask pixel.")
     checkpoint_every_s: float = setting(30.0, flag="checkpoint_s", check=_seconds,
                                         help="Seconds between checkpoints of a slide in progress.")

@@ -50,7 +50,8 @@ class FrocCommand:
                                   "(a cohort, CAMELYON16/17 as downloaded: truth, annotations and slides from it).")
     masks_dir: Optional[str] = setting(None, help="Folder of <slide>_mask.tif tumour masks (255 = tumour).")
     annotations_dir: Optional[str] = setting(
-        None, help="Folder of <slide>.xml ASAP annotations, or a zip of them (lesion_annotations.zip); used if no mask.")
+        None, help="Folder of <slide>.xml ASAP annotations, or a zip of them (lesion_annotations.zip); used if "
+                   "no mask.")
     images_dir: Optional[str] = setting(
         None, help="Folder of slides: the level-0 size of slides the reference gives none for (rasterising XML; "
                    "detections beyond a slide are errors).")
@@ -59,7 +60,8 @@ class FrocCommand:
     allow_missing: bool = setting(False, help="Score a slide without a CSV as having no detections.")
     ignore_extra: bool = setting(False, help="Skip CSVs of slides the reference does not list (default: error).")
     camelyon16_exclusions: bool = setting(
-        False, help=f"Leave {' and '.join(froc.CAMELYON16_EXCLUDED)} out of the FROC, as the Camelyon16 organisers did.")
+        False, help=f"Leave {' and '.join(froc.CAMELYON16_EXCLUDED)} out of the FROC, as the Camelyon16 "
+                    "organisers did.")
     exclude: tuple[str, ...] = setting((), help="Other slide ids to leave out of the FROC (comma-separated).")
     n_bootstrap: int = setting(1000, help="Bootstrap resamples for the CIs (0: none).")
     seed: int = setting(0, help="Bootstrap seed.")
