@@ -44,7 +44,7 @@ MODES = ("dense", "patch")
 
 @dataclasses.dataclass(frozen=True)
 class ScanCommand:
-    """The flags of ``pfascannet scan`` that are not ``ScanOptions`` (inputs, models, how they run)."""
+    """The flags of ``pfascannet scan`` that are not ``ScanOptions`` or ``RayOptions`` (inputs, models)."""
 
     model: Optional[str] = setting(None, help="Export directory, .keras file or SavedModel directory.")
     slides: Optional[str] = setting(
@@ -68,16 +68,13 @@ class ScanCommand:
     ensemble_alpha: int = setting(32, help="Alpha of the ensemble members (the paper pairs 16 with 32).")
     shard: Optional[str] = setting(
         None, help="i/N: scan only slides k with k mod N == i of the sorted list (0 <= i < N).")
-    ray: Optional[str] = setting(
-        None, help="Scan one slide per Ray task: --ray alone starts a local Ray on this machine, --ray=ADDRESS joins "
-                   "a cluster (auto, host:6379, ray://host:10001). Needs the 'ray' extra.")
 
     def __post_init__(self):
         settings_lib.check_fields(self, scan_options.ScanError)
 
 
 FLAGS = flags.FLAGS
-SETTINGS = (ScanCommand, scan_options.ScanOptions)
+SETTINGS = (ScanCommand, scan_options.ScanOptions, ray_scan.RayOptions)
 """Every flag of the stage, generated from these dataclasses' fields (``pfascannet.settings``)."""
 settings_lib.define_stage_flags(SETTINGS)
 
@@ -127,7 +124,7 @@ def main(argv) -> None:
     _check_slides(slide_list.shard_slides(slides, shard) if shard is not None else slides)
     if FLAGS.ray is not None:  # the workers load the model; the driver never does
         summary = ray_scan.scan_slides_ray(slides, specs, FLAGS.out, options, shard=shard,
-                                           ray_options=ray_scan.RayOptions(address=FLAGS.ray))
+                                           ray_options=settings_lib.from_flags(ray_scan.RayOptions, FLAGS))
         sys.exit(0 if summary.ok else 1)
     model_runs = [runs.load_spec(spec) for spec in specs]
     for r in model_runs:
