@@ -22,9 +22,21 @@ A group may name an ``active`` leaf whose false value switches the group off
 when it is off on both sides.
 
 Field types understood: ``int``, ``float``, ``str``, ``bool``, ``enum.Enum``
-subclasses, ``tuple[float, ...]`` / ``tuple[int, ...]`` (a comma-separated
-flag) and ``Optional[...]`` of those.  The library never reads flags: only
-absl mains call ``define_flags`` / ``from_flags``.
+subclasses, ``tuple[float, ...]`` / ``tuple[int, ...]`` / ``tuple[str, ...]``
+(a comma-separated flag, or with ``repeat=True`` a repeatable one) and
+``Optional[...]`` of those; a field of another type (``object``) with
+``choices`` is a string flag.  The library never reads flags: only absl
+mains call ``define_flags`` / ``from_flags``.
+
+A setting's ``check`` is its validation, declared beside its default
+(``at_least(1)``, ``probability``, ...): a dataclass's ``__post_init__``
+runs its fields' checks with ``check_fields(self, ErrorClass)``, so the
+library and the flags refuse a value with the same message.  A field
+declared once may be held by two dataclasses (``same_as``).  Every stage in
+``pfascannet/stages/`` defines all its flags this way (``define_stage_flags``):
+the library's settings dataclass it builds, plus a small dataclass of its own
+flags (paths and such); none calls ``flags.DEFINE_*`` itself
+(tests/test_stage_flags.py).
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ import enum
 import sys
 import types
 import typing
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from pfascannet.errors import PfaError
 
@@ -51,7 +63,8 @@ class SettingsError(PfaError, ValueError):
 
 def setting(default: Any = MISSING, *, help: str, flag: Optional[str | bool] = None,  # noqa: A002
             choices: Optional[Iterable] = None, must_match: Optional[bool] = None,
-            legacy: Any = NO_LEGACY) -> Any:
+            legacy: Any = NO_LEGACY, check: Optional[Callable[[Any], Optional[str]]] = None,
+            required: bool = False, repeat: bool = False) -> Any:
     """A dataclass field that is one setting.
 
     Args:
@@ -63,10 +76,20 @@ def setting(default: Any = MISSING, *, help: str, flag: Optional[str | bool] = N
       must_match: a resumed run must have the same value (None: the group's rule).
       legacy: the value runs written before this setting existed used
         (``LEGACY_IS_DEFAULT``: its default).
+      check: the setting's validation: ``value -> None`` (fine) or what is wrong
+        (``"must be an integer >= 1"``); run by ``check_fields``.
+      required: absl refuses a command line without the flag.
+      repeat: a ``tuple[str, ...]`` setting is a repeatable flag
+        (``--ensemble a --ensemble b``) rather than a comma-separated one.
     """
     meta = {"help": help, "flag": flag, "choices": tuple(choices) if choices is not None else None,
-            "must_match": must_match, "legacy": legacy}
+            "must_match": must_match, "legacy": legacy, "check": check, "required": required, "repeat": repeat}
     return dataclasses.field(default=default, metadata=meta)
+
+
+def fixed(default: Any, *, help: str, check: Optional[Callable[[Any], Optional[str]]] = None) -> Any:  # noqa: A002
+    """A dataclass field that is not a setting of a run: no flag, not in the flat view; code may pass another value."""
+    return dataclasses.field(default=default, metadata={"help": help, "fixed": True, "check": check})
 
 
 def group(cls: type, *, help: str = "", prefix: str = "", switch: Optional[str] = None,  # noqa: A002
@@ -110,6 +133,9 @@ class Leaf:
       legacy: value of runs written before the setting existed (``NO_LEGACY``: none).
       switch: flat name of the switch of the optional group it is in (the switch itself: its own name).
       active: flat name of the leaf that switches its group off (None: always on).
+      check: the setting's validation (``setting(check=...)``), or None.
+      flag_required: absl refuses a command line without the flag.
+      repeat: a repeatable flag (``tuple[str, ...]`` settings).
     """
 
     name: str
@@ -126,6 +152,9 @@ class Leaf:
     legacy: Any = NO_LEGACY
     switch: Optional[str] = None
     active: Optional[str] = None
+    check: Optional[Callable[[Any], Optional[str]]] = None
+    flag_required: bool = False
+    repeat: bool = False
 
     @property
     def legacy_value(self) -> Any:
@@ -148,8 +177,8 @@ def _base_type(hint) -> tuple[Any, Any, bool]:
         origin = typing.get_origin(hint)
     if origin is tuple:
         items = {a for a in typing.get_args(hint) if a is not Ellipsis}
-        if len(items) != 1 or not items <= {int, float}:
-            raise SettingsError(f"unsupported settings type {hint!r}: tuples of int or float only")
+        if len(items) != 1 or not items <= {int, float, str}:
+            raise SettingsError(f"unsupported settings type {hint!r}: tuples of int, float or str only")
         args = typing.get_args(hint)
         return tuple, (items.pop(), None if Ellipsis in args else len(args)), optional
     if hint in (int, float, str, bool) or (isinstance(hint, type) and issubclass(hint, enum.Enum)):
@@ -173,16 +202,19 @@ def leaves(cls: type, _prefix: str = "", _path: tuple = (), _inherit: Optional[d
     hints = typing.get_type_hints(cls)
     out: list[Leaf] = []
     for f in dataclasses.fields(cls):
-        if not f.init:
+        if not f.init or f.metadata.get("fixed"):
             continue
         meta = dict(f.metadata)
         path = _path + (f.name,)
         try:
             base, item, optional = _base_type(hints[f.name])
         except SettingsError:
-            if meta.get("flag") is not False:
+            if meta.get("choices") is not None:
+                base, item, optional = str, None, False  # a string flag; code may set other values (a callable)
+            elif meta.get("flag") is not False:
                 raise
-            base, item, optional = object, None, True  # set in code only (no flag)
+            else:
+                base, item, optional = object, None, True  # set in code only (no flag)
         if dataclasses.is_dataclass(base):
             sub = meta.get("group", base)
             prefix = _prefix + meta.get("prefix", "")
@@ -214,7 +246,8 @@ def leaves(cls: type, _prefix: str = "", _path: tuple = (), _inherit: Optional[d
             help=meta.get("help") or f.name.replace("_", " "), choices=meta.get("choices"), flag=flag is not False,
             must_match=inherit["must_match"] if must_match is None else must_match,
             legacy=inherit["legacy"] if legacy is NO_LEGACY else legacy,
-            switch=inherit["switch"], active=inherit["active"],
+            switch=inherit["switch"], active=inherit["active"], check=meta.get("check"),
+            flag_required=bool(meta.get("required")), repeat=bool(meta.get("repeat")),
         ))
     names = [leaf.name for leaf in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -253,7 +286,7 @@ def _coerce(leaf: Leaf, value: Any) -> Any:
     if value is None or leaf.type is not tuple:
         return value
     if isinstance(value, str):
-        value = [v for v in value.split(",") if v.strip()]
+        value = [v.strip() for v in value.split(",") if v.strip()]
     item, length = leaf.item_type
     try:
         out = tuple(item(v) for v in value)
@@ -261,7 +294,8 @@ def _coerce(leaf: Leaf, value: Any) -> Any:
         out = None
     if out is None or (length is not None and len(out) != length):
         what = f"{length} " if length else ""
-        raise SettingsError(f"{leaf.name} must be {what}comma-separated numbers, got {value!r}")
+        kind = {int: "integers", float: "numbers"}.get(item, "values")
+        raise SettingsError(f"{leaf.name} must be {what}comma-separated {kind}, got {value!r}")
     return out
 
 
@@ -284,7 +318,7 @@ def _build(cls: type, path: tuple, flat: Mapping[str, Any], by_path: dict) -> An
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
-        if not f.init:
+        if not f.init or f.metadata.get("fixed"):
             continue
         here = path + (f.name,)
         leaf = by_path.get(here)
@@ -340,12 +374,30 @@ def define_flags(cls: type, flag_values=None, skip: Iterable[str] = (), module_n
         elif leaf.type is str:
             flags.DEFINE_string(leaf.name, default, leaf.help, **kw)
         elif leaf.type is tuple:
-            flags.DEFINE_list(leaf.name, None if default is None else [f"{v:g}" if isinstance(v, float) else str(v)
-                                                                       for v in default], leaf.help, **kw)
+            items = None if default is None else [f"{v:g}" if isinstance(v, float) else str(v) for v in default]
+            if leaf.repeat:
+                flags.DEFINE_multi_string(leaf.name, items, leaf.help, **kw)
+            else:
+                flags.DEFINE_list(leaf.name, items, leaf.help, **kw)
         else:  # _base_type admits nothing else
             raise SettingsError(f"no flag type for {leaf.name}")
+        if leaf.flag_required:
+            flags.mark_flag_as_required(leaf.name, flag_values=fv)
         fv.register_key_flag_for_module(module_name, fv[leaf.name])
         names.append(leaf.name)
+    return names
+
+
+def define_stage_flags(classes: Iterable[type], flag_values=None) -> list[str]:
+    """A stage's flags: one per setting of each of ``classes`` (``define_flags``), key flags of the calling module.
+
+    A stage module keeps the tuple it passes as ``SETTINGS``; tests/test_stage_flags.py
+    checks every flag it defines against those classes' fields.
+    """
+    module_name = sys._getframe(1).f_globals.get("__name__", "__main__")
+    names = []
+    for cls in classes:
+        names += define_flags(cls, flag_values, module_name=module_name)
     return names
 
 
@@ -371,3 +423,92 @@ def from_flags(cls: type, flag_values=None, **overrides) -> Any:
     values = flag_values_dict(cls, flag_values, skip=overrides)
     values.update(overrides)
     return unflatten(cls, values)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def same_as(cls: type, name: str) -> Any:
+    """A field declared like ``cls``'s field ``name`` (default, help, check, flag...): one declaration, two holders."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if f.default_factory is not MISSING:
+        return dataclasses.field(default_factory=f.default_factory, metadata=dict(f.metadata))
+    return dataclasses.field(default=f.default, metadata=dict(f.metadata))
+
+
+def check_fields(obj: Any, error: type = SettingsError) -> None:
+    """Runs the ``check`` of each field of ``obj`` (not of its groups: they check themselves); raises ``error``.
+
+    The message is ``<field> <what is wrong>, got <value>``.
+    """
+    for f in dataclasses.fields(obj):
+        check = f.metadata.get("check")
+        if check is None:
+            continue
+        value = getattr(obj, f.name)
+        problem = check(value)
+        if problem:
+            raise error(f"{f.name} {problem}, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    import numbers  # noqa: PLC0415
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    # NaN fails every comparison, so range checks written as `lo <= x <= hi` reject it.
+    import numbers  # noqa: PLC0415
+
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def at_least(minimum: int) -> Callable[[Any], Optional[str]]:
+    """Check: an integer >= ``minimum``."""
+    def check(value):
+        return None if _is_int(value) and value >= minimum else f"must be an integer >= {minimum}"
+    return check
+
+
+def in_range(lo: int, hi: int) -> Callable[[Any], Optional[str]]:
+    """Check: an integer in ``lo..hi``."""
+    def check(value):
+        return None if _is_int(value) and lo <= value <= hi else f"must be an integer in {lo}..{hi}"
+    return check
+
+
+def probability(value: Any) -> Optional[str]:
+    """Check: a number in [0, 1]."""
+    return None if _is_number(value) and 0.0 <= value <= 1.0 else "must be a probability in [0, 1]"
+
+
+def positive(value: Any) -> Optional[str]:
+    """Check: a finite number > 0."""
+    import math  # noqa: PLC0415
+
+    return None if _is_number(value) and math.isfinite(value) and value > 0 else "must be a number > 0"
+
+
+def non_negative(value: Any) -> Optional[str]:
+    """Check: a finite number >= 0."""
+    import math  # noqa: PLC0415
+
+    return None if _is_number(value) and math.isfinite(value) and value >= 0 else "must be a number >= 0"
+
+
+def subset_of(choices: Iterable[str]) -> Callable[[Any], Optional[str]]:
+    """Check: a non-empty collection of ``choices``."""
+    choices = tuple(choices)
+
+    def check(value):
+        ok = value and all(v in choices for v in value)
+        return None if ok else f"must be a non-empty list of {', '.join(choices)}"
+    return check
+
+
+def optional(check: Callable[[Any], Optional[str]]) -> Callable[[Any], Optional[str]]:
+    """Check: None, or what ``check`` accepts."""
+    def wrapped(value):
+        return None if value is None else check(value)
+    return wrapped

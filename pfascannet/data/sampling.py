@@ -37,6 +37,7 @@ from skimage import measure
 from pfascannet import datasets, geometry, io_utils
 from pfascannet.camelyon import FROC_ITC_MAX_UM, LEVEL0_MPP
 from pfascannet.errors import PfaError
+from pfascannet.settings import at_least, check_fields, fixed, positive, setting
 from pfascannet.slide import annotations as ann_mod, tissue as tissue_mod
 from pfascannet.slide.reader import SlideReader
 from pfascannet.slide.resample import ReadPlan, plan_read
@@ -276,7 +277,12 @@ class SlideTruth:
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-    """How many patches of each kind, and how they are found.
+    """How many patches of each kind (Sec. 2.4, Fig. 1), and how they are found.
+
+    The counts are settings (``pfascannet.settings``): ``pfascannet train`` and
+    ``pfascannet tfrecords`` generate their ``--random_per_class``,
+    ``--boundary`` and ``--itc`` flags from these fields; the grids and the ITC
+    limit are fixed (code may pass others).
 
     Attributes:
       random_per_class: random tumour patches and random normal patches
@@ -288,24 +294,16 @@ class SamplerConfig:
       tissue_downsample: downsample of the Otsu tissue mask.
     """
 
-    random_per_class: int = 64
-    boundary: int = 32
-    itc: int = 16
-    itc_max_um: float = FROC_ITC_MAX_UM
-    grid_downsample: int = 16
-    tissue_downsample: int = 32
+    random_per_class: int = setting(64, check=at_least(0),
+                                    help="Random tumour patches and random normal patches (each).")
+    boundary: int = setting(32, check=at_least(0), help="Boundary patches (centre on a lesion border).")
+    itc: int = setting(16, check=at_least(0), help="ITC patches (centred on lesions < 275 um).")
+    itc_max_um: float = fixed(FROC_ITC_MAX_UM, check=positive, help="Major-axis limit of an ITC lesion (um).")
+    grid_downsample: int = fixed(16, check=at_least(1), help="Level-0 px per cell of the centre-finding grid.")
+    tissue_downsample: int = fixed(32, check=at_least(1), help="Downsample of the Otsu tissue mask.")
 
     def __post_init__(self):
-        for name in ("random_per_class", "boundary", "itc"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise SamplingError(f"SamplerConfig.{name} must be an integer >= 0, got {v!r}")
-        for name in ("grid_downsample", "tissue_downsample"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise SamplingError(f"SamplerConfig.{name} must be an integer >= 1, got {v!r}")
-        if not self.itc_max_um > 0:
-            raise SamplingError(f"SamplerConfig.itc_max_um must be > 0, got {self.itc_max_um!r}")
+        check_fields(self, SamplingError)
 
 
 class PatchSampler:

@@ -29,9 +29,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from pfascannet import camelyon
+from pfascannet import settings as settings_lib
 from pfascannet.errors import PfaError
 from pfascannet.inference import lesions as lesions_lib
 from pfascannet.inference import outputs
+from pfascannet.inference.scan_options import ScanOptions
 from pfascannet.io_utils import remove_stale_temps, write_json
 from pfascannet.progress import Progress
 from pfascannet.slide.reader import SlideReader
@@ -51,13 +53,11 @@ class PostSettings:
       heatmap: write the heatmap PNG (needs the slide file for its thumbnail).
     """
 
-    threshold: float = 0.5
-    heatmap: bool = True
+    threshold: float = settings_lib.same_as(ScanOptions, "threshold")
+    heatmap: bool = settings_lib.same_as(ScanOptions, "heatmap")
 
     def __post_init__(self):
-        t = self.threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) or not 0.0 <= t <= 1.0:
-            raise PostprocessError(f"threshold must be a probability in [0, 1], got {t!r}")
+        settings_lib.check_fields(self, PostprocessError)
 
     def record(self) -> dict:
         """The sidecar's ``post``: what the lesion and contour files depend on (the heatmap's presence is not)."""

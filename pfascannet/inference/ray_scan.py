@@ -53,6 +53,7 @@ from pfascannet.inference.scan_summary import ScanSummary, SlideScanResult, writ
 from pfascannet.inference.slide_list import list_slides, shard_slides
 from pfascannet.io_utils import remove_stale_temps
 from pfascannet.progress import Progress, fmt_duration
+from pfascannet.settings import at_least, check_fields, setting
 
 RAY_MISSING = "--ray needs Ray, an optional extra: pip install -e '.[ray]' (or pip install 'ray>=2.9')"
 
@@ -67,6 +68,10 @@ def import_ray():
     except ImportError:
         raise ScanError(RAY_MISSING) from None
     return ray
+
+
+def _above_zero(value) -> Optional[str]:
+    return None if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else "must be > 0"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,20 +92,17 @@ class RayOptions:
         paths and small results, so a small store is enough).
     """
 
-    address: Optional[str] = None
-    num_workers: int = 2
-    cpus_per_task: float = 1
-    max_retries: int = 3
-    object_store_mb: int = 128
+    address: Optional[str] = setting(
+        None, flag="ray",
+        help="Scan one slide per Ray task: --ray alone starts a local Ray on this machine, --ray=ADDRESS joins "
+             "a cluster (auto, host:6379, ray://host:10001). Needs the 'ray' extra.")
+    num_workers: int = setting(2, flag=False, check=at_least(1), help="CPU slots of a local Ray.")
+    cpus_per_task: float = setting(1, flag=False, check=_above_zero, help="CPUs each slide asks for (no GPUs).")
+    max_retries: int = setting(3, flag=False, check=at_least(0), help="Reruns of a slide whose worker died.")
+    object_store_mb: int = setting(128, flag=False, check=at_least(1), help="A local Ray's object store (MB).")
 
     def __post_init__(self):
-        for name in ("num_workers", "max_retries", "object_store_mb"):
-            value = getattr(self, name)
-            minimum = 0 if name == "max_retries" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ScanError(f"{name} must be an integer >= {minimum}, got {value!r}")
-        if not self.cpus_per_task > 0:
-            raise ScanError(f"cpus_per_task must be > 0, got {self.cpus_per_task!r}")
+        check_fields(self, ScanError)
 
     @property
     def local(self) -> bool:

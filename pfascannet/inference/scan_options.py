@@ -5,6 +5,10 @@ decide which ROIs are scanned, so they are part of a map's fingerprint
 (``engine.map_fingerprint``); ``threshold`` and ``heatmap`` only change what
 post-processing derives from the map (``postprocess``); the rest are speed
 knobs and where progress goes.
+
+Each field is declared once (``pfascannet.settings.setting``: default, help,
+check); ``pfascannet scan`` generates its flags from them, and
+``postprocess.PostSettings`` holds ``threshold`` and ``heatmap`` as declared here.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Optional, TextIO
 import numpy as np
 
 from pfascannet.errors import PfaError
+from pfascannet.settings import at_least, check_fields, probability, setting
 
 
 STREAM_ROWS = 16
@@ -27,6 +32,28 @@ STREAM_WIDTH = 256
 
 class ScanError(PfaError):
     """Bad scan settings or inputs (slide list, shard, detector geometry)."""
+
+
+TISSUE_CHOICES = ("otsu", "all")
+
+
+def _tissue(value) -> Optional[str]:
+    ok = (isinstance(value, str) and value in TISSUE_CHOICES) or (not isinstance(value, str) and callable(value))
+    return None if ok else "must be 'otsu', 'all' or a callable"
+
+
+def _mpp(value) -> Optional[str]:
+    ok = value is None or (_is_number(value) and math.isfinite(value) and value > 0)
+    return None if ok else "must be a positive number of microns per level-0 pixel"
+
+
+def _scan_level(value) -> Optional[str]:
+    ok = value is None or (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0)
+    return None if ok else "must be None (the model's pixel size) or an integer >= 0"
+
+
+def _seconds(value) -> Optional[str]:
+    return None if _is_number(value) and 0 <= value < math.inf else "must be a number of seconds >= 0"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,43 +98,40 @@ class ScanOptions:
         terminal line on stderr and messages through ``logging``.
     """
 
-    batch: int = 2
-    workers: int = 2
-    prefetch_batches: int = 2
-    scan_level: Optional[int] = None
-    tissue: object = "otsu"
-    tissue_downsample: int = 32
-    checkpoint_every_s: float = 30.0
-    patch_batch: int = 32
-    threshold: float = 0.5
-    mpp: Optional[float] = None
-    edge_rois: bool = True
-    heatmap: bool = True
-    stream: bool = False
-    stream_rows: int = STREAM_ROWS
-    stream_width: int = STREAM_WIDTH
-    progress: bool = True
-    progress_stream: Optional[TextIO] = None
+    batch: int = setting(1, check=at_least(1), help="ROIs per model call.")
+    workers: int = setting(2, check=at_least(1), help="Reader threads prefetching ROIs.")
+    prefetch_batches: int = setting(2, flag="prefetch", check=at_least(1), help="Batches read ahead of the model.")
+    scan_level: Optional[int] = setting(
+        None, check=_scan_level,
+        help="Read this pyramid level pixel for pixel (its downsample must be whole) instead of the default: every "
+             "slide read at the model's training pixel size, from the level just finer than it, resampled where "
+             "needed (the map JSON records the read plan).")
+    tissue: object = setting("otsu", choices=TISSUE_CHOICES, check=_tissue,
+                             help="Scan only tissue (Otsu), or every ROI.")
+    tissue_downsample: int = setting(32, flag=False, check=at_least(1), help="Level-0 pixels per tissue-mask pixel.")
+    checkpoint_every_s: float = setting(30.0, flag="checkpoint_s", check=_seconds,
+                                        help="Seconds between checkpoints of a slide in progress.")
+    patch_batch: int = setting(32, check=at_least(1), help="Patches per model call in --mode=patch.")
+    threshold: float = setting(0.5, check=probability,
+                               help="Probability for the contours (lesion candidates: every local maximum >= 0.05).")
+    mpp: Optional[float] = setting(
+        None, check=_mpp,
+        help="Microns per level-0 pixel, overriding the slides' own; required for slides that carry none.")
+    edge_rois: bool = setting(
+        True, help="At the tissue's edge, quarter-size ROIs where they cost less than whole ones (same pixels; "
+                   "glass-only quarters stay 0). Needs the .keras model or a recent export.")
+    heatmap: bool = setting(True, help="Write heatmap PNGs (needs the slide files for their thumbnails).")
+    stream: bool = setting(
+        False, help="Stream tall strips of each slide through the detector, every layer keeping its halo: no ROI "
+                    "border computed twice, the same map (dense mode; loads the export's .keras model).")
+    stream_rows: int = setting(STREAM_ROWS, check=at_least(1), help="Map rows per streamed chunk (--stream).")
+    stream_width: int = setting(STREAM_WIDTH, check=at_least(1),
+                                help="Widest streamed strip in map pixels; bounds the memory of a chunk (--stream).")
+    progress: bool = setting(True, help="Report progress with rate and ETA (on stderr).")
+    progress_stream: Optional[TextIO] = setting(None, flag=False, help="Where progress goes (code only).")
 
     def __post_init__(self):
-        for name in ("batch", "workers", "prefetch_batches", "patch_batch", "stream_rows", "stream_width"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ScanError(f"{name} must be an integer >= 1, got {value!r}")
-        if not (isinstance(self.tissue, str) and self.tissue in ("otsu", "all")) and not callable(self.tissue):
-            raise ScanError(f"tissue must be 'otsu', 'all' or a callable, got {self.tissue!r}")
-        if self.mpp is not None and not (_is_number(self.mpp) and math.isfinite(self.mpp) and self.mpp > 0):
-            raise ScanError(f"mpp must be a positive number of microns per level-0 pixel, got {self.mpp!r}")
-        if not (_is_number(self.threshold) and 0.0 <= self.threshold <= 1.0):
-            raise ScanError(f"threshold must be a probability in [0, 1], got {self.threshold!r}")
-        sl = self.scan_level
-        if sl is not None and (isinstance(sl, bool) or not isinstance(sl, int) or sl < 0):
-            raise ScanError(f"scan_level must be None (the model's pixel size) or an integer >= 0, got {sl!r}")
-        td = self.tissue_downsample
-        if isinstance(td, bool) or not isinstance(td, int) or td < 1:
-            raise ScanError(f"tissue_downsample must be an integer >= 1, got {td!r}")
-        if not (_is_number(self.checkpoint_every_s) and 0 <= self.checkpoint_every_s < math.inf):
-            raise ScanError(f"checkpoint_every_s must be a number of seconds >= 0, got {self.checkpoint_every_s!r}")
+        check_fields(self, ScanError)
 
 
 def _is_number(value) -> bool:

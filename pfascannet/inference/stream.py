@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import math
 import os
 import time
 from typing import Callable, Optional
@@ -57,7 +56,7 @@ import numpy as np
 
 from pfascannet import geometry
 from pfascannet.inference.roi_readers import ThreadReaders
-from pfascannet.inference.scan_options import STREAM_ROWS, STREAM_WIDTH, ScanError, ScanOptions
+from pfascannet.inference.scan_options import STREAM_WIDTH, ScanError, ScanOptions
 from pfascannet.io_utils import atomic_path
 
 WIDTH_QUANTUM = 16

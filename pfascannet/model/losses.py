@@ -29,9 +29,8 @@ from keras import ops
 
 from pfascannet.errors import PfaError
 from pfascannet.model.decoder import DECODER_SCALES, decoder_targets
+from pfascannet.model.paper import PAPER_GAMMA, PAPER_LAMBDA  # noqa: F401  (re-exported: losses.PAPER_GAMMA)
 
-PAPER_GAMMA = 0.04
-PAPER_LAMBDA = 0.5
 _EPS = 1e-7  # keeps log finite for p -> 0 at gamma = 0 (plain BCE)
 
 

@@ -15,28 +15,43 @@ Writes ``auc.json``, ``auc.md`` and ``roc.png`` to ``--out``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Optional
 
 from absl import flags
 
 from pfascannet import datasets
+from pfascannet import settings as settings_lib
 from pfascannet.errors import PfaError
 from pfascannet.evaluation import metric_reports, reference, run, slide_metrics
+from pfascannet.settings import setting
+
+
+@dataclasses.dataclass(frozen=True)
+class AucCommand:
+    """The flags of ``pfascannet auc``."""
+
+    scores: Optional[str] = setting(None, help="name,probability CSV of slide scores.")
+    lesions_dir: Optional[str] = setting(
+        None, help="Or: folder of lesion CSVs; a slide's score is its top confidence.")
+    reference: Optional[str] = setting(
+        None, required=True, help="slides.csv, Camelyon16 reference.csv, Camelyon17 stage CSV, or a dataset root "
+                                  "(a cohort, CAMELYON16/17 as downloaded).")
+    split: Optional[str] = setting(None, help="Score only this split of the reference (e.g. test).")
+    missing_score: Optional[float] = setting(None, help="Score for reference slides the input lacks (default: error).")
+    ignore_extra: bool = setting(False, help="Skip scores (or lesion CSVs) of slides the reference does not list "
+                                             "(default: error).")
+    n_bootstrap: int = setting(1000, help="Bootstrap resamples for the CI (0: none).")
+    seed: int = setting(0, help="Bootstrap seed.")
+    note: Optional[str] = setting(None, help="A line for the report (default: synthetic-cohort note when detected).")
+    out: Optional[str] = setting(None, required=True, help="Report folder.")
+
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("scores", None, "name,probability CSV of slide scores.")
-flags.DEFINE_string("lesions_dir", None, "Or: folder of lesion CSVs; a slide's score is its top confidence.")
-flags.DEFINE_string("reference", None, "slides.csv, Camelyon16 reference.csv, Camelyon17 stage CSV, or a dataset "
-                                        "root (a cohort, CAMELYON16/17 as downloaded).")
-flags.DEFINE_string("split", None, "Score only this split of the reference (e.g. test).")
-flags.DEFINE_float("missing_score", None, "Score for reference slides the input lacks (default: error).")
-flags.DEFINE_bool("ignore_extra", False, "Skip scores (or lesion CSVs) of slides the reference does not list "
-                                         "(default: error).")
-flags.DEFINE_integer("n_bootstrap", 1000, "Bootstrap resamples for the CI (0: none).")
-flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
-flags.DEFINE_string("note", None, "A line for the report (default: synthetic-cohort note when detected).")
-flags.DEFINE_string("out", None, "Report folder.")
-flags.mark_flags_as_required(["reference", "out"])
+SETTINGS = (AucCommand,)
+"""Every flag of the stage, generated from these dataclasses' fields (``pfascannet.settings``)."""
+settings_lib.define_stage_flags(SETTINGS)
 
 
 def main(argv):

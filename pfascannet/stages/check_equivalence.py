@@ -18,31 +18,50 @@ offsets the patches: a control that must report a mismatch.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+from typing import Optional
 
 import cv2
 import numpy as np
 from absl import flags
 
+from pfascannet import settings as settings_lib
 from pfascannet.errors import PfaError
 from pfascannet.io_utils import write_json
 from pfascannet.model.equivalence import compare_dense_to_patches, structured_roi
+from pfascannet.settings import setting
 from pfascannet.slide.reader import SlideReader
 
+
+@dataclasses.dataclass(frozen=True)
+class CheckEquivalenceCommand:
+    """The flags of ``pfascannet check-equivalence``."""
+
+    model: Optional[str] = setting(None, required=True, help="Export directory, .keras file, or SavedModel directory.")
+    format: str = setting("auto", choices=("auto", "savedmodel", "keras"),
+                          help="Which format of the export computes the dense output.")
+    roi_px: Optional[int] = setting(None, help="ROI side LR (default: the export's).")
+    positions: int = setting(16, check=settings_lib.at_least(4),
+                             help="Output positions to compare (>= 4: the corners are always included).")
+    seed: int = setting(0, help="Seed of the position sample and of the made-up ROI.")
+    tolerance: float = setting(1e-4, check=settings_lib.positive, help="Largest |dense - patch| accepted.")
+    slide: Optional[str] = setting(None, help="Read the ROI from this whole-slide image (level 0).")
+    x: int = setting(0, help="ROI top-left x in level-0 px (with --slide).")
+    y: int = setting(0, help="ROI top-left y in level-0 px (with --slide).")
+    image: Optional[str] = setting(None, help="Read the ROI from the top-left of this RGB image file.")
+    shift_px: int = setting(0, help="Offset the patches by this many px (a control that should fail).")
+    json_out: Optional[str] = setting(None, help="Also write the result as JSON here.")
+
+    def __post_init__(self):
+        settings_lib.check_fields(self, PfaError)
+
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "Export directory, .keras file, or SavedModel directory.", required=True)
-flags.DEFINE_enum("format", "auto", ["auto", "savedmodel", "keras"], "Which format of the export computes the dense output.")
-flags.DEFINE_integer("roi_px", None, "ROI side LR (default: the export's).")
-flags.DEFINE_integer("positions", 16, "Output positions to compare (>= 4: the corners are always included).")
-flags.DEFINE_integer("seed", 0, "Seed of the position sample and of the made-up ROI.")
-flags.DEFINE_float("tolerance", 1e-4, "Largest |dense - patch| accepted.")
-flags.DEFINE_string("slide", None, "Read the ROI from this whole-slide image (level 0).")
-flags.DEFINE_integer("x", 0, "ROI top-left x in level-0 px (with --slide).")
-flags.DEFINE_integer("y", 0, "ROI top-left y in level-0 px (with --slide).")
-flags.DEFINE_string("image", None, "Read the ROI from the top-left of this RGB image file.")
-flags.DEFINE_integer("shift_px", 0, "Offset the patches by this many px (a control that should fail).")
-flags.DEFINE_string("json_out", None, "Also write the result as JSON here.")
+SETTINGS = (CheckEquivalenceCommand,)
+"""Every flag of the stage, generated from these dataclasses' fields (``pfascannet.settings``)."""
+settings_lib.define_stage_flags(SETTINGS)
 
 
 def _read_roi(lr: int):
@@ -68,10 +87,7 @@ def main(argv):
     del argv
     from pfascannet.inference import export  # noqa: PLC0415  (imports Keras: after flag parsing)
 
-    if FLAGS.positions < 4:
-        raise PfaError(f"--positions must be >= 4 (the four corners), got {FLAGS.positions}")
-    if FLAGS.tolerance <= 0:
-        raise PfaError(f"--tolerance must be > 0, got {FLAGS.tolerance}")
+    settings_lib.from_flags(CheckEquivalenceCommand, FLAGS)  # the declared checks (--positions, --tolerance)
     dense = export.load_detector(FLAGS.model, format=FLAGS.format, roi_px=FLAGS.roi_px)
     patch = dense
     if isinstance(dense, export.SavedModelDetector):

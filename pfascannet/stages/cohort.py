@@ -22,23 +22,32 @@ Exit status (README): 0 written, 2 bad flags (one ``error:`` line).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Optional
 
 from absl import flags
 
 from pfascannet import settings as settings_lib
+from pfascannet.settings import setting
 from pfascannet.synthetic.cohort import CohortSettings, make_cohort
 from pfascannet.synthetic.layouts import LAYOUT_CHOICES, make_layout_cohort
 
+@dataclasses.dataclass(frozen=True)
+class CohortCommand:
+    """The flags of ``pfascannet cohort`` that are not ``CohortSettings`` (--seed, --patients, ..., --test_fraction)."""
+
+    out: Optional[str] = setting(None, required=True, help="Output cohort folder (created).")
+    workers: int = setting(0, help="Threads rendering tiles (0: CPU count, at most 4).")
+    layout: str = setting("cohort", choices=LAYOUT_CHOICES,
+                          help="Folder layout: the project's own (cohort), or CAMELYON16 / CAMELYON17 as downloaded "
+                               "(official names, zipped ASAP XML, reference.csv / stage_labels.csv).")
+
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", None, "Output cohort folder (created).")
-# One flag per cohort setting (--seed, --patients, ..., --test_fraction), generated from CohortSettings.
-settings_lib.define_flags(CohortSettings)
-flags.DEFINE_integer("workers", 0, "Threads rendering tiles (0: CPU count, at most 4).")
-flags.DEFINE_enum("layout", "cohort", list(LAYOUT_CHOICES),
-                  "Folder layout: the project's own (cohort), or CAMELYON16 / CAMELYON17 as downloaded "
-                  "(official names, zipped ASAP XML, reference.csv / stage_labels.csv).")
-flags.mark_flags_as_required(["out"])
+SETTINGS = (CohortCommand, CohortSettings)
+"""Every flag of the stage, generated from these dataclasses' fields (``pfascannet.settings``)."""
+settings_lib.define_stage_flags(SETTINGS)
 
 
 def main(argv):

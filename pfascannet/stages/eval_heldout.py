@@ -22,30 +22,43 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+from typing import Optional
 
 from absl import flags
 
 from pfascannet import heldout, io_utils, workflow
+from pfascannet import settings as settings_lib
 from pfascannet.errors import PfaError
+from pfascannet.settings import setting
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalHeldoutCommand:
+    """The flags of ``pfascannet eval-heldout``."""
+
+    weights: Optional[str] = setting(None, help="Training weights (.weights.h5) to evaluate.")
+    config: str = setting("small", help="Model config of the weights.")
+    seeds: tuple[int, ...] = setting((11, 12, 13),
+                                     help="Seeds of the held-out synthetic cohorts (demo default size).")
+    workdir: Optional[str] = setting(None, help="Folder for the cohorts, the export and the scans (reused on a rerun).")
+    out: Optional[str] = setting(None, help="Where to write the JSON report (default <workdir>/heldout.json).")
+
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("weights", None, "Training weights (.weights.h5) to evaluate.")
-flags.DEFINE_string("config", "small", "Model config of the weights.")
-flags.DEFINE_list("seeds", ["11", "12", "13"], "Seeds of the held-out synthetic cohorts (demo default size).")
-flags.DEFINE_string("workdir", None, "Folder for the cohorts, the export and the scans (reused on a rerun).")
-flags.DEFINE_string("out", None, "Where to write the JSON report (default <workdir>/heldout.json).")
+SETTINGS = (EvalHeldoutCommand,)
+"""Every flag of the stage, generated from these dataclasses' fields (``pfascannet.settings``)."""
+settings_lib.define_stage_flags(SETTINGS)
+
 
 def main(argv):
     if not FLAGS.weights or not os.path.isfile(FLAGS.weights):
         raise PfaError(f"--weights {FLAGS.weights!r}: no such weights file")
     if not FLAGS.workdir:
         raise PfaError("--workdir is required")
-    try:
-        seeds = [int(s) for s in FLAGS.seeds]
-    except ValueError:
-        raise PfaError(f"--seeds must be integers, got {FLAGS.seeds}") from None
+    seeds = list(settings_lib.from_flags(EvalHeldoutCommand, FLAGS).seeds)  # integers, or one error line
     log = workflow.Log(total_steps=len(seeds))
     results = []
     for seed in seeds:

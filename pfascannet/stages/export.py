@@ -18,26 +18,44 @@ leaves hidden temporaries that the next export into the same folder removes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from typing import Optional
 
 from absl import flags
 
 from pfascannet import geometry
+from pfascannet import settings as settings_lib
 from pfascannet.inference.export_meta import ExportError
 from pfascannet.model.config import get_config
+from pfascannet.model.precision import PRECISIONS
+from pfascannet.settings import setting
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportCommand:
+    """The flags of ``pfascannet export``."""
+
+    workdir: Optional[str] = setting(None, help="A training run folder (uses its final.weights.h5 and config.json).")
+    weights: Optional[str] = setting(None, help="A .weights.h5 of the training model (instead of --workdir).")
+    checkpoint: Optional[str] = setting(
+        None, help="A checkpoint prefix (e.g. runs/x/checkpoints/ckpt-200) instead.")
+    config: Optional[str] = setting(None, help="Model config (tiny/paper); default: the run's config.json.")
+    alpha: int = setting(geometry.PAPER_ALPHA, help="Dense coefficient: 1, 2, 4, 8, 16 or 32 (paper: 16).")
+    roi_px: int = setting(geometry.PAPER_ROI_PX,
+                          help="ROI side LR of the SavedModel signature (eq. (1); paper: 2708).")
+    formats: tuple[str, ...] = setting(("savedmodel", "keras"), help="Any of savedmodel, keras.")
+    precision: str = setting(
+        "float32", choices=PRECISIONS,
+        help="Compute precision of the export (Keras mixed precision; weights and softmax stay float32).")
+    out: Optional[str] = setting(None, help="Export folder.")
+
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A training run folder (uses its final.weights.h5 and config.json).")
-flags.DEFINE_string("weights", None, "A .weights.h5 of the training model (instead of --workdir).")
-flags.DEFINE_string("checkpoint", None, "A checkpoint prefix (e.g. runs/x/checkpoints/ckpt-200) instead.")
-flags.DEFINE_string("config", None, "Model config (tiny/paper); default: the run's config.json.")
-flags.DEFINE_integer("alpha", 16, "Dense coefficient: 1, 2, 4, 8, 16 or 32 (paper: 16).")
-flags.DEFINE_integer("roi_px", 2708, "ROI side LR of the SavedModel signature (eq. (1); paper: 2708).")
-flags.DEFINE_list("formats", ["savedmodel", "keras"], "Any of savedmodel, keras.")
-flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16", "float16"],
-                  "Compute precision of the export (Keras mixed precision; weights and softmax stay float32).")
-flags.DEFINE_string("out", None, "Export folder.")
+SETTINGS = (ExportCommand,)
+"""Every flag of the stage, generated from these dataclasses' fields (``pfascannet.settings``)."""
+settings_lib.define_stage_flags(SETTINGS)
 
 
 def main(argv):

@@ -26,40 +26,58 @@ is written.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Optional
 
 from absl import flags
 
 from pfascannet import datasets
+from pfascannet import settings as settings_lib
 from pfascannet.camelyon import LEVEL0_MPP
 from pfascannet.evaluation import froc, metric_reports, reference, run
+from pfascannet.settings import setting
+
+
+@dataclasses.dataclass(frozen=True)
+class FrocCommand:
+    """The flags of ``pfascannet froc``."""
+
+    lesions_dir: Optional[str] = setting(None, required=True,
+                                         help="Folder of <slide>.csv lesion files (confidence,X,Y).")
+    reference: Optional[str] = setting(
+        None, required=True, help="slides.csv, Camelyon16 reference.csv, Camelyon17 stage CSV, or a dataset root "
+                                  "(a cohort, CAMELYON16/17 as downloaded: truth, annotations and slides from it).")
+    masks_dir: Optional[str] = setting(None, help="Folder of <slide>_mask.tif tumour masks (255 = tumour).")
+    annotations_dir: Optional[str] = setting(
+        None, help="Folder of <slide>.xml ASAP annotations, or a zip of them (lesion_annotations.zip); used if "
+                   "no mask.")
+    images_dir: Optional[str] = setting(
+        None, help="Folder of slides: the level-0 size of slides the reference gives none for (rasterising XML; "
+                   "detections beyond a slide are errors).")
+    truth_lesions: Optional[str] = setting(None, help="Cohort lesions.csv for per-class sensitivity (optional).")
+    split: Optional[str] = setting(None, help="Score only this split of the reference (e.g. test).")
+    allow_missing: bool = setting(False, help="Score a slide without a CSV as having no detections.")
+    ignore_extra: bool = setting(False, help="Skip CSVs of slides the reference does not list (default: error).")
+    camelyon16_exclusions: bool = setting(
+        False, help=f"Leave {' and '.join(froc.CAMELYON16_EXCLUDED)} out of the FROC, as the Camelyon16 "
+                    "organisers did.")
+    exclude: tuple[str, ...] = setting((), help="Other slide ids to leave out of the FROC (comma-separated).")
+    n_bootstrap: int = setting(1000, help="Bootstrap resamples for the CIs (0: none).")
+    seed: int = setting(0, help="Bootstrap seed.")
+    class_threshold: float = setting(0.5, help="Probability at which per-class sensitivity is taken.")
+    mpp: float = setting(LEVEL0_MPP, help="Level-0 um per px for the growth/ITC limits (organisers: 0.243).")
+    slide_mpp: bool = setting(
+        False, help="Take each tumour slide's own pixel size (from its image) for the growth and ITC limits instead "
+                    "of --mpp: slides of other scanners (20x, 0.226 um/px) keep the limits in um.")
+    note: Optional[str] = setting(None, help="A line for the report (default: synthetic-cohort note when detected).")
+    out: Optional[str] = setting(None, required=True, help="Report folder.")
+
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("lesions_dir", None, "Folder of <slide>.csv lesion files (confidence,X,Y).")
-flags.DEFINE_string("reference", None, "slides.csv, Camelyon16 reference.csv, Camelyon17 stage CSV, or a dataset "
-                                        "root (a cohort, CAMELYON16/17 as downloaded: truth, annotations and "
-                                        "slides from it).")
-flags.DEFINE_string("masks_dir", None, "Folder of <slide>_mask.tif tumour masks (255 = tumour).")
-flags.DEFINE_string("annotations_dir", None, "Folder of <slide>.xml ASAP annotations, or a zip of them "
-                                              "(lesion_annotations.zip); used if no mask.")
-flags.DEFINE_string("images_dir", None, "Folder of slides: the level-0 size of slides the reference gives none for "
-                                        "(rasterising XML; detections beyond a slide are errors).")
-flags.DEFINE_string("truth_lesions", None, "Cohort lesions.csv for per-class sensitivity (optional).")
-flags.DEFINE_string("split", None, "Score only this split of the reference (e.g. test).")
-flags.DEFINE_bool("allow_missing", False, "Score a slide without a CSV as having no detections.")
-flags.DEFINE_bool("ignore_extra", False, "Skip CSVs of slides the reference does not list (default: error).")
-flags.DEFINE_bool("camelyon16_exclusions", False,
-                  f"Leave {' and '.join(froc.CAMELYON16_EXCLUDED)} out of the FROC, as the Camelyon16 organisers did.")
-flags.DEFINE_list("exclude", [], "Other slide ids to leave out of the FROC (comma-separated).")
-flags.DEFINE_integer("n_bootstrap", 1000, "Bootstrap resamples for the CIs (0: none).")
-flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
-flags.DEFINE_float("class_threshold", 0.5, "Probability at which per-class sensitivity is taken.")
-flags.DEFINE_float("mpp", LEVEL0_MPP, "Level-0 um per px for the growth/ITC limits (organisers: 0.243).")
-flags.DEFINE_bool("slide_mpp", False, "Take each tumour slide's own pixel size (from its image) for the growth and "
-                  "ITC limits instead of --mpp: slides of other scanners (20x, 0.226 um/px) keep the limits in um.")
-flags.DEFINE_string("note", None, "A line for the report (default: synthetic-cohort note when detected).")
-flags.DEFINE_string("out", None, "Report folder.")
-flags.mark_flags_as_required(["lesions_dir", "reference", "out"])
+SETTINGS = (FrocCommand,)
+"""Every flag of the stage, generated from these dataclasses' fields (``pfascannet.settings``)."""
+settings_lib.define_stage_flags(SETTINGS)
 
 
 def main(argv):

@@ -13,21 +13,35 @@ and scores the patients of its test split. Patient ids match in any case.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Optional
 
 from absl import flags
 
 from pfascannet import camelyon, datasets
+from pfascannet import settings as settings_lib
 from pfascannet.errors import PfaError
 from pfascannet.evaluation import metric_reports, pn_stage
+from pfascannet.settings import setting
+
+
+@dataclasses.dataclass(frozen=True)
+class KappaCommand:
+    """The flags of ``pfascannet kappa``."""
+
+    submission: Optional[str] = setting(None, required=True, help="Camelyon17 submission CSV (patient,stage).")
+    reference: Optional[str] = setting(
+        None, required=True, help="Camelyon17 reference CSV (patient,stage), or a dataset root (its stage CSV, over "
+                                  "the patients of its test split).")
+    note: Optional[str] = setting(None, help="A line for the report (default: synthetic-cohort note when detected).")
+    out: Optional[str] = setting(None, help="Report folder (optional; without it only prints).")
+
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("submission", None, "Camelyon17 submission CSV (patient,stage).")
-flags.DEFINE_string("reference", None, "Camelyon17 reference CSV (patient,stage), or a dataset root (its stage "
-                                        "CSV, over the patients of its test split).")
-flags.DEFINE_string("note", None, "A line for the report (default: synthetic-cohort note when detected).")
-flags.DEFINE_string("out", None, "Report folder (optional; without it only prints).")
-flags.mark_flags_as_required(["submission", "reference"])
+SETTINGS = (KappaCommand,)
+"""Every flag of the stage, generated from these dataclasses' fields (``pfascannet.settings``)."""
+settings_lib.define_stage_flags(SETTINGS)
 
 
 def main(argv):

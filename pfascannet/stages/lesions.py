@@ -18,24 +18,38 @@ Exit status (README): 0 all slides done, 1 some slide failed (each named),
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+from typing import Optional
 
 from absl import flags
 
 from pfascannet import camelyon
+from pfascannet import settings as settings_lib
 from pfascannet.errors import PfaError
 from pfascannet.inference import postprocess, slide_list
+from pfascannet.inference.scan_options import ScanOptions
 from pfascannet.progress import Progress
+from pfascannet.settings import setting
+
+@dataclasses.dataclass(frozen=True)
+class LesionsCommand:
+    """The flags of ``pfascannet lesions`` that are not ``PostSettings`` (threshold, heatmap)."""
+
+    scan_dir: Optional[str] = setting(None, help="A scan's output folder (it holds maps/<slide>.npy and .json).")
+    slides: Optional[str] = setting(
+        None, help="Where the slides are now, for the heatmaps' thumbnails (a folder, a slide or a list file); "
+                   "default: the paths the scan recorded.")
+    slide: tuple[str, ...] = setting((), repeat=True,
+                                     help="Only this slide id (repeatable); default: every map in the folder.")
+    progress: bool = settings_lib.same_as(ScanOptions, "progress")
+
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("scan_dir", None, "A scan's output folder (it holds maps/<slide>.npy and .json).")
-flags.DEFINE_float("threshold", 0.5, "Probability for the contours (lesion candidates: every local maximum >= 0.05).")
-flags.DEFINE_bool("heatmap", True, "Write heatmap PNGs (needs the slide files for their thumbnails).")
-flags.DEFINE_string("slides", None, "Where the slides are now, for the heatmaps' thumbnails (a folder, a slide or a "
-                    "list file); default: the paths the scan recorded.")
-flags.DEFINE_multi_string("slide", [], "Only this slide id (repeatable); default: every map in the folder.")
-flags.DEFINE_bool("progress", True, "Report progress with rate and ETA.")
+SETTINGS = (LesionsCommand, postprocess.PostSettings)
+"""Every flag of the stage, generated from these dataclasses' fields (``pfascannet.settings``)."""
+settings_lib.define_stage_flags(SETTINGS)
 
 
 def main(argv) -> None:
@@ -43,7 +57,7 @@ def main(argv) -> None:
         raise PfaError("--scan_dir is required")
     if not os.path.isdir(FLAGS.scan_dir):
         raise PfaError(f"--scan_dir {FLAGS.scan_dir}: no such folder")
-    settings = postprocess.PostSettings(threshold=FLAGS.threshold, heatmap=FLAGS.heatmap)
+    settings = settings_lib.from_flags(postprocess.PostSettings, FLAGS)
     paths = None
     if FLAGS.slides:
         paths = {camelyon.slide_id(p): p for p in slide_list.list_slides(FLAGS.slides)}

@@ -16,27 +16,43 @@ truth, ``pn_stage.json``/``pn_stage.md`` to ``--out``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Optional
 
 from absl import flags
 
 from pfascannet import datasets
+from pfascannet import settings as settings_lib
 from pfascannet.evaluation import metric_reports, run
+from pfascannet.settings import setting
+
+
+@dataclasses.dataclass(frozen=True)
+class PnStageCommand:
+    """The flags of ``pfascannet pn-stage``."""
+
+    maps_dir: Optional[str] = setting(None, required=True,
+                                      help="Folder of <slide>.npy probability maps with their .json.")
+    reference: Optional[str] = setting(
+        None, required=True, help="Cohort slides.csv (slide,patient,node,split,label,...), or a dataset root (a "
+                                  "cohort, CAMELYON17 as downloaded: splits from training/ and testing/, node labels "
+                                  "and stages from its stage CSV).")
+    stages: Optional[str] = setting(
+        None, help="Camelyon17 stage CSV: node labels for training, patient truth for kappa (default with a dataset "
+                   "root: its stage CSV).")
+    train_split: str = setting("train", help="Split whose slides train the random forest.")
+    test_split: str = setting("test", help="Split whose patients are staged.")
+    seed: int = setting(0, help="Random forest seed.")
+    n_estimators: int = setting(300, help="Trees in the random forest.")
+    note: Optional[str] = setting(None, help="A line for the report (default: synthetic-cohort note when detected).")
+    out: Optional[str] = setting(None, required=True, help="Output folder.")
+
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("maps_dir", None, "Folder of <slide>.npy probability maps with their .json.")
-flags.DEFINE_string("reference", None, "Cohort slides.csv (slide,patient,node,split,label,...), or a dataset root "
-                                        "(a cohort, CAMELYON17 as downloaded: splits from training/ and testing/, "
-                                        "node labels and stages from its stage CSV).")
-flags.DEFINE_string("stages", None, "Camelyon17 stage CSV: node labels for training, patient truth for kappa "
-                                     "(default with a dataset root: its stage CSV).")
-flags.DEFINE_string("train_split", "train", "Split whose slides train the random forest.")
-flags.DEFINE_string("test_split", "test", "Split whose patients are staged.")
-flags.DEFINE_integer("seed", 0, "Random forest seed.")
-flags.DEFINE_integer("n_estimators", 300, "Trees in the random forest.")
-flags.DEFINE_string("note", None, "A line for the report (default: synthetic-cohort note when detected).")
-flags.DEFINE_string("out", None, "Output folder.")
-flags.mark_flags_as_required(["maps_dir", "reference", "out"])
+SETTINGS = (PnStageCommand,)
+"""Every flag of the stage, generated from these dataclasses' fields (``pfascannet.settings``)."""
+settings_lib.define_stage_flags(SETTINGS)
 
 
 def main(argv):

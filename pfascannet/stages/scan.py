@@ -26,54 +26,58 @@ the summary), 2 bad input or flags (one ``error:`` line, before any model loads)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+from typing import Optional
 
 from absl import flags, logging
 
 from pfascannet import geometry
+from pfascannet import settings as settings_lib
 from pfascannet.cliutil import fail
 from pfascannet.inference import engine, ray_scan, runs, scan_options, slide_list
+from pfascannet.model.precision import PRECISIONS
+from pfascannet.settings import setting
+
+MODES = ("dense", "patch")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanCommand:
+    """The flags of ``pfascannet scan`` that are not ``ScanOptions`` or ``RayOptions`` (inputs, models)."""
+
+    model: Optional[str] = setting(None, help="Export directory, .keras file or SavedModel directory.")
+    slides: Optional[str] = setting(
+        None, help="A slide, a folder of slides (or a cohort with images/), or a list file (.txt/.csv).")
+    out: Optional[str] = setting(None, help="Output folder.")
+    alpha: Optional[int] = setting(None, help="Dense coefficient of the map (default: the export's); 16 -> 32 px map.")
+    roi: Optional[str] = setting(None, help="ROI side LR on the grid of eq. (1) (e.g. 2708), or 'auto' for the largest "
+                                            "that fits --memory_gb; default: the export's.")
+    memory_gb: Optional[float] = setting(
+        None, check=settings_lib.optional(settings_lib.positive),
+        help="Memory budget of one batch for --roi=auto (default: a quarter of RAM).")
+    precision: Optional[str] = setting(None, choices=PRECISIONS,
+                                       help="Compute precision (mixed; softmax in float32); default: the export's. "
+                                            "Another than the export's loads its .keras model.")
+    xla: str = setting("auto", choices=runs.XLA_SETTINGS,
+                       help="XLA-compile the forward pass: auto = where measured faster (TensorFlow on a GPU; "
+                            "always under JAX).")
+    mode: str = setting("dense", choices=MODES, help="dense FCN scan, or the patch-by-patch baseline.")
+    ensemble: tuple[str, ...] = setting(
+        (), repeat=True, help="Another model to average with (repeatable); scanned at --ensemble_alpha.")
+    ensemble_alpha: int = setting(32, help="Alpha of the ensemble members (the paper pairs 16 with 32).")
+    shard: Optional[str] = setting(
+        None, help="i/N: scan only slides k with k mod N == i of the sorted list (0 <= i < N).")
+
+    def __post_init__(self):
+        settings_lib.check_fields(self, scan_options.ScanError)
+
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "Export directory, .keras file or SavedModel directory.")
-flags.DEFINE_string("slides", None, "A slide, a folder of slides (or a cohort with images/), or a list file (.txt/.csv).")
-flags.DEFINE_string("out", None, "Output folder.")
-flags.DEFINE_integer("alpha", None, "Dense coefficient of the map (default: the export's); 16 -> 32 px map.")
-flags.DEFINE_string("roi", None, "ROI side LR on the grid of eq. (1) (e.g. 2708), or 'auto' for the largest "
-                    "that fits --memory_gb; default: the export's.")
-flags.DEFINE_float("memory_gb", None, "Memory budget of one batch for --roi=auto (default: a quarter of RAM).")
-flags.DEFINE_integer("batch", 1, "ROIs per model call.")
-flags.DEFINE_enum("precision", None, ["float32", "bfloat16", "float16"],
-                  "Compute precision (mixed; softmax in float32); default: the export's. "
-                  "Another than the export's loads its .keras model.")
-flags.DEFINE_enum("xla", "auto", ["auto", "on", "off"],
-                  "XLA-compile the forward pass: auto = where measured faster (TensorFlow on a GPU; always under JAX).")
-flags.DEFINE_integer("workers", 2, "Reader threads prefetching ROIs.")
-flags.DEFINE_integer("prefetch", 2, "Batches read ahead of the model.")
-flags.DEFINE_enum("mode", "dense", ["dense", "patch"], "dense FCN scan, or the patch-by-patch baseline.")
-flags.DEFINE_multi_string("ensemble", [], "Another model to average with (repeatable); scanned at --ensemble_alpha.")
-flags.DEFINE_integer("ensemble_alpha", 32, "Alpha of the ensemble members (the paper pairs 16 with 32).")
-flags.DEFINE_string("shard", None, "i/N: scan only slides k with k mod N == i of the sorted list (0 <= i < N).")
-flags.DEFINE_float("mpp", None, "Microns per level-0 pixel, overriding the slides' own; required for slides that carry none.")
-flags.DEFINE_integer("scan_level", None, "Read this pyramid level pixel for pixel (its downsample must be whole) "
-                     "instead of the default: every slide read at the model's training pixel size, from the level "
-                     "just finer than it, resampled where needed (the map JSON records the read plan).")
-flags.DEFINE_enum("tissue", "otsu", ["otsu", "all"], "Scan only tissue (Otsu), or every ROI.")
-flags.DEFINE_bool("edge_rois", True, "At the tissue's edge, quarter-size ROIs where they cost less than whole ones "
-                  "(same pixels; glass-only quarters stay 0). Needs the .keras model or a recent export.")
-flags.DEFINE_float("threshold", 0.5, "Probability for the contours (lesion candidates: every local maximum >= 0.05).")
-flags.DEFINE_float("checkpoint_s", 30.0, "Seconds between checkpoints of a slide in progress.")
-flags.DEFINE_integer("patch_batch", 32, "Patches per model call in --mode=patch.")
-flags.DEFINE_bool("heatmap", True, "Write heatmap PNGs.")
-flags.DEFINE_bool("stream", False, "Stream tall strips of each slide through the detector, every layer keeping its "
-                  "halo: no ROI border computed twice, the same map (dense mode; loads the export's .keras model).")
-flags.DEFINE_integer("stream_rows", scan_options.STREAM_ROWS, "Map rows per streamed chunk (--stream).")
-flags.DEFINE_integer("stream_width", scan_options.STREAM_WIDTH,
-                     "Widest streamed strip in map pixels; bounds the memory of a chunk (--stream).")
-flags.DEFINE_bool("progress", True, "Print progress with ETA to stderr.")
-flags.DEFINE_string("ray", None, "Scan one slide per Ray task: --ray alone starts a local Ray on this machine, "
-                    "--ray=ADDRESS joins a cluster (auto, host:6379, ray://host:10001). Needs the 'ray' extra.")
+SETTINGS = (ScanCommand, scan_options.ScanOptions, ray_scan.RayOptions)
+"""Every flag of the stage, generated from these dataclasses' fields (``pfascannet.settings``)."""
+settings_lib.define_stage_flags(SETTINGS)
 
 
 def main(argv) -> None:
@@ -86,31 +90,14 @@ def main(argv) -> None:
 
     # Every flag and input is checked here, before the (slow) model load.
     shard = slide_list.parse_shard(FLAGS.shard) if FLAGS.shard else None
-    options = scan_options.ScanOptions(
-        batch=FLAGS.batch,
-        workers=FLAGS.workers,
-        prefetch_batches=FLAGS.prefetch,
-        scan_level=FLAGS.scan_level,
-        tissue=FLAGS.tissue,
-        edge_rois=FLAGS.edge_rois,
-        checkpoint_every_s=FLAGS.checkpoint_s,
-        patch_batch=FLAGS.patch_batch,
-        threshold=FLAGS.threshold,
-        mpp=FLAGS.mpp,
-        heatmap=FLAGS.heatmap,
-        stream=FLAGS.stream,
-        stream_rows=FLAGS.stream_rows,
-        stream_width=FLAGS.stream_width,
-        progress=FLAGS.progress,
-    )
+    options = settings_lib.from_flags(scan_options.ScanOptions, FLAGS)
     roi = FLAGS.roi
     if roi not in (None, "auto"):
         try:
             roi = int(roi)
         except ValueError:
             _usage(f"--roi must be an integer or 'auto', got {FLAGS.roi!r}")
-    if FLAGS.memory_gb is not None and not FLAGS.memory_gb > 0:
-        _usage(f"--memory_gb must be a positive number of GiB, got {FLAGS.memory_gb}")
+    settings_lib.from_flags(ScanCommand, FLAGS)  # the declared checks (--memory_gb > 0)
 
     for name in ("alpha", "ensemble_alpha"):
         if getattr(FLAGS, name) is not None:
@@ -122,6 +109,8 @@ def main(argv) -> None:
         existing = os.path.dirname(existing)
     if not os.access(existing, os.W_OK | os.X_OK):
         _usage(f"--out {FLAGS.out}: cannot write in {existing} (permission denied)")
+    if FLAGS.stream and FLAGS.mode != "dense":
+        _usage("--stream computes the dense map; it cannot be used with --mode=patch")
     specs = runs.resolve_runs(
         FLAGS.model,
         alpha=FLAGS.alpha,
@@ -135,13 +124,11 @@ def main(argv) -> None:
         xla=FLAGS.xla,
         layers=FLAGS.stream,
     )
-    if FLAGS.stream and FLAGS.mode != "dense":
-        _usage("--stream computes the dense map; it cannot be used with --mode=patch")
     slides = slide_list.list_slides(FLAGS.slides)
     _check_slides(slide_list.shard_slides(slides, shard) if shard is not None else slides)
     if FLAGS.ray is not None:  # the workers load the model; the driver never does
         summary = ray_scan.scan_slides_ray(slides, specs, FLAGS.out, options, shard=shard,
-                                           ray_options=ray_scan.RayOptions(address=FLAGS.ray))
+                                           ray_options=settings_lib.from_flags(ray_scan.RayOptions, FLAGS))
         sys.exit(0 if summary.ok else 1)
     model_runs = [runs.load_spec(spec) for spec in specs]
     for r in model_runs:

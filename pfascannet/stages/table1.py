@@ -21,27 +21,44 @@ measure the pipeline, not clinical accuracy; the table says so.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import time
+from typing import Optional
 
 from absl import flags
 
 from pfascannet import geometry, io_utils, results_page, workflow
+from pfascannet import settings as settings_lib
 from pfascannet.evaluation import run
+from pfascannet.settings import setting
+
+
+@dataclasses.dataclass(frozen=True)
+class Table1Command:
+    """The flags of ``pfascannet table1``."""
+
+    out: Optional[str] = setting(None, required=True,
+                                 help="Output folder (cohort, runs, exports, scans, reports, table1.md).")
+    quick: bool = setting(False, help="Size for a 2-core CPU: 6 patients, four short training runs, < 1 h.")
+    patients: Optional[int] = setting(None, help="Patients of 5 nodes (default 6 with --quick, else 10).")
+    seed: int = setting(0, help="Cohort seed, and the training seed of the w/o-SL and SL models.")
+    train_steps: Optional[int] = setting(None, help="Steps per trained model (default 120 with --quick, else 3000).")
+    train_minutes: Optional[float] = setting(
+        None, help="Time limit per trained model (default 10 with --quick, else none).")
+    hard_negative_rounds: Optional[int] = setting(
+        None, help="Hard-negative rounds per model (default 1 with --quick, else 2).")
+    batch_size: int = setting(8, help="Training batch.")
+    config: str = setting("small", help="Model config (the from-scratch recipe, trainer.scratch_recipe).")
+    n_bootstrap: int = setting(500, help="Bootstrap resamples for the CIs.")
+
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", None, "Output folder (cohort, runs, exports, scans, reports, table1.md).")
-flags.DEFINE_bool("quick", False, "Size for a 2-core CPU: 6 patients, four short training runs, < 1 h.")
-flags.DEFINE_integer("patients", None, "Patients of 5 nodes (default 6 with --quick, else 10).")
-flags.DEFINE_integer("seed", 0, "Cohort seed, and the training seed of the w/o-SL and SL models.")
-flags.DEFINE_integer("train_steps", None, "Steps per trained model (default 120 with --quick, else 3000).")
-flags.DEFINE_float("train_minutes", None, "Time limit per trained model (default 10 with --quick, else none).")
-flags.DEFINE_integer("hard_negative_rounds", None, "Hard-negative rounds per model (default 1 with --quick, else 2).")
-flags.DEFINE_integer("batch_size", 8, "Training batch.")
-flags.DEFINE_string("config", "small", "Model config (the from-scratch recipe, trainer.scratch_recipe).")
-flags.DEFINE_integer("n_bootstrap", 500, "Bootstrap resamples for the CIs.")
-flags.mark_flag_as_required("out")
+SETTINGS = (Table1Command,)
+"""Every flag of the stage, generated from these dataclasses' fields (``pfascannet.settings``)."""
+settings_lib.define_stage_flags(SETTINGS)
+
 
 # The four models: (name, synergistic, seed offset, alpha it is exported and scanned at).
 MODELS = (("wo_sl", False, 0, 16), ("sl", True, 0, 16), ("ens_a16", True, 1, 16), ("ens_a32", True, 2, 32))

@@ -12,22 +12,33 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Optional
 
 from absl import flags
 
+from pfascannet import settings as settings_lib
 from pfascannet.data import sampling
+from pfascannet.settings import setting
+
+
+@dataclasses.dataclass(frozen=True)
+class TfrecordsCommand:
+    """The flags of ``pfascannet tfrecords`` that are not ``sampling.SamplerConfig`` (the patch counts)."""
+
+    data: Optional[str] = setting(None, help="Dataset root: a cohort folder (images/, annotations/, slides.csv) or "
+                                             "CAMELYON16/17 as downloaded (training/, testing/).")
+    out: Optional[str] = setting(None, help="Output folder for the shards.")
+    split: str = setting("train", help="Split to sample (slides.csv's split column; CAMELYON: train = training/).")
+    shards: int = setting(4, help="Number of shards.")
+    seed: int = setting(0, help="Sampling seed.")
+
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data", None, "Dataset root: a cohort folder (images/, annotations/, slides.csv) or "
-                                   "CAMELYON16/17 as downloaded (training/, testing/).")
-flags.DEFINE_string("out", None, "Output folder for the shards.")
-flags.DEFINE_string("split", "train", "Split to sample (slides.csv's split column; CAMELYON: train = training/).")
-flags.DEFINE_integer("random_per_class", 64, "Random tumour and random normal patches (each).")
-flags.DEFINE_integer("boundary", 32, "Boundary patches.")
-flags.DEFINE_integer("itc", 16, "ITC patches.")
-flags.DEFINE_integer("shards", 4, "Number of shards.")
-flags.DEFINE_integer("seed", 0, "Sampling seed.")
+SETTINGS = (TfrecordsCommand, sampling.SamplerConfig)
+"""Every flag of the stage, generated from these dataclasses' fields (``pfascannet.settings``)."""
+settings_lib.define_stage_flags(SETTINGS)
 
 
 def main(argv):
@@ -36,9 +47,7 @@ def main(argv):
     if not FLAGS.data or not FLAGS.out:
         raise sampling.SamplingError("--data and --out are required")
     slides = sampling.load_cohort(FLAGS.data, FLAGS.split)
-    sampler = sampling.PatchSampler(
-        slides, sampling.SamplerConfig(random_per_class=FLAGS.random_per_class, boundary=FLAGS.boundary, itc=FLAGS.itc)
-    )
+    sampler = sampling.PatchSampler(slides, settings_lib.from_flags(sampling.SamplerConfig, FLAGS))
     samples = sampler.sample(FLAGS.seed)
     reader = pipeline.PatchReader(sampler)
     paths = pipeline.write_tfrecords(samples, reader, FLAGS.out, num_shards=FLAGS.shards)

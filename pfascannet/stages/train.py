@@ -24,15 +24,29 @@ Writes ``<workdir>/config.json``, ``checkpoints/``, ``tensorboard/``,
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Optional
+
 from absl import flags
 
 from pfascannet import settings as settings_lib
+from pfascannet.settings import setting
 from pfascannet.training.settings import TrainSettings, TrainingError
 
+
+@dataclasses.dataclass(frozen=True)
+class TrainCommand:
+    """The flag of ``pfascannet train`` that is not a ``TrainSettings`` field as such (it sets ``max_seconds``)."""
+
+    max_minutes: Optional[float] = setting(
+        None, help="Stop early (checkpoint + final weights) after this many minutes (TrainSettings.max_seconds).")
+
+
 FLAGS = flags.FLAGS
-# One flag per setting, generated from TrainSettings (name, default, type and help live in its fields).
-settings_lib.define_flags(TrainSettings)
-flags.DEFINE_float("max_minutes", None, "Stop early (checkpoint + final weights) after this many minutes.")
+SETTINGS = (TrainSettings, TrainCommand)
+"""Every flag of the stage, generated from these dataclasses' fields (``pfascannet.settings``): one per
+setting of TrainSettings (name, default, type and help live in its fields), and --max_minutes."""
+settings_lib.define_stage_flags(SETTINGS)
 
 
 def main(argv):

@@ -26,31 +26,53 @@ Exit status 2: bad flags, not a scan folder, an unreadable reference, a port in 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import sys
+from typing import Optional
 
 from absl import flags
 
 from pfascannet import camelyon
+from pfascannet import settings as settings_lib
 from pfascannet.errors import PfaError
 from pfascannet.inference import slide_list
+from pfascannet.settings import setting
 from pfascannet.viewer import DEFAULT_HOST, DEFAULT_PORT
 
+
+@dataclasses.dataclass(frozen=True)
+class ViewCommand:
+    """The flags of ``pfascannet view``."""
+
+    scan_dir: Optional[str] = setting(None, help="The scan folder (it holds maps/<slide>.npy and .json); may also be "
+                                                 "given as the first argument: `pfascannet view S`.")
+    host: str = setting(DEFAULT_HOST, help="Address to listen on; anything but a loopback address exposes the "
+                                           "slides to the network.")
+    port: int = setting(DEFAULT_PORT, check=settings_lib.in_range(0, 65535),
+                        help="Port to listen on (0: any free port).")
+    reference: Optional[str] = setting(
+        None, help="Slide labels: the cohort's slides.csv, a Camelyon16 reference.csv or a Camelyon17 stage CSV; "
+                   "default: the one beside the scanned slides.")
+    annotations: Optional[str] = setting(
+        None, help="ASAP XML for the truth outlines: a folder of <slide>.xml files or a zip of them "
+                   "(lesion_annotations.zip); default: the one beside the scanned slides.")
+    masks_dir: Optional[str] = setting(
+        None, help="Folder of Camelyon mask TIFFs (<slide>_mask.tif), outlined for slides without XML; default: the "
+                   "one beside the scanned slides.")
+    slides: Optional[str] = setting(
+        None, help="Where the slides are now (a folder, a slide or a list file) when they moved since the scan; "
+                   "default: the paths the scan recorded.")
+
+    def __post_init__(self):
+        settings_lib.check_fields(self, PfaError)
+
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("scan_dir", None, "The scan folder (it holds maps/<slide>.npy and .json); "
-                    "may also be given as the first argument: `pfascannet view S`.")
-flags.DEFINE_string("host", DEFAULT_HOST, "Address to listen on; anything but a loopback address exposes the "
-                    "slides to the network.")
-flags.DEFINE_integer("port", DEFAULT_PORT, "Port to listen on (0: any free port).")
-flags.DEFINE_string("reference", None, "Slide labels: the cohort's slides.csv, a Camelyon16 reference.csv or a "
-                    "Camelyon17 stage CSV; default: the one beside the scanned slides.")
-flags.DEFINE_string("annotations", None, "ASAP XML for the truth outlines: a folder of <slide>.xml files or a zip "
-                    "of them (lesion_annotations.zip); default: the one beside the scanned slides.")
-flags.DEFINE_string("masks_dir", None, "Folder of Camelyon mask TIFFs (<slide>_mask.tif), outlined for slides "
-                    "without XML; default: the one beside the scanned slides.")
-flags.DEFINE_string("slides", None, "Where the slides are now (a folder, a slide or a list file) when they "
-                    "moved since the scan; default: the paths the scan recorded.")
+SETTINGS = (ViewCommand,)
+"""Every flag of the stage, generated from these dataclasses' fields (``pfascannet.settings``)."""
+settings_lib.define_stage_flags(SETTINGS)
 
 
 def prepare_argv(argv: list[str]) -> list[str]:
@@ -74,8 +96,7 @@ def main(argv) -> None:
         raise PfaError("give the scan folder: `pfascannet view S` (or --scan_dir S)")
     if not os.path.isdir(FLAGS.scan_dir):
         raise PfaError(f"{FLAGS.scan_dir}: no such folder")
-    if not 0 <= FLAGS.port <= 65535:
-        raise PfaError(f"--port must be in 0..65535, got {FLAGS.port}")
+    settings_lib.from_flags(ViewCommand, FLAGS)  # the declared checks (--port)
     if FLAGS.reference is not None and not os.path.isfile(FLAGS.reference):
         raise PfaError(f"--reference {FLAGS.reference}: no such file")
     paths = None

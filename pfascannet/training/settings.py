@@ -1,7 +1,7 @@
 """Settings of one training run, each declared once (``pfascannet.settings``).
 
 ``TrainSettings`` nests one dataclass per part of the method: the model
-(``ModelSettings``), the patch sampler (``SamplerSettings``, Sec. 2.4 Fig. 1),
+(``ModelSettings``), the patch sampler (``data.sampling.SamplerConfig``, Sec. 2.4 Fig. 1),
 the augmentation (``data.augment_config.AugmentConfig``, Sec. 2.4; None: off), the
 loss (``LossSettings``, eqs. (2)-(3)), the optimiser (``OptimiserSettings``)
 and hard-negative mining (``MiningSettings``); the run's own fields (data,
@@ -27,6 +27,7 @@ from pfascannet import settings as settings_lib
 from pfascannet.data import sampling
 from pfascannet.data.augment_config import AugmentConfig
 from pfascannet.errors import PfaError
+from pfascannet.model import paper
 from pfascannet.model.precision import PRECISIONS
 from pfascannet.settings import LEGACY_IS_DEFAULT, group, setting
 
@@ -37,10 +38,9 @@ KERNEL_INITS = ("he_normal", "model", "imagenet")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine")
 HARD_NEGATIVE_SOURCES = ("slides", "patches")
-PAPER_DEFAULTS = {"learning_rate": 1e-4, "momentum": 0.9, "lambda_seg": 0.5, "gamma": 0.04}
-"""Zhao et al., Implementation Details (also the defaults below); written into config.json."""
-
-_SAMPLER = sampling.SamplerConfig()
+PAPER_DEFAULTS = {"learning_rate": paper.PAPER_LEARNING_RATE, "momentum": paper.PAPER_MOMENTUM,
+                  "lambda_seg": paper.PAPER_LAMBDA, "gamma": paper.PAPER_GAMMA}
+"""Zhao et al., Implementation Details (``model.paper``; also the defaults below); written into config.json."""
 
 
 class TrainingError(PfaError, ValueError):
@@ -108,30 +108,6 @@ class ModelSettings:
                 )
             if self.imagenet_weights != "imagenet" and not os.path.isfile(self.imagenet_weights):
                 raise TrainingError(f"imagenet_weights {self.imagenet_weights!r}: no such file (or 'imagenet')")
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplerSettings:
-    """Patches per epoch of each kind (``data.sampling.SamplerConfig``; Sec. 2.4, Fig. 1).
-
-    ``stream``: fresh seeded patch positions every epoch
-    (``pipeline.SampleStream``) rather than one draw replayed; epoch 0 is
-    ``samples.csv``.
-    """
-
-    random_per_class: int = setting(_SAMPLER.random_per_class, must_match=True,
-                                    help="Random tumour patches and random normal patches (each).")
-    boundary: int = setting(_SAMPLER.boundary, must_match=True, help="Boundary patches (centre on a lesion border).")
-    itc: int = setting(_SAMPLER.itc, must_match=True, help="ITC patches (centred on lesions < 275 um).")
-    stream: bool = setting(True, must_match=True, legacy=False,
-                           help="Fresh seeded patch positions every epoch (--nostream replays one draw).")
-
-    def __post_init__(self):
-        _check_ints(self, ("random_per_class", "boundary", "itc"), 0)
-
-    def config(self) -> sampling.SamplerConfig:
-        """The sampler's configuration (grids and ITC limit: ``SamplerConfig``'s defaults)."""
-        return sampling.SamplerConfig(random_per_class=self.random_per_class, boundary=self.boundary, itc=self.itc)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,7 +215,10 @@ class TrainSettings:
     batch_size: int = setting(8, must_match=True, help="Global batch size (a multiple of the number of replicas).")
     seed: int = setting(0, must_match=True, help="Seed of sampling, initialisation, shuffling and augmentation.")
     split: str = setting("train", must_match=True, help="Split to train on (slides.csv's split column; CAMELYON: train = training/).")
-    sampler: SamplerSettings = group(SamplerSettings)
+    sampler: sampling.SamplerConfig = group(sampling.SamplerConfig, must_match=True)
+    stream: bool = setting(True, must_match=True, legacy=False,
+                           help="Fresh seeded patch positions every epoch (pipeline.SampleStream; epoch 0 is "
+                                "samples.csv); --nostream replays one draw.")
     augmentation: Optional[AugmentConfig] = group(
         AugmentConfig, switch="augment", prefix="augment_", must_match=True, legacy=LEGACY_IS_DEFAULT,
         help="Flip/rotation/scaling/cropping + colour/HSV jitter (Sec. 2.4); ranges: --augment_*.")

@@ -367,7 +367,7 @@ def _prepare_data(run: _Run) -> _Data:
             raise TrainingError("hard-negative mining reads slides; it cannot be combined with --tfrecords")
         return _Data(None, None, [])
     # Patches are read at the pixel size the model is built for, from every slide whatever its own.
-    sampler = sampling.PatchSampler(sampling.load_cohort(s.data, s.split), s.sampler.config(), target_mpp=TRAINING_MPP)
+    sampler = sampling.PatchSampler(sampling.load_cohort(s.data, s.split), s.sampler, target_mpp=TRAINING_MPP)
     samples_path = os.path.join(run.workdir, "samples.csv")
     if os.path.exists(samples_path):
         samples = sampling.load_samples(samples_path)
@@ -390,7 +390,7 @@ def _make_dataset(run: _Run, data: _Data, start_step: int, extra: list):
         )
     else:
         stream = (pipeline.SampleStream(data.sampler, s.seed, extra=extra, first=data.samples)
-                  if s.sampler.stream else data.samples + extra)
+                  if s.stream else data.samples + extra)
         ds = pipeline.slide_dataset(
             stream, data.reader, batch_size=s.batch_size, seed=s.seed, augment_config=s.augmentation,
             start_index=start, num_parallel_calls=parallel,
