@@ -43,7 +43,7 @@ from absl import flags  # noqa: E402
 
 from pfascannet import cliutil, geometry  # noqa: E402
 from pfascannet.errors import PfaError  # noqa: E402
-from pfascannet.inference import engine, model_run, scan_options
+from pfascannet.inference import engine, model_run, scan_settings
 from pfascannet.inference.plan import make_plan
 from pfascannet.model.config import get_config
 from pfascannet.model.equivalence import structured_roi
@@ -137,7 +137,7 @@ def _wsi(config, precision: str) -> dict:
     plan = type(plan)(plan.geometry, plan.dimensions, 0, 1, np.tile(plan.rois_rowcol, (reps, 1))[: FLAGS.wsi_rois])
     warm = np.full((FLAGS.batch, FLAGS.wsi_roi_px, FLAGS.wsi_roi_px, 3), 200, np.uint8)
     det.predict(warm)  # compilation is not part of a scan's steady state
-    options = scan_options.ScanOptions(batch=FLAGS.batch, workers=FLAGS.workers, prefetch_batches=FLAGS.prefetch,
+    options = scan_settings.ScanSettings(batch=FLAGS.batch, workers=FLAGS.workers, prefetch_batches=FLAGS.prefetch,
                                  progress=False, heatmap=False)
     run = model_run.ModelRun(det, grid, name="random", digest="random")
     _, stats = engine.scan_map(slide, run, plan, options)

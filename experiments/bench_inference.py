@@ -36,7 +36,7 @@ from absl import flags
 
 from pfascannet import geometry
 from pfascannet.cliutil import run_main
-from pfascannet.inference import engine, model_run, scan_options
+from pfascannet.inference import engine, model_run, scan_settings
 from pfascannet.inference.plan import make_plan
 from pfascannet.io_utils import write_json
 from pfascannet.model.config import get_config
@@ -121,7 +121,7 @@ def _child() -> None:
     del warm
     run = model_run.ModelRun(det, grid, name=f"random-{FLAGS.config}")
     out = os.path.join(FLAGS.workdir, "scan_" + os.path.splitext(os.path.basename(slide))[0])
-    options = scan_options.ScanOptions(batch=FLAGS.batch, workers=FLAGS.workers, checkpoint_every_s=60.0)
+    options = scan_settings.ScanSettings(batch=FLAGS.batch, workers=FLAGS.workers, checkpoint_every_s=60.0)
     t0 = time.perf_counter()
     summary = engine.scan_slides(slide, [run], out + f"_{time.time_ns()}", options)
     whole_s = time.perf_counter() - t0
@@ -160,7 +160,7 @@ def _dense_vs_patch(slide: str, big_plan) -> dict:
     patch = model_run.ModelRun(_detector(1, geometry.PATCH_PX), grid, mode="patch", name="patch")
     dense.detector.predict(np.full((1, FLAGS.compare_roi, FLAGS.compare_roi, 3), 200, np.uint8))
     patch.detector.predict(np.full((FLAGS.patch_batch, 692, 692, 3), 200, np.uint8))
-    options = scan_options.ScanOptions(batch=1, workers=FLAGS.workers, progress=False, patch_batch=FLAGS.patch_batch)
+    options = scan_settings.ScanSettings(batch=1, workers=FLAGS.workers, progress=False, patch_batch=FLAGS.patch_batch)
     _, ds = engine.scan_map(slide, dense, plan, options)
     _, ps = engine.scan_map(slide, patch, plan, options)
     map_px = len(plan) * grid.tile_px**2

@@ -5,7 +5,7 @@ default the tiny ones the issue-14 figures used), the demo's default cohort (``p
 exported at alpha 16 / ROI 2708, scanned three times into separate folders:
 
 - ``f32_whole``: float32, whole ROIs only (the scan before issue 14);
-- ``f32_edges``: float32 with edge ROIs (``ScanOptions.edge_rois``);
+- ``f32_edges``: float32 with edge ROIs (``ScanSettings.edge_rois``);
 - ``bf16_edges``: bfloat16 (mixed precision) with edge ROIs.
 
 Reported: model time, ROIs and input pixels of each scan (the saved fraction
@@ -30,7 +30,7 @@ from absl import flags
 from pfascannet import demo, geometry, workflow
 from pfascannet.cliutil import run_main
 from pfascannet.evaluation import froc, run as evaluation
-from pfascannet.inference import engine, runs, scan_options
+from pfascannet.inference import engine, runs, scan_settings
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/pfascannet_bench_demo", "Cohort, export and scans go here.")
@@ -61,7 +61,7 @@ def main(argv) -> None:
         precision, edges = VARIANTS[name]
         out = os.path.join(FLAGS.workdir, f"scan_{name}")
         run = runs.load_run(export_dir, precision=precision)
-        options = scan_options.ScanOptions(batch=1, workers=2, edge_rois=edges, progress=False)
+        options = scan_settings.ScanSettings(batch=1, workers=2, edge_rois=edges, progress=False)
         t0 = time.perf_counter()
         summary = engine.scan_slides(slides, [run], out, options)
         wall = time.perf_counter() - t0

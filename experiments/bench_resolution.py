@@ -70,10 +70,10 @@ def _time_scans(cohorts: dict, export_dir: str, wd: str) -> dict:
     """Scans every cohort's test slides again into fresh folders, one model load, and returns seconds per ROI."""
     import shutil  # noqa: PLC0415
 
-    from pfascannet.inference import engine, runs, scan_options  # noqa: PLC0415  (imports Keras)
+    from pfascannet.inference import engine, runs, scan_settings  # noqa: PLC0415  (imports Keras)
 
     run = runs.load_run(export_dir, batch=1)
-    options = scan_options.ScanOptions(batch=1, workers=2, progress=False, heatmap=False)
+    options = scan_settings.ScanSettings(batch=1, workers=2, progress=False, heatmap=False)
     out = {}
     # A warm-up scan first (the model traces a graph per ROI side), then the original again at the
     # end: the two native runs bracket the resampled ones and show the machine's drift.
@@ -139,10 +139,10 @@ def main(argv) -> None:
         log(f"{mpp} um/px: AUC {results[mpp]['auc']:.3f} FROC {results[mpp]['froc_organisers']:.3f} "
             f"{results[mpp]['timing']}")
     if FLAGS.native and FLAGS.mpps:
-        from pfascannet.inference import engine, runs, scan_options  # noqa: PLC0415  (imports Keras)
+        from pfascannet.inference import engine, runs, scan_settings  # noqa: PLC0415  (imports Keras)
         mpp = FLAGS.mpps[0]
         scan_dir = os.path.join(wd, f"scan_{mpp.replace('.', 'p')}_native")
-        options = scan_options.ScanOptions(batch=1, workers=2, scan_level=0)
+        options = scan_settings.ScanSettings(batch=1, workers=2, scan_level=0)
         engine.scan_slides(workflow.cohort_slides(cohorts[mpp], "test"), [runs.load_run(export_dir, batch=1)],
                            scan_dir, options)
         from pfascannet.evaluation import run as eval_run  # noqa: PLC0415

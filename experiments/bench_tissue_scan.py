@@ -41,7 +41,7 @@ from absl import flags
 from pfascannet import geometry
 from pfascannet.cliutil import run_main
 from pfascannet.errors import PfaError
-from pfascannet.inference import engine, model_run, scan_options
+from pfascannet.inference import engine, model_run, scan_settings
 from pfascannet.model.config import get_config
 from pfascannet.slide.reader import SlideReader
 from pfascannet.slide.tiff_writer import write_pyramid_tiff
@@ -131,7 +131,7 @@ def _child(text: str, slide: str) -> None:
     grid = geometry.ScanGeometry(16, roi)
     det = KerasDetector(build_detector(get_config(FLAGS.config), alpha=16, precision=precision), 16, roi, digest="random")
     run = model_run.ModelRun(det, grid, name=f"random-{FLAGS.config}", digest="random")
-    options = scan_options.ScanOptions(batch=1, workers=2, edge_rois=edges, progress=False, heatmap=True,
+    options = scan_settings.ScanSettings(batch=1, workers=2, edge_rois=edges, progress=False, heatmap=True,
                                        stream=mode == "stream")
     sides = [roi] + ([geometry.roi_px(grid.tile_px // 2, 16)] if model_run.plan_split(run, options) > 1 else [])
     t0 = time.perf_counter()

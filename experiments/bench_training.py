@@ -90,7 +90,7 @@ def patch_auc(weights: str, config: str, data: str, seed: int, per_class: int, b
     from pfascannet.inference.model_io import load_training_model  # noqa: PLC0415  (imports Keras)
 
     slides = sampling.load_cohort(data, "test")
-    sampler = sampling.PatchSampler(slides, sampling.SamplerConfig(random_per_class=per_class, boundary=boundary, itc=itc))
+    sampler = sampling.PatchSampler(slides, sampling.SamplerSettings(random_per_class=per_class, boundary=boundary, itc=itc))
     samples = sampler.sample(seed + 7919)  # never the training draw
     model = load_training_model(weights, config)
     predict = tf.function(lambda x: model(x, training=False)["classifier"][:, 1])
@@ -135,7 +135,7 @@ def main(argv):
         seed=FLAGS.seed, max_seconds=FLAGS.minutes * 60, checkpoint_every=50, log_every=10, **recipe,
     )
 
-    sampler = sampling.PatchSampler(sampling.load_cohort(data, "train"), sampling.SamplerConfig(
+    sampler = sampling.PatchSampler(sampling.load_cohort(data, "train"), sampling.SamplerSettings(
         random_per_class=settings.sampler.random_per_class, boundary=settings.sampler.boundary,
         itc=settings.sampler.itc))
     samples = sampler.sample(FLAGS.seed)

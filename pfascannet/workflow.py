@@ -20,7 +20,7 @@ import numpy as np
 from pfascannet import datasets, geometry
 from pfascannet.errors import PfaError
 from pfascannet.evaluation import reference
-from pfascannet.inference import engine, runs, scan_options
+from pfascannet.inference import engine, runs, scan_settings
 from pfascannet.model.config import get_config
 from pfascannet.progress import Progress
 from pfascannet.slide.reader import SlideReader
@@ -149,7 +149,7 @@ def scan(model_dirs: Sequence[str], slides: Sequence[str], out_dir: str, *, mode
          batch: int = 1, workers: int = 2, threshold: float = 0.5):
     """Scans ``slides`` with the first model (and the rest as an ensemble at their own alphas)."""
     model_runs = [runs.load_run(m, mode=mode, batch=batch) for m in model_dirs]
-    options = scan_options.ScanOptions(batch=batch, workers=workers, threshold=threshold)
+    options = scan_settings.ScanSettings(batch=batch, workers=workers, threshold=threshold)
     summary = engine.scan_slides(list(slides), model_runs, out_dir, options)
     if not summary.ok:
         raise PfaError(f"{len(summary.failed)} slide(s) failed to scan: "

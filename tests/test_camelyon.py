@@ -67,7 +67,7 @@ def test_synthetic_generator_draws_inside_the_node_classes():
 def test_sampler_itc_default_is_the_froc_rule():
     from pfascannet.data import sampling
 
-    assert sampling.SamplerConfig().itc_max_um == camelyon.FROC_ITC_MAX_UM == 275.0
+    assert sampling.SamplerSettings().itc_max_um == camelyon.FROC_ITC_MAX_UM == 275.0
 
 
 # (node labels of one patient, pN-stage by the Camelyon17 rules)

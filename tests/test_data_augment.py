@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from pfascannet.data import augment
-from pfascannet.data.augment import AugmentConfig
+from pfascannet.data.augment import AugmentSettings
 
 S = 692
 
@@ -28,12 +28,12 @@ def _iou(a, b):
 
 
 _ONLY = {
-    "flip": dataclasses.replace(AugmentConfig.none(), flip=True),
-    "rot90": dataclasses.replace(AugmentConfig.none(), rot90=True),
-    "rotation": dataclasses.replace(AugmentConfig.none(), max_rotation_deg=180.0),
-    "scaling": dataclasses.replace(AugmentConfig.none(), scale_range=(0.7, 1.4)),
-    "cropping": dataclasses.replace(AugmentConfig.none(), max_shift_px=60),
-    "all": dataclasses.replace(AugmentConfig(), max_rotation_deg=180.0, scale_range=(0.7, 1.4), max_shift_px=60),
+    "flip": dataclasses.replace(AugmentSettings.none(), flip=True),
+    "rot90": dataclasses.replace(AugmentSettings.none(), rot90=True),
+    "rotation": dataclasses.replace(AugmentSettings.none(), max_rotation_deg=180.0),
+    "scaling": dataclasses.replace(AugmentSettings.none(), scale_range=(0.7, 1.4)),
+    "cropping": dataclasses.replace(AugmentSettings.none(), max_shift_px=60),
+    "all": dataclasses.replace(AugmentSettings(), max_rotation_deg=180.0, scale_range=(0.7, 1.4), max_shift_px=60),
 }
 
 
@@ -58,7 +58,7 @@ def test_colour_jitter_touches_patch_only_and_is_seeded():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (S, S, 3), dtype=np.uint8)
     mask = (rng.random((S, S)) > 0.5).astype(np.uint8)
-    cfg = dataclasses.replace(AugmentConfig(), flip=False, rot90=False, max_rotation_deg=0.0,
+    cfg = dataclasses.replace(AugmentSettings(), flip=False, rot90=False, max_rotation_deg=0.0,
                               scale_range=(1.0, 1.0), max_shift_px=0)
     a_img, a_mask = augment.augment_pair(img, mask, tf.constant([1, 2], tf.int64), cfg)
     b_img, _ = augment.augment_pair(img, mask, tf.constant([1, 2], tf.int64), cfg)
@@ -72,7 +72,7 @@ def test_colour_jitter_touches_patch_only_and_is_seeded():
 
 def test_augment_inside_tf_data_matches_eager():
     img, mask = _shape_pair()
-    cfg = AugmentConfig()
+    cfg = AugmentSettings()
     ds = tf.data.Dataset.from_tensors((img, mask)).map(
         lambda i, m: augment.augment_pair(i, m, tf.constant([3, 4], tf.int64), cfg))
     g_img, g_mask = next(iter(ds))
@@ -83,6 +83,6 @@ def test_augment_inside_tf_data_matches_eager():
 
 def test_bad_ranges_are_rejected():
     with pytest.raises(augment.AugmentError):
-        AugmentConfig(scale_range=(1.2, 0.8))
+        AugmentSettings(scale_range=(1.2, 0.8))
     with pytest.raises(augment.AugmentError):
-        AugmentConfig(hue=0.7)
+        AugmentSettings(hue=0.7)

@@ -60,7 +60,7 @@ def test_a_patch_shows_the_same_field_of_view_at_either_pixel_size(mixed):
     assert t0.scale == 1.0 and t1.scale == 0.5 and t1.read.filter == "bicubic"
     # A centre on the lesion's border, in each slide's own level-0 pixels.
     sampler = sampling.PatchSampler([e for e in sampling.load_cohort(original) if e.slide_id == sid],
-                                    sampling.SamplerConfig(random_per_class=0, boundary=4, itc=0))
+                                    sampling.SamplerSettings(random_per_class=0, boundary=4, itc=0))
     border = next(s for s in sampler.sample(seed=3) if s.kind == "boundary")
     centre0 = t0.centre_of((border.x, border.y))
     centre1 = ((centre0[0] + 0.5) / 2 - 0.5, (centre0[1] + 0.5) / 2 - 0.5)

@@ -7,7 +7,7 @@ import pytest
 
 from pfascannet import geometry
 from pfascannet.data import pipeline, sampling
-from pfascannet.data.augment import AugmentConfig
+from pfascannet.data.augment import AugmentSettings
 
 M0 = geometry.MASK_OFFSET_PX
 
@@ -15,7 +15,7 @@ M0 = geometry.MASK_OFFSET_PX
 @pytest.fixture(scope="module")
 def setup(cohort):
     slides = sampling.load_cohort(os.fspath(cohort), "train")
-    sampler = sampling.PatchSampler(slides, sampling.SamplerConfig(random_per_class=3, boundary=2, itc=1))
+    sampler = sampling.PatchSampler(slides, sampling.SamplerSettings(random_per_class=3, boundary=2, itc=1))
     samples = sampler.sample(seed=0)
     reader = pipeline.PatchReader(sampler)
     yield sampler, samples, reader
@@ -42,7 +42,7 @@ def test_slide_stream_gives_the_slide_pixels_and_centred_mask(setup):
 
 def test_stream_is_a_function_of_seed_and_index(setup):
     _, samples, reader = setup
-    kw = dict(batch_size=2, seed=5, augment_config=AugmentConfig(), num_parallel_calls=2)
+    kw = dict(batch_size=2, seed=5, augment_config=AugmentSettings(), num_parallel_calls=2)
     full = list(pipeline.slide_dataset(samples, reader, **kw).take(3).as_numpy_iterator())
     resumed = list(pipeline.slide_dataset(samples, reader, start_index=4, **kw).take(1).as_numpy_iterator())
     for a, b in zip(full[2:], resumed):

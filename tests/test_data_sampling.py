@@ -17,7 +17,7 @@ C = geometry.PATCH_CENTRE_PX
 @pytest.fixture(scope="module")
 def sampler(cohort):
     slides = sampling.load_cohort(os.fspath(cohort), "train")
-    return sampling.PatchSampler(slides, sampling.SamplerConfig(random_per_class=6, boundary=6, itc=4))
+    return sampling.PatchSampler(slides, sampling.SamplerSettings(random_per_class=6, boundary=6, itc=4))
 
 
 @pytest.fixture(scope="module")
@@ -115,4 +115,4 @@ def test_bad_cohort_and_config_are_clear(tmp_path):
     with pytest.raises(sampling.SamplingError, match="not a dataset folder: expected images/"):
         sampling.load_cohort(tmp_path)
     with pytest.raises(sampling.SamplingError, match="boundary"):
-        sampling.SamplerConfig(boundary=-1)
+        sampling.SamplerSettings(boundary=-1)

@@ -12,7 +12,7 @@ from pfascannet import datasets
 from pfascannet.data import sampling
 from pfascannet.evaluation import froc, pn_stage, slide_metrics
 from pfascannet.inference import slide_list
-from pfascannet.inference.scan_options import ScanError
+from pfascannet.inference.scan_settings import ScanError
 from pfascannet.slide.annotations import Annotation, AnnotationError, write_asap_xml
 
 SQUARE = Annotation("a", "_0", np.array([[100.0, 100.0], [900.0, 100.0], [900.0, 700.0], [100.0, 700.0]]))

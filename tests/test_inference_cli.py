@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pfascannet import geometry
-from pfascannet.inference import engine, model_run, scan_options
+from pfascannet.inference import engine, model_run, scan_settings
 from pfascannet.inference.plan import make_plan
 from tests.scan_support import write_slide
 
@@ -47,7 +47,7 @@ def test_patch_mode_equals_dense_with_a_real_detector(tiny_model, slide_dir):
     path = str(slide_dir / "patient_001_node_0.tif")
     plan = make_plan((1000, 700), grid)
     plan = dataclasses.replace(plan, rois_rowcol=plan.rois_rowcol[[0, 17]])  # a corner ROI and an inner one
-    options = scan_options.ScanOptions(progress=False, heatmap=False, tissue="all", batch=2, patch_batch=4)
+    options = scan_settings.ScanSettings(progress=False, heatmap=False, tissue="all", batch=2, patch_batch=4)
     dense, _ = engine.scan_map(path, model_run.ModelRun(det, grid, "dense"), plan, options)
     patch, _ = engine.scan_map(path, model_run.ModelRun(det, grid, "patch"), plan, options)
     scanned = np.zeros(dense.shape, bool)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from pfascannet import geometry
-from pfascannet.inference import engine, export, model_run, scan_options
+from pfascannet.inference import engine, export, model_run, scan_settings
 from pfascannet.inference.plan import edge_split, make_plan
 from tests.scan_support import OracleDetector, write_slide
 
@@ -71,7 +71,7 @@ def test_scan_with_edge_rois_gives_the_same_map(tmp_path):
     for on in (False, True):
         det = EdgeOracle(16, GRID.roi_px)
         run = model_run.ModelRun(det, GRID, name="oracle", digest="oracle")
-        opts = scan_options.ScanOptions(batch=2, heatmap=False, progress=False, edge_rois=on, tissue=_tissue)
+        opts = scan_settings.ScanSettings(batch=2, heatmap=False, progress=False, edge_rois=on, tissue=_tissue)
         out = str(tmp_path / f"scan_{on}")
         result = engine.scan_slides(slide, [run], out, opts).results[0]
         assert result.status == "done"
@@ -98,5 +98,5 @@ def test_detector_at_a_smaller_side_gives_the_whole_rois_pixels(tmp_path):
         assert small.roi_px == 948 and small.digest == det.digest
         np.testing.assert_allclose(small.predict(roi[None, :948, :948])[0], whole[:9, :9], atol=1e-5)
         run = model_run.ModelRun(det, geometry.ScanGeometry(16, 1460), digest="d")
-        assert model_run.plan_split(run, scan_options.ScanOptions()) == 1  # Lm 25 does not halve
+        assert model_run.plan_split(run, scan_settings.ScanSettings()) == 1  # Lm 25 does not halve
     assert np.ptp(whole) > 0.3

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from pfascannet.inference import engine, runs, scan_options
+from pfascannet.inference import engine, runs, scan_settings
 from tests.scan_support import slide_without_mpp, write_slide
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +64,7 @@ def _one_error_line(proc) -> str:
 @pytest.mark.slow  # exports or scans a real model: the full suite runs it, the quick subset does not
 def test_model_replaced_between_runs_is_rescanned(slide, tmp_path):
     model_dir, out = str(tmp_path / "M"), str(tmp_path / "S")
-    opts = scan_options.ScanOptions(progress=False, heatmap=False, tissue="all", batch=2)
+    opts = scan_settings.ScanSettings(progress=False, heatmap=False, tissue="all", batch=2)
     _export(_tiny(0), model_dir)
     run_a = runs.load_run(model_dir)
     assert engine.scan_slides(slide, [run_a], out, opts).results[0].status == "done"
@@ -100,7 +100,7 @@ def test_a_slide_at_another_pixel_size_is_read_at_the_models_and_warned_only_whe
     run = runs.load_run(model_dir)
     assert run.detector.training_mpp == 0.243
     err = io.StringIO()
-    opts = engine.ScanOptions(progress=False, heatmap=False, tissue="all", batch=2, progress_stream=err)
+    opts = engine.ScanSettings(progress=False, heatmap=False, tissue="all", batch=2, progress_stream=err)
     summary = engine.scan_slides([slide, coarse], [run], str(tmp_path / "S"), opts)
     same, other = sorted(summary.results, key=lambda r: r.path != slide)
     assert same.status == other.status == "done"
@@ -109,7 +109,7 @@ def test_a_slide_at_another_pixel_size_is_read_at_the_models_and_warned_only_whe
     assert other.meta["stride_px"] == 16 and other.meta["read"]["realised_mpp"] == pytest.approx(0.25)
     # Read pixel for pixel (--scan_level 0), the model sees cells at half their size: one warning line.
     err = io.StringIO()
-    native = engine.ScanOptions(progress=False, heatmap=False, tissue="all", batch=2, progress_stream=err,
+    native = engine.ScanSettings(progress=False, heatmap=False, tissue="all", batch=2, progress_stream=err,
                                 scan_level=0)
     (other,) = engine.scan_slides([coarse], [run], str(tmp_path / "N"), native).results
     assert len(other.warnings) == 1 and "0.5 um/px" in other.warnings[0] and "0.243 um/px" in other.warnings[0]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pfascannet import geometry
-from pfascannet.inference import ensemble, lesions, plan as plan_lib, scan_options
+from pfascannet.inference import ensemble, lesions, plan as plan_lib, scan_settings
 
 
 def _coverage(plan: plan_lib.RoiPlan) -> np.ndarray:
@@ -113,5 +113,5 @@ def test_pool_to_stride_and_ensemble():
     np.testing.assert_allclose(pooled, expected)
     coarse = np.ones((2, 3), np.float32)
     np.testing.assert_allclose(ensemble.ensemble_maps([fine, coarse], [16, 32], (2, 3)), (expected + 1) / 2)
-    with pytest.raises(scan_options.ScanError, match="nest"):
+    with pytest.raises(scan_settings.ScanError, match="nest"):
         ensemble.ensemble_maps([fine, coarse], [24, 32], (2, 3))

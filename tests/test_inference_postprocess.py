@@ -19,7 +19,7 @@ import sys
 import pytest
 
 from pfascannet import geometry
-from pfascannet.inference import engine, model_run, outputs, postprocess, scan_options
+from pfascannet.inference import engine, model_run, outputs, postprocess, scan_settings
 from tests.scan_support import LM, OracleDetector, write_slide
 
 SID = "patient_000_node_0"
@@ -57,7 +57,7 @@ def slide_path(tmp_path_factory):
 
 def _scan(slide_path, out, run=None, **options):
     summary = engine.scan_slides(slide_path, [run or _run()], str(out),
-                                 scan_options.ScanOptions(**dict(QUIET, **options)))
+                                 scan_settings.ScanSettings(**dict(QUIET, **options)))
     assert summary.ok, summary.text()
     return summary.results[0]
 

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from pfascannet.inference import engine, ray_scan, runs, scan_options
+from pfascannet.inference import engine, ray_scan, runs, scan_settings
 from tests.scan_support import write_slide
 
 pytestmark = pytest.mark.slow  # a local Ray cluster and scans through it
@@ -65,7 +65,7 @@ def specs(model_dir):
 @pytest.fixture(scope="module")
 def plain_scan(specs, slide_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("plain") / "scan")
-    options = scan_options.ScanOptions(**dict(OPTIONS, progress=False))
+    options = scan_settings.ScanSettings(**dict(OPTIONS, progress=False))
     summary = engine.scan_slides(str(slide_dir), [runs.load_spec(s) for s in specs], out, options)
     assert {r.slide: r.status for r in summary.results} == {**{s: "done" for s in GOOD}, BAD: "failed"}
     return out
@@ -80,7 +80,7 @@ def local_ray():
     old = {k: os.environ.get(k) for k in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")}
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, old["PYTHONPATH"]) if p)
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    assert ray_scan._start(ray, ray_scan.RayOptions(num_workers=2))
+    assert ray_scan._start(ray, ray_scan.RaySettings(num_workers=2))
     try:
         yield ray
     finally:
@@ -135,7 +135,7 @@ def test_rerun_through_ray_skips_what_is_done(local_ray, specs, slide_dir, plain
     out = str(tmp_path / "copy")
     shutil.copytree(plain_scan, out)
     stream = io.StringIO()
-    options = scan_options.ScanOptions(**dict(OPTIONS, progress_stream=stream))
+    options = scan_settings.ScanSettings(**dict(OPTIONS, progress_stream=stream))
     summary = ray_scan.scan_slides_ray(str(slide_dir), specs, out, options)
     assert sorted(r.status for r in summary.results) == ["failed", "skipped", "skipped", "skipped"]
     assert "[ray] 4/4 slides: 0 done, 3 already done, 1 failed" in stream.getvalue()
@@ -162,7 +162,7 @@ def test_ray_run_removes_a_killed_runs_temporaries_at_the_folder_level(local_ray
                           env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == -signal.SIGKILL
     assert [n for n in os.listdir(out) if n.startswith(".slide_scores.csv.tmp-")]
-    options = scan_options.ScanOptions(**dict(OPTIONS, progress=False))
+    options = scan_settings.ScanSettings(**dict(OPTIONS, progress=False))
     ray_scan.scan_slides_ray(str(slide_dir), specs, out, options)
     assert not [n for n in os.listdir(out) if n.startswith(".")]
 
@@ -208,9 +208,9 @@ def test_worker_killed_mid_slide_is_retried_and_outputs_still_equal(local_ray, s
 
     killer = threading.Thread(target=kill_when_paused, daemon=True)
     killer.start()
-    options = scan_options.ScanOptions(**dict(OPTIONS, progress=False))
+    options = scan_settings.ScanSettings(**dict(OPTIONS, progress=False))
     summary = ray_scan.scan_slides_ray(str(slide_dir), specs, out, options,
-                                       ray_options=ray_scan.RayOptions(max_retries=2), on_batch=PauseOnce(marker))
+                                       ray_options=ray_scan.RaySettings(max_retries=2), on_batch=PauseOnce(marker))
     killer.join(timeout=10)
     assert killed, "no task reached its 3rd ROI"
     status = {r.slide: r.status for r in summary.results}

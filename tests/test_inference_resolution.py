@@ -27,14 +27,14 @@ def _scores(scan_dir):
 
 @pytest.mark.slow
 def test_shipped_weights_score_a_20x_copy_like_the_original(cohort, half_cohort, tmp_path):
-    from pfascannet.inference import engine, runs, scan_options  # noqa: PLC0415  (imports Keras)
+    from pfascannet.inference import engine, runs, scan_settings  # noqa: PLC0415  (imports Keras)
 
     weights, meta = workflow.shipped_weights(demo.SHIPPED)
     model = str(tmp_path / "model")
     workflow.export_model(weights, meta["config"], model, geometry.PAPER_ALPHA, geometry.PAPER_ROI_PX,
                           workflow.Log(stream=io.StringIO()))
     run = runs.load_run(model, batch=1)
-    options = scan_options.ScanOptions(batch=1, progress=False, heatmap=False)
+    options = scan_settings.ScanSettings(batch=1, progress=False, heatmap=False)
     scores = {}
     for name, folder in (("original", cohort), ("half", half_cohort)):
         paths = [os.path.join(folder, "images", f"{s}.tif") for s in SLIDES]

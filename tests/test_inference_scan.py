@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from pfascannet import geometry
-from pfascannet.inference import engine, ensemble, lesions, model_run, scan_options, slide_list
+from pfascannet.inference import engine, ensemble, lesions, model_run, scan_settings, slide_list
 from pfascannet.inference.plan import make_plan
 from pfascannet.slide.reader import SlideReader
 from tests.scan_support import LM, SLIDE_WH, OracleDetector, direct_map, write_slide
@@ -44,7 +44,7 @@ def test_oracle_map_equals_direct_function_everywhere(slide_path):
     with SlideReader(slide_path) as reader:
         image = reader.read_region((0, 0), 0, reader.dimensions)
         plan = make_plan(reader.dimensions, run.grid)
-    prob_map, stats = engine.scan_map(slide_path, run, plan, scan_options.ScanOptions(**QUIET))
+    prob_map, stats = engine.scan_map(slide_path, run, plan, scan_settings.ScanSettings(**QUIET))
     expected = direct_map(image, 32)
     assert prob_map.shape == expected.shape == (22, 32)
     # ROI borders every LM pixels and the slide's right/bottom edges are all in here.
@@ -58,7 +58,7 @@ def test_oracle_at_scan_level_1(slide_path):
     with SlideReader(slide_path) as reader:
         image1 = reader.read_level(1)
         plan = make_plan(reader.dimensions, run.grid, scan_level=1, downsample=2)
-    prob_map, _ = engine.scan_map(slide_path, run, plan, scan_options.ScanOptions(**dict(QUIET, scan_level=1)))
+    prob_map, _ = engine.scan_map(slide_path, run, plan, scan_settings.ScanSettings(**dict(QUIET, scan_level=1)))
     assert plan.stride_px == 64
     np.testing.assert_allclose(prob_map, direct_map(image1, 32), rtol=0, atol=1e-6)
 
@@ -73,7 +73,7 @@ def test_tissue_only_rois_are_scanned(slide_path):
     tissue[-1, -1] = True
     plan = make_plan(dims, run.grid, tissue, 32)
     assert len(plan) == 1
-    prob_map, _ = engine.scan_map(slide_path, run, plan, scan_options.ScanOptions(**QUIET))
+    prob_map, _ = engine.scan_map(slide_path, run, plan, scan_settings.ScanSettings(**QUIET))
     expected = direct_map(image, 32)
     r0, r1, c0, c1 = plan.roi_window(0)
     np.testing.assert_allclose(prob_map[r0:r1, c0:c1], expected[r0:r1, c0:c1], atol=1e-6)
@@ -88,14 +88,14 @@ def test_patch_mode_matches_dense(slide_path):
     patch = model_run.ModelRun(OracleDetector(1, geometry.PATCH_PX), grid, mode="patch", name="oracle-patch")
     with SlideReader(slide_path) as reader:
         plan = make_plan(reader.dimensions, grid)
-    a, _ = engine.scan_map(slide_path, dense, plan, scan_options.ScanOptions(**QUIET))
-    b, _ = engine.scan_map(slide_path, patch, plan, scan_options.ScanOptions(**dict(QUIET, patch_batch=5)))
+    a, _ = engine.scan_map(slide_path, dense, plan, scan_settings.ScanSettings(**QUIET))
+    b, _ = engine.scan_map(slide_path, patch, plan, scan_settings.ScanSettings(**dict(QUIET, patch_batch=5)))
     np.testing.assert_allclose(a, b, atol=1e-6)
     assert patch.detector.rois_seen == len(plan) * LM * LM  # one 692 patch per map pixel
 
 
 def test_killed_scan_resumes_to_the_same_map(slide_path, tmp_path):
-    options = scan_options.ScanOptions(**QUIET)
+    options = scan_settings.ScanSettings(**QUIET)
     full = engine.scan_slides(slide_path, [_run()], str(tmp_path / "full"), options)
     assert full.ok
 
@@ -142,7 +142,7 @@ def test_bad_slide_fails_clearly_and_others_go_on(slide_path, tmp_path, caplog):
     (folder / "patient_000_node_1.tif").write_bytes(b"II*\x00 this is not a tiff at all" * 10)
     (folder / "patient_000_node_2.tif").write_bytes(b"")
     out = str(tmp_path / "out")
-    summary = engine.scan_slides(str(folder), [_run()], out, scan_options.ScanOptions(**dict(QUIET, tissue="otsu")))
+    summary = engine.scan_slides(str(folder), [_run()], out, scan_settings.ScanSettings(**dict(QUIET, tissue="otsu")))
     status = {r.slide: r.status for r in summary.results}
     assert status == {"patient_000_node_0": "done", "patient_000_node_1": "failed", "patient_000_node_2": "failed"}
     assert not summary.ok
@@ -157,7 +157,7 @@ def test_bad_slide_fails_clearly_and_others_go_on(slide_path, tmp_path, caplog):
 
 def test_outputs_layout_and_formats(slide_path, tmp_path):
     out = str(tmp_path / "scan")
-    options = scan_options.ScanOptions(**dict(QUIET, heatmap=True, threshold=0.52))
+    options = scan_settings.ScanSettings(**dict(QUIET, heatmap=True, threshold=0.52))
     summary = engine.scan_slides(slide_path, [_run()], out, options)
     assert summary.ok
     sid = "patient_000_node_0"
@@ -198,7 +198,7 @@ def test_outputs_layout_and_formats(slide_path, tmp_path):
 def test_ensemble_of_alpha_16_and_32_on_the_32px_grid(slide_path, tmp_path):
     runs = [_run(16, 4), _run(32, 8)]
     out = str(tmp_path / "ens")
-    assert engine.scan_slides(slide_path, runs, out, scan_options.ScanOptions(**QUIET)).ok
+    assert engine.scan_slides(slide_path, runs, out, scan_settings.ScanSettings(**QUIET)).ok
     prob_map = np.load(os.path.join(out, "maps", "patient_000_node_0.npy"))
     with SlideReader(slide_path) as reader:
         image = reader.read_region((0, 0), 0, reader.dimensions)
@@ -226,9 +226,9 @@ def test_ensemble_of_alpha_16_and_32_on_the_32px_grid(slide_path, tmp_path):
 
     out2 = str(tmp_path / "ens_killed")
     with pytest.raises(KeyboardInterrupt):
-        engine.scan_slides(slide_path, [_run(16, 4), _run(32, 8)], out2, scan_options.ScanOptions(**QUIET), on_batch=kill)
+        engine.scan_slides(slide_path, [_run(16, 4), _run(32, 8)], out2, scan_settings.ScanSettings(**QUIET), on_batch=kill)
     again = [_run(16, 4), _run(32, 8)]
-    summary = engine.scan_slides(slide_path, again, out2, scan_options.ScanOptions(**QUIET))
+    summary = engine.scan_slides(slide_path, again, out2, scan_settings.ScanSettings(**QUIET))
     assert summary.ok and [r.detector.rois_seen for r in again] == [0, 48 - 6]
     assert np.array_equal(np.load(os.path.join(out2, "maps", "patient_000_node_0.npy")), prob_map)
 
@@ -245,23 +245,23 @@ def test_list_and_shard(tmp_path):
     assert [len(s) for s in shards] == [4, 4, 3]
     assert slide_list.parse_shard("2/3") == (2, 3)
     for bad in ("3/3", "x", "1/0", "-1/2"):
-        with pytest.raises(scan_options.ScanError):
+        with pytest.raises(scan_settings.ScanError):
             slide_list.parse_shard(bad)
     dup = tmp_path / "dup.txt"
     dup.write_text("a/x.tif\nb/x.tif\n")
-    with pytest.raises(scan_options.ScanError, match="share the id"):
+    with pytest.raises(scan_settings.ScanError, match="share the id"):
         slide_list.list_slides(str(dup))
 
 
 def test_level_whose_openslide_downsample_is_not_whole_is_refused(tmp_path, caplog):
     path = str(tmp_path / "odd.tif")
     write_slide(path, wh=(1001, 701))
-    options = scan_options.ScanOptions(**dict(QUIET, scan_level=1))
+    options = scan_settings.ScanSettings(**dict(QUIET, scan_level=1))
     summary = engine.scan_slides(path, [_run()], str(tmp_path / "out"), options)
     assert not summary.ok
     assert "scan at level 0" in summary.results[0].message
     assert any("scan at level 0" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
-    assert engine.scan_slides(path, [_run()], str(tmp_path / "out0"), scan_options.ScanOptions(**QUIET)).ok
+    assert engine.scan_slides(path, [_run()], str(tmp_path / "out0"), scan_settings.ScanSettings(**QUIET)).ok
 
 
 @pytest.mark.slow  # a full scan of an 11k x 5.5k synthetic slide; 13 s under load
@@ -272,7 +272,7 @@ def test_cohort_slide_at_paper_geometry(cohort, tmp_path):
     sid = "patient_000_node_1"  # the macro slide, about 11k x 5.5k
     path = str(cohort / "images" / f"{sid}.tif")
     run = model_run.ModelRun(OracleDetector(16, 2708), geometry.ScanGeometry(), name="oracle")
-    summary = engine.scan_slides(path, [run], str(tmp_path), scan_options.ScanOptions(**dict(QUIET, tissue="otsu")))
+    summary = engine.scan_slides(path, [run], str(tmp_path), scan_settings.ScanSettings(**dict(QUIET, tissue="otsu")))
     assert summary.ok
     prob_map = np.load(tmp_path / "maps" / f"{sid}.npy")
     members = json.loads((tmp_path / "maps" / f"{sid}.json").read_text())["members"][0]
@@ -306,7 +306,7 @@ def test_heatmap_tints_tissue_only(slide_path, tmp_path, monkeypatch):
         seen["scanned"] = scanned
 
     monkeypatch.setattr(outputs, "write_heatmap_png", capture)
-    options = scan_options.ScanOptions(**dict(QUIET, heatmap=True, tissue=lambda reader: tissue))
+    options = scan_settings.ScanSettings(**dict(QUIET, heatmap=True, tissue=lambda reader: tissue))
     result = engine.scan_slide(slide_path, [_run()], str(tmp_path / "S"), options)
     assert result.status == "done"
     on_map = tissue_on_map(tissue, 32, dims, 32)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pfascannet import geometry
-from pfascannet.inference import engine, export, model_run, scan_options, stream
+from pfascannet.inference import engine, export, model_run, scan_settings, stream
 from pfascannet.inference.plan import make_plan
 from pfascannet.model.config import ModelConfig
 from pfascannet.model.detector import build_detector
@@ -54,7 +54,7 @@ def _run(weights, alpha: int, precision: str) -> model_run.ModelRun:
 
 
 def _scan(path, run, out, **kw) -> tuple[np.ndarray, dict]:
-    options = scan_options.ScanOptions(heatmap=False, progress=False, **kw)
+    options = scan_settings.ScanSettings(heatmap=False, progress=False, **kw)
     result = engine.scan_slides(path, [run], str(out), options).results[0]
     assert result.status == "done", result.message
     return np.load(out / "maps" / f"{SLIDE}.npy"), result.meta
@@ -92,7 +92,7 @@ def test_streamed_scan_resumes_to_the_same_map(cohort, weights, tmp_path):
         if len(calls) == 7:  # part way down a strip: the halos are in the checkpoint
             raise KeyboardInterrupt
 
-    options = scan_options.ScanOptions(heatmap=False, progress=False, **kw)
+    options = scan_settings.ScanSettings(heatmap=False, progress=False, **kw)
     with pytest.raises(KeyboardInterrupt):
         engine.scan_slides(_slide(cohort), [run], str(tmp_path / "killed"), options, on_batch=stop)
     with np.load(tmp_path / "killed" / "partial" / f"{SLIDE}.m0.npz") as ckpt:
@@ -137,9 +137,9 @@ def test_stream_refuses_what_it_cannot_run(cohort, weights, tmp_path):
             return np.zeros((len(rois), TILE, TILE), np.float32)
 
     bare = model_run.ModelRun(NoLayers(), run.grid, name="saved", digest="saved")
-    options = scan_options.ScanOptions(heatmap=False, progress=False, stream=True)
+    options = scan_settings.ScanSettings(heatmap=False, progress=False, stream=True)
     for r, words in ((patch, "patch by patch"), (bare, "SavedModel")):
         result = engine.scan_slides(_slide(cohort), [r], str(tmp_path / r.name), options).results[0]
         assert result.status == "failed" and words in result.message
-    with pytest.raises(scan_options.ScanError, match="stream_rows"):
-        scan_options.ScanOptions(stream_rows=0)
+    with pytest.raises(scan_settings.ScanError, match="stream_rows"):
+        scan_settings.ScanSettings(stream_rows=0)

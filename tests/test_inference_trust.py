@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from pfascannet import geometry, io_utils
-from pfascannet.inference import engine, model_run, outputs, scan_options, slide_list
+from pfascannet.inference import engine, model_run, outputs, scan_settings, slide_list
 from pfascannet.slide.reader import SlideReader
 from tests.scan_support import LM, OracleDetector, slide_without_mpp, write_slide
 
@@ -87,7 +87,7 @@ def _kill_after(n: int):
 
 
 def test_replaced_model_behind_the_same_path_rescans(slide_path, tmp_path):
-    opts = scan_options.ScanOptions(**QUIET)
+    opts = scan_settings.ScanSettings(**QUIET)
     out = str(tmp_path / "S")
     assert engine.scan_slides(slide_path, [_model(1.0, "A")], out, opts).ok
     map_a = _map(out)
@@ -102,14 +102,14 @@ def test_replaced_model_behind_the_same_path_rescans(slide_path, tmp_path):
 
 
 def test_partial_checkpoint_of_another_model_is_discarded(slide_path, tmp_path):
-    opts = scan_options.ScanOptions(**QUIET)
+    opts = scan_settings.ScanSettings(**QUIET)
     out = str(tmp_path / "S")
     err = io.StringIO()
     summary = engine.scan_slides(slide_path, [_model(1.0, "A")], out, opts, on_batch=_kill_after(12))
     assert summary.results[0].status == "failed"
     assert os.path.exists(os.path.join(out, "partial", f"{SID}.m0.npz"))
     b = _model(0.5, "B")
-    summary = engine.scan_slides(slide_path, [b], out, scan_options.ScanOptions(**dict(QUIET, progress_stream=err)))
+    summary = engine.scan_slides(slide_path, [b], out, scan_settings.ScanSettings(**dict(QUIET, progress_stream=err)))
     assert summary.ok and summary.results[0].stats[0].n_resumed == 0
     assert b.detector.rois_seen == N_ROIS  # nothing of A's map was kept
     full_b = str(tmp_path / "B")
@@ -121,7 +121,7 @@ def test_partial_checkpoint_of_another_model_is_discarded(slide_path, tmp_path):
 def test_replaced_slide_file_rescans(tmp_path):
     path = str(tmp_path / f"{SID}.tif")
     write_slide(path, seed=1)
-    opts = scan_options.ScanOptions(**QUIET)
+    opts = scan_settings.ScanSettings(**QUIET)
     out = str(tmp_path / "S")
     assert engine.scan_slides(path, [_run()], out, opts).ok
     write_slide(path, seed=2)  # new pixels under the same name
@@ -132,7 +132,7 @@ def test_replaced_slide_file_rescans(tmp_path):
 
 def test_threshold_and_heatmap_redo_only_the_post_processing(slide_path, tmp_path):
     out = str(tmp_path / "S")
-    assert engine.scan_slides(slide_path, [_run()], out, scan_options.ScanOptions(**dict(QUIET, threshold=0.5))).ok
+    assert engine.scan_slides(slide_path, [_run()], out, scan_settings.ScanSettings(**dict(QUIET, threshold=0.5))).ok
     saved = _map(out)
     lesions = os.path.join(out, "lesions", f"{SID}.csv")
     before = os.stat(lesions).st_ino
@@ -140,7 +140,7 @@ def test_threshold_and_heatmap_redo_only_the_post_processing(slide_path, tmp_pat
     assert not os.path.exists(heatmap)
 
     never = _run(NoCalls(16, geometry.roi_px(LM, 16)))
-    opts = scan_options.ScanOptions(**dict(QUIET, threshold=0.95, heatmap=True))
+    opts = scan_settings.ScanSettings(**dict(QUIET, threshold=0.95, heatmap=True))
     summary = engine.scan_slides(slide_path, [never], out, opts)
     assert summary.ok, summary.text()
     assert summary.results[0].status == "done" and never.detector.calls == 0
@@ -150,7 +150,7 @@ def test_threshold_and_heatmap_redo_only_the_post_processing(slide_path, tmp_pat
     assert np.array_equal(_map(out), saved)
     # Same settings again: skipped; heatmap off never forces anything either.
     assert engine.scan_slides(slide_path, [never], out, opts).results[0].status == "skipped"
-    off = scan_options.ScanOptions(**dict(QUIET, threshold=0.95, heatmap=False))
+    off = scan_settings.ScanSettings(**dict(QUIET, threshold=0.95, heatmap=False))
     assert engine.scan_slides(slide_path, [never], out, off).results[0].status == "skipped"
 
 
@@ -159,7 +159,7 @@ def test_threshold_and_heatmap_redo_only_the_post_processing(slide_path, tmp_pat
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
 def test_unreadable_checkpoint_is_discarded_with_one_warning(slide_path, tmp_path, damage):
-    opts = scan_options.ScanOptions(**QUIET)
+    opts = scan_settings.ScanSettings(**QUIET)
     out = str(tmp_path / "S")
     engine.scan_slides(slide_path, [_run()], out, opts, on_batch=_kill_after(12))
     ckpt = os.path.join(out, "partial", f"{SID}.m0.npz")
@@ -173,7 +173,7 @@ def test_unreadable_checkpoint_is_discarded_with_one_warning(slide_path, tmp_pat
             f.write(b"this is no zip file" * 10)
     err = io.StringIO()
     run = _run()
-    summary = engine.scan_slides(slide_path, [run], out, scan_options.ScanOptions(**dict(QUIET, progress_stream=err)))
+    summary = engine.scan_slides(slide_path, [run], out, scan_settings.ScanSettings(**dict(QUIET, progress_stream=err)))
     assert summary.ok, summary.text()
     assert run.detector.rois_seen == N_ROIS
     warnings = [line for line in err.getvalue().splitlines() if line.startswith("warning:")]
@@ -185,7 +185,7 @@ def test_unreadable_checkpoint_is_discarded_with_one_warning(slide_path, tmp_pat
 
 
 def test_kill_resume_still_resumes_the_same_model(slide_path, tmp_path):
-    opts = scan_options.ScanOptions(**QUIET)
+    opts = scan_settings.ScanSettings(**QUIET)
     out = str(tmp_path / "S")
     engine.scan_slides(slide_path, [_model(1.0, "A")], out, opts, on_batch=_kill_after(12))
     a = _model(1.0, "A")
@@ -215,7 +215,7 @@ def test_killed_writer_leaves_a_hidden_temp_the_next_run_removes(slide_path, tmp
     import glob
 
     assert glob.glob(str(out / "maps" / "*.npy")) == []  # no output glob matches it
-    assert engine.scan_slides(slide_path, [_run()], str(out), scan_options.ScanOptions(**QUIET)).ok
+    assert engine.scan_slides(slide_path, [_run()], str(out), scan_settings.ScanSettings(**QUIET)).ok
     assert sorted(os.listdir(out / "maps")) == [f"{SID}.json", f"{SID}.npy", f"{SID}_map.tif", f"{SID}_scanned.png"]
 
 
@@ -279,7 +279,7 @@ def test_killed_pyramid_writer_leaves_only_hidden_temps_the_cohort_rerun_removes
     left = sorted(os.listdir(images))
     assert left and all(name.startswith(".") and io_utils.is_temp_name(name) for name in left)
     assert any(os.path.isdir(images / name) for name in left)  # the scratch pyramid levels
-    with pytest.raises(scan_options.ScanError, match="no slides"):
+    with pytest.raises(scan_settings.ScanError, match="no slides"):
         slide_list.list_slides(str(tmp_path / "C"))
     from pfascannet.synthetic.cohort import make_cohort
 
@@ -308,20 +308,20 @@ def test_a_slide_locked_by_another_process_is_left_to_it(slide_path, tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         run = _run()
-        result = engine.scan_slide(slide_path, [run], out, scan_options.ScanOptions(**QUIET))
+        result = engine.scan_slide(slide_path, [run], out, scan_settings.ScanSettings(**QUIET))
         assert result.status == "locked" and run.detector.rois_seen == 0
     finally:
         holder.kill()
         holder.wait()
     # The holder died (as a SIGKILLed scan would): its lock went with it.
-    assert engine.scan_slide(slide_path, [run], out, scan_options.ScanOptions(**QUIET)).status == "done"
+    assert engine.scan_slide(slide_path, [run], out, scan_settings.ScanSettings(**QUIET)).status == "done"
 
 
 _SCANNER = """
 import json, sys, time
 import numpy as np
 from pfascannet import geometry
-from pfascannet.inference import engine, model_run, scan_options
+from pfascannet.inference import engine, model_run, scan_settings
 from tests.scan_support import LM, OracleDetector
 
 class Slow(OracleDetector):
@@ -331,7 +331,7 @@ class Slow(OracleDetector):
 
 lr = geometry.roi_px(LM, 16)
 run = model_run.ModelRun(Slow(16, lr), geometry.ScanGeometry(16, lr), name="/models/M")
-options = scan_options.ScanOptions(progress=False, heatmap=False, tissue="all", checkpoint_every_s=0.0, workers=2,
+options = scan_settings.ScanSettings(progress=False, heatmap=False, tissue="all", checkpoint_every_s=0.0, workers=2,
                                    batch=3)
 import os
 open(os.path.join(sys.argv[3], str(os.getpid())), "w").close()
@@ -382,9 +382,9 @@ def test_slide_without_pixel_size_is_refused_unless_mpp_is_given(tmp_path):
         assert reader.mpp is None
     assert "--mpp" in slide_list.check_slide(path)
     assert slide_list.check_slide(path, mpp=0.25) is None
-    summary = engine.scan_slides(path, [_run()], str(tmp_path / "S"), scan_options.ScanOptions(**QUIET))
+    summary = engine.scan_slides(path, [_run()], str(tmp_path / "S"), scan_settings.ScanSettings(**QUIET))
     assert summary.results[0].status == "failed" and "--mpp" in summary.results[0].message
-    summary = engine.scan_slides(path, [_run()], str(tmp_path / "S"), scan_options.ScanOptions(**dict(QUIET, mpp=0.25)))
+    summary = engine.scan_slides(path, [_run()], str(tmp_path / "S"), scan_settings.ScanSettings(**dict(QUIET, mpp=0.25)))
     assert summary.ok and summary.results[0].meta["mpp"] == 0.25
 
 
@@ -399,8 +399,8 @@ def test_aperio_mpp_in_the_description_is_read(tmp_path):
 
 @pytest.mark.parametrize("threshold", [float("nan"), 2.0, -0.1, float("inf")])
 def test_threshold_outside_0_1_is_refused(threshold):
-    with pytest.raises(scan_options.ScanError, match="threshold"):
-        scan_options.ScanOptions(threshold=threshold)
+    with pytest.raises(scan_settings.ScanError, match="threshold"):
+        scan_settings.ScanSettings(threshold=threshold)
 
 
 def test_slide_without_tissue_is_done_with_a_warning(tmp_path):
@@ -410,7 +410,7 @@ def test_slide_without_tissue_is_done_with_a_warning(tmp_path):
     write_pyramid_tiff(path, (1000, 700), lambda x, y, w, h: None, tiff_tile_px=256, compression="deflate",
                        num_levels=2, workers=1)
     err = io.StringIO()
-    opts = scan_options.ScanOptions(**dict(QUIET, tissue="otsu", progress_stream=err))
+    opts = scan_settings.ScanSettings(**dict(QUIET, tissue="otsu", progress_stream=err))
     summary = engine.scan_slides(path, [_run()], str(tmp_path / "S"), opts)
     result = summary.results[0]
     assert summary.ok and result.status == "done" and result.warnings

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from pfascannet import geometry, io_utils
-from pfascannet.inference import engine, model_run, outputs, scan_options
+from pfascannet.inference import engine, model_run, outputs, scan_settings
 from tests.scan_support import LM, OracleDetector, write_slide
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,7 +60,7 @@ class NumericsOracle(OracleDetector):
 def test_xla_is_in_the_map_fingerprint_so_a_resume_under_xla_rescans(slide_path, tmp_path):
     # A scan begun on a CPU node (XLA off) and resumed on a GPU node (XLA on):
     # bf16 maps of the two differ (model/precision.py), so the map is redone.
-    opts = scan_options.ScanOptions(**QUIET)
+    opts = scan_settings.ScanSettings(**QUIET)
     off = _run(NumericsOracle(precision="bfloat16", xla=False))
     on = _run(NumericsOracle(precision="bfloat16", xla=True))
     assert engine.map_fingerprint(slide_path, [off], opts) != engine.map_fingerprint(slide_path, [on], opts)
@@ -73,7 +73,7 @@ def test_xla_is_in_the_map_fingerprint_so_a_resume_under_xla_rescans(slide_path,
 
 
 def test_every_numeric_setting_is_in_the_fingerprint_and_defaults_keep_old_maps(slide_path):
-    opts = scan_options.ScanOptions(**QUIET)
+    opts = scan_settings.ScanSettings(**QUIET)
     base = engine.map_fingerprint(slide_path, [_run(NumericsOracle())], opts)
     # float32, no XLA, TensorFlow: what maps made before these settings existed were made with.
     assert base["runs"][0] == {"name": "/models/M", "mode": "dense", "alpha": 16, "roi_px": LR, "digest": "A"}
@@ -109,7 +109,7 @@ class KerasLike:
 
 
 def test_a_custom_keras_detector_swapped_behind_the_same_name_rescans(slide_path, tmp_path):
-    opts = scan_options.ScanOptions(**QUIET)
+    opts = scan_settings.ScanSettings(**QUIET)
     out = str(tmp_path / "S")
     first = _run(KerasLike(1.0))
     assert first.digest is not None and first.digest != first.name
@@ -276,7 +276,7 @@ def test_a_checkpoint_of_another_model_goes_when_the_slide_is_found_done(slide_p
     # Found by the soak: a process still holding the old model started the slide
     # again and was killed; the next process found the map done with the current
     # model and skipped it, and the other model's checkpoint stayed for good.
-    opts = scan_options.ScanOptions(**QUIET)
+    opts = scan_settings.ScanSettings(**QUIET)
     out = str(tmp_path / "S")
     assert engine.scan_slides(slide_path, [_run(NumericsOracle(digest="A"))], out, opts).ok
     summary = engine.scan_slides(slide_path, [_run(NumericsOracle(digest="B"))], out, opts, on_batch=_kill_after(6))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pfascannet import geometry
-from pfascannet.inference import engine, export, model_io, model_run, runs, scan_options
+from pfascannet.inference import engine, export, model_io, model_run, runs, scan_settings
 from pfascannet.model import precision as precision_lib
 from pfascannet.model.detector import build_detector, build_patch_classifier, transfer_weights
 from pfascannet.model.equivalence import compare_dense_to_patches, sample_positions
@@ -159,7 +159,7 @@ def test_bfloat16_map_of_a_real_slide_stays_within_the_bound(cohort, tmp_path):
     weights, _ = workflow.shipped_weights("tiny_demo")
     trained = load_training_model(weights, "tiny")
     slide = str(cohort / "images" / "patient_000_node_2.tif")
-    opts = scan_options.ScanOptions(batch=1, heatmap=False, progress=False)
+    opts = scan_settings.ScanSettings(batch=1, heatmap=False, progress=False)
     out = str(tmp_path / "scan")
     maps = {}
     for p in ("float32", "bfloat16", "float16"):

@@ -8,7 +8,7 @@ import pytest
 from absl import flags
 
 from pfascannet import settings as settings_lib
-from pfascannet.data.augment_config import AugmentConfig
+from pfascannet.data.augment_settings import AugmentSettings
 from pfascannet.synthetic.cohort import CohortError, CohortSettings
 from pfascannet.training import trainer
 from pfascannet.training.settings import TrainSettings, TrainingError
@@ -35,8 +35,8 @@ def test_train_flags_are_generated_from_the_fields_with_help(tmp_path):
     leaves = settings_lib.leaves(TrainSettings)
     assert set(names) == {leaf.name for leaf in leaves if leaf.flag}
     assert DOCUMENTED_TRAIN_FLAGS <= set(names)
-    # Every augmentation range is a flag now, named after AugmentConfig's fields.
-    assert {f"augment_{f.name}" for f in dataclasses.fields(AugmentConfig)} <= set(names)
+    # Every augmentation range is a flag now, named after AugmentSettings's fields.
+    assert {f"augment_{f.name}" for f in dataclasses.fields(AugmentSettings)} <= set(names)
     for name in names:
         assert len(fv[name].help) > 10, name
     assert fv["optimizer"].parser.enum_values == ["sgd", "adam"]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pfascannet import geometry
-from pfascannet.inference import engine, model_run, scan_options
+from pfascannet.inference import engine, model_run, scan_settings
 from pfascannet.slide.reader import SlideReader
 from pfascannet.slide.resample import ReadPlan, ResampleError, plan_read
 from pfascannet.synthetic.rescale import rescale_slide
@@ -100,7 +100,7 @@ QUIET = dict(progress=False, heatmap=False, tissue="all", checkpoint_every_s=0.0
 
 
 def _scan(path, out, run, **kw):
-    summary = engine.scan_slides(path, [run], str(out), scan_options.ScanOptions(**dict(QUIET, **kw)))
+    summary = engine.scan_slides(path, [run], str(out), scan_settings.ScanSettings(**dict(QUIET, **kw)))
     assert summary.ok, summary.text()
     with open(os.path.join(out, "maps", "patient_000_node_0.json"), encoding="utf-8") as f:
         meta = json.load(f)

@@ -20,7 +20,7 @@ import tifffile
 
 from pfascannet import geometry
 from pfascannet.data import sampling
-from pfascannet.inference import engine, model_run, scan_options
+from pfascannet.inference import engine, model_run, scan_settings
 from pfascannet.slide.reader import SlideReader
 from tests.scan_support import LM, OracleDetector
 
@@ -92,7 +92,7 @@ def test_scanned_at_the_models_pixel_size(folder, tmp_path, name, vendor, mpp, s
     # The tiny slide (73 x 49 um) is smaller than the tissue detector's smallest object (100 um square):
     # scanned whole with --tissue=all (off-slide parts read as white glass), see the test below for Otsu.
     tissue = "all" if name.startswith("tiny") else "otsu"
-    options = scan_options.ScanOptions(progress=False, heatmap=False, checkpoint_every_s=0.0, tissue=tissue)
+    options = scan_settings.ScanSettings(progress=False, heatmap=False, checkpoint_every_s=0.0, tissue=tissue)
     summary = engine.scan_slides(path, [_oracle()], str(tmp_path), options)
     assert summary.ok, summary.text()
     sid = os.path.splitext(name)[0]
@@ -109,7 +109,7 @@ def test_scanned_at_the_models_pixel_size(folder, tmp_path, name, vendor, mpp, s
 
 
 def test_a_slide_smaller_than_the_tissue_detector_sees_says_so_in_one_line(folder, tmp_path):
-    options = scan_options.ScanOptions(progress=False, heatmap=False)
+    options = scan_settings.ScanSettings(progress=False, heatmap=False)
     summary = engine.scan_slides(str(folder / "tiny_0243.tif"), [_oracle()], str(tmp_path), options)
     assert summary.ok and summary.results[0].status == "done"
     (warning,) = summary.results[0].warnings

@@ -112,17 +112,17 @@ def _check_stage_flags(stage, module, fv):
 
 def test_drifted_settings_are_declared_once():
     from pfascannet.inference import postprocess
-    from pfascannet.inference.scan_options import ScanOptions
+    from pfascannet.inference.scan_settings import ScanSettings
     from pfascannet.model import paper
     from pfascannet.training.settings import PAPER_DEFAULTS, LossSettings, ModelSettings
 
-    scan = {f.name: f for f in dataclasses.fields(ScanOptions)}
+    scan = {f.name: f for f in dataclasses.fields(ScanSettings)}
     post = {f.name: f for f in dataclasses.fields(postprocess.PostSettings)}
     for name in ("threshold", "heatmap"):  # one declaration (default, help, check), two holders
         assert dict(post[name].metadata) == dict(scan[name].metadata) and post[name].default == scan[name].default
     with pytest.raises(postprocess.PostprocessError, match=r"threshold must be a probability in \[0, 1\]"):
         postprocess.PostSettings(threshold=1.5)
-    assert ScanOptions().batch == 1  # the scan command's, workflow.scan's and every benchmark's
+    assert ScanSettings().batch == 1  # the scan command's, workflow.scan's and every benchmark's
     assert (PAPER_DEFAULTS["gamma"], PAPER_DEFAULTS["lambda_seg"]) == (paper.PAPER_GAMMA, paper.PAPER_LAMBDA)
     assert (LossSettings().gamma, LossSettings().lambda_seg) == (paper.PAPER_GAMMA, paper.PAPER_LAMBDA)
     from pfascannet.model.precision import PRECISIONS
@@ -131,7 +131,7 @@ def test_drifted_settings_are_declared_once():
 
 
 def test_checks_and_repeatable_and_required_flags():
-    from pfascannet.inference.scan_options import ScanError, ScanOptions
+    from pfascannet.inference.scan_settings import ScanError, ScanSettings
 
     @dataclasses.dataclass(frozen=True)
     class Command:
@@ -159,5 +159,5 @@ def test_checks_and_repeatable_and_required_flags():
     with pytest.raises(settings_lib.SettingsError, match="port must be an integer in 0..65535, got 70000"):
         settings_lib.from_flags(Command, fv, seeds=(1,))
     with pytest.raises(ScanError, match="batch must be an integer >= 1, got 0"):
-        ScanOptions(batch=0)
-    assert ScanOptions(tissue=lambda reader: None).tissue is not None  # code may pass a callable; the flag: a choice
+        ScanSettings(batch=0)
+    assert ScanSettings(tissue=lambda reader: None).tissue is not None  # code may pass a callable; the flag: a choice

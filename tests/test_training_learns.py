@@ -30,7 +30,7 @@ HELD_OUT_PER_CLASS = 24
 
 def _held_out(cohort):
     slides = sampling.load_cohort(os.fspath(cohort), "test")
-    sampler = sampling.PatchSampler(slides, sampling.SamplerConfig(random_per_class=HELD_OUT_PER_CLASS, boundary=0, itc=0))
+    sampler = sampling.PatchSampler(slides, sampling.SamplerSettings(random_per_class=HELD_OUT_PER_CLASS, boundary=0, itc=0))
     samples = sampler.sample(seed=99)
     reader = pipeline.PatchReader(sampler)
     try:

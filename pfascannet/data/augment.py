@@ -27,7 +27,7 @@ import math
 
 import tensorflow as tf
 
-from pfascannet.data.augment_config import AugmentConfig, AugmentError  # noqa: F401  (their home; re-exported)
+from pfascannet.data.augment_settings import AugmentSettings, AugmentError  # noqa: F401  (their home; re-exported)
 
 
 def _sub(seed: tf.Tensor, k: int) -> tf.Tensor:
@@ -58,7 +58,7 @@ def affine_resample(image: tf.Tensor, transform: tf.Tensor, interpolation: str) 
     return out[0]
 
 
-def sample_affine(seed: tf.Tensor, size_px: int, config: AugmentConfig) -> tf.Tensor:
+def sample_affine(seed: tf.Tensor, size_px: int, config: AugmentSettings) -> tf.Tensor:
     """The output->input transform of rotation, scaling and crop shift about the centre."""
     theta = _uniform(seed, 10, -config.max_rotation_deg, config.max_rotation_deg) * (math.pi / 180.0)
     lo, hi = config.scale_range
@@ -77,7 +77,7 @@ def sample_affine(seed: tf.Tensor, size_px: int, config: AugmentConfig) -> tf.Te
     return tf.stack([a0, a1, a2, b0, b1, b2, 0.0, 0.0])
 
 
-def geometric(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tuple[tf.Tensor, tf.Tensor]:
+def geometric(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, config: AugmentSettings) -> tuple[tf.Tensor, tf.Tensor]:
     """Applies one random flip / rot90 / rotation / scale / crop to both.
 
     Args:
@@ -108,7 +108,7 @@ def geometric(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, config: Augmen
     return image, mask
 
 
-def colour(image: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
+def colour(image: tf.Tensor, seed: tf.Tensor, config: AugmentSettings) -> tf.Tensor:
     """Colour jitter then HSV jitter, on a float32 0..255 RGB image only."""
     x = image / 255.0
     if config.brightness:
@@ -132,7 +132,7 @@ def colour(image: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.Tenso
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0
 
 
-def augment_pair(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tuple[tf.Tensor, tf.Tensor]:
+def augment_pair(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, config: AugmentSettings) -> tuple[tf.Tensor, tf.Tensor]:
     """Geometric augmentation of both, then colour/HSV jitter of the image (Sec. 2.4).
 
     Args:

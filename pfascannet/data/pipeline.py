@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from pfascannet import geometry, io_utils
 from pfascannet.data import augment as augment_mod
-from pfascannet.data.augment import AugmentConfig
+from pfascannet.data.augment import AugmentSettings
 from pfascannet.data.sampling import PatchSample, PatchSampler, counts_by_kind
 from pfascannet.errors import PfaError
 from pfascannet.slide.reader import SlideReader
@@ -201,7 +201,7 @@ def _finish(
     *,
     batch_size: int,
     seed: int,
-    augment_config: Optional[AugmentConfig],
+    augment_config: Optional[AugmentSettings],
     drop_remainder: bool,
     num_parallel_calls,
 ) -> tf.data.Dataset:
@@ -230,7 +230,7 @@ def slide_dataset(
     *,
     batch_size: int,
     seed: int = 0,
-    augment_config: Optional[AugmentConfig] = AugmentConfig(),
+    augment_config: Optional[AugmentSettings] = AugmentSettings(),
     start_index: int = 0,
     shuffle: bool = True,
     repeat: bool = True,
@@ -374,7 +374,7 @@ def tfrecord_dataset(
     *,
     batch_size: int,
     seed: int = 0,
-    augment_config: Optional[AugmentConfig] = AugmentConfig(),
+    augment_config: Optional[AugmentSettings] = AugmentSettings(),
     start_index: int = 0,
     shuffle_buffer: int = 256,
     repeat: bool = True,

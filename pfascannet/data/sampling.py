@@ -276,7 +276,7 @@ class SlideTruth:
 
 
 @dataclasses.dataclass(frozen=True)
-class SamplerConfig:
+class SamplerSettings:
     """How many patches of each kind (Sec. 2.4, Fig. 1), and how they are found.
 
     The counts are settings (``pfascannet.settings``): ``pfascannet train`` and
@@ -314,12 +314,12 @@ class PatchSampler:
       config: counts and grids.
 
     Example:
-      >>> sampler = PatchSampler(load_cohort(d, "train"), SamplerConfig())
+      >>> sampler = PatchSampler(load_cohort(d, "train"), SamplerSettings())
       >>> samples = sampler.sample(seed=0)
       >>> mask512 = sampler.mask(samples[0])
     """
 
-    def __init__(self, slides: Sequence[SlideEntry], config: SamplerConfig = SamplerConfig(),
+    def __init__(self, slides: Sequence[SlideEntry], config: SamplerSettings = SamplerSettings(),
                  target_mpp: Optional[float] = LEVEL0_MPP):
         if not slides:
             raise SamplingError("PatchSampler needs at least one slide")

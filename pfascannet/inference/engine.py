@@ -34,7 +34,7 @@ How the scan keeps the model busy and the memory flat:
 - Temporary files are hidden (``.name.tmp-*``) and removed by the next run
   (``io_utils.remove_stale_temps``); the slide lister never lists dot-files.
 
-Around it: ``scan_options`` (settings), ``model_run`` (the detector protocol,
+Around it: ``scan_settings`` (settings), ``model_run`` (the detector protocol,
 dense / patch / edge prediction), ``ensemble``, ``slide_list`` (slide lists
 and shards), ``scan_summary`` (results, ``scan_config.json``).
 """
@@ -62,7 +62,7 @@ from pfascannet.inference.export_meta import mpp_warnings
 from pfascannet.inference.model_run import EDGE_SPLIT, ModelRun, plan_split, predict_tiles
 from pfascannet.inference.plan import RoiPlan, level_downsample, make_plan, tissue_on_map
 from pfascannet.inference.roi_readers import ThreadReaders
-from pfascannet.inference.scan_options import ScanError, ScanOptions
+from pfascannet.inference.scan_settings import ScanError, ScanSettings
 from pfascannet.inference.stream import scan_map_streaming, stream_settings
 from pfascannet.inference.scan_summary import ScanSummary, SlideScanResult, write_scan_config
 from pfascannet.inference.slide_list import list_slides, shard_slides
@@ -139,7 +139,7 @@ class ScanProgress(Progress):
         )
 
 
-def quiet_progress(options: ScanOptions) -> ScanProgress:
+def quiet_progress(options: ScanSettings) -> ScanProgress:
     """A reporter that shows only warnings and errors (for a slide scanned without one)."""
     return ScanProgress(1, options.progress_stream, enabled=False)
 
@@ -192,7 +192,7 @@ def scan_map(
     slide_path: str,
     run: ModelRun,
     plan: RoiPlan,
-    options: ScanOptions,
+    options: ScanSettings,
     checkpoint_path: Optional[str] = None,
     fingerprint: Optional[dict] = None,
     progress: Optional[ScanProgress] = None,
@@ -307,7 +307,7 @@ def scan_map(
 # --------------------------------------------------------------------------- one slide
 
 
-def _tissue(reader: SlideReader, options: ScanOptions) -> Optional[np.ndarray]:
+def _tissue(reader: SlideReader, options: ScanSettings) -> Optional[np.ndarray]:
     if options.tissue == "all":
         return None
     if callable(options.tissue):
@@ -324,7 +324,7 @@ def slide_identity(path: str) -> dict:
     return {"file": os.path.basename(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def map_fingerprint(path: str, runs: Sequence[ModelRun], options: ScanOptions, read: Optional[ReadPlan] = None) -> dict:
+def map_fingerprint(path: str, runs: Sequence[ModelRun], options: ScanSettings, read: Optional[ReadPlan] = None) -> dict:
     """Everything a slide's map depends on (the model's content and the read plan included); see the module docstring."""
     tissue = options.tissue if isinstance(options.tissue, str) else getattr(options.tissue, "__name__", "custom")
     out = {
@@ -346,7 +346,7 @@ def map_fingerprint(path: str, runs: Sequence[ModelRun], options: ScanOptions, r
     return out
 
 
-def post_settings(options: ScanOptions) -> postprocess.PostSettings:
+def post_settings(options: ScanSettings) -> postprocess.PostSettings:
     """The post-processing a scan asks for (``postprocess``); never part of a map's fingerprint."""
     return postprocess.PostSettings(threshold=options.threshold, heatmap=options.heatmap)
 
@@ -358,7 +358,7 @@ def scan_slide(
     path: str,
     runs: Sequence[ModelRun],
     out_dir: str,
-    options: ScanOptions,
+    options: ScanSettings,
     progress: Optional[ScanProgress] = None,
     on_batch: Optional[Callable[[int], None]] = None,
     wait: bool = False,
@@ -408,7 +408,7 @@ def _map_done(out_dir: str, slide: str, fingerprint: dict) -> bool:
     return True
 
 
-def slide_read_plan(reader: SlideReader, runs: Sequence[ModelRun], options: ScanOptions) -> ReadPlan:
+def slide_read_plan(reader: SlideReader, runs: Sequence[ModelRun], options: ScanSettings) -> ReadPlan:
     """How a slide is read for these models (``slide.resample``): at their training pixel size.
 
     ``options.scan_level`` (``--scan_level``) reads that level pixel for pixel
@@ -445,7 +445,7 @@ def slide_read_plan(reader: SlideReader, runs: Sequence[ModelRun], options: Scan
         raise ScanError(f"{reader.path}: {exc}") from None
 
 
-def _read_plan(path: str, runs: Sequence[ModelRun], options: ScanOptions) -> ReadPlan:
+def _read_plan(path: str, runs: Sequence[ModelRun], options: ScanSettings) -> ReadPlan:
     with SlideReader(path, mpp=options.mpp) as reader:
         return slide_read_plan(reader, runs, options)
 
@@ -545,7 +545,7 @@ def scan_slides(
     slides: str | Sequence[str],
     runs: Sequence[ModelRun],
     out_dir: str,
-    options: ScanOptions = ScanOptions(),
+    options: ScanSettings = ScanSettings(),
     shard: Optional[tuple[int, int]] = None,
     on_batch: Optional[Callable[[int], None]] = None,
 ) -> ScanSummary:
@@ -556,7 +556,7 @@ def scan_slides(
       runs: one ModelRun, or several for an ensemble (their maps are averaged
         on the coarsest member's grid).
       out_dir: the scan's output folder (layout: ARCHITECTURE.md).
-      options: ScanOptions.
+      options: ScanSettings.
       shard: ``(i, N)``: scan only slides ``k`` with ``k mod N == i``.
       on_batch: test hook, see ``scan_map``.
 

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pfascannet.inference.scan_options import ScanError
+from pfascannet.inference.scan_settings import ScanError
 
 
 def pool_to_stride(prob_map: np.ndarray, factor: int, out_shape: tuple[int, int]) -> np.ndarray:

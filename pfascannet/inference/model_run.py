@@ -16,7 +16,7 @@ import numpy as np
 
 from pfascannet import geometry
 from pfascannet.inference.plan import edge_split
-from pfascannet.inference.scan_options import ScanError, ScanOptions
+from pfascannet.inference.scan_settings import ScanError, ScanSettings
 
 
 class Detector(Protocol):
@@ -140,7 +140,7 @@ def edge_detector(run: ModelRun, side_px: int):
     return cache[side_px]
 
 
-def plan_split(run: ModelRun, options: ScanOptions) -> int:
+def plan_split(run: ModelRun, options: ScanSettings) -> int:
     """The ``split`` of a run's plan: ``EDGE_SPLIT`` where edge ROIs are on and possible, else 1."""
     split = edge_split(run.grid, EDGE_SPLIT) if options.edge_rois and run.mode == "dense" else 1
     if split > 1 and edge_detector(run, geometry.roi_px(run.grid.tile_px // split, run.grid.alpha)) is None:

@@ -33,7 +33,7 @@ from pfascannet import settings as settings_lib
 from pfascannet.errors import PfaError
 from pfascannet.inference import lesions as lesions_lib
 from pfascannet.inference import outputs
-from pfascannet.inference.scan_options import ScanOptions
+from pfascannet.inference.scan_settings import ScanSettings
 from pfascannet.io_utils import remove_stale_temps, write_json
 from pfascannet.progress import Progress
 from pfascannet.slide.reader import SlideReader
@@ -53,8 +53,8 @@ class PostSettings:
       heatmap: write the heatmap PNG (needs the slide file for its thumbnail).
     """
 
-    threshold: float = settings_lib.same_as(ScanOptions, "threshold")
-    heatmap: bool = settings_lib.same_as(ScanOptions, "heatmap")
+    threshold: float = settings_lib.same_as(ScanSettings, "threshold")
+    heatmap: bool = settings_lib.same_as(ScanSettings, "heatmap")
 
     def __post_init__(self):
         settings_lib.check_fields(self, PostprocessError)

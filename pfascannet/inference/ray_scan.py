@@ -48,7 +48,7 @@ from typing import Callable, Optional, Sequence
 from pfascannet import camelyon
 from pfascannet.errors import PfaError
 from pfascannet.inference import engine, outputs, runs as runs_lib
-from pfascannet.inference.scan_options import ScanError, ScanOptions
+from pfascannet.inference.scan_settings import ScanError, ScanSettings
 from pfascannet.inference.scan_summary import ScanSummary, SlideScanResult, write_scan_config
 from pfascannet.inference.slide_list import list_slides, shard_slides
 from pfascannet.io_utils import remove_stale_temps
@@ -75,7 +75,7 @@ def _above_zero(value) -> Optional[str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class RayOptions:
+class RaySettings:
     """How the cohort is spread over Ray (validated on construction).
 
     Attributes:
@@ -126,7 +126,7 @@ def scan_slide_task(
     path: str,
     specs: Sequence,
     out_dir: str,
-    options: ScanOptions,
+    options: ScanSettings,
     on_batch: Optional[Callable[[int], None]] = None,
 ) -> SlideScanResult:
     """What one Ray task runs: load (or reuse) the model, ``engine.scan_slide``, a result either way.
@@ -185,7 +185,7 @@ class CohortProgress(Progress):
         )
 
 
-def _start(ray, ray_options: RayOptions) -> bool:
+def _start(ray, ray_options: RaySettings) -> bool:
     """Connects to or starts Ray; True if this call started it (and so must shut it down)."""
     if ray.is_initialized():
         return False
@@ -208,9 +208,9 @@ def scan_slides_ray(
     slides: str | Sequence[str],
     specs: Sequence,
     out_dir: str,
-    options: ScanOptions = ScanOptions(),
+    options: ScanSettings = ScanSettings(),
     shard: Optional[tuple[int, int]] = None,
-    ray_options: RayOptions = RayOptions(),
+    ray_options: RaySettings = RaySettings(),
     on_batch: Optional[Callable[[int], None]] = None,
 ) -> ScanSummary:
     """Scans a list of slides with one Ray task per slide; see the module docstring.
@@ -220,7 +220,7 @@ def scan_slides_ray(
       specs: the model runs as ``runs.resolve_runs`` settles them (loaded in
         the workers; an ensemble has several).
       out_dir: the scan's output folder, seen by every worker (ARCHITECTURE.md).
-      options: the per-slide ScanOptions (its progress settings drive the
+      options: the per-slide ScanSettings (its progress settings drive the
         cohort line; the tasks print none).
       shard: ``(i, N)``: only slides ``k`` with ``k mod N == i``.
       ray_options: where and how the tasks run.

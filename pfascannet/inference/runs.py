@@ -23,7 +23,7 @@ from pfascannet import geometry
 from pfascannet.inference import export_meta
 from pfascannet.inference.model_run import ModelRun
 from pfascannet.inference.plan import auto_roi_px
-from pfascannet.inference.scan_options import ScanError
+from pfascannet.inference.scan_settings import ScanError
 from pfascannet.model.precision import check_precision
 
 XLA_SETTINGS = ("auto", "on", "off")  # export.XLA_SETTINGS, without importing Keras

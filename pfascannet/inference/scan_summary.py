@@ -7,7 +7,7 @@ import dataclasses
 import os
 from typing import Optional, Sequence
 
-from pfascannet.inference.scan_options import ScanOptions
+from pfascannet.inference.scan_settings import ScanSettings
 from pfascannet.io_utils import write_json
 from pfascannet.progress import fmt_duration
 
@@ -58,7 +58,7 @@ class ScanSummary:
         return "\n".join(lines)
 
 
-def write_scan_config(out_dir: str, runs: list, options: ScanOptions, paths: Sequence[str],
+def write_scan_config(out_dir: str, runs: list, options: ScanSettings, paths: Sequence[str],
                       shard: Optional[tuple[int, int]] = None, **extra) -> None:
     """Writes ``scan_config.json`` (``scan_config.shard<i>of<N>.json`` for a shard): what a scan was asked for."""
     os.makedirs(out_dir, exist_ok=True)

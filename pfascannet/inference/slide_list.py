@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 from pfascannet import camelyon, datasets
 from pfascannet.camelyon import SLIDE_EXTENSIONS
 from pfascannet.errors import PfaError
-from pfascannet.inference.scan_options import ScanError
+from pfascannet.inference.scan_settings import ScanError
 from pfascannet.slide.reader import SlideReader
 
 

@@ -56,7 +56,7 @@ import numpy as np
 
 from pfascannet import geometry
 from pfascannet.inference.roi_readers import ThreadReaders
-from pfascannet.inference.scan_options import STREAM_WIDTH, ScanError, ScanOptions
+from pfascannet.inference.scan_settings import STREAM_WIDTH, ScanError, ScanSettings
 from pfascannet.io_utils import atomic_path
 
 WIDTH_QUANTUM = 16
@@ -400,7 +400,7 @@ def _dtype_name(t) -> str:
 # --------------------------------------------------------------------------- the scan
 
 
-def stream_settings(options: ScanOptions) -> dict:
+def stream_settings(options: ScanSettings) -> dict:
     """What a streamed map depends on beyond an ROI scan's (part of its fingerprint)."""
     return {"rows": options.stream_rows, "width": options.stream_width}
 
@@ -453,7 +453,7 @@ def _save_checkpoint(path, fingerprint_id: str, prob_map, done, position, state:
                  fingerprint=np.array(fingerprint_id), **arrays)
 
 
-def scan_map_streaming(slide_path, run, plan, options: ScanOptions, checkpoint_path=None, fingerprint=None,
+def scan_map_streaming(slide_path, run, plan, options: ScanSettings, checkpoint_path=None, fingerprint=None,
                        progress=None, on_batch=None):
     """``engine.scan_map`` computed by streaming (module docstring): the same map, resumable.
 

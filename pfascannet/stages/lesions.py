@@ -29,7 +29,7 @@ from pfascannet import camelyon
 from pfascannet import settings as settings_lib
 from pfascannet.errors import PfaError
 from pfascannet.inference import postprocess, slide_list
-from pfascannet.inference.scan_options import ScanOptions
+from pfascannet.inference.scan_settings import ScanSettings
 from pfascannet.progress import Progress
 from pfascannet.settings import setting
 
@@ -43,7 +43,7 @@ class LesionsCommand:
                    "default: the paths the scan recorded.")
     slide: tuple[str, ...] = setting((), repeat=True,
                                      help="Only this slide id (repeatable); default: every map in the folder.")
-    progress: bool = settings_lib.same_as(ScanOptions, "progress")
+    progress: bool = settings_lib.same_as(ScanSettings, "progress")
 
 
 FLAGS = flags.FLAGS

@@ -36,7 +36,7 @@ from absl import flags, logging
 from pfascannet import geometry
 from pfascannet import settings as settings_lib
 from pfascannet.cliutil import fail
-from pfascannet.inference import engine, ray_scan, runs, scan_options, slide_list
+from pfascannet.inference import engine, ray_scan, runs, scan_settings, slide_list
 from pfascannet.model.precision import PRECISIONS
 from pfascannet.settings import setting
 
@@ -45,7 +45,7 @@ MODES = ("dense", "patch")
 
 @dataclasses.dataclass(frozen=True)
 class ScanCommand:
-    """The flags of ``pfascannet scan`` that are not ``ScanOptions`` or ``RayOptions`` (inputs, models)."""
+    """The flags of ``pfascannet scan`` that are not ``ScanSettings`` or ``RaySettings`` (inputs, models)."""
 
     model: Optional[str] = setting(None, help="Export directory, .keras file or SavedModel directory.")
     slides: Optional[str] = setting(
@@ -71,11 +71,11 @@ class ScanCommand:
         None, help="i/N: scan only slides k with k mod N == i of the sorted list (0 <= i < N).")
 
     def __post_init__(self):
-        settings_lib.check_fields(self, scan_options.ScanError)
+        settings_lib.check_fields(self, scan_settings.ScanError)
 
 
 FLAGS = flags.FLAGS
-SETTINGS = (ScanCommand, scan_options.ScanOptions, ray_scan.RayOptions)
+SETTINGS = (ScanCommand, scan_settings.ScanSettings, ray_scan.RaySettings)
 """Every flag of the stage, generated from these dataclasses' fields (``pfascannet.settings``)."""
 settings_lib.define_stage_flags(SETTINGS)
 
@@ -90,7 +90,7 @@ def main(argv) -> None:
 
     # Every flag and input is checked here, before the (slow) model load.
     shard = slide_list.parse_shard(FLAGS.shard) if FLAGS.shard else None
-    options = settings_lib.from_flags(scan_options.ScanOptions, FLAGS)
+    options = settings_lib.from_flags(scan_settings.ScanSettings, FLAGS)
     roi = FLAGS.roi
     if roi not in (None, "auto"):
         try:
@@ -128,7 +128,7 @@ def main(argv) -> None:
     _check_slides(slide_list.shard_slides(slides, shard) if shard is not None else slides)
     if FLAGS.ray is not None:  # the workers load the model; the driver never does
         summary = ray_scan.scan_slides_ray(slides, specs, FLAGS.out, options, shard=shard,
-                                           ray_options=settings_lib.from_flags(ray_scan.RayOptions, FLAGS))
+                                           ray_options=settings_lib.from_flags(ray_scan.RaySettings, FLAGS))
         sys.exit(0 if summary.ok else 1)
     model_runs = [runs.load_spec(spec) for spec in specs]
     for r in model_runs:

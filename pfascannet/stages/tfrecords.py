@@ -25,7 +25,7 @@ from pfascannet.settings import setting
 
 @dataclasses.dataclass(frozen=True)
 class TfrecordsCommand:
-    """The flags of ``pfascannet tfrecords`` that are not ``sampling.SamplerConfig`` (the patch counts)."""
+    """The flags of ``pfascannet tfrecords`` that are not ``sampling.SamplerSettings`` (the patch counts)."""
 
     data: Optional[str] = setting(None, help="Dataset root: a cohort folder (images/, annotations/, slides.csv) or "
                                              "CAMELYON16/17 as downloaded (training/, testing/).")
@@ -36,7 +36,7 @@ class TfrecordsCommand:
 
 
 FLAGS = flags.FLAGS
-SETTINGS = (TfrecordsCommand, sampling.SamplerConfig)
+SETTINGS = (TfrecordsCommand, sampling.SamplerSettings)
 """Every flag of the stage, generated from these dataclasses' fields (``pfascannet.settings``)."""
 settings_lib.define_stage_flags(SETTINGS)
 
@@ -47,7 +47,7 @@ def main(argv):
     if not FLAGS.data or not FLAGS.out:
         raise sampling.SamplingError("--data and --out are required")
     slides = sampling.load_cohort(FLAGS.data, FLAGS.split)
-    sampler = sampling.PatchSampler(slides, settings_lib.from_flags(sampling.SamplerConfig, FLAGS))
+    sampler = sampling.PatchSampler(slides, settings_lib.from_flags(sampling.SamplerSettings, FLAGS))
     samples = sampler.sample(FLAGS.seed)
     reader = pipeline.PatchReader(sampler)
     paths = pipeline.write_tfrecords(samples, reader, FLAGS.out, num_shards=FLAGS.shards)

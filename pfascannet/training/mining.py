@@ -35,7 +35,7 @@ from pfascannet.inference import engine
 from pfascannet.inference.export import KerasDetector
 from pfascannet.inference.lesions import lesion_candidates
 from pfascannet.inference.model_run import ModelRun
-from pfascannet.inference.scan_options import ScanOptions
+from pfascannet.inference.scan_settings import ScanSettings
 from pfascannet.model.detector import build_detector, transfer_weights
 
 MINING_RADIUS_UM = 100.0
@@ -81,7 +81,7 @@ def mine_from_slides(
     transfer_weights(model, detector)
     run = ModelRun(KerasDetector(detector, alpha, roi_px), geometry.ScanGeometry(alpha=alpha, roi_px=roi_px),
                    name="training weights")
-    options = ScanOptions(batch=batch, heatmap=False, progress=False)
+    options = ScanSettings(batch=batch, heatmap=False, progress=False)
     slides = sorted(sampler.slides.items())
     # Slides another worker holds are passed over, then waited for once ours are done.
     locked = [(sid, entry) for sid, entry in slides

@@ -1,8 +1,8 @@
 """Settings of one training run, each declared once (``pfascannet.settings``).
 
 ``TrainSettings`` nests one dataclass per part of the method: the model
-(``ModelSettings``), the patch sampler (``data.sampling.SamplerConfig``, Sec. 2.4 Fig. 1),
-the augmentation (``data.augment_config.AugmentConfig``, Sec. 2.4; None: off), the
+(``ModelSettings``), the patch sampler (``data.sampling.SamplerSettings``, Sec. 2.4 Fig. 1),
+the augmentation (``data.augment_settings.AugmentSettings``, Sec. 2.4; None: off), the
 loss (``LossSettings``, eqs. (2)-(3)), the optimiser (``OptimiserSettings``)
 and hard-negative mining (``MiningSettings``); the run's own fields (data,
 workdir, steps, batch, seed, checkpoints, distribution) sit at the top.
@@ -25,7 +25,7 @@ from typing import Optional
 
 from pfascannet import settings as settings_lib
 from pfascannet.data import sampling
-from pfascannet.data.augment_config import AugmentConfig
+from pfascannet.data.augment_settings import AugmentSettings
 from pfascannet.errors import PfaError
 from pfascannet.model import paper
 from pfascannet.model.precision import PRECISIONS
@@ -215,12 +215,12 @@ class TrainSettings:
     batch_size: int = setting(8, must_match=True, help="Global batch size (a multiple of the number of replicas).")
     seed: int = setting(0, must_match=True, help="Seed of sampling, initialisation, shuffling and augmentation.")
     split: str = setting("train", must_match=True, help="Split to train on (slides.csv's split column; CAMELYON: train = training/).")
-    sampler: sampling.SamplerConfig = group(sampling.SamplerConfig, must_match=True)
+    sampler: sampling.SamplerSettings = group(sampling.SamplerSettings, must_match=True)
     stream: bool = setting(True, must_match=True, legacy=False,
                            help="Fresh seeded patch positions every epoch (pipeline.SampleStream; epoch 0 is "
                                 "samples.csv); --nostream replays one draw.")
-    augmentation: Optional[AugmentConfig] = group(
-        AugmentConfig, switch="augment", prefix="augment_", must_match=True, legacy=LEGACY_IS_DEFAULT,
+    augmentation: Optional[AugmentSettings] = group(
+        AugmentSettings, switch="augment", prefix="augment_", must_match=True, legacy=LEGACY_IS_DEFAULT,
         help="Flip/rotation/scaling/cropping + colour/HSV jitter (Sec. 2.4); ranges: --augment_*.")
     loss: LossSettings = group(LossSettings)
     optimiser: OptimiserSettings = group(OptimiserSettings)

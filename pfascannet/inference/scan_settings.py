@@ -1,4 +1,4 @@
-"""A scan's settings (``ScanOptions``) and its error class.
+"""A scan's settings (``ScanSettings``) and its error class.
 
 ``scan_level``, ``tissue``, ``tissue_downsample``, ``mpp`` and ``edge_rois``
 decide which ROIs are scanned, so they are part of a map's fingerprint
@@ -57,7 +57,7 @@ def _seconds(value) -> Optional[str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class ScanOptions:
+class ScanSettings:
     """Runtime settings of a scan.
 
     ``scan_level``, ``tissue``, ``tissue_downsample`` and ``mpp`` (the tissue

@@ -1,4 +1,4 @@
-"""Ranges of the Sec. 2.4 augmentation (``AugmentConfig``), without TensorFlow.
+"""Ranges of the Sec. 2.4 augmentation (``AugmentSettings``), without TensorFlow.
 
 Kept apart from ``data.augment`` (the TensorFlow ops) so that settings and
 flags (``training.settings``, ``pfascannet train --help``) do not import
@@ -18,7 +18,7 @@ class AugmentError(PfaError, ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class AugmentConfig:
+class AugmentSettings:
     """Ranges of every augmentation; a zero/identity value switches one off.
 
     Attributes:
@@ -62,6 +62,6 @@ class AugmentConfig:
             raise AugmentError("max_shift_px, max_rotation_deg and brightness must be >= 0")
 
     @classmethod
-    def none(cls) -> "AugmentConfig":
+    def none(cls) -> "AugmentSettings":
         """Every augmentation off (evaluation, tests)."""
         return cls(False, False, 0.0, (1.0, 1.0), 0, 0.0, (1.0, 1.0), (1.0, 1.0), 0.0, 0.0, 0.0, 0.0)
