@@ -62,13 +62,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _demo_parser() -> argparse.ArgumentParser:
+    from pfascannet import demo, settings  # noqa: PLC0415  (no TensorFlow: demo imports it lazily)
+
     d = _Parser(prog="pfascannet demo", description=BUILTINS["demo"])
-    d.add_argument("--out", default="demo_out", help="output folder (rerun to resume)")
-    d.add_argument("--fast", action="store_true", help="smallest size: 2 patients, smaller slides")
-    d.add_argument("--train", action="store_true", help="train the tiny model here instead of the shipped weights")
-    d.add_argument("--train_steps", type=int, default=300, help="with --train: steps")
-    d.add_argument("--train_minutes", type=float, default=4.0, help="with --train: time limit")
-    d.add_argument("--seed", type=int, default=0, help="cohort (and training) seed")
+    settings.add_arguments(d, demo.DemoSettings)  # one declaration per option: DemoSettings' fields
     return d
 
 
@@ -82,9 +79,9 @@ def _demo(args: argparse.Namespace) -> int:
         # handler (logging.basicConfig), which would print every progress line a second time.
         progress.use_plain_output()
 
-    settings = demo.DemoSettings(out=args.out, size="fast" if args.fast else "default", train=args.train,
-                                 train_steps=args.train_steps, train_minutes=args.train_minutes, seed=args.seed)
-    demo.run_demo(settings)
+    from pfascannet import settings as settings_lib  # noqa: PLC0415
+
+    demo.run_demo(settings_lib.from_arguments(demo.DemoSettings, args))
     return 0
 
 

@@ -24,6 +24,7 @@ from typing import Optional
 from pfascannet import geometry, results_page, viewer, workflow
 from pfascannet.errors import PfaError
 from pfascannet.evaluation import froc, reference, run
+from pfascannet.settings import at_least, check_fields, positive, setting
 
 SIZES = {
     # patients (half train, half test), slide side of non-macro slides
@@ -38,20 +39,22 @@ TRAIN_CONFIG = "tiny"
 
 @dataclasses.dataclass(frozen=True)
 class DemoSettings:
-    """What ``pfascannet demo`` was asked for."""
+    """What ``pfascannet demo`` was asked for: its command-line options (``settings.add_arguments``)."""
 
-    out: str = "demo_out"
-    size: str = "default"
-    train: bool = False
-    train_steps: int = 300
-    train_minutes: float = 4.0
-    seed: int = 0
+    out: str = setting("demo_out", help="output folder (rerun to resume)")
+    fast: bool = setting(False, help="smallest size: 2 patients, smaller slides")
+    train: bool = setting(False, help="train the tiny model here instead of the shipped weights")
+    train_steps: int = setting(300, check=at_least(1), help="with --train: steps")
+    train_minutes: float = setting(4.0, check=positive, help="with --train: time limit")
+    seed: int = setting(0, help="cohort (and training) seed")
 
     def __post_init__(self):
-        if self.size not in SIZES:
-            raise PfaError(f"--size must be one of {sorted(SIZES)}, got {self.size!r}")
-        if self.train_steps < 1 or not self.train_minutes > 0:
-            raise PfaError("--train_steps must be >= 1 and --train_minutes > 0")
+        check_fields(self, PfaError)
+
+    @property
+    def size(self) -> str:
+        """The cohort size, a key of ``SIZES``."""
+        return "fast" if self.fast else "default"
 
 
 def obtain_model(s: DemoSettings, cohort_dir: str, log: workflow.Log) -> tuple[str, str, str]:

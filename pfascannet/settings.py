@@ -41,6 +41,7 @@ flags (paths and such); none calls ``flags.DEFINE_*`` itself
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import enum
 import sys
@@ -423,6 +424,36 @@ def from_flags(cls: type, flag_values=None, **overrides) -> Any:
     values = flag_values_dict(cls, flag_values, skip=overrides)
     values.update(overrides)
     return unflatten(cls, values)
+
+
+def add_arguments(parser, cls: type) -> list[str]:
+    """The argparse twin of ``define_flags``, for the builtin commands that avoid absl (``pfascannet demo``).
+
+    One option per flag setting of ``cls``: a bool gives ``--name`` and ``--noname``
+    (as absl), others ``--name VALUE`` of the field's type (choices where declared).
+    Returns the names defined; ``from_arguments`` builds ``cls`` back.
+    """
+    names = []
+    for leaf in leaves(cls):
+        if not leaf.flag:
+            continue
+        if leaf.type is bool:
+            parser.add_argument(f"--{leaf.name}", dest=leaf.name, action="store_true", default=leaf.default,
+                                help=leaf.help)
+            parser.add_argument(f"--no{leaf.name}", dest=leaf.name, action="store_false", default=leaf.default,
+                                help=argparse.SUPPRESS)
+        elif leaf.type in (int, float, str):
+            parser.add_argument(f"--{leaf.name}", dest=leaf.name, type=leaf.type, default=leaf.default,
+                                choices=leaf.choices, help=leaf.help)
+        else:
+            raise SettingsError(f"no command-line option type for {leaf.name} ({leaf.type!r})")
+        names.append(leaf.name)
+    return names
+
+
+def from_arguments(cls: type, namespace) -> Any:
+    """``cls`` built from an argparse namespace of ``add_arguments(parser, cls)``."""
+    return unflatten(cls, {leaf.name: getattr(namespace, leaf.name) for leaf in leaves(cls) if leaf.flag})
 
 
 # --------------------------------------------------------------------------- checks

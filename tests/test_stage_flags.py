@@ -161,3 +161,22 @@ def test_checks_and_repeatable_and_required_flags():
     with pytest.raises(ScanError, match="batch must be an integer >= 1, got 0"):
         ScanSettings(batch=0)
     assert ScanSettings(tissue=lambda reader: None).tissue is not None  # code may pass a callable; the flag: a choice
+
+
+def test_the_demo_options_are_its_settings_fields():
+    """``pfascannet demo`` (argparse, no absl) takes its options from DemoSettings' fields too."""
+    from pfascannet import demo  # noqa: PLC0415
+
+    parser = cli._demo_parser()
+    options = {}
+    for a in parser._actions:
+        options.setdefault(a.dest, a)
+    options.pop("help")
+    fields = {f.name: f for f in dataclasses.fields(demo.DemoSettings)}
+    assert set(options) == set(fields)
+    for name, f in fields.items():
+        assert options[name].default == f.default, name
+    built = settings_lib.from_arguments(demo.DemoSettings, parser.parse_args(["--fast", "--seed", "3"]))
+    assert built == demo.DemoSettings(fast=True, seed=3) and built.size == "fast"
+    assert settings_lib.from_arguments(demo.DemoSettings, parser.parse_args(["--nofast"])).size == "default"
+    assert settings_lib.from_arguments(demo.DemoSettings, parser.parse_args([])) == demo.DemoSettings()
