@@ -123,7 +123,7 @@ def test_strips_cover_every_planned_pixel_once():
     streamed = sum(w.input_px(grid.stride_px, 4) for w in runs)
     assert streamed < plan.input_px()
     bounds = stream.chunk_bounds(10, 32, 4)
-    assert bounds == [0, 660 + 128, 660 + 256, 660 + 384]  # whole chunks; 12 rows computed for 10
+    assert bounds == [0, 128, 256, 384, 512, 640, 768, 896, 1024, 660 + 384]  # 12 rows computed for 10
 
 
 def test_stream_refuses_what_it_cannot_run(cohort, weights, tmp_path):

@@ -32,11 +32,12 @@ columns.  A gap shorter than a patch is streamed through (restarting would
 recompute more).
 
 Memory: the largest live tensors are a chunk's level-1 activations:
-``(32 T + 2) x W x widths[0]`` values, two or three at once, for ``T =
-stream_rows`` map rows and a strip of ``W = 692 + 32 (stream_width - 1)`` px;
-at the paper's widths, T 16 and W 8,852 px that is about 0.6 GB per tensor in
-bfloat16, 1.2 GB in float32 (BENCHMARKS.md records the peak RSS).  The halos
-are a few rows per layer.
+``(32 T + 2) x W x widths[0]`` values, three at once (a layer's input, its
+halo-joined copy and its output), for ``T = stream_rows`` map rows and a
+strip of ``W = 692 + 32 (stream_width - 1)`` px: at the paper's widths, T 16
+and W 8,852 px about 0.58 GB each in bfloat16, 1.16 GB in float32, whatever
+the slide's size (BENCHMARKS.md records the peak RSS).  The halos are a few
+rows per layer.
 
 Resume: the checkpoint (every ``checkpoint_every_s``, and when stopped)
 holds the map, the ROIs done and the position in the work list with every
@@ -156,15 +157,17 @@ def plan_strips(plan, width_px: int = STREAM_WIDTH) -> list[StripRun]:
 
 
 def chunk_bounds(n_rows: int, stride_px: int, rows_per_chunk: int) -> list[int]:
-    """Input-row boundaries of a run of ``n_rows`` map rows pushed ``rows_per_chunk`` map rows at a time.
+    """Input-row boundaries of a run of ``n_rows`` map rows pushed ``rows_per_chunk`` map rows' worth at a time.
 
-    The first chunk also holds the rows of the first patch above its last
-    stride (660 px at alpha 16), so every chunk yields ``rows_per_chunk`` map
-    rows; the last is whole too (``StripRun.computed_shape``).
+    Every chunk has ``stride * rows_per_chunk`` input rows (512 at alpha 16 and
+    16 rows), the last one ``(Lp - stride) mod`` that: the run's computed rows
+    are whole chunks of map rows (``StripRun.computed_shape``), so every
+    run, whatever its length, shows each layer the same few input shapes,
+    and no chunk holds more than one chunk's rows (the memory bound).
     """
-    n_chunks = -(-n_rows // rows_per_chunk)
-    first = geometry.PATCH_PX - stride_px
-    return [0] + [first + stride_px * rows_per_chunk * c for c in range(1, n_chunks + 1)]
+    n = rows_per_chunk * -(-n_rows // rows_per_chunk)
+    total = geometry.PATCH_PX + stride_px * (n - 1)
+    return list(range(0, total, stride_px * rows_per_chunk)) + [total]
 
 
 # --------------------------------------------------------------------------- the detector, row by row
