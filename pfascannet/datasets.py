@@ -56,10 +56,11 @@ import re
 import zipfile
 from typing import Iterable, Optional, Sequence
 
-from pfascannet import camelyon
+from pfascannet import camelyon, camelyon_files
 from pfascannet.camelyon import SLIDE_EXTENSIONS
 from pfascannet.errors import PfaError
 from pfascannet.io_utils import is_temp_name
+from pfascannet.layout import CohortFolder
 from pfascannet.slide import annotations as ann_mod
 
 LAYOUTS = ("cohort", "camelyon16", "camelyon17")
@@ -364,14 +365,12 @@ class Dataset:
         return [s for s in self.slides if s.split.lower() == name.lower()]
 
     def refs(self):
-        """``{slide id: evaluation.reference.SlideRef}`` of the slides whose truth is known."""
-        from pfascannet.evaluation import reference  # noqa: PLC0415  (evaluation imports this module's users)
-
+        """``{slide id: camelyon_files.SlideRef}`` of the slides whose truth is known."""
         if self.layout == "cohort" and self.reference_path:
-            return reference.read_reference(self.reference_path)
-        return {s.slide_id: reference.SlideRef(s.slide_id, bool(s.tumour),
-                                               s.label if s.label in camelyon.NODE_LABELS else None,
-                                               s.split, s.patient)
+            return camelyon_files.read_reference(self.reference_path)
+        return {s.slide_id: camelyon_files.SlideRef(s.slide_id, bool(s.tumour),
+                                                    s.label if s.label in camelyon.NODE_LABELS else None,
+                                                    s.split, s.patient)
                 for s in self.slides if s.tumour is not None}
 
     def describe(self) -> str:
@@ -418,7 +417,7 @@ def open_dataset(root: str | os.PathLike) -> Dataset:
     root = os.fspath(root)
     layout = detect_layout(root)
     ds = {"cohort": _open_cohort, "camelyon16": _open_camelyon16, "camelyon17": _open_camelyon17}[layout](root)
-    ds.synthetic = os.path.isfile(os.path.join(root, "cohort.json"))
+    ds.synthetic = os.path.isfile(CohortFolder(root).cohort_json)
     keys: dict[str, str] = {}
     for s in ds.slides:
         k = slide_key(s.slide_id)
@@ -453,42 +452,26 @@ def _annotation_sources(*folders: Optional[str]) -> list[str]:
 
 
 def _open_cohort(root: str) -> Dataset:
-    from pfascannet.evaluation import csv_rows  # noqa: PLC0415
-
-    images = SlideIndex(os.path.join(root, "images"))
-    ann_dir = os.path.join(root, "annotations")
+    folder = CohortFolder(root)
+    images = SlideIndex(folder.images)
+    ann_dir = folder.annotations
     annotations = AnnotationIndex([ann_dir] if os.path.isdir(ann_dir) else [])
-    table = os.path.join(root, "slides.csv")
+    table = folder.slides_csv
     slides = []
     if os.path.isfile(table):
-        numbered = csv_rows.read_rows(table, DatasetError)
-        header = [c.strip() for c in numbered[0][1]] if numbered else []
-        if "slide" not in header:
-            raise DatasetError(f"{table}: expected a header with a 'slide' column, got {header}")
-        col = {name: i for i, name in enumerate(header)}
-
-        def get(row, name):
-            i = col.get(name)
-            return row[i].strip() if i is not None and i < len(row) else ""
-
-        for lineno, row in numbered[1:]:
-            sid = camelyon.slide_id(get(row, "slide"))
-            label = get(row, "label")
-            tumour = None
-            if label:
-                key = label.lower()
-                tumour = key not in ("negative", "normal")
-            slides.append(DatasetSlide(sid, images.require(sid), get(row, "split") or "train", label, tumour,
-                                       annotations.find(sid), get(row, "patient") or camelyon.patient_of_slide(sid)))
+        # The evaluation's strict reader: a bad label, a slide twice or a bad size is one error
+        # here too, not a slide of unknown (or the wrong) label; the label may be left empty.
+        for row in camelyon_files.read_slides_csv(table, DatasetError, require_label=False):
+            slides.append(DatasetSlide(row.slide, images.require(row.slide), row.split or "train", row.label,
+                                       row.tumour, annotations.find(row.slide),
+                                       row.patient or camelyon.patient_of_slide(row.slide)))
     else:
         for path in images.paths():
             sid = camelyon.slide_id(path)
             ann = annotations.find(sid)
             slides.append(DatasetSlide(sid, path, "train", "", True if ann else None, ann,
                                        camelyon.patient_of_slide(sid)))
-    stages = os.path.join(root, "stages.csv")
-    lesions = os.path.join(root, "lesions.csv")
-    masks = os.path.join(root, "masks")
+    stages, lesions, masks = folder.stages_csv, folder.lesions_csv, folder.masks
     return Dataset(root, "cohort", sorted(slides, key=lambda s: s.slide_id), images, annotations,
                    table if os.path.isfile(table) else None, stages if os.path.isfile(stages) else None,
                    masks if os.path.isdir(masks) else None, lesions if os.path.isfile(lesions) else None)
@@ -506,8 +489,6 @@ def _first_file(folders: Iterable[Optional[str]], names: Sequence[str]) -> Optio
 
 
 def _open_camelyon16(root: str) -> Dataset:
-    from pfascannet.evaluation import reference  # noqa: PLC0415
-
     training = _child(root, "training", want_dir=True)
     testing = _child(root, "testing", want_dir=True)
     parts = []  # (folder, split, label, tumour)
@@ -524,7 +505,7 @@ def _open_camelyon16(root: str) -> Dataset:
     ref_path = _first_file((testing, root), REFERENCE_CSV_NAMES)
     truth = {}
     if ref_path:
-        truth = {slide_key(s): r for s, r in reference.read_reference(ref_path).items()}
+        truth = {slide_key(s): r for s, r in camelyon_files.read_reference(ref_path).items()}
     slides = []
     for folder, split, label, tumour in parts:
         for path in slide_files(folder):
@@ -547,8 +528,6 @@ def _slide_folders(folder: str) -> list[str]:
 
 
 def _open_camelyon17(root: str) -> Dataset:
-    from pfascannet.evaluation import pn_stage  # noqa: PLC0415
-
     training = _child(root, "training", want_dir=True)
     testing = _child(root, "testing", want_dir=True)
     parts = [(f, split) for part, split in ((training, "train"), (testing, "test")) if part
@@ -558,7 +537,7 @@ def _open_camelyon17(root: str) -> Dataset:
     stages_path = _first_file((root, training, testing), STAGE_CSV_NAMES)
     nodes = {}
     if stages_path:
-        table = pn_stage.read_camelyon17_csv(stages_path)
+        table = camelyon_files.read_camelyon17_csv(stages_path)
         nodes = {k.casefold(): v for k, v in table.nodes.items()}
     slides = []
     for folder, split in parts:
@@ -589,7 +568,7 @@ def folder_slides(folder: str | os.PathLike) -> list[str]:
 def open_reference(path: str | os.PathLike):
     """The truth an evaluation stage's ``--reference`` names: ``(refs, dataset)``.
 
-    ``path`` is a reference file (``evaluation.reference.read_reference``:
+    ``path`` is a reference file (``camelyon_files.read_reference``:
     slides.csv, CAMELYON16 reference.csv, CAMELYON17 stage CSV; dataset None)
     or a dataset root in any of ``LAYOUTS`` (its slides with known truth, each
     with its split; the ``Dataset`` gives the stage its annotations, images and
@@ -598,8 +577,6 @@ def open_reference(path: str | os.PathLike):
     Returns:
       ``({slide id: SlideRef}, Dataset or None)``.
     """
-    from pfascannet.evaluation import reference  # noqa: PLC0415
-
     path = os.fspath(path)
     if os.path.isdir(path):
         ds = open_dataset(path)
@@ -610,4 +587,4 @@ def open_reference(path: str | os.PathLike):
                                   "camelyon17": "a stage CSV (stage_labels.csv or stages.csv) with node rows",
                                   "cohort": "slides.csv with a label column"}[ds.layout] + ")")
         return refs, ds
-    return reference.read_reference(path), None
+    return camelyon_files.read_reference(path), None

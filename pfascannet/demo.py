@@ -24,6 +24,7 @@ from typing import Optional
 from pfascannet import geometry, results_page, viewer, workflow
 from pfascannet.errors import PfaError
 from pfascannet.evaluation import froc, reference, run
+from pfascannet.layout import CohortFolder, ReportFolder, ScanFolder
 from pfascannet.settings import at_least, check_fields, positive, setting
 
 SIZES = {
@@ -118,8 +119,9 @@ def run_demo(s: DemoSettings, log: Optional[workflow.Log] = None) -> dict:
     log.begin("report")
     row = results_page.results_row(f"PFA-ScanNet ({config_name}, this run)", ev, timing)
     table = results_page.table1_markdown([row], title="Table 1-shaped results (synthetic cohort, this machine)")
-    refs = reference.select_split(reference.read_reference(os.path.join(cohort_dir, "slides.csv")), "test")
-    heatmaps = [(f"{sid} ({r.node_label})", os.path.join(scan_dir, "heatmaps", f"{sid}.png"))
+    scan, report = ScanFolder(scan_dir), ReportFolder(eval_dir)
+    refs = reference.select_split(reference.read_reference(CohortFolder(cohort_dir).slides_csv), "test")
+    heatmaps = [(f"{sid} ({r.node_label})", scan.heatmap_png(sid))
                 for sid, r in sorted(refs.items())]
     view_command = f"pfascannet view {shlex.quote(scan_dir)}"  # issue 20: the slide viewer
     view_urls = {f"{sid} ({r.node_label})": viewer.slide_url(sid) for sid, r in refs.items()}
@@ -138,17 +140,17 @@ def run_demo(s: DemoSettings, log: Optional[workflow.Log] = None) -> dict:
         ("slides, annotations, masks, stage CSV", cohort_dir),
         ("trained weights", weights),
         ("exported detector (SavedModel, .keras, export.json)", export_dir),
-        ("probability maps (.npy, .json, pyramidal TIFF)", os.path.join(scan_dir, "maps")),
-        ("lesion candidates (Camelyon16 CSV)", os.path.join(scan_dir, "lesions")),
-        ("slide scores", os.path.join(scan_dir, "slide_scores.csv")),
-        ("contours (GeoJSON, ASAP XML)", os.path.join(scan_dir, "contours")),
-        ("FROC report", os.path.join(eval_dir, "froc", "froc.md")),
-        ("AUC report", os.path.join(eval_dir, "auc", "auc.md")),
-        ("pN-stage submission (Camelyon17 CSV)", os.path.join(eval_dir, "pn_stage", "submission.csv")),
+        ("probability maps (.npy, .json, pyramidal TIFF)", scan.maps),
+        ("lesion candidates (Camelyon16 CSV)", scan.lesions),
+        ("slide scores", scan.slide_scores_csv),
+        ("contours (GeoJSON, ASAP XML)", scan.contours),
+        ("FROC report", report.report_md("froc")),
+        ("AUC report", report.report_md("auc")),
+        ("pN-stage submission (Camelyon17 CSV)", report.pn_submission_csv),
     ]
     md, page = results_page.write_demo_report(
         report_dir, table=table, pn_markdown=results_page.pn_table_markdown(ev["pn_stage"]), heatmaps=heatmaps,
-        froc_png=os.path.join(eval_dir, "froc", "froc.png"), roc_png=os.path.join(eval_dir, "auc", "roc.png"),
+        froc_png=report.froc_png, roc_png=report.roc_png,
         artefacts=artefacts, facts=facts, view_command=view_command, view_urls=view_urls)
     log.end()
     log(f"report: {page}")

@@ -22,9 +22,10 @@ import numpy as np
 
 from pfascannet import datasets, demo, geometry, workflow
 from pfascannet.camelyon import MASK_DOWNSAMPLE
-from pfascannet.evaluation import froc, reference, run
+from pfascannet.evaluation import froc, reference, run, submission
 from pfascannet.evaluation.features import read_probability_map
 from pfascannet.inference.plan import tissue_on_map
+from pfascannet.layout import CohortFolder, ReportFolder, ScanFolder
 from pfascannet.slide.reader import SlideReader
 from pfascannet.slide.tissue import tissue_mask
 
@@ -35,18 +36,17 @@ def calibration(scan_dir: str, cohort_dir: str, slides: dict) -> dict:
     """Map percentiles over normal tissue (normal slides) and inside tumour (tumour slides), and slide maxima."""
 
     normal_vals, tumour_vals, maxima = [], [], {"normal": [], "tumour": []}
-    images = datasets.SlideIndex(os.path.join(cohort_dir, "images"))
+    cohort = CohortFolder(cohort_dir)
+    images = datasets.SlideIndex(cohort.images)
     for sid, ref in sorted(slides.items()):
-        prob, meta = read_probability_map(os.path.join(scan_dir, "maps", f"{sid}.npy"))
+        prob, meta = read_probability_map(ScanFolder(scan_dir).map_npy(sid))
         stride = int(meta["stride_px"])
         maxima["tumour" if ref.tumour else "normal"].append(float(prob.max()))
         with SlideReader(images.require(sid)) as reader:
             dims = reader.dimensions
             tissue = None if ref.tumour else tissue_mask(reader, downsample=32)
         if ref.tumour:
-            mask = froc.slide_tumour_mask(sid, os.path.join(cohort_dir, "masks"),
-                                          os.path.join(cohort_dir, "annotations"),
-                                          images_dir=images) > 0
+            mask = submission.slide_tumour_mask(sid, cohort.masks, cohort.annotations, images_dir=images) > 0
             tumour_vals.append(prob[tissue_on_map(mask, MASK_DOWNSAMPLE, dims, stride)])
         else:
             normal_vals.append(prob[tissue_on_map(tissue, 32, dims, stride)])
@@ -72,20 +72,19 @@ def evaluate_seed(weights: str, config: str, seed: int, workdir: str, log) -> di
 
 def evaluate_cohort(export_dir: str, cohort_dir: str, scan_dir: str, eval_dir: str) -> dict:
     """Scans a cohort's test slides with an export and scores them (AUC, FROC, per-class sensitivity, calibration)."""
-    slides_csv = os.path.join(cohort_dir, "slides.csv")
+    cohort, scan, report = CohortFolder(cohort_dir), ScanFolder(scan_dir), ReportFolder(eval_dir)
+    slides_csv = cohort.slides_csv
     refs_all = reference.read_reference(slides_csv)
     refs = reference.select_split(refs_all, "test", source=slides_csv)
     t0 = time.perf_counter()
     workflow.scan([export_dir], workflow.cohort_slides(cohort_dir, "test"), scan_dir)
     scan_s = time.perf_counter() - t0
-    fr = run.froc_report(os.path.join(scan_dir, "lesions"), refs, os.path.join(eval_dir, "froc"),
-                         masks_dir=os.path.join(cohort_dir, "masks"),
-                         annotations_dir=os.path.join(cohort_dir, "annotations"),
-                         images_dir=os.path.join(cohort_dir, "images"),
-                         truth_lesions=os.path.join(cohort_dir, "lesions.csv"), n_bootstrap=0, mpp=None,
+    fr = run.froc_report(scan.lesions, refs, report.froc,
+                         masks_dir=cohort.masks, annotations_dir=cohort.annotations, images_dir=cohort.images,
+                         truth_lesions=cohort.lesions_csv, n_bootstrap=0, mpp=None,
                          known_slides=refs_all, reference_name=slides_csv)
-    scores = run.scores_from_lesions(os.path.join(scan_dir, "lesions"), refs, known_slides=refs_all)
-    au = run.auc_report(scores, refs, os.path.join(eval_dir, "auc"), n_bootstrap=0, known_slides=refs_all)
+    scores = run.scores_from_lesions(scan.lesions, refs, known_slides=refs_all)
+    au = run.auc_report(scores, refs, report.auc, n_bootstrap=0, known_slides=refs_all)
     return {
         "test_slides": len(refs), "scan_s": round(scan_s, 1),
         "auc": au["auc"], **{k: fr[k] for k in froc.SCORE_KEYS},

@@ -21,6 +21,7 @@ from pfascannet import datasets, geometry
 from pfascannet.errors import PfaError
 from pfascannet.evaluation import reference
 from pfascannet.inference import engine, runs, scan_settings
+from pfascannet.layout import CohortFolder, ExportFolder, RunFolder, ScanFolder
 from pfascannet.model.config import get_config
 from pfascannet.progress import Progress
 from pfascannet.slide.reader import SlideReader
@@ -74,7 +75,7 @@ class Log:
 
 def ensure_cohort(cohort_dir: str, settings: CohortSettings, log: Log) -> None:
     """Generates the synthetic cohort unless ``cohort_dir`` already holds it with these settings."""
-    marker = os.path.join(cohort_dir, "cohort.json")
+    marker = CohortFolder(cohort_dir).cohort_json
     if os.path.isfile(marker):
         with open(marker, encoding="utf-8") as f:
             have = json.load(f)
@@ -88,8 +89,9 @@ def ensure_cohort(cohort_dir: str, settings: CohortSettings, log: Log) -> None:
 
 def cohort_slides(cohort_dir: str, split: Optional[str] = None) -> list[str]:
     """Slide paths of a cohort's ``slides.csv`` (one split, or all), found by ``datasets``' one rule."""
-    refs = reference.select_split(reference.read_reference(os.path.join(cohort_dir, "slides.csv")), split)
-    images = datasets.SlideIndex(os.path.join(cohort_dir, "images"))
+    folder = CohortFolder(cohort_dir)
+    refs = reference.select_split(reference.read_reference(folder.slides_csv), split)
+    images = datasets.SlideIndex(folder.images)
     return [images.require(s) for s in sorted(refs)]
 
 
@@ -110,8 +112,8 @@ def train_model(settings, log: Log) -> str:
     """Trains (or resumes) a run with ``training.trainer.train``; returns its final weights."""
     from pfascannet.training import trainer  # noqa: PLC0415  (imports TensorFlow and Keras)
 
-    final = os.path.join(settings.workdir, "final.weights.h5")
-    cfg = os.path.join(settings.workdir, "config.json")
+    final = RunFolder(settings.workdir).final_weights
+    cfg = RunFolder(settings.workdir).config_json
     if os.path.isfile(final) and os.path.isfile(cfg):
         with open(cfg, encoding="utf-8") as f:
             done = json.load(f).get("settings", {})
@@ -129,7 +131,7 @@ def export_model(weights: str, config_name: str, out_dir: str, alpha: int, roi_p
     from pfascannet.inference import export  # noqa: PLC0415  (imports Keras)
     from pfascannet.inference.model_io import load_training_model  # noqa: PLC0415  (imports Keras)
 
-    meta_path = os.path.join(out_dir, export.EXPORT_JSON)
+    meta_path = ExportFolder(out_dir).export_json
     stamp = {"weights": os.path.abspath(weights), "weights_mtime": os.path.getmtime(weights)}
     if os.path.isfile(meta_path):
         meta = export.read_export_json(out_dir)
@@ -161,11 +163,11 @@ def scan_timing(scan_dir: str) -> dict:
     """Seconds per ROI over a scan folder's maps (model time and wall time), from each map's JSON."""
     n_rois = model_s = wall_s = 0.0
     slides = 0
-    maps_dir = os.path.join(scan_dir, "maps")
-    for name in sorted(os.listdir(maps_dir)):
+    scan_folder = ScanFolder(scan_dir)
+    for name in sorted(os.listdir(scan_folder.maps)):
         if not name.endswith(".json"):
             continue
-        with open(os.path.join(maps_dir, name), encoding="utf-8") as f:
+        with open(scan_folder.map_json(name[: -len(".json")]), encoding="utf-8") as f:
             meta = json.load(f)
         slides += 1
         members = meta.get("timing", [])

@@ -10,7 +10,7 @@ import pytest
 
 from pfascannet import datasets
 from pfascannet.data import sampling
-from pfascannet.evaluation import froc, pn_stage, slide_metrics
+from pfascannet.evaluation import pn_stage, slide_metrics, submission
 from pfascannet.inference import slide_list
 from pfascannet.inference.scan_settings import ScanError
 from pfascannet.slide.annotations import Annotation, AnnotationError, write_asap_xml
@@ -149,8 +149,8 @@ def test_annotations_from_zip_equal_those_from_a_folder(tmp_path):
     folder.mkdir()
     write_asap_xml(folder / "Tumor_001.xml", [SQUARE])
     z = _zip(tmp_path / "lesion_annotations.zip", {"tumor_001.xml": (folder / "Tumor_001.xml").read_bytes()})
-    from_folder = froc.slide_tumour_mask("tumor_001", annotations_dir=str(folder), dimensions_xy=(1000, 800))
-    from_zip = froc.slide_tumour_mask("TUMOR_001", annotations_dir=z, dimensions_xy=(1000, 800))
+    from_folder = submission.slide_tumour_mask("tumor_001", annotations_dir=str(folder), dimensions_xy=(1000, 800))
+    from_zip = submission.slide_tumour_mask("TUMOR_001", annotations_dir=z, dimensions_xy=(1000, 800))
     assert from_zip.sum() > 0 and np.array_equal(from_zip, from_folder)
     assert datasets.AnnotationIndex(z).find("tumor_002") is None
 

@@ -60,7 +60,7 @@ import numpy as np
 import pytest
 
 from pfascannet import camelyon
-from pfascannet.evaluation import froc
+from pfascannet.evaluation import froc, submission
 from tests.froc_support import NORMAL, T1_DETECTIONS
 from tests.froc_support import cell_xy as _xy
 from tests.froc_support import golden_mask as _mask
@@ -327,11 +327,11 @@ def test_detection_outside_the_slide_is_an_error_on_normal_slides_too():
 def test_read_detections_csv(tmp_path):
     p = tmp_path / "s.csv"
     p.write_text("0.9,100,200\n0.5,3,4\n\n")
-    np.testing.assert_array_equal(froc.read_detections_csv(p), [[0.9, 100, 200], [0.5, 3, 4]])
+    np.testing.assert_array_equal(submission.read_detections_csv(p), [[0.9, 100, 200], [0.5, 3, 4]])
     p.write_text("confidence,X,Y\n0.9,100,200\n")          # a header: first line, names only
-    np.testing.assert_array_equal(froc.read_detections_csv(p), [[0.9, 100, 200]])
+    np.testing.assert_array_equal(submission.read_detections_csv(p), [[0.9, 100, 200]])
     p.write_text("")
-    assert froc.read_detections_csv(p).shape == (0, 3)
+    assert submission.read_detections_csv(p).shape == (0, 3)
 
 
 @pytest.mark.parametrize("content, line, what", [
@@ -351,7 +351,7 @@ def test_read_detections_csv_cannot_be_misread(tmp_path, content, line, what):
     p = tmp_path / "slide.csv"
     p.write_bytes(content)
     with pytest.raises(froc.FrocError, match=f"slide\\.csv:{line}: .*{what}"):
-        froc.read_detections_csv(p)
+        submission.read_detections_csv(p)
 
 
 def test_plot_is_a_png(tmp_path):
@@ -369,13 +369,13 @@ def test_submission_folder_matches_names_case_insensitively(tmp_path):
     (tmp_path / "Test_001.csv").write_text("0.7,10,10\n")
     refs = {"test_001": SlideRef("test_001", False), "test_002": SlideRef("test_002", False)}
     with pytest.raises(froc.FrocError, match="no lesion CSV for slide test_002"):
-        froc.score_submission(str(tmp_path), refs)
-    results = froc.score_submission(str(tmp_path), refs, allow_missing=True)
+        submission.score_submission(str(tmp_path), refs)
+    results = submission.score_submission(str(tmp_path), refs, allow_missing=True)
     assert [r.fp_probs.tolist() for r in results] == [[0.7], []]
     refs["test_003"] = SlideRef("test_003", True)
     (tmp_path / "test_003.csv").write_text("")
     with pytest.raises(froc.FrocError, match="tumour slide test_003: no mask"):
-        froc.score_submission(str(tmp_path), refs, masks_dir=str(tmp_path), allow_missing=True)
+        submission.score_submission(str(tmp_path), refs, masks_dir=str(tmp_path), allow_missing=True)
 
 
 def test_extra_csv_is_an_error_unless_ignored(tmp_path):
@@ -387,19 +387,19 @@ def test_extra_csv_is_an_error_unless_ignored(tmp_path):
     refs = {"test_001": SlideRef("test_001", False)}
     with pytest.raises(froc.FrocError, match=r"test_999\.csv: lesion CSV of slide 'test_999', which is not in "
                                              r"the reference ref\.csv"):
-        froc.score_submission(str(tmp_path), refs, reference_name="ref.csv")
-    results = froc.score_submission(str(tmp_path), refs, ignore_extra=True)
+        submission.score_submission(str(tmp_path), refs, reference_name="ref.csv")
+    results = submission.score_submission(str(tmp_path), refs, ignore_extra=True)
     assert [r.name for r in results] == ["test_001"]
     # A slide of the reference outside the scored split is known, not extra.
-    results = froc.score_submission(str(tmp_path), refs, known_slides=["test_001", "TEST_999"])
+    results = submission.score_submission(str(tmp_path), refs, known_slides=["test_001", "TEST_999"])
     assert [r.name for r in results] == ["test_001"]
 
 
 def test_camelyon16_exclusions():
     refs = {"Test_001": 1, "test_049": 2, "Test_114": 3, "Test_115": 4}
-    kept, dropped = froc.split_excluded(refs, froc.CAMELYON16_EXCLUDED)
+    kept, dropped = submission.split_excluded(refs, froc.CAMELYON16_EXCLUDED)
     assert sorted(kept) == ["Test_001", "Test_115"] and dropped == ["Test_114", "test_049"]
-    assert froc.split_excluded(refs, ())[1] == []
+    assert submission.split_excluded(refs, ())[1] == []
 
 
 def test_unknown_size_is_reported(tmp_path):
@@ -408,11 +408,11 @@ def test_unknown_size_is_reported(tmp_path):
     (tmp_path / "a.csv").write_text("0.7,10,10\n")
     (tmp_path / "b.csv").write_text("0.7,10,10\n")
     refs = {"a": SlideRef("a", False), "b": SlideRef("b", False, dimensions_xy=(100, 100))}
-    results = froc.score_submission(str(tmp_path), refs)
+    results = submission.score_submission(str(tmp_path), refs)
     assert [r.size_known for r in results] == [False, True]
     (tmp_path / "b.csv").write_text("0.7,100,10\n")
     with pytest.raises(froc.FrocError, match=r"b\.csv: detection .* outside the 100x100 slide"):
-        froc.score_submission(str(tmp_path), refs)
+        submission.score_submission(str(tmp_path), refs)
 
 
 def test_froc_limits_in_um_on_a_20x_slide_with_each_slides_pixel_size(half_cohort, tmp_path):
@@ -426,9 +426,9 @@ def test_froc_limits_in_um_on_a_20x_slide_with_each_slides_pixel_size(half_cohor
     lesions.mkdir()
     (lesions / "patient_001_node_0.csv").write_text("")
     kw = dict(masks_dir=str(half_cohort / "masks"), images_dir=str(half_cohort / "images"))
-    organisers = froc.score_submission(str(lesions), refs, mpp=0.243, **kw)[0]
-    own = froc.score_submission(str(lesions), refs, mpp=None, **kw)[0]
+    organisers = submission.score_submission(str(lesions), refs, mpp=0.243, **kw)[0]
+    own = submission.score_submission(str(lesions), refs, mpp=None, **kw)[0]
     assert organisers.lesion_classes == [] and organisers.n_itc == 2
     assert own.lesion_classes == ["micro"] and own.n_itc == 1 and list(own.tp_probs) == [0.0]
     with pytest.raises(froc.FrocError, match="its own pixel size"):
-        froc.score_submission(str(lesions), refs, mpp=None, masks_dir=str(half_cohort / "masks"))
+        submission.score_submission(str(lesions), refs, mpp=None, masks_dir=str(half_cohort / "masks"))

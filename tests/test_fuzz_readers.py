@@ -32,7 +32,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 from pfascannet.cliutil import USER_ERRORS  # noqa: E402
-from pfascannet.evaluation import froc, pn_stage, reference  # noqa: E402
+from pfascannet.evaluation import pn_stage, reference, submission  # noqa: E402
 from pfascannet.inference import slide_list  # noqa: E402
 from pfascannet.slide import annotations  # noqa: E402
 
@@ -157,8 +157,8 @@ def list_and_check_slides(path):
 
 READERS = {
     "asap": (annotations.read_asap_xml, "a.xml"),
-    "detections": (froc.read_detections_csv, "d.csv"),
-    "truth_lesions": (froc.read_truth_lesions, "lesions.csv"),
+    "detections": (submission.read_detections_csv, "d.csv"),
+    "truth_lesions": (submission.read_truth_lesions, "lesions.csv"),
     "reference_cohort": (reference.read_reference, "slides.csv"),
     "reference_c16": (reference.read_reference, "reference.csv"),
     "stages": (pn_stage.read_camelyon17_csv, "stages.csv"),

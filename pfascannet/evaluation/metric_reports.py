@@ -13,6 +13,7 @@ from typing import Mapping, Optional
 
 from pfascannet import io_utils
 from pfascannet.evaluation import froc
+from pfascannet.layout import CohortFolder
 
 SYNTHETIC_NOTE = ("Synthetic cohort: these numbers measure the pipeline on generated slides, "
                   "not clinical accuracy.")
@@ -28,7 +29,7 @@ def synthetic_note_for(path: Optional[str]) -> Optional[str]:
     candidates = [folder]
     if not os.path.isdir(path) and os.path.basename(folder).lower() in ("training", "testing"):
         candidates.append(os.path.dirname(folder))
-    if any(os.path.isfile(os.path.join(f, "cohort.json")) for f in candidates):
+    if any(os.path.isfile(CohortFolder(f).cohort_json) for f in candidates):
         return SYNTHETIC_NOTE
     return None
 

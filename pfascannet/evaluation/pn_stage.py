@@ -8,7 +8,7 @@ Camelyon17 rules, and the score is the quadratic weighted Cohen's kappa
 
 Rules (Camelyon17, after the TNM 8th edition, as the challenge applies them;
 the node labels, stages and :func:`~pfascannet.camelyon.pn_stage_from_nodes`
-live in ``pfascannet.camelyon``, this module reads and scores their CSVs):
+live in ``pfascannet.camelyon``, their CSVs are ``pfascannet.camelyon_files``'; this module scores them):
 
 * ``pN0``     no micro- or macro-metastasis and no ITC in any node;
 * ``pN0(i+)`` only ITCs;
@@ -24,18 +24,17 @@ rank first.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from typing import Mapping, Sequence
 
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import cohen_kappa_score
 
-from pfascannet import io_utils
-from pfascannet.camelyon import (NODE_SLIDE_RE, PATIENT_ZIP_RE, STAGES, StageError, normalize_node_label,
-                                 normalize_stage, patient_of_slide, pn_stage_from_nodes, stage_rank)
-from pfascannet.evaluation import csv_rows, features as feats
+from pfascannet.camelyon import (STAGES, StageError, normalize_node_label, patient_of_slide, pn_stage_from_nodes,
+                                 stage_rank)
+from pfascannet.camelyon_files import (Camelyon17Table, read_camelyon17_csv,  # noqa: F401  (importable from here too)
+                                       write_camelyon17_csv)
+from pfascannet.evaluation import features as feats
 
 
 def quadratic_kappa(reference: Sequence[str], predicted: Sequence[str]) -> float:
@@ -67,98 +66,8 @@ def quadratic_kappa(reference: Sequence[str], predicted: Sequence[str]) -> float
                                    weights="quadratic"))
 
 
-# ----------------------------------------------------------------------------
-# Camelyon17 CSV: header `patient,stage`; rows `patient_XXX.zip,pN1` and
-# `patient_XXX_node_Y.tif,macro`.
-
-
-@dataclasses.dataclass
-class Camelyon17Table:
-    """The content of a Camelyon17 stage CSV.
-
-    Attributes:
-      stages: patient id (``patient_XXX``, no ``.zip``) -> canonical pN-stage.
-      nodes: slide id (``patient_XXX_node_Y``, no ``.tif``) -> node label.
-    """
-
-    stages: dict[str, str] = dataclasses.field(default_factory=dict)
-    nodes: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    def nodes_of(self, patient: str) -> dict[str, str]:
-        """Node rows of one patient, keyed by slide id."""
-        return {s: lab for s, lab in self.nodes.items() if patient_of_slide(s) == patient}
-
-
-
-def read_camelyon17_csv(path: str | os.PathLike) -> Camelyon17Table:
-    """Reads a Camelyon17 ``patient,stage`` CSV (reference or submission).
-
-    Rows naming ``<patient>.zip`` give a pN-stage; rows naming
-    ``<patient>_node_<k>.tif`` give a node label. Case of stages and labels is
-    free; blank lines are skipped.
-
-    Raises:
-      FileNotFoundError: when ``path`` does not exist.
-      StageError: on a missing header, an unknown stage/label, a duplicate row.
-    """
-    table = Camelyon17Table()
-    numbered = csv_rows.read_rows(path, StageError)
-    if not numbered:
-        raise StageError(f"{path}: empty file; expected a `patient,stage` header and rows")
-    first_line, first = numbered[0]
-    header = [c.strip().lower() for c in first]
-    if first_line != 1 or header[:2] != ["patient", "stage"]:
-        raise StageError(f"{path}:{first_line}: the first line must be the header `patient,stage`, "
-                         f"got {csv_rows.show(first)}")
-    for lineno, row in numbered[1:]:
-        if len(row) < 2:
-            raise StageError(f"{path}:{lineno}: expected `name,stage`, got {csv_rows.show(row)}")
-        name, value = row[0].strip(), row[1].strip()
-        where = f"{path}:{lineno}"
-        try:
-            if PATIENT_ZIP_RE.match(name):
-                key = PATIENT_ZIP_RE.match(name).group("patient")
-                if key in table.stages:
-                    raise StageError(f"duplicate patient {name!r}")
-                table.stages[key] = normalize_stage(value)
-            elif NODE_SLIDE_RE.match(name):
-                key = NODE_SLIDE_RE.match(name).group("slide")
-                if key in table.nodes:
-                    raise StageError(f"duplicate node {name!r}")
-                table.nodes[key] = normalize_node_label(value)
-            else:
-                raise StageError(f"name {name!r} is neither `patient_XXX.zip` nor `patient_XXX_node_Y.tif`")
-        except StageError as exc:
-            raise StageError(f"{where}: {exc}") from None
-    return table
-
-
-def write_camelyon17_csv(path: str | os.PathLike, stages: Mapping[str, str],
-                         nodes: Mapping[str, str] | None = None) -> None:
-    """Writes a Camelyon17 submission CSV atomically.
-
-    Each patient row is followed by its node rows, patients and nodes sorted
-    by id (node number numerically).
-
-    Args:
-      path: output CSV.
-      stages: patient id (without ``.zip``) -> pN-stage.
-      nodes: slide id ``<patient>_node_<k>`` (without ``.tif``) -> node label.
-    """
-    nodes = dict(nodes or {})
-    by_patient: dict[str, list[str]] = {}
-    for slide in nodes:
-        patient = patient_of_slide(slide)
-        if patient is None:
-            raise StageError(f"slide id {slide!r} is not of the form <patient>_node_<k>")
-        by_patient.setdefault(patient, []).append(slide)
-    lines = ["patient,stage"]
-    for patient in sorted(set(stages) | set(by_patient)):
-        if patient in stages:
-            lines.append(f"{patient}.zip,{normalize_stage(stages[patient])}")
-        for slide in sorted(by_patient.get(patient, []), key=lambda s: int(NODE_SLIDE_RE.match(s).group("node"))):
-            lines.append(f"{slide}.tif,{normalize_node_label(nodes[slide])}")
-    io_utils.write_text(path, "\n".join(lines) + "\n")
+# The Camelyon17 stage CSV is read and written by pfascannet.camelyon_files, with the other Camelyon
+# files; its names stay importable from here (the pN-stage's callers).
 
 
 def stages_from_node_table(nodes: Mapping[str, str]) -> dict[str, str]:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterable, Mapping, Optional
 
-from pfascannet import camelyon
+from pfascannet import camelyon, camelyon_files
 from pfascannet.errors import PfaError
-from pfascannet.evaluation import features, froc, metric_reports, pn_stage, reference, slide_metrics
+from pfascannet.evaluation import features, froc, metric_reports, pn_stage, reference, slide_metrics, submission
+from pfascannet.layout import FROC_PNG, PN_FEATURES_CSV, PN_SUBMISSION_CSV, ROC_PNG, ReportFolder, ScanFolder
 
 
 def _title(base: str, note: Optional[str]) -> str:
@@ -41,7 +42,7 @@ def froc_report(lesions_dir: str, refs: Mapping[str, reference.SlideRef], out_di
       exclude: slide ids left out of the FROC (e.g. ``froc.CAMELYON16_EXCLUDED``);
         the report names those it dropped.
       reference_name: the reference file, for messages.
-      mpp: the FROC's pixel size (``froc.score_submission``): 0.243 for every slide (the
+      mpp: the FROC's pixel size (``submission.score_submission``): 0.243 for every slide (the
         organisers'), or None for each slide's own.
     """
     if not os.path.isdir(lesions_dir):
@@ -49,12 +50,12 @@ def froc_report(lesions_dir: str, refs: Mapping[str, reference.SlideRef], out_di
     if not (masks_dir or annotations_dir):
         raise PfaError("FROC needs a masks folder or an annotations folder for the tumour slides' truth")
     exclude = list(exclude)
-    scored, excluded = froc.split_excluded(refs, exclude)
+    scored, excluded = submission.split_excluded(refs, exclude)
     if not scored:
         raise PfaError(f"no slide left to score{f' in {reference_name}' if reference_name else ''} "
                        f"after excluding {excluded}")
-    truth = froc.read_truth_lesions(truth_lesions) if truth_lesions else None
-    results = froc.score_submission(lesions_dir, scored, masks_dir, annotations_dir, images_dir, truth,
+    truth = submission.read_truth_lesions(truth_lesions) if truth_lesions else None
+    results = submission.score_submission(lesions_dir, scored, masks_dir, annotations_dir, images_dir, truth,
                                     allow_missing, mpp, known_slides=refs if known_slides is None else known_slides,
                                     ignore_extra=ignore_extra, reference_name=reference_name)
     rep = froc.evaluate(results, n_bootstrap=n_bootstrap, seed=seed, class_threshold=class_threshold)
@@ -70,7 +71,7 @@ def froc_report(lesions_dir: str, refs: Mapping[str, reference.SlideRef], out_di
     rep["note"] = note
     metric_reports.write_report(out_dir, "froc", rep, metric_reports.froc_markdown(rep, note))
     curve = rep["curve"]
-    froc.plot_froc(os.path.join(out_dir, "froc.png"), curve["avg_fps"], curve["sensitivity"],
+    froc.plot_froc(os.path.join(out_dir, FROC_PNG), curve["avg_fps"], curve["sensitivity"],
                    title=_title("Camelyon16 FROC (FPs over all slides)", note),
                    scores={k: rep[k] for k in froc.SCORE_KEYS})
     return rep
@@ -85,16 +86,16 @@ def scores_from_lesions(folder: str, slides, known_slides: Optional[Iterable[str
     """
     if not os.path.isdir(folder):
         raise PfaError(f"lesions folder {folder}: not a folder")
-    extras = froc.extra_csvs(folder, slides if known_slides is None else known_slides)
+    extras = submission.extra_csvs(folder, slides if known_slides is None else known_slides)
     if extras and not ignore_extra:
         raise PfaError(f"{extras[0]}: lesion CSV of a slide that is not in the reference"
                        + (f" ({len(extras)} such files)" if len(extras) > 1 else "")
                        + "; remove it or ignore such files explicitly (--ignore_extra)")
     out = {}
     for slide in slides:
-        path = froc._find(folder, [f"{slide}.csv"])
+        path = submission.lesion_csv(folder, slide)
         if path:
-            det = froc.read_detections_csv(path)
+            det = submission.read_detections_csv(path)
             out[slide] = float(det[:, 0].max()) if len(det) else 0.0
     return out
 
@@ -115,7 +116,7 @@ def auc_report(scores: Mapping[str, float], refs: Mapping[str, reference.SlideRe
     rep["slides"] = [{"slide": n, "tumour": y, "score": s} for n, y, s in zip(names, labels, values)]
     rep["note"] = note
     metric_reports.write_report(out_dir, "auc", rep, metric_reports.auc_markdown(rep, note))
-    slide_metrics.plot_roc(os.path.join(out_dir, "roc.png"), labels, values,
+    slide_metrics.plot_roc(os.path.join(out_dir, ROC_PNG), labels, values,
                            title=_title("Slide-level ROC", note))
     return rep
 
@@ -132,7 +133,7 @@ def pn_stage_report(maps_dir: str, refs: Mapping[str, reference.SlideRef], out_d
     """
     if not os.path.isdir(maps_dir):
         raise PfaError(f"maps folder {maps_dir}: not a folder")
-    table = pn_stage.read_camelyon17_csv(stages) if stages else None
+    table = camelyon_files.read_camelyon17_csv(stages) if stages else None
     train = reference.select_split(refs, train_split)
     test = reference.select_split(refs, test_split)
     # Slide ids match in any case (the stage CSV's patient_000_node_0.tif, a file Patient_000_Node_0.tif).
@@ -161,14 +162,14 @@ def pn_stage_report(maps_dir: str, refs: Mapping[str, reference.SlideRef], out_d
         if path is None:
             raise PfaError(f"no probability map for slide {slide}: {os.path.join(maps_dir, slide + '.npy')}")
         feats[slide] = features.features_from_map_file(path)
-    features.write_features_csv(os.path.join(out_dir, "features.csv"), feats)
+    features.write_features_csv(os.path.join(out_dir, PN_FEATURES_CSV), feats)
 
     predicted, patient_stages = pn_stage.stage_cohort(feats, train_labels, sorted(test),
                                                       seed=seed, n_estimators=n_estimators)
-    pn_stage.write_camelyon17_csv(os.path.join(out_dir, "submission.csv"), patient_stages, predicted)
+    camelyon_files.write_camelyon17_csv(os.path.join(out_dir, PN_SUBMISSION_CSV), patient_stages, predicted)
 
     truth_nodes = {s: node_label(s) for s in test}
-    truth = pn_stage.Camelyon17Table()
+    truth = camelyon_files.Camelyon17Table()
     table_stages = {k.casefold(): v for k, v in table.stages.items()} if table is not None else {}
     if table is not None and all(p.casefold() in table_stages for p in patient_stages):
         truth.stages = {p: table_stages[p.casefold()] for p in patient_stages}
@@ -177,7 +178,7 @@ def pn_stage_report(maps_dir: str, refs: Mapping[str, reference.SlideRef], out_d
     if not truth.stages:
         return None
     truth.nodes = {s: v for s, v in truth_nodes.items() if v is not None}
-    rep = pn_stage.score_submission(truth, pn_stage.Camelyon17Table(patient_stages, predicted))
+    rep = pn_stage.score_submission(truth, camelyon_files.Camelyon17Table(patient_stages, predicted))
     rep["inputs"] = {"maps_dir": maps_dir, "stages": stages, "train_split": train_split,
                      "test_split": test_split, "seed": seed, "n_estimators": n_estimators}
     rep["n_train_slides"] = len(train_labels)
@@ -211,18 +212,19 @@ def evaluate_scan(scan_dir: str, cohort_dir: str, out_dir: str, *, split: str = 
     source = ds.reference_path or cohort_dir
     refs = reference.select_split(refs_all, split, source=source)
     note = metric_reports.SYNTHETIC_NOTE if ds.synthetic else None
-    scores_csv = os.path.join(scan_dir, "slide_scores.csv")
+    scan, report = ScanFolder(scan_dir), ReportFolder(out_dir)
+    scores_csv = scan.slide_scores_csv
     has_nodes = any(r.node_label for r in refs_all.values()) or ds.stages_path
     out = {
         "froc": froc_report(
-            os.path.join(scan_dir, "lesions"), refs, os.path.join(out_dir, "froc"),
+            scan.lesions, refs, report.froc,
             masks_dir=ds.masks_dir, annotations_dir=ds.annotations, images_dir=ds.images,
             truth_lesions=ds.truth_lesions,
             n_bootstrap=n_bootstrap, seed=seed, note=note, known_slides=refs_all, reference_name=source),
-        "auc": auc_report(slide_metrics.read_slide_scores(scores_csv), refs, os.path.join(out_dir, "auc"),
+        "auc": auc_report(slide_metrics.read_slide_scores(scores_csv), refs, report.auc,
                           n_bootstrap=n_bootstrap, seed=seed, note=note, known_slides=refs_all,
                           source=scores_csv),
-        "pn_stage": pn_stage_report(os.path.join(scan_dir, "maps"), refs_all, os.path.join(out_dir, "pn_stage"),
+        "pn_stage": pn_stage_report(scan.maps, refs_all, report.pn_stage,
                                     stages=ds.stages_path, test_split=split, seed=seed, note=note,
                                     warn=warn) if has_nodes else None,
     }

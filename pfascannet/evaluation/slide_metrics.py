@@ -13,10 +13,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from pfascannet import io_utils
-from pfascannet.camelyon import slide_id
+from pfascannet import camelyon_files, io_utils
 from pfascannet.errors import PfaError
-from pfascannet.evaluation import csv_rows
 
 
 class SlideMetricsError(PfaError, ValueError):
@@ -24,30 +22,9 @@ class SlideMetricsError(PfaError, ValueError):
 
 
 def read_slide_scores(path: str | os.PathLike) -> dict[str, float]:
-    """Reads a ``name,probability`` CSV (header optional) into {slide id: probability}.
-
-    Names lose a trailing ``.tif``/``.tiff`` so Camelyon submissions and our
-    slide ids match.  Read so that it cannot be misread: only the first line
-    may be a header, and only if both its fields are names (not numbers);
-    every other line must be a name and one finite number.
-
-    Raises:
-      SlideMetricsError: the file and line of the first bad line, or a slide listed twice.
-    """
-    out: dict[str, float] = {}
-    for lineno, row in csv_rows.read_rows(path, SlideMetricsError):
-        if lineno == 1 and csv_rows.is_header(row, 2):
-            continue
-        if len(row) != 2 or not row[0].strip():
-            raise SlideMetricsError(f"{path}:{lineno}: expected `name,probability`, got {csv_rows.show(row)}")
-        name, value = slide_id(row[0]), row[1].strip()
-        p = csv_rows.finite(value)
-        if p is None:
-            raise SlideMetricsError(f"{path}:{lineno}: probability {value!r} is not a finite number")
-        if name in out:
-            raise SlideMetricsError(f"{path}:{lineno}: duplicate slide {name!r}")
-        out[name] = p
-    return out
+    """A ``name,probability`` CSV (``camelyon_files.read_slide_scores``: {slide id: probability}), or
+    ``SlideMetricsError`` naming the file and line of the first bad line."""
+    return camelyon_files.read_slide_scores(path, SlideMetricsError)
 
 
 def auc_with_ci(labels: Sequence[int], scores: Sequence[float], n_bootstrap: int = 1000,

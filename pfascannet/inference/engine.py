@@ -67,6 +67,7 @@ from pfascannet.inference.stream import scan_map_streaming, stream_settings
 from pfascannet.inference.scan_summary import ScanSummary, SlideScanResult, write_scan_config
 from pfascannet.inference.slide_list import list_slides, shard_slides
 from pfascannet.io_utils import atomic_path, remove_stale_temps
+from pfascannet.layout import ScanFolder
 from pfascannet.progress import Progress, fmt_duration
 from pfascannet.slide.reader import SlideReader
 from pfascannet.slide.resample import ReadPlan, ResampleError, native_plan, plan_read
@@ -351,9 +352,6 @@ def post_settings(options: ScanSettings) -> postprocess.PostSettings:
     return postprocess.PostSettings(threshold=options.threshold, heatmap=options.heatmap)
 
 
-_SLIDE_SUBDIRS = ("maps", "lesions", "heatmaps", "contours", "partial")
-
-
 def scan_slide(
     path: str,
     runs: Sequence[ModelRun],
@@ -389,8 +387,8 @@ def scan_slide(
         lock.acquire(blocking=True)
     try:
         # Under the lock nobody else writes this slide's files: its leftovers can go.
-        for sub in _SLIDE_SUBDIRS:
-            remove_stale_temps(os.path.join(out_dir, sub), prefix="." + slide)
+        for sub in ScanFolder.SLIDE_SUBDIRS:
+            remove_stale_temps(ScanFolder(out_dir).sub(sub), prefix="." + slide)
         return _scan_slide_locked(path, slide, runs, out_dir, options, progress or quiet_progress(options), on_batch)
     finally:
         lock.release()
@@ -470,14 +468,14 @@ def _scan_slide_locked(path, slide, runs, out_dir, options, progress, on_batch) 
 
 def _remove_checkpoints(out_dir: str, slide: str) -> None:
     """Removes every member's checkpoint of ``slide`` (``partial/<slide>.m<k>.npz``); called under its lock."""
-    folder = os.path.join(out_dir, "partial")
+    folder = ScanFolder(out_dir).partial
     try:
         names = os.listdir(folder)
     except FileNotFoundError:
         return
     for name in names:
-        stem, dot, member = name[: -len(".npz")].rpartition(".m") if name.endswith(".npz") else ("", "", "")
-        if dot and stem == slide and member.isdigit():
+        found = ScanFolder.checkpoint_of(name)
+        if found and found[0] == slide:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(folder, name))
 
@@ -504,7 +502,7 @@ def _make_map(path, slide, runs, out_dir, options, fingerprint, read, progress, 
     progress.start_slide(sum(len(p) for p in plans))
     maps, stats = [], []
     for m, (run, plan) in enumerate(zip(runs, plans)):
-        ckpt = os.path.join(out_dir, "partial", f"{slide}.m{m}.npz")
+        ckpt = ScanFolder(out_dir).checkpoint(slide, m)
         prob_map, st = scan_map(path, run, plan, options, ckpt, fingerprint, progress, on_batch)
         maps.append(prob_map)
         stats.append(st)

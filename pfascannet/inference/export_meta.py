@@ -14,8 +14,7 @@ from typing import Optional, Sequence
 
 from pfascannet.errors import PfaError
 from pfascannet.io_utils import is_temp_name
-
-EXPORT_JSON = "export.json"
+from pfascannet.layout import EXPORT_JSON, ExportFolder
 
 
 class ExportError(PfaError):
@@ -24,7 +23,7 @@ class ExportError(PfaError):
 
 def read_export_json(export_dir: str) -> dict:
     """The export.json of ``export_dir``, with a clear error if it is missing or unreadable."""
-    path = os.path.join(export_dir, EXPORT_JSON)
+    path = ExportFolder(export_dir).export_json
     if not os.path.isfile(path):
         raise ExportError(f"{export_dir} has no {EXPORT_JSON}: not an export directory, or an interrupted export")
     try:

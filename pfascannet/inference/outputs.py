@@ -7,9 +7,7 @@ whole files or none and a rerun can trust what exists.
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import json
 import os
 from typing import Optional, Sequence
@@ -17,8 +15,10 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
+from pfascannet import camelyon_files
 from pfascannet.inference import lesions as lesions_lib
 from pfascannet.io_utils import FileLock, atomic_path, save_npy, write_json, write_text
+from pfascannet.layout import ScanFolder
 from pfascannet.slide.annotations import Annotation, write_asap_xml
 from pfascannet.slide.tiff_writer import write_pyramid_tiff
 
@@ -29,17 +29,8 @@ TUMOR_COLOR_RGB = (255, 0, 0)
 
 
 def map_paths(out_dir: str, slide: str) -> dict[str, str]:
-    """Every output path of one slide, by kind."""
-    return {
-        "npy": os.path.join(out_dir, "maps", f"{slide}.npy"),
-        "json": os.path.join(out_dir, "maps", f"{slide}.json"),
-        "tif": os.path.join(out_dir, "maps", f"{slide}_map.tif"),
-        "scanned": os.path.join(out_dir, "maps", f"{slide}_scanned.png"),
-        "lesions": os.path.join(out_dir, "lesions", f"{slide}.csv"),
-        "heatmap": os.path.join(out_dir, "heatmaps", f"{slide}.png"),
-        "geojson": os.path.join(out_dir, "contours", f"{slide}.geojson"),
-        "xml": os.path.join(out_dir, "contours", f"{slide}.xml"),
-    }
+    """Every output path of one slide, by kind (``layout.ScanFolder.slide_files``)."""
+    return ScanFolder(out_dir).slide_files(slide)
 
 
 def write_map_tiff(path: str, prob_map: np.ndarray, map_mpp: Optional[float]) -> None:
@@ -76,11 +67,8 @@ def write_map_tiff(path: str, prob_map: np.ndarray, map_mpp: Optional[float]) ->
 
 
 def write_lesions_csv(path: str, found: Sequence[lesions_lib.LesionCandidate]) -> None:
-    """Camelyon16 submission CSV: ``confidence,X,Y`` rows, level-0 integers, no header."""
-    buf = io.StringIO()
-    for lesion in found:
-        buf.write(f"{lesion.confidence:.6f},{int(lesion.x)},{int(lesion.y)}\n")
-    write_text(path, buf.getvalue())
+    """Camelyon16 submission CSV: ``confidence,X,Y`` rows, level-0 integers, no header (``camelyon_files``)."""
+    camelyon_files.write_lesion_csv(path, ((lesion.confidence, lesion.x, lesion.y) for lesion in found))
 
 
 def contours_geojson(contours: Sequence[lesions_lib.Contour]) -> dict:
@@ -261,7 +249,7 @@ def map_complete(out_dir: str, slide: str) -> bool:
 
 def slide_lock(out_dir: str, slide: str) -> FileLock:
     """The lock a process holds while it writes ``slide``'s outputs in ``out_dir`` (scan or post-processing)."""
-    return FileLock(os.path.join(out_dir, "locks", f"{slide}.lock"))
+    return FileLock(ScanFolder(out_dir).lock(slide))
 
 
 def write_slide_scores(out_dir: str) -> str:
@@ -271,7 +259,7 @@ def write_slide_scores(out_dir: str) -> str:
     runs and when shards share the output folder.
     """
     rows = []
-    for path in sorted(glob.glob(os.path.join(out_dir, "maps", "*.json"))):
+    for path in sorted(glob.glob(ScanFolder(out_dir).map_json_glob)):
         try:
             with open(path, encoding="utf-8") as f:
                 meta = json.load(f)
@@ -279,11 +267,6 @@ def write_slide_scores(out_dir: str) -> str:
             continue
         if "slide_score" in meta and "slide" in meta:
             rows.append((meta["slide"], float(meta["slide_score"])))
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["name", "probability"])
-    for name, score in rows:
-        writer.writerow([name, f"{score:.6f}"])
-    target = os.path.join(out_dir, "slide_scores.csv")
-    write_text(target, buf.getvalue())
+    target = ScanFolder(out_dir).slide_scores_csv
+    camelyon_files.write_slide_scores(target, rows)
     return target

@@ -35,6 +35,7 @@ from pfascannet.inference import lesions as lesions_lib
 from pfascannet.inference import outputs
 from pfascannet.inference.scan_settings import ScanSettings
 from pfascannet.io_utils import remove_stale_temps, write_json
+from pfascannet.layout import ScanFolder
 from pfascannet.progress import Progress
 from pfascannet.slide.reader import SlideReader
 
@@ -79,7 +80,7 @@ def slide_file(out_dir: str, slide: str, meta: dict) -> Optional[str]:
     recorded = meta.get("slide_path")
     if recorded and os.path.isfile(recorded):
         return recorded
-    for config in sorted(glob.glob(os.path.join(out_dir, "scan_config*.json"))):
+    for config in sorted(glob.glob(ScanFolder(out_dir).scan_config_glob)):
         try:
             with open(config, encoding="utf-8") as f:
                 listed = json.load(f).get("slides", [])
@@ -127,7 +128,7 @@ def postprocess_slide(
     paths = outputs.map_paths(out_dir, slide)
     meta = outputs.read_sidecar(out_dir, slide)
     if meta is None or not os.path.exists(paths["npy"]):
-        raise PostprocessError(f"{slide}: no finished map in {os.path.join(out_dir, 'maps')} (scan the slide first)")
+        raise PostprocessError(f"{slide}: no finished map in {ScanFolder(out_dir).maps} (scan the slide first)")
     if slide_path is None:
         slide_path = slide_file(out_dir, slide, meta)
     if post_done(out_dir, slide, settings, meta, slide_path):
@@ -172,13 +173,14 @@ def _write_heatmap(paths: dict, slide: str, prob_map: np.ndarray, stride: int, s
 
 def scan_folder_slides(out_dir: str) -> list[str]:
     """The slide ids with a map in ``S/maps`` (sorted)."""
-    maps_dir = os.path.join(out_dir, "maps")
+    scan = ScanFolder(out_dir)
+    maps_dir = scan.maps
     if not os.path.isdir(maps_dir):
         raise PostprocessError(f"{out_dir}: not a scan folder (no maps/ folder)")
     return sorted(
         name[: -len(".json")] for name in os.listdir(maps_dir)
         if name.endswith(".json") and not name.startswith(".")
-        and os.path.exists(os.path.join(maps_dir, name[: -len(".json")] + ".npy"))
+        and os.path.exists(scan.map_npy(name[: -len(".json")]))
     )
 
 
@@ -209,10 +211,10 @@ def postprocess_scan(
     if slides is None:
         slides = have
         if not slides:
-            raise PostprocessError(f"{out_dir}: no maps to post-process in {os.path.join(out_dir, 'maps')}")
+            raise PostprocessError(f"{out_dir}: no maps to post-process in {ScanFolder(out_dir).maps}")
     missing = sorted(set(slides) - set(have))
     if missing:
-        raise PostprocessError(f"{missing[0]}: no finished map in {os.path.join(out_dir, 'maps')}")
+        raise PostprocessError(f"{missing[0]}: no finished map in {ScanFolder(out_dir).maps}")
     progress = progress or Progress(len(slides), label="post-processing", unit="slide")
     progress.total = len(slides)
     remove_stale_temps(out_dir)
@@ -221,8 +223,8 @@ def postprocess_scan(
         lock = outputs.slide_lock(out_dir, slide)
         lock.acquire(blocking=True)
         try:
-            for sub in ("maps", "lesions", "heatmaps", "contours"):
-                remove_stale_temps(os.path.join(out_dir, sub), prefix="." + slide)
+            for sub in ScanFolder.POST_SUBDIRS:
+                remove_stale_temps(ScanFolder(out_dir).sub(sub), prefix="." + slide)
             path = (slide_paths or {}).get(slide)
             meta, redone = postprocess_slide(out_dir, slide, settings, slide_path=path)
             results.append(PostResult(slide, "done" if redone else "skipped", meta=meta))

@@ -24,6 +24,7 @@ from pfascannet.inference import export_meta
 from pfascannet.inference.model_run import ModelRun
 from pfascannet.inference.plan import auto_roi_px
 from pfascannet.inference.scan_settings import ScanError
+from pfascannet.layout import ExportFolder
 from pfascannet.model.precision import check_precision
 
 XLA_SETTINGS = ("auto", "on", "off")  # export.XLA_SETTINGS, without importing Keras
@@ -61,7 +62,7 @@ def paper_like_roi_px(alpha: int) -> int:
 def _export_meta(path: str) -> Optional[dict]:
     # Read export.json without importing Keras, so bad --alpha/--roi values
     # are reported before the (slow) framework import.
-    if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, export_meta.EXPORT_JSON))):
+    if not (os.path.isdir(path) and os.path.isfile(ExportFolder(path).export_json)):
         return None
     return export_meta.read_export_json(path)
 
@@ -105,7 +106,7 @@ def resolve_run(
     if not os.path.exists(model_path):
         raise ScanError(f"no detector at {model_path}")
     if os.path.isdir(model_path) and not (
-        os.path.isfile(os.path.join(model_path, export_meta.EXPORT_JSON))
+        os.path.isfile(ExportFolder(model_path).export_json)
         or os.path.isfile(os.path.join(model_path, "saved_model.pb"))
     ):
         raise ScanError(

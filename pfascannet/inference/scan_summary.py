@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 from pfascannet.inference.scan_settings import ScanSettings
 from pfascannet.io_utils import write_json
+from pfascannet.layout import ScanFolder
 from pfascannet.progress import fmt_duration
 
 
@@ -63,7 +64,7 @@ def write_scan_config(out_dir: str, runs: list, options: ScanSettings, paths: Se
     """Writes ``scan_config.json`` (``scan_config.shard<i>of<N>.json`` for a shard): what a scan was asked for."""
     os.makedirs(out_dir, exist_ok=True)
     write_json(
-        os.path.join(out_dir, "scan_config.json" if shard is None else f"scan_config.shard{shard[0]}of{shard[1]}.json"),
+        ScanFolder(out_dir).scan_config_json(shard),
         {
             "runs": runs,
             "options": {

@@ -28,6 +28,7 @@ from absl import flags
 from pfascannet import geometry
 from pfascannet import settings as settings_lib
 from pfascannet.inference.export_meta import ExportError
+from pfascannet.layout import RunFolder
 from pfascannet.model.config import get_config
 from pfascannet.model.precision import PRECISIONS
 from pfascannet.settings import setting
@@ -74,7 +75,7 @@ def main(argv):
         raise ExportError(f"--formats must be a non-empty list of savedmodel, keras; got {FLAGS.formats}")
     run_config = {}
     if FLAGS.workdir:
-        path = os.path.join(FLAGS.workdir, "config.json")
+        path = RunFolder(FLAGS.workdir).config_json
         if not os.path.exists(path):
             raise ExportError(f"{FLAGS.workdir}: no config.json; is it a training run folder?")
         try:
@@ -86,7 +87,7 @@ def main(argv):
     if not config_name:
         raise ExportError("--config is required with --weights/--checkpoint")
     config = get_config(config_name)
-    weights = os.path.join(FLAGS.workdir, "final.weights.h5") if FLAGS.workdir else FLAGS.weights
+    weights = RunFolder(FLAGS.workdir).final_weights if FLAGS.workdir else FLAGS.weights
     if weights is not None:
         _check_weights_file(weights, config, ExportError)
     elif not os.path.isfile(FLAGS.checkpoint + ".index"):

@@ -18,6 +18,7 @@ from typing import Optional
 
 from absl import flags
 
+from pfascannet import layout
 from pfascannet import settings as settings_lib
 from pfascannet.data import sampling
 from pfascannet.settings import setting
@@ -51,6 +52,6 @@ def main(argv):
     samples = sampler.sample(FLAGS.seed)
     reader = pipeline.PatchReader(sampler)
     paths = pipeline.write_tfrecords(samples, reader, FLAGS.out, num_shards=FLAGS.shards)
-    sampling.save_samples(os.path.join(FLAGS.out, "samples.csv"), samples)
+    sampling.save_samples(os.path.join(FLAGS.out, layout.SAMPLES_CSV), samples)
     reader.close()
     print(f"{len(samples)} patches {sampling.counts_by_kind(samples)} in {len(paths)} shards under {FLAGS.out}")

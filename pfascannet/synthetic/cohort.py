@@ -26,9 +26,7 @@ Everything is deterministic from ``seed``.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import os
 import time
@@ -37,12 +35,12 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-from pfascannet import io_utils
+from pfascannet import camelyon_files, io_utils
 from pfascannet.camelyon import (LEVEL0_MPP, NODE_LABELS, node_class, node_slide_id, patient_id,
                                  pn_stage_from_nodes)
 from pfascannet.errors import PfaError
+from pfascannet.layout import CohortFolder
 from pfascannet.settings import setting
-from pfascannet.evaluation.pn_stage import write_camelyon17_csv
 from pfascannet.slide.annotations import Annotation, write_asap_xml, write_mask_tiff
 from pfascannet.slide.tiff_writer import write_pyramid_tiff
 from pfascannet.synthetic import lesion_shapes as lesion_lib
@@ -276,29 +274,22 @@ def write_slide(plan: SlidePlan, out_dir: str, *, mpp: float, tiff_tile_px: int 
     """
     renderer = SlideRenderer(plan, mpp)
     sid = plan.slide_id
+    folder = CohortFolder(out_dir)
     levels = write_pyramid_tiff(
-        os.path.join(out_dir, "images", f"{sid}.tif"), (plan.width, plan.height), renderer.render_tile,
+        folder.image(sid), (plan.width, plan.height), renderer.render_tile,
         tiff_tile_px=tiff_tile_px, mpp=mpp, compression="jpeg", quality=quality, channels=3,
         background=plan.stain.glass_rgb, workers=workers,
         description=f"pfascannet synthetic lymph node {sid} (not patient data)",
     )
     truth = renderer.tissue_truth(TISSUE_TRUTH_DS)
-    with io_utils.atomic_path(os.path.join(out_dir, "tissue", f"{sid}_tissue.png"), suffix=".png") as tmp:
+    with io_utils.atomic_path(folder.tissue_png(sid), suffix=".png") as tmp:
         if not cv2.imwrite(tmp, truth):
             raise CohortError(f"could not write the tissue truth PNG for {sid}")
     if plan.lesions:
-        write_asap_xml(os.path.join(out_dir, "annotations", f"{sid}.xml"), plan.annotations)
-        write_mask_tiff(os.path.join(out_dir, "masks", f"{sid}_mask.tif"), plan.annotations,
+        write_asap_xml(folder.annotation(sid), plan.annotations)
+        write_mask_tiff(folder.mask(sid), plan.annotations,
                         (plan.width, plan.height), mpp, tiff_tile_px=tiff_tile_px)
     return {"levels": levels}
-
-
-def _csv_text(header: Sequence[str], rows: Sequence[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(header), lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 @dataclasses.dataclass
@@ -447,8 +438,9 @@ def make_cohort(
     planned = plan_cohort(cs)
     # A killed run leaves hidden, unlocked temporaries (partial TIFFs, scratch
     # pyramid levels); clear them before writing anything new.
-    for sub in ("", "images", "annotations", "masks", "tissue"):
-        io_utils.remove_stale_temps(os.path.join(out_dir, sub))
+    folder = CohortFolder(out_dir)
+    for sub in (out_dir, folder.images, folder.annotations, folder.masks, folder.tissue):
+        io_utils.remove_stale_temps(sub)
     slides, lesion_rows, stages, nodes = [], [], {}, {}
     for entry in planned:
         plan, label = entry.plan, entry.label
@@ -460,7 +452,7 @@ def make_cohort(
         slides.append({
             "slide": sid, "patient": entry.patient, "node": entry.node, "split": entry.split, "label": label,
             "centre": entry.centre, "width": plan.width, "height": plan.height,
-            "path": os.path.join(out_dir, "images", f"{sid}.tif"), "levels": len(written["levels"]),
+            "path": folder.image(sid), "levels": len(written["levels"]),
         })
         for lesion in plan.lesions:
             _, centroid, _ = lesion_lib.polygon_moments(lesion.outline.coords_xy)
@@ -473,11 +465,9 @@ def make_cohort(
             progress(f"{sid}: {label}, {plan.width}x{plan.height} px, {len(plan.lesions)} lesion(s), "
                      f"{len(plan.mimics)} mimic(s), {time.perf_counter() - t0:.1f} s")
 
-    write_camelyon17_csv(os.path.join(out_dir, "stages.csv"), stages, nodes)
-    io_utils.write_text(os.path.join(out_dir, "slides.csv"), _csv_text(
-        ("slide", "patient", "node", "split", "label", "centre", "width", "height"), slides))
-    io_utils.write_text(os.path.join(out_dir, "lesions.csv"), _csv_text(
-        ("slide", "lesion_id", "class", "centre_x", "centre_y", "major_axis_um"), lesion_rows))
+    camelyon_files.write_camelyon17_csv(folder.stages_csv, stages, nodes)
+    camelyon_files.write_slides_csv(folder.slides_csv, slides)
+    camelyon_files.write_truth_lesions_csv(folder.lesions_csv, lesion_rows)
     settings = {
         "generator": "pfascannet.synthetic", "version": GENERATOR_VERSION, "seed": seed,
         "patients": patients, "nodes_per_patient": nodes_per_patient, "slide_size": slide_size,
@@ -489,5 +479,5 @@ def make_cohort(
         "stain_profiles": {str(c): centre_profile(seed, c).as_dict() for c in range(centres)},
         "note": "synthetic slides: results on them measure the pipeline, not clinical accuracy",
     }
-    io_utils.write_json(os.path.join(out_dir, "cohort.json"), settings)
+    io_utils.write_json(folder.cohort_json, settings)
     return CohortInfo(out_dir, slides, lesion_rows, stages, settings, time.perf_counter() - t_start)

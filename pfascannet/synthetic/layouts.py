@@ -45,8 +45,9 @@ import zipfile
 from typing import Optional
 
 from pfascannet import io_utils
+from pfascannet.camelyon_files import write_camelyon17_csv
 from pfascannet.errors import PfaError
-from pfascannet.evaluation.pn_stage import write_camelyon17_csv
+from pfascannet.layout import CohortFolder
 
 LAYOUT_CHOICES = ("cohort", "camelyon16", "camelyon17")
 """``pfascannet cohort --layout``: the project's own layout, or an official one."""
@@ -109,8 +110,8 @@ def write_layout(scratch: str, root: str, layout: str, slides: list[dict],
         sid, label = row["slide"], row["label"]
         new_id, folder = names[sid]
         os.makedirs(os.path.join(root, folder), exist_ok=True)
-        os.replace(os.path.join(scratch, "images", f"{sid}.tif"), os.path.join(root, folder, f"{new_id}.tif"))
-        xml = os.path.join(scratch, "annotations", f"{sid}.xml")
+        os.replace(CohortFolder(scratch).image(sid), os.path.join(root, folder, f"{new_id}.tif"))
+        xml = CohortFolder(scratch).annotation(sid)
         if os.path.isfile(xml):
             part = folder.split(os.sep)[0]
             zips.setdefault(part, {})[f"{new_id}.xml"] = xml
@@ -151,10 +152,10 @@ def make_layout_cohort(root: str | os.PathLike, settings=None, *, layout: str, w
     info = make_cohort(scratch, settings, workers=workers, progress=progress, **kwargs)
     mapping = write_layout(scratch, root, layout, info.slides, info.stages)
     by_generator = {v: k for k, v in mapping.items()}
-    with open(os.path.join(scratch, "cohort.json"), encoding="utf-8") as f:
+    with open(CohortFolder(scratch).cohort_json, encoding="utf-8") as f:
         meta = json.load(f)
     meta.update(layout=layout, names=mapping)
-    io_utils.write_json(os.path.join(root, "cohort.json"), meta)
+    io_utils.write_json(CohortFolder(root).cohort_json, meta)
     shutil.rmtree(scratch)
     places = official_names(info.slides, layout)
     for row in info.slides:

@@ -29,8 +29,9 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from pfascannet import io_utils
+from pfascannet import camelyon_files, io_utils
 from pfascannet.errors import PfaError
+from pfascannet.layout import CohortFolder
 from pfascannet.slide.annotations import Annotation, read_asap_xml, write_asap_xml, write_mask_tiff
 from pfascannet.slide.reader import SlideReader
 from pfascannet.slide.resample import plan_at_scale
@@ -74,19 +75,21 @@ def rescale_cohort(src_dir: str, dst_dir: str, mpp: float, *, workers: Optional[
 
     Returns ``dst_dir``.  Slides already written (a rerun after a kill) are kept.
     """
-    rows = _read_csv(os.path.join(src_dir, "slides.csv"))
+    src, dst = CohortFolder(src_dir), CohortFolder(dst_dir)
+    if os.path.exists(src.slides_csv):  # the strict reader first: a bad table is one file:line error
+        camelyon_files.read_slides_csv(src.slides_csv, RescaleError, require_label=False)
+    rows = _read_csv(src.slides_csv)  # every column, as written, for the copy
     if not rows:
         raise RescaleError(f"{src_dir}: no slides.csv rows; not a cohort folder")
     if not (float(mpp) > 0):
         raise RescaleError(f"mpp must be a positive number of um/px, got {mpp!r}")
-    for sub in ("images", "annotations", "masks", "tissue"):
-        os.makedirs(os.path.join(dst_dir, sub), exist_ok=True)
-        io_utils.remove_stale_temps(os.path.join(dst_dir, sub))
+    for sub in (dst.images, dst.annotations, dst.masks, dst.tissue):
+        os.makedirs(sub, exist_ok=True)
+        io_utils.remove_stale_temps(sub)
     scales = {}
     for row in rows:
         sid = row["slide"]
-        src_img = os.path.join(src_dir, "images", f"{sid}.tif")
-        dst_img = os.path.join(dst_dir, "images", f"{sid}.tif")
+        src_img, dst_img = src.image(sid), dst.image(sid)
         if os.path.exists(dst_img):
             with SlideReader(dst_img) as r:
                 info = {"width": r.dimensions[0], "height": r.dimensions[1]}
@@ -96,37 +99,36 @@ def rescale_cohort(src_dir: str, dst_dir: str, mpp: float, *, workers: Optional[
             info = rescale_slide(src_img, dst_img, mpp, workers=workers)
         scales[sid] = info["scale"]
         row["width"], row["height"] = info["width"], info["height"]
-        xml = os.path.join(src_dir, "annotations", f"{sid}.xml")
+        xml = src.annotation(sid)
         if os.path.exists(xml):
             ann = rescale_annotations(read_asap_xml(xml), info["scale"])
-            write_asap_xml(os.path.join(dst_dir, "annotations", f"{sid}.xml"), ann)
-            mask = os.path.join(dst_dir, "masks", f"{sid}_mask.tif")
+            write_asap_xml(dst.annotation(sid), ann)
+            mask = dst.mask(sid)
             if not os.path.exists(mask):
                 write_mask_tiff(mask, ann, (info["width"], info["height"]), mpp=float(mpp))
-        tissue = os.path.join(src_dir, "tissue", f"{sid}_tissue.png")
+        tissue = src.tissue_png(sid)
         if os.path.exists(tissue):
             truth = cv2.imread(tissue, cv2.IMREAD_GRAYSCALE)
             ds = 32
             size = (int(np.ceil(info["width"] / ds)), int(np.ceil(info["height"] / ds)))
             resized = cv2.resize(truth, size, interpolation=cv2.INTER_NEAREST)
-            with io_utils.atomic_path(os.path.join(dst_dir, "tissue", f"{sid}_tissue.png"), suffix=".png") as tmp:
+            with io_utils.atomic_path(dst.tissue_png(sid), suffix=".png") as tmp:
                 cv2.imwrite(tmp, resized)
         if progress is not None:
             progress(f"{sid}: {info['width']}x{info['height']} px at {mpp} um/px")
-    _write_csv(os.path.join(dst_dir, "slides.csv"), rows)
-    lesions = _read_csv(os.path.join(src_dir, "lesions.csv"))
+    _write_csv(dst.slides_csv, rows)
+    lesions = _read_csv(src.lesions_csv)
     for row in lesions:
         s = scales.get(row["slide"], 1.0)
         for key in ("centre_x", "centre_y"):
             row[key] = int(round((float(row[key]) + 0.5) / s - 0.5))
-    _write_csv(os.path.join(dst_dir, "lesions.csv"), lesions)
-    for name in ("stages.csv",):
-        if os.path.exists(os.path.join(src_dir, name)):
-            shutil.copyfile(os.path.join(src_dir, name), os.path.join(dst_dir, name))
-    meta_path = os.path.join(src_dir, "cohort.json")
+    _write_csv(dst.lesions_csv, lesions)
+    if os.path.exists(src.stages_csv):
+        shutil.copyfile(src.stages_csv, dst.stages_csv)
+    meta_path = src.cohort_json
     meta = json.load(open(meta_path, encoding="utf-8")) if os.path.exists(meta_path) else {}
     meta.update({"mpp": float(mpp), "rescaled_from": os.path.abspath(src_dir), "source_mpp": meta.get("mpp")})
-    io_utils.write_json(os.path.join(dst_dir, "cohort.json"), meta)
+    io_utils.write_json(dst.cohort_json, meta)
     return dst_dir
 
 

@@ -25,7 +25,6 @@ from one slide (``negatives_from_map``).
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 from pfascannet import geometry
@@ -36,6 +35,7 @@ from pfascannet.inference.export import KerasDetector
 from pfascannet.inference.lesions import lesion_candidates
 from pfascannet.inference.model_run import ModelRun
 from pfascannet.inference.scan_settings import ScanSettings
+from pfascannet.layout import ScanFolder
 from pfascannet.model.detector import build_detector, transfer_weights
 
 MINING_RADIUS_UM = 100.0
@@ -90,7 +90,7 @@ def mine_from_slides(
         engine.scan_slide(entry.image_path, [run], out_dir, options, wait=True)
     found: list[tuple[float, sampling.PatchSample]] = []
     for slide_id, _ in slides:
-        prob_map, meta = read_probability_map(os.path.join(out_dir, "maps", slide_id + ".npy"))
+        prob_map, meta = read_probability_map(ScanFolder(out_dir).map_npy(slide_id))
         found += negatives_from_map(prob_map, int(meta["stride_px"]), sampler.truth(slide_id), slide_id,
                                     threshold=threshold, per_slide=per_slide)
     found.sort(key=lambda cs: (-cs[0], cs[1].slide_id, cs[1].y, cs[1].x))

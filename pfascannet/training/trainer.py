@@ -66,6 +66,7 @@ import tensorflow as tf
 
 from pfascannet import io_utils
 from pfascannet.data import pipeline, sampling
+from pfascannet.layout import RunFolder
 from pfascannet.model.config import get_config
 from pfascannet.model.decoder import decoder_targets
 from pfascannet.model.detector import TRAINING_MPP, build_training_model
@@ -368,7 +369,7 @@ def _prepare_data(run: _Run) -> _Data:
         return _Data(None, None, [])
     # Patches are read at the pixel size the model is built for, from every slide whatever its own.
     sampler = sampling.PatchSampler(sampling.load_cohort(s.data, s.split), s.sampler, target_mpp=TRAINING_MPP)
-    samples_path = os.path.join(run.workdir, "samples.csv")
+    samples_path = RunFolder(run.workdir).samples_csv
     if os.path.exists(samples_path):
         samples = sampling.load_samples(samples_path)
     else:
@@ -433,10 +434,10 @@ def _build_state(run: _Run) -> _State:
         optimizer.build(model.trainable_variables)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(run.writedir, "checkpoints"),
+    manager = tf.train.CheckpointManager(checkpoint, RunFolder(run.writedir).checkpoints,
                                          max_to_keep=s.keep_checkpoints)
     # Every worker restores the chief's checkpoint.
-    latest = tf.train.latest_checkpoint(os.path.join(run.workdir, "checkpoints"))
+    latest = tf.train.latest_checkpoint(RunFolder(run.workdir).checkpoints)
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
     start_step = int(step_var.numpy())
@@ -493,7 +494,7 @@ def _train(run: _Run, on_progress) -> TrainResult:
     """Config check, data, state, then the loop: steps, hard-negative rounds, logs, checkpoints."""
     s, workdir = run.s, run.workdir
     resolved = _resolved_config(run)
-    config_path = os.path.join(workdir, "config.json")
+    config_path = RunFolder(workdir).config_json
     _check_workdir_config(config_path, resolved)
     data = _prepare_data(run)
     if run.chief:
@@ -509,7 +510,7 @@ def _train(run: _Run, on_progress) -> TrainResult:
             hard = _join(hard, _load_round(workdir, s, round_step))
 
     train_step = _make_train_step(run, state)
-    writer = tf.summary.create_file_writer(os.path.join(run.writedir, "tensorboard"))
+    writer = tf.summary.create_file_writer(RunFolder(run.writedir).tensorboard)
     history: list = []
     t0 = time.perf_counter()
     step = start_step
@@ -563,7 +564,7 @@ def _train(run: _Run, on_progress) -> TrainResult:
             stopped_early = True
             break
 
-    final = os.path.join(workdir, "final.weights.h5")
+    final = RunFolder(workdir).final_weights
     if run.chief:
         _save_weights(state.model, final)
     # Drop the input pipeline first: its prefetch threads may still be reading
@@ -574,7 +575,7 @@ def _train(run: _Run, on_progress) -> TrainResult:
     return TrainResult(
         step=step,
         final_weights=final,
-        checkpoint=tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")),
+        checkpoint=tf.train.latest_checkpoint(RunFolder(workdir).checkpoints),
         history=history,
         trainer_patches_per_s=(step - start_step) * s.batch_size / max(train_time, 1e-9),
         stopped_early=stopped_early,
@@ -585,7 +586,7 @@ def _train(run: _Run, on_progress) -> TrainResult:
 
 def _peer_lost(exc: Exception, strategy, step: int, workdir: str):
     """Turns a failed collective into one clear error that says how to resume."""
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    latest = tf.train.latest_checkpoint(RunFolder(workdir).checkpoints)
     where = f"the last checkpoint is {os.path.basename(latest)}" if latest else "no checkpoint was written yet"
     detail = _cause(str(getattr(exc, "message", exc)))
     raise TrainingError(
@@ -606,8 +607,7 @@ def _cause(message: str) -> str:
 
 def _round_path(workdir: str, s: TrainSettings, step: int) -> str:
     # The first round keeps the name runs made before rounds existed gave it.
-    name = "hard_negatives.csv" if step == s.mining.at else f"hard_negatives_step{step}.csv"
-    return os.path.join(workdir, name)
+    return RunFolder(workdir).hard_negatives_csv(step, first=step == s.mining.at)
 
 
 def _load_round(workdir: str, s: TrainSettings, step: int) -> Optional[list]:
@@ -628,7 +628,7 @@ def _mine(s: TrainSettings, sampler, reader, model, model_config, chief: bool, w
     m = s.mining
     if m.source == "slides":
 
-        found = mine_from_slides(model, model_config, sampler, os.path.join(workdir, "mining", f"step_{step}"),
+        found = mine_from_slides(model, model_config, sampler, RunFolder(workdir).mining_dir(step),
                                  threshold=m.threshold, max_keep=m.max_keep)
         what = f"{len(sampler.slides)} training slides scanned"
     else:

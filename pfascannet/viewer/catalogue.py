@@ -24,9 +24,10 @@ from typing import Mapping, Optional
 import numpy as np
 
 from pfascannet import camelyon
+from pfascannet.camelyon_files import read_lesion_csv
 from pfascannet.errors import PfaError
-from pfascannet.evaluation.froc import read_detections_csv
 from pfascannet.io_utils import is_temp_name
+from pfascannet.layout import SCAN_REL, ScanFolder
 from pfascannet.slide.reader import SlideReader
 from pfascannet.viewer import truth as truth_lib
 
@@ -87,7 +88,8 @@ class ScanCatalogue:
                  truth_override: Optional[truth_lib.TruthSources] = None):
         self.scan_dir = os.path.abspath(scan_dir)
         self._root = os.path.realpath(self.scan_dir)
-        if not os.path.isdir(os.path.join(self.scan_dir, "maps")):
+        self.folder = ScanFolder(self.scan_dir)
+        if not os.path.isdir(self.folder.maps):
             raise ViewerError(f"{scan_dir}: not a scan folder (no maps/ folder; `pfascannet scan --out` makes one)")
         listed = self._listed_slides()
         ids = sorted({*self._map_ids(), *listed})
@@ -114,15 +116,16 @@ class ScanCatalogue:
 
     def _map_ids(self) -> list[str]:
         out = []
-        for path in glob.glob(os.path.join(self.scan_dir, "maps", "*.json")):
+        for path in glob.glob(self.folder.map_json_glob):
             name = os.path.basename(path)
-            if self.scan_file(f"maps/{name}") is not None:  # no dot-file, temporary or symlink out of S
+            # no dot-file, temporary or symlink out of S
+            if self.scan_file(SCAN_REL.map_json(name[: -len(".json")])) is not None:
                 out.append(name[: -len(".json")])
         return out
 
     def _listed_slides(self) -> dict[str, str]:
         listed: dict[str, str] = {}
-        for config in sorted(glob.glob(os.path.join(self.scan_dir, "scan_config*.json"))):
+        for config in sorted(glob.glob(self.folder.scan_config_glob)):
             safe = self.scan_file(os.path.relpath(config, self.scan_dir))
             if safe is None:
                 continue
@@ -137,10 +140,9 @@ class ScanCatalogue:
         return listed
 
     def _read_sidecar(self, sid: str) -> tuple[Optional[dict], Optional[str]]:
-        rel = os.path.join("maps", f"{sid}.json")
-        path = self.scan_file(rel)
+        path = self.scan_file(SCAN_REL.map_json(sid))
         if path is None:
-            return None, f"no map in {os.path.join(self.scan_dir, 'maps')} (not scanned, or its scan failed)"
+            return None, f"no map in {self.folder.maps} (not scanned, or its scan failed)"
         try:
             with open(path, encoding="utf-8") as f:
                 meta = json.load(f)
@@ -148,8 +150,8 @@ class ScanCatalogue:
             return None, f"{path}: unreadable map sidecar ({' '.join(str(exc).split())})"
         if not isinstance(meta, dict):
             return None, f"{path}: the map sidecar is not a JSON object"
-        if self.scan_file(os.path.join("maps", f"{sid}.npy")) is None:
-            return meta, f"{os.path.join(self.scan_dir, 'maps', sid + '.npy')}: the map itself is missing"
+        if self.scan_file(SCAN_REL.map_npy(sid)) is None:
+            return meta, f"{self.folder.map_npy(sid)}: the map itself is missing"
         return meta, None
 
     # ------------------------------------------------------------------ the file rule
@@ -199,11 +201,11 @@ class ScanCatalogue:
 
     def lesions(self, sid: str, limit: int = LESION_LIST_MAX) -> tuple[list[dict], Optional[str]]:
         """The slide's most confident lesion candidates ``[{p, x, y}]`` (level-0 px) and a problem, if any."""
-        path = self.scan_file(f"lesions/{sid}.csv")
+        path = self.scan_file(SCAN_REL.lesions_csv(sid))
         if path is None:
             return [], "no lesion CSV (run `pfascannet lesions --scan_dir S`)"
         try:
-            rows = read_detections_csv(path)
+            rows = read_lesion_csv(path)
         except PfaError as exc:
             return [], str(exc)
         rows = rows[np.argsort(-rows[:, 0], kind="stable")][:limit]
@@ -211,7 +213,7 @@ class ScanCatalogue:
 
     def contours(self, sid: str) -> tuple[list[dict], Optional[str]]:
         """The scan's lesion contours ``[{p, rings}]`` from ``contours/<slide>.geojson``."""
-        path = self.scan_file(f"contours/{sid}.geojson")
+        path = self.scan_file(SCAN_REL.geojson(sid))
         if path is None:
             return [], "no contours file"
         try:

@@ -41,6 +41,7 @@ from typing import Callable, Optional
 from pfascannet.errors import PfaError
 from pfascannet.evaluation.features import read_probability_map
 from pfascannet.inference.outputs import read_scanned_png
+from pfascannet.layout import SCAN_REL
 from pfascannet.viewer.catalogue import ScanCatalogue
 from pfascannet.viewer.tiles import MapOverlay, SlidePyramid, thumbnail_png
 
@@ -129,9 +130,9 @@ class ViewerApp:
             pyramid, error = self.pyramid(sid)
             if error:
                 raise PfaError("the slide cannot be opened, so its map cannot be placed on it")
-            npy = self.catalogue.scan_file(f"maps/{sid}.npy")
+            npy = self.catalogue.scan_file(SCAN_REL.map_npy(sid))
             prob, meta = read_probability_map(npy)
-            scanned_rel = f"maps/{sid}_scanned.png"
+            scanned_rel = SCAN_REL.scanned_png(sid)
             scanned_path = self.catalogue.scan_file(scanned_rel)
             tissue = read_scanned_png(scanned_path, prob.shape) if scanned_path else None
             return MapOverlay(prob, int(meta["stride_px"]), pyramid.level_dimensions, tissue)
@@ -186,10 +187,10 @@ class ViewerApp:
             "lesions": lesions, "lesions_error": lesions_error,
             "contours": contours, "contours_error": contours_error,
             "truth": outlines, "truth_error": truth_error,
-            "files": {k: f"/files/{p}" for k, p in (("lesions", f"lesions/{sid}.csv"),
-                                                      ("geojson", f"contours/{sid}.geojson"),
-                                                      ("xml", f"contours/{sid}.xml"),
-                                                      ("heatmap", f"heatmaps/{sid}.png"))
+            "files": {k: f"/files/{p}" for k, p in (("lesions", SCAN_REL.lesions_csv(sid)),
+                                                      ("geojson", SCAN_REL.geojson(sid)),
+                                                      ("xml", SCAN_REL.asap_xml(sid)),
+                                                      ("heatmap", SCAN_REL.heatmap_png(sid)))
                       if cat.download(p)},
         }
 
