@@ -26,10 +26,11 @@ import numpy as np
 from absl import flags
 
 from pfascannet import cliutil, geometry
-from pfascannet.errors import PfaError
 from pfascannet.io_utils import write_json
 from pfascannet.model.config import get_config
 from pfascannet.model.equivalence import structured_roi
+
+import bench_util  # experiments/bench_util.py, beside this script
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "paper", "Model config: paper or tiny.")
@@ -39,10 +40,6 @@ flags.DEFINE_integer("patch_sample", 8, "Patches timed in patch mode (extrapolat
 flags.DEFINE_integer("patch_batch", 4, "Patches per batch in patch mode.")
 flags.DEFINE_integer("repeats", 2, "Timed dense passes per ROI size (after one warm-up pass).")
 flags.DEFINE_string("out", None, "Write the results as JSON here.")
-
-
-class BenchError(PfaError):
-    """Bad benchmark settings."""
 
 
 def _time(fn, repeats: int) -> float:
@@ -62,14 +59,9 @@ def main(argv):
     from pfascannet.model.detector import build_detector, build_patch_classifier, detector_macs, transfer_weights  # noqa: PLC0415  (imports Keras)
     from pfascannet.model.trunk import trunk_macs  # noqa: PLC0415  (imports Keras)
 
-    try:
-        sizes = [int(s) for s in FLAGS.roi_px]
-    except ValueError:
-        raise BenchError(f"--roi_px must be integers, got {FLAGS.roi_px}") from None
-    for lr in sizes:
-        geometry.ScanGeometry(alpha=FLAGS.alpha, roi_px=lr)
+    sizes = bench_util.roi_sides(FLAGS.roi_px, FLAGS.alpha)
     if FLAGS.patch_sample < 1 or FLAGS.patch_batch < 1 or FLAGS.repeats < 1:
-        raise BenchError("--patch_sample, --patch_batch and --repeats must be >= 1")
+        raise bench_util.BenchError("--patch_sample, --patch_batch and --repeats must be >= 1")
     config = get_config(FLAGS.config)
 
     patch_model = build_patch_classifier(config)

@@ -42,7 +42,6 @@ import numpy as np
 from absl import flags  # noqa: E402
 
 from pfascannet import cliutil, geometry  # noqa: E402
-from pfascannet.errors import PfaError  # noqa: E402
 from pfascannet.inference import engine, model_run, scan_settings
 from pfascannet.inference.plan import make_plan
 from pfascannet.model.config import get_config
@@ -50,6 +49,8 @@ from pfascannet.model.equivalence import structured_roi
 from pfascannet.model.precision import check_precision
 from pfascannet.slide.reader import SlideReader
 from pfascannet.slide.tiff_writer import write_pyramid_tiff
+
+import bench_util  # noqa: E402  (experiments/bench_util.py, beside this script)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "paper", "Model widths: paper (VGG16) or tiny (smoke tests).")
@@ -67,28 +68,18 @@ flags.DEFINE_string("workdir", "/tmp/pfascannet_bench_gpu", "Where the synthetic
 flags.DEFINE_string("out", None, "Write the results as JSON here.")
 
 
-class BenchError(PfaError):
-    """Bad settings."""
-
-
 def write_slide(path: str, side_px: int, seed: int = 0) -> None:
     """A JPEG-tiled pyramidal TIFF of H&E-like texture over the whole slide (0.243 um/px)."""
-    rng = np.random.default_rng(seed)
-    tile = 512
-    variants = []
-    for _ in range(16):
-        base = np.array([205, 125, 185], np.float32) + rng.normal(0, 18, (tile, tile, 3))
-        nuclei = np.kron(rng.random((tile // 8, tile // 8)) < 0.25, np.ones((8, 8), bool))
-        base[nuclei] = base[nuclei] * 0.45 + np.array([40, 20, 70]) * 0.55
-        variants.append(np.clip(base, 0, 255).astype(np.uint8))
+    textures = bench_util.he_textures(np.random.default_rng(seed), count=16)
 
     def tiles(x, y, w, h):
-        v = variants[((x // tile) * 7 + (y // tile) * 3) % len(variants)]
+        v = bench_util.texture_at(textures, x, y)
         out = np.empty((h, w, 3), np.uint8)
         out[:] = v[:h, :w]
         return out
 
-    write_pyramid_tiff(path, (side_px, side_px), tiles, tiff_tile_px=tile, compression="jpeg", quality=85)
+    write_pyramid_tiff(path, (side_px, side_px), tiles, tiff_tile_px=bench_util.HE_TILE_PX, compression="jpeg",
+                       quality=85)
 
 
 def _time_roi(keras, np, config, lr: int, precision: str) -> dict:
@@ -118,7 +109,7 @@ def _time_roi(keras, np, config, lr: int, precision: str) -> dict:
 
 
 def _wsi(config, precision: str) -> dict:
-    from pfascannet.inference.export import KerasDetector  # noqa: PLC0415  (imports Keras)
+    from pfascannet.inference.detectors import KerasDetector  # noqa: PLC0415  (imports Keras)
     from pfascannet.model.detector import build_detector  # noqa: PLC0415  (imports Keras)
 
     os.makedirs(FLAGS.workdir, exist_ok=True)
@@ -152,18 +143,14 @@ def main(argv):
     import keras  # noqa: PLC0415
 
     if keras.backend.backend() != "jax":
-        raise BenchError(f"this benchmark runs under KERAS_BACKEND=jax, not {keras.backend.backend()!r}")
+        raise bench_util.BenchError(f"this benchmark runs under KERAS_BACKEND=jax, not {keras.backend.backend()!r}")
     import jax  # noqa: PLC0415
 
-    try:
-        sizes = [int(s) for s in FLAGS.roi_px]
-    except ValueError:
-        raise BenchError(f"--roi_px must be integers, got {FLAGS.roi_px}") from None
-    for lr in sizes + [FLAGS.wsi_roi_px]:
-        geometry.ScanGeometry(FLAGS.alpha, lr)
+    sizes = bench_util.roi_sides(FLAGS.roi_px, FLAGS.alpha)
+    geometry.ScanGeometry(FLAGS.alpha, FLAGS.wsi_roi_px)
     precisions = [check_precision(p) for p in FLAGS.precisions]
     if FLAGS.repeats < 1 or FLAGS.batch < 1 or FLAGS.wsi_rois < 0:
-        raise BenchError("--repeats and --batch must be >= 1, --wsi_rois >= 0")
+        raise bench_util.BenchError("--repeats and --batch must be >= 1, --wsi_rois >= 0")
     config = get_config(FLAGS.config)
     device = jax.devices()[0]
     print(f"JAX {jax.__version__} on {device.platform}: {device.device_kind}; config {config.name}", flush=True)

@@ -24,10 +24,7 @@ Results: a table on stdout and ``<workdir>/bench_inference.json``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import resource
-import subprocess
 import sys
 import time
 
@@ -44,6 +41,8 @@ from pfascannet.slide.reader import SlideReader
 from pfascannet.slide.tiff_writer import write_pyramid_tiff
 from pfascannet.slide.tissue import tissue_mask
 
+import bench_util  # experiments/bench_util.py, beside this script
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/pfascannet_bench", "Folder for the synthetic slides and scan outputs.")
 flags.DEFINE_enum("config", "tiny", ["tiny", "paper"], "Model widths (random weights: speed only).")
@@ -56,27 +55,13 @@ flags.DEFINE_integer("tissue_px", 8192, "Side of the tissue area (px) per slide;
 flags.DEFINE_integer("compare_roi", 916, "ROI side for the dense-versus-patch comparison (916: 8x8 map px).")
 flags.DEFINE_integer("compare_rois", 1, "ROIs in the dense-versus-patch comparison.")
 flags.DEFINE_integer("patch_batch", 16, "Patches per model call in patch mode.")
-flags.DEFINE_string("_child", None, "Internal: scan this slide and write a JSON result.")
-flags.DEFINE_string("_child_json", None, "Internal: where the child writes its result.")
+flags.DEFINE_string("_child", None, "Internal: scan this slide and report a JSON result (bench_util.report).")
 flags.DEFINE_bool("_child_model_only", False, "Internal: also time model-only and dense-vs-patch.")
-
-
-def _peak_rss_gb() -> float:
-    # ru_maxrss is KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def write_bench_slide(path: str, side_px: int, tissue_px: int, seed: int = 0) -> None:
     """A square slide of white glass with ``tissue_px``-wide H&E-coloured squares (1 or 4 of them)."""
-    rng = np.random.default_rng(seed)
-    tile = 512
-    variants = []
-    for _ in range(8):
-        base = np.array([205, 125, 185], np.float32) + rng.normal(0, 18, (tile, tile, 3))
-        nuclei = rng.random((tile // 8, tile // 8)) < 0.25
-        nuclei = np.kron(nuclei, np.ones((8, 8), bool))
-        base[nuclei] = base[nuclei] * 0.45 + np.array([40, 20, 70]) * 0.55
-        variants.append(np.clip(base, 0, 255).astype(np.uint8))
+    textures = bench_util.he_textures(np.random.default_rng(seed))
     if side_px > 4 * tissue_px // 2:
         half = tissue_px // 2
         q = side_px // 4
@@ -96,15 +81,15 @@ def write_bench_slide(path: str, side_px: int, tissue_px: int, seed: int = 0) ->
                 continue
             if out is None:
                 out = np.full((h, w, 3), 255, np.uint8)
-            v = variants[((x // tile) * 7 + (y // tile) * 3) % len(variants)]
+            v = bench_util.texture_at(textures, x, y)
             out[y0 - y : y1 - y, x0 - x : x1 - x] = v[y0 - y : y1 - y, x0 - x : x1 - x]
         return out
 
-    write_pyramid_tiff(path, (side_px, side_px), tiles, tiff_tile_px=tile, compression="jpeg")
+    write_pyramid_tiff(path, (side_px, side_px), tiles, tiff_tile_px=bench_util.HE_TILE_PX, compression="jpeg")
 
 
 def _detector(alpha: int, roi_px: int):
-    from pfascannet.inference.export import KerasDetector  # noqa: PLC0415  (imports Keras)
+    from pfascannet.inference.detectors import KerasDetector  # noqa: PLC0415  (imports Keras)
     from pfascannet.model.detector import build_detector  # noqa: PLC0415  (imports Keras)
 
     model = build_detector(get_config(FLAGS.config), alpha=alpha)
@@ -135,7 +120,7 @@ def _child() -> None:
         "scan_map_wall_s": stats.wall_s,
         "model_in_scan_s": stats.model_s,
         "read_wait_s": stats.wait_s,
-        "peak_rss_gb": _peak_rss_gb(),
+        "peak_rss_gb": bench_util.peak_rss_mib() / 1024,
     }
     if FLAGS._child_model_only:
         with SlideReader(slide) as reader:
@@ -147,8 +132,7 @@ def _child() -> None:
         result["model_only_s"] = time.perf_counter() - t0
         del rois
         result.update(_dense_vs_patch(slide, plan))
-    with open(FLAGS._child_json, "w", encoding="utf-8") as f:
-        json.dump(result, f)
+    bench_util.report(result)
 
 
 def _dense_vs_patch(slide: str, big_plan) -> dict:
@@ -188,14 +172,11 @@ def main(argv) -> None:
             t0 = time.perf_counter()
             write_bench_slide(path, side, FLAGS.tissue_px)
             print(f"wrote {path} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        child_json = os.path.join(FLAGS.workdir, f"bench_{side}.json")
-        cmd = [sys.executable, os.path.abspath(__file__), f"--_child={path}", f"--_child_json={child_json}",
-               f"--_child_model_only={n == 0}"]
+        cmd = bench_util.child_command(__file__, f"--_child={path}", f"--_child_model_only={n == 0}")
         cmd += [f"--{k}={getattr(FLAGS, k)}" for k in ("workdir", "config", "alpha", "roi", "batch", "workers",
                                                       "compare_roi", "compare_rois", "patch_batch")]
-        subprocess.run(cmd, check=True)
-        with open(child_json, encoding="utf-8") as f:
-            results["slides"].append(dict(json.load(f), side_px=side))
+        # The child's stderr (the scan's progress) comes through.
+        results["slides"].append(dict(bench_util.run_child(cmd, capture_stderr=False), side_px=side))
     first = results["slides"][0]
     lines = [
         f"config={FLAGS.config} alpha={FLAGS.alpha} roi={FLAGS.roi} batch={FLAGS.batch} "

@@ -29,6 +29,8 @@ from absl import flags
 
 from pfascannet.cliutil import run_main
 
+import bench_util  # experiments/bench_util.py, beside this script
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", None, "Cohort folder.")
 flags.DEFINE_string("workdir", None, "Scratch folder (emptied).")
@@ -60,7 +62,7 @@ def main(argv) -> None:
     if FLAGS.worker_index >= 0:  # one of the two workers
         out = _train(FLAGS.workdir, "multiworker")
         if FLAGS.worker_index == 0:
-            print("RESULT " + json.dumps(out), flush=True)
+            bench_util.report(out)
         return
     shutil.rmtree(FLAGS.workdir, ignore_errors=True)
     os.makedirs(FLAGS.workdir)
@@ -81,7 +83,9 @@ def main(argv) -> None:
                 env=env, stdout=subprocess.PIPE, text=True))
         out = procs[0].communicate(timeout=1800)[0]
         procs[1].wait(timeout=60)
-        two = json.loads([line for line in out.splitlines() if line.startswith("RESULT ")][-1][7:])
+        two = bench_util.read_result(out)
+        if two is None:
+            raise bench_util.BenchError(f"worker 0 reported no result (exit {procs[0].returncode})")
         two["wall_s_incl_start"] = round(time.perf_counter() - t0, 1)
         results["two_workers"] = two
     finally:

@@ -20,24 +20,21 @@ Under KERAS_BACKEND=jax XLA is always on (``--xla`` is ignored there).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import resource
 import statistics
-import subprocess
-import sys
 import time
 
 import numpy as np
 from absl import flags
 
 from pfascannet import cliutil, geometry
-from pfascannet.errors import PfaError
 from pfascannet.io_utils import write_json
 from pfascannet.model.config import get_config
 from pfascannet.model.equivalence import structured_roi
 from pfascannet.model.precision import check_precision
+
+import bench_util  # experiments/bench_util.py, beside this script
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "paper", "Model config: paper or tiny.")
@@ -50,14 +47,6 @@ flags.DEFINE_integer("patch_sample", 2, "Patches timed per precision in patch mo
 flags.DEFINE_list("rss", [], "Variants PRECISION:ROI:XLA to run once each in a fresh process for peak RSS.")
 flags.DEFINE_string("out", None, "Write the results as JSON here.")
 flags.DEFINE_string("_child", None, "Internal: PRECISION:ROI:XLA to run once, printing JSON.")
-
-
-class BenchError(PfaError):
-    """Bad benchmark settings."""
-
-
-def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def _build(config, precision: str, lr: int, xla: bool):
@@ -76,7 +65,7 @@ def _parse_variant(text: str) -> tuple[str, int, bool]:
         precision, lr, xla = text.split(":")
         return precision, int(lr), xla == "on"
     except ValueError:
-        raise BenchError(f"a variant is PRECISION:ROI:XLA (e.g. bfloat16:2708:off), got {text!r}") from None
+        raise bench_util.BenchError(f"a variant is PRECISION:ROI:XLA (e.g. bfloat16:2708:off), got {text!r}") from None
 
 
 def _child(text: str) -> None:
@@ -85,7 +74,8 @@ def _child(text: str) -> None:
     roi = structured_roi(lr)[None].astype(np.float32)
     t0 = time.perf_counter()
     model.predict_on_batch(roi)
-    print(json.dumps({"variant": text, "first_pass_s": time.perf_counter() - t0, "peak_rss_gb": _peak_rss_gb()}))
+    bench_util.report({"variant": text, "first_pass_s": time.perf_counter() - t0,
+                       "peak_rss_gb": bench_util.peak_rss_mib() / 1024})
 
 
 def main(argv):
@@ -97,19 +87,14 @@ def main(argv):
 
     from pfascannet.model.detector import build_patch_classifier, detector_macs  # noqa: PLC0415  (imports Keras)
 
-    try:
-        sizes = [int(s) for s in FLAGS.roi_px]
-    except ValueError:
-        raise BenchError(f"--roi_px must be integers, got {FLAGS.roi_px}") from None
-    for lr in sizes:
-        geometry.ScanGeometry(alpha=FLAGS.alpha, roi_px=lr)
+    sizes = bench_util.roi_sides(FLAGS.roi_px, FLAGS.alpha)
     precisions = [check_precision(p) for p in FLAGS.precisions]
     if any(x not in ("off", "on") for x in FLAGS.xla):
-        raise BenchError(f"--xla takes off and/or on, got {FLAGS.xla}")
+        raise bench_util.BenchError(f"--xla takes off and/or on, got {FLAGS.xla}")
     backend = keras.backend.backend()
     xlas = [x == "on" for x in FLAGS.xla] if backend == "tensorflow" else [True]
     if FLAGS.repeats < 1 or FLAGS.patch_sample < 0:
-        raise BenchError("--repeats must be >= 1 and --patch_sample >= 0")
+        raise bench_util.BenchError("--repeats must be >= 1 and --patch_sample >= 0")
     for v in FLAGS.rss:
         _parse_variant(v)
     config = get_config(FLAGS.config)
@@ -119,15 +104,11 @@ def main(argv):
     # child can exhaust the machine's RAM.
     rss = []
     for text in FLAGS.rss:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--_child={text}",
-                              f"--config={FLAGS.config}", f"--alpha={FLAGS.alpha}"],
-                             capture_output=True, text=True, check=False)
-        line = (out.stdout.strip().splitlines() or [""])[-1]
         try:
-            rss.append(json.loads(line))
-        except ValueError:
-            rss.append({"variant": text, "error": (out.stderr.strip().splitlines() or ["no output"])[-1],
-                        "returncode": out.returncode})
+            rss.append(bench_util.run_child(bench_util.child_command(
+                __file__, f"--_child={text}", f"--config={FLAGS.config}", f"--alpha={FLAGS.alpha}")))
+        except bench_util.ChildFailed as exc:
+            rss.append({"variant": text, "error": exc.last_line, "returncode": exc.returncode})
         print(f"peak RSS {text}: {rss[-1]}", flush=True)
 
     variants = []

@@ -19,7 +19,6 @@ Writes ``<out>/bench_slide.json`` (settings, seconds, peak RSS in MiB).
 from __future__ import annotations
 
 import os
-import resource
 import time
 
 import numpy as np
@@ -27,8 +26,9 @@ from absl import flags
 
 from pfascannet import io_utils
 from pfascannet.cliutil import run_main
-from pfascannet.errors import PfaError
 from pfascannet.slide.annotations import Annotation, rasterize, write_mask_tiff
+
+import bench_util  # experiments/bench_util.py, beside this script
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Output folder for bench_slide.json (and the mask TIFF).")
@@ -55,16 +55,12 @@ def random_annotations(width: int, height: int, count: int, vertices: int, seed:
     return annotations
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def main(argv) -> None:
     del argv
     if not FLAGS.out:
-        raise PfaError("--out is required (a folder for bench_slide.json)")
+        raise bench_util.BenchError("--out is required (a folder for bench_slide.json)")
     if FLAGS.width < 1 or FLAGS.height < 1 or FLAGS.polygons < 1 or FLAGS.vertices < 3:
-        raise PfaError("--width/--height/--polygons must be >= 1 and --vertices >= 3")
+        raise bench_util.BenchError("--width/--height/--polygons must be >= 1 and --vertices >= 3")
     dims = (FLAGS.width, FLAGS.height)
     annotations = random_annotations(*dims, FLAGS.polygons, FLAGS.vertices, FLAGS.seed)
     result = {"settings": {k: FLAGS[k].value for k in ("width", "height", "polygons", "vertices", "windows", "seed")}}
@@ -83,7 +79,7 @@ def main(argv) -> None:
         x, y = tumour[i % len(tumour)].coords_xy[rng.integers(FLAGS.vertices)]
         rasterize(annotations, dims, 1, origin_xy=(int(x) - 256, int(y) - 256), size_wh=(512, 512))
     result["rasterize_window512_ms"] = 1e3 * (time.perf_counter() - t0) / max(FLAGS.windows, 1)
-    result["peak_rss_mib_after_rasterize"] = peak_rss_mib()
+    result["peak_rss_mib_after_rasterize"] = bench_util.peak_rss_mib()
 
     if FLAGS.mask_tiff:
         path = os.path.join(FLAGS.out, "bench_mask.tif")
@@ -91,7 +87,7 @@ def main(argv) -> None:
         write_mask_tiff(path, annotations, dims, mpp=0.243)
         result["write_mask_tiff_s"] = time.perf_counter() - t0
         result["mask_tiff_mib"] = os.path.getsize(path) / 2**20
-        result["peak_rss_mib_after_mask_tiff"] = peak_rss_mib()
+        result["peak_rss_mib_after_mask_tiff"] = bench_util.peak_rss_mib()
         os.remove(path)
 
     io_utils.write_json(os.path.join(FLAGS.out, "bench_slide.json"), result)

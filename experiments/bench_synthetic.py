@@ -15,13 +15,9 @@ Writes ``bench_synthetic.json`` (and the slides, unless ``--keep=false``) to
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import resource
 import shutil
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -29,8 +25,9 @@ from absl import flags
 
 from pfascannet import io_utils
 from pfascannet.cliutil import run_main
-from pfascannet.errors import PfaError
 from pfascannet.synthetic.cohort import plan_slide, write_slide
+
+import bench_util  # experiments/bench_util.py, beside this script
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("sizes", "16384,32768", "Comma-separated slide sides (px) to generate, one child process each.")
@@ -59,7 +56,7 @@ def _child(size: int) -> dict:
     written = write_slide(plan, out, mpp=FLAGS.mpp, workers=FLAGS.workers)
     seconds = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    peak_rss_mb = bench_util.peak_rss_mib()
     image = os.path.join(out, "images", f"{plan.slide_id}.tif")
     with openslide.OpenSlide(image) as s:  # the output must be a readable slide, not just bytes
         ok = s.dimensions == (size, size) and s.level_count == len(written["levels"])
@@ -73,24 +70,23 @@ def _child(size: int) -> dict:
 
 def main(argv):
     if FLAGS.child_size:
-        print("RESULT " + json.dumps(_child(FLAGS.child_size)), flush=True)
+        bench_util.report(_child(FLAGS.child_size))
         return
     try:
         sizes = [int(s) for s in FLAGS.sizes.split(",") if s.strip()]
     except ValueError as exc:
-        raise PfaError(f"--sizes must be comma-separated integers, got {FLAGS.sizes!r}") from exc
+        raise bench_util.BenchError(f"--sizes must be comma-separated integers, got {FLAGS.sizes!r}") from exc
     if not sizes or min(sizes) < 1024:
-        raise PfaError(f"--sizes must list slide sides of at least 1024 px, got {FLAGS.sizes!r}")
+        raise bench_util.BenchError(f"--sizes must list slide sides of at least 1024 px, got {FLAGS.sizes!r}")
     results = []
     for size in sizes:
-        cmd = [sys.executable, os.path.abspath(__file__), f"--child_size={size}", f"--out={FLAGS.out}",
-               f"--workers={FLAGS.workers}", f"--seed={FLAGS.seed}", f"--mpp={FLAGS.mpp}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            raise PfaError(f"generating a {size} px slide failed (exit {proc.returncode}): "
-                           f"{proc.stderr.strip().splitlines()[-1:] or proc.stdout[-200:]}")
-        result = json.loads(lines[-1][len("RESULT "):])
+        cmd = bench_util.child_command(__file__, f"--child_size={size}", f"--out={FLAGS.out}",
+                                       f"--workers={FLAGS.workers}", f"--seed={FLAGS.seed}", f"--mpp={FLAGS.mpp}")
+        try:
+            result = bench_util.run_child(cmd)
+        except bench_util.ChildFailed as exc:
+            raise bench_util.BenchError(f"generating a {size} px slide failed (exit {exc.returncode}): "
+                                        f"{exc.last_line}") from None
         results.append(result)
         print(f"{size} x {size}: {result['seconds']:.1f} s wall, {result['cpu_seconds']:.1f} s CPU, "
               f"peak RSS {result['peak_rss_mb']:.0f} MB, {result['levels']} levels, "

@@ -29,9 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import subprocess
-import sys
 import time
 
 import cv2
@@ -40,12 +37,13 @@ from absl import flags
 
 from pfascannet import geometry
 from pfascannet.cliutil import run_main
-from pfascannet.errors import PfaError
 from pfascannet.inference import engine, model_run, scan_settings
 from pfascannet.model.config import get_config
 from pfascannet.slide.reader import SlideReader
 from pfascannet.slide.tiff_writer import write_pyramid_tiff
 from pfascannet.slide.tissue import tissue_mask
+
+import bench_util  # experiments/bench_util.py, beside this script
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/pfascannet_bench_tissue", "Slide and scans go here.")
@@ -54,10 +52,6 @@ flags.DEFINE_integer("side_px", 8192, "Slide side (level-0 px).")
 flags.DEFINE_list("variants", ["float32:2708:whole", "bfloat16:2708:edges"],
                   "PRECISION:ROI:whole|edges|stream, in order.")
 flags.DEFINE_string("_child", None, "Internal: run this variant and print JSON.")
-
-
-class BenchError(PfaError):
-    """Bad settings."""
 
 
 def write_blob_slide(path: str, side_px: int, seed: int = 0) -> float:
@@ -71,13 +65,7 @@ def write_blob_slide(path: str, side_px: int, seed: int = 0) -> float:
         r = rng.uniform(low / 14, low / 5)
         field += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
     level = float(np.median(field))  # exactly half of the cells above it
-    tile = 512
-    variants = []
-    for _ in range(8):
-        base = np.array([205, 125, 185], np.float32) + rng.normal(0, 18, (tile, tile, 3))
-        nuclei = np.kron(rng.random((tile // 8, tile // 8)) < 0.25, np.ones((8, 8), bool))
-        base[nuclei] = base[nuclei] * 0.45 + np.array([40, 20, 70]) * 0.55
-        variants.append(np.clip(base, 0, 255).astype(np.uint8))
+    textures = bench_util.he_textures(rng)
     big = cv2.resize(field, (side_px, side_px), interpolation=cv2.INTER_LINEAR) if side_px <= 16384 else None
 
     def tiles(x, y, w, h):
@@ -85,13 +73,13 @@ def write_blob_slide(path: str, side_px: int, seed: int = 0) -> float:
         if not mask.any():
             return None
         out = np.full((h, w, 3), 255, np.uint8)
-        v = variants[((x // tile) * 7 + (y // tile) * 3) % len(variants)]
+        v = bench_util.texture_at(textures, x, y)
         out[mask] = v[:h, :w][mask]
         return out
 
     if big is None:
-        raise BenchError("--side_px above 16384 is not supported by this writer")
-    write_pyramid_tiff(path, (side_px, side_px), tiles, tiff_tile_px=tile, compression="jpeg")
+        raise bench_util.BenchError("--side_px above 16384 is not supported by this writer")
+    write_pyramid_tiff(path, (side_px, side_px), tiles, tiff_tile_px=bench_util.HE_TILE_PX, compression="jpeg")
     return float((big > level).mean())
 
 
@@ -102,7 +90,7 @@ def _parse(text: str) -> tuple[str, int, str]:
             raise ValueError
         return precision, int(roi), mode
     except ValueError:
-        raise BenchError(f"a variant is PRECISION:ROI:whole|edges|stream, got {text!r}") from None
+        raise bench_util.BenchError(f"a variant is PRECISION:ROI:whole|edges|stream, got {text!r}") from None
 
 
 def cpu_features() -> dict:
@@ -123,7 +111,7 @@ def cpu_features() -> dict:
 
 
 def _child(text: str, slide: str) -> None:
-    from pfascannet.inference.export import KerasDetector  # noqa: PLC0415  (imports Keras)
+    from pfascannet.inference.detectors import KerasDetector  # noqa: PLC0415  (imports Keras)
     from pfascannet.model.detector import build_detector  # noqa: PLC0415  (imports Keras)
 
     precision, roi, mode = _parse(text)
@@ -146,12 +134,12 @@ def _child(text: str, slide: str) -> None:
         raise SystemExit(summary.text())
     res = summary.results[0]
     member = res.meta["members"][0]
-    print("RESULT " + json.dumps({
+    bench_util.report({
         "variant": text, "whole_scan_s": wall, "model_s": res.stats[0].model_s, "read_wait_s": res.stats[0].wait_s,
         "rois": member["n_rois"], "edge_rois": member.get("n_edge_rois", 0), "warmup_s": warm_s,
         "input_mpx": res.stats[0].input_px / 1e6,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "out": out,
-    }), flush=True)
+        "peak_rss_gb": bench_util.peak_rss_mib() / 1024, "out": out,
+    })
 
 
 def main(argv) -> None:
@@ -178,15 +166,14 @@ def main(argv) -> None:
           f"({100 * tissue_mpx * 1e6 / FLAGS.side_px ** 2:.0f} %)", flush=True)
     rows = []
     for v in FLAGS.variants:
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--_child={v}", f"--workdir={FLAGS.workdir}",
-                               f"--config={FLAGS.config}", f"--side_px={FLAGS.side_px}"],
-                              capture_output=True, text=True, check=False)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if not lines:
-            rows.append({"variant": v, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1]})
+        try:
+            row = bench_util.run_child(bench_util.child_command(
+                __file__, f"--_child={v}", f"--workdir={FLAGS.workdir}", f"--config={FLAGS.config}",
+                f"--side_px={FLAGS.side_px}"))
+        except bench_util.ChildFailed as exc:
+            rows.append({"variant": v, "error": exc.last_line})
             print(f"{v}: FAILED {rows[-1]['error']}", flush=True)
             continue
-        row = json.loads(lines[-1][7:])
         row["tissue_mpx_per_s"] = tissue_mpx / row["whole_scan_s"]
         output_rois = row["rois"] - row["edge_rois"] + row["edge_rois"] / 4
         row["s_per_roi_of_output"] = row["model_s"] / output_rois

@@ -2,7 +2,7 @@
 
 The acceptance benchmark of the trainer (Zhao et al., MICCAI 2019, Sec. 2.3):
 train ``--config`` (default ``small``: the paper's geometry, 1/8 of its
-widths) with ``trainer.scratch_recipe`` (Adam, warm-up, cosine decay,
+widths) with ``training.recipe.scratch_recipe`` (Adam, warm-up, cosine decay,
 hard-negative rounds from whole-slide maps) for at most ``--minutes`` on this
 machine, then measure
 
@@ -48,7 +48,7 @@ flags.DEFINE_string("workdir", None, "Run folder (training in <workdir>/train, h
 flags.DEFINE_string("config", "small", "Model config (tiny, small, paper).")
 flags.DEFINE_float("minutes", 30.0, "Training time limit (minutes).")
 flags.DEFINE_integer("steps", 450, "Steps of the recipe (its schedule and hard-negative rounds are placed on them).")
-flags.DEFINE_integer("hard_negative_rounds", 2, "Hard-negative rounds from whole-slide maps (trainer.scratch_recipe).")
+flags.DEFINE_integer("hard_negative_rounds", 2, "Hard-negative rounds from whole-slide maps (training.recipe.scratch_recipe).")
 flags.DEFINE_integer("batch_size", 8, "Global batch size.")
 flags.DEFINE_integer("seed", 0, "Training seed (sampling, init, augmentation).")
 flags.DEFINE_integer("cohort_seed", 0, "Seed of the generated cohort.")
@@ -113,7 +113,7 @@ def patch_auc(weights: str, config: str, data: str, seed: int, per_class: int, b
 
 
 def main(argv):
-    from pfascannet.training import trainer  # noqa: PLC0415  (imports TensorFlow and Keras)
+    from pfascannet.training import recipe, trainer  # noqa: PLC0415  (imports TensorFlow and Keras)
 
     if not FLAGS.workdir:
         raise trainer.TrainingError("--workdir is required")
@@ -129,10 +129,10 @@ def main(argv):
         if not os.path.exists(os.path.join(data, "cohort.json")):
             print(f"generating the synthetic cohort in {data} ...", flush=True)
             make_cohort(data, seed=FLAGS.cohort_seed, **COHORT)
-    recipe = trainer.scratch_recipe(FLAGS.steps, FLAGS.hard_negative_rounds)
+    flat_recipe = recipe.scratch_recipe(FLAGS.steps, FLAGS.hard_negative_rounds)
     settings = trainer.TrainSettings.from_flat(
         data=data, workdir=os.path.join(FLAGS.workdir, "train"), config=FLAGS.config, batch_size=FLAGS.batch_size,
-        seed=FLAGS.seed, max_seconds=FLAGS.minutes * 60, checkpoint_every=50, log_every=10, **recipe,
+        seed=FLAGS.seed, max_seconds=FLAGS.minutes * 60, checkpoint_every=50, log_every=10, **flat_recipe,
     )
 
     sampler = sampling.PatchSampler(sampling.load_cohort(data, "train"), sampling.SamplerSettings(
@@ -167,7 +167,7 @@ def main(argv):
     with io_utils.atomic_path(out_weights, suffix=".weights.h5") as tmp:
         shutil.copyfile(result.final_weights, tmp)
     record = {
-        "what": f"{FLAGS.config} PFA-ScanNet trained from scratch (trainer.scratch_recipe) on a synthetic cohort "
+        "what": f"{FLAGS.config} PFA-ScanNet trained from scratch (training.recipe.scratch_recipe) on a synthetic cohort "
                 "by experiments/bench_training.py",
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "config": FLAGS.config,

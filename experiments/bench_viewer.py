@@ -30,8 +30,9 @@ import numpy as np
 from absl import flags
 
 from pfascannet import cliutil
-from pfascannet.errors import PfaError
 from pfascannet.io_utils import write_json
+
+import bench_util  # experiments/bench_util.py, beside this script
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("scan_dir", None, "The scan folder to view.")
@@ -55,7 +56,7 @@ def _start(scan_dir: str):
         if not line and proc.poll() is not None:
             break
     proc.kill()
-    raise PfaError(f"the viewer did not start: {proc.stderr.read()[-2000:]}")
+    raise bench_util.BenchError(f"the viewer did not start: {proc.stderr.read()[-2000:]}")
 
 
 def _get(port: int, path: str) -> tuple[float, int, bytes]:
@@ -99,7 +100,7 @@ def _stats(seconds: list[float]) -> dict:
 def main(argv):
     del argv
     if not FLAGS.scan_dir or not os.path.isdir(FLAGS.scan_dir):
-        raise PfaError("--scan_dir must be a scan folder")
+        raise bench_util.BenchError("--scan_dir must be a scan folder")
     viewport = tuple(int(v) for v in FLAGS.viewport_px)
     proc, port = _start(FLAGS.scan_dir)
     try:

@@ -16,6 +16,7 @@ and ``run_main`` makes progress lines plain, unless ``--verbosity`` or
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Callable, NoReturn
@@ -31,9 +32,21 @@ quiet.quiet_startup()
 USER_ERRORS = (PfaError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
-def fail(message: str, status: int = 2) -> NoReturn:
-    """Prints ``error: message`` on one line and exits."""
+def fail(message: str, status: int = 2, at_once: bool = False) -> NoReturn:
+    """Prints ``error: message`` on one line and exits.
+
+    ``at_once``: flush the output and end the process without the
+    interpreter's teardown (``os._exit``), for an error after which that
+    teardown can hang (TensorFlow's collectives waiting on a dead worker:
+    ``training.distribute.WorkerLostError``).  Only for errors raised where
+    every output is already written.
+    """
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    if at_once:
+        logging.shutdown()  # flushes absl's and every other handler
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
     sys.exit(status)
 
 
@@ -46,7 +59,7 @@ def guarded(fn: Callable) -> Callable:
         except USER_ERRORS as exc:
             if os.environ.get("PFASCANNET_DEBUG"):
                 raise
-            fail(str(exc) or type(exc).__name__)
+            fail(str(exc) or type(exc).__name__, at_once=getattr(exc, "exit_at_once", False))
         except KeyboardInterrupt:
             fail("interrupted; rerun the same command to resume", status=130)
 

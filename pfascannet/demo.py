@@ -69,7 +69,8 @@ def obtain_model(s: DemoSettings, cohort_dir: str, log: workflow.Log) -> tuple[s
                               f"`{meta.get('command', '?')}` ({meta.get('note', '')})")
     if not s.train:
         log("      no shipped weights found: training here instead")
-    from pfascannet.training.trainer import TrainSettings, scratch_recipe  # noqa: PLC0415  (imports TensorFlow and Keras)
+    from pfascannet.training.recipe import scratch_recipe  # noqa: PLC0415  (imports TensorFlow and Keras)
+    from pfascannet.training.settings import TrainSettings  # noqa: PLC0415
 
     # The from-scratch recipe, one hard-negative round (a few minutes in all).
     settings = TrainSettings.from_flat(data=cohort_dir, workdir=os.path.join(s.out, "train"), config=TRAIN_CONFIG,
@@ -78,8 +79,8 @@ def obtain_model(s: DemoSettings, cohort_dir: str, log: workflow.Log) -> tuple[s
     weights = workflow.train_model(settings, log)
     return weights, TRAIN_CONFIG, (
         f"model: `{TRAIN_CONFIG}` trained here for up to {s.train_steps} steps / {s.train_minutes:g} min "
-        f"(trainer.scratch_recipe: Adam, lr {settings.optimiser.learning_rate}, cosine decay, a hard-negative round at "
-        f"step {settings.mining.at}; batch {settings.batch_size}, seed {s.seed})")
+        f"(training.recipe.scratch_recipe: Adam, lr {settings.optimiser.learning_rate}, cosine decay, "
+        f"a hard-negative round at step {settings.mining.at}; batch {settings.batch_size}, seed {s.seed})")
 
 
 def _froc_value(v: Optional[float]) -> str:

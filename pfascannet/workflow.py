@@ -128,13 +128,13 @@ def train_model(settings, log: Log) -> str:
 def export_model(weights: str, config_name: str, out_dir: str, alpha: int, roi_px: int,
                  log: Log, extra: Optional[dict] = None) -> str:
     """Exports the detector at ``alpha`` (SavedModel + .keras) unless already exported from these weights."""
-    from pfascannet.inference import export  # noqa: PLC0415  (imports Keras)
+    from pfascannet.inference import export, export_meta  # noqa: PLC0415  (imports Keras)
     from pfascannet.inference.model_io import load_training_model  # noqa: PLC0415  (imports Keras)
 
     meta_path = ExportFolder(out_dir).export_json
     stamp = {"weights": os.path.abspath(weights), "weights_mtime": os.path.getmtime(weights)}
     if os.path.isfile(meta_path):
-        meta = export.read_export_json(out_dir)
+        meta = export_meta.read_export_json(out_dir)
         if (meta.get("alpha"), meta.get("roi_px")) == (alpha, roi_px) and meta.get("extra", {}).get("source") == stamp:
             log(f"      export already in {out_dir}: reused")
             return out_dir

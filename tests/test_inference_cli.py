@@ -39,7 +39,7 @@ def slide_dir(tmp_path_factory):
 
 
 def test_patch_mode_equals_dense_with_a_real_detector(tiny_model, slide_dir):
-    from pfascannet.inference.export import KerasDetector
+    from pfascannet.inference.detectors import KerasDetector
 
     lr = geometry.roi_px(2, 16)
     det = KerasDetector(tiny_model, 16, lr)

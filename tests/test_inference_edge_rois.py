@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from pfascannet import geometry
-from pfascannet.inference import engine, export, model_run, scan_settings
+from pfascannet.inference import detectors, engine, export, model_run, scan_settings
 from pfascannet.inference.plan import edge_split, make_plan
 from tests.scan_support import OracleDetector, write_slide
 
@@ -92,7 +92,7 @@ def test_detector_at_a_smaller_side_gives_the_whole_rois_pixels(tmp_path):
     out = tmp_path / "export"
     export.export_detector(patch_model, config, out, alpha=16, roi_px=1460)
     for fmt in ("keras", "savedmodel"):
-        det = export.load_detector(out, format=fmt)
+        det = detectors.load_detector(out, format=fmt)
         whole = det.predict(roi[None])[0]
         small = det.at_roi_px(692 + 32 * 8)  # Lm 9: the top-left 9 x 9 of the whole tile
         assert small.roi_px == 948 and small.digest == det.digest

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pfascannet import geometry
-from pfascannet.inference import engine, export, model_run, scan_settings, stream
+from pfascannet.inference import detectors, engine, model_run, scan_settings, stream
 from pfascannet.inference.plan import make_plan
 from pfascannet.model.config import ModelConfig
 from pfascannet.model.detector import build_detector
@@ -49,7 +49,7 @@ def _run(weights, alpha: int, precision: str) -> model_run.ModelRun:
     model = build_detector(config, alpha=alpha, precision=precision)
     model.set_weights(values)
     lr = geometry.roi_px(TILE, alpha)
-    return model_run.ModelRun(export.KerasDetector(model, alpha, lr), geometry.ScanGeometry(alpha, lr),
+    return model_run.ModelRun(detectors.KerasDetector(model, alpha, lr), geometry.ScanGeometry(alpha, lr),
                               name="tiny", digest="tiny-seed0")
 
 

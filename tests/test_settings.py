@@ -10,7 +10,7 @@ from absl import flags
 from pfascannet import settings as settings_lib
 from pfascannet.data.augment_settings import AugmentSettings
 from pfascannet.synthetic.cohort import CohortError, CohortSettings
-from pfascannet.training import trainer
+from pfascannet.training import recipe, trainer
 from pfascannet.training.settings import TrainSettings, TrainingError
 
 # Flags of the commands before they were generated (README and BUILD.md use them).
@@ -85,7 +85,7 @@ def test_flat_names_round_trip(tmp_path):
 
 def test_the_scratch_recipe_is_flat_names(tmp_path):
     (tmp_path / "images").mkdir()  # --data must be a dataset folder (datasets.detect_layout)
-    s = TrainSettings.from_flat(data=str(tmp_path), workdir="w", **trainer.scratch_recipe(300, 2))
+    s = TrainSettings.from_flat(data=str(tmp_path), workdir="w", **recipe.scratch_recipe(300, 2))
     assert s.optimiser.optimizer == "adam" and s.mining_steps() == [100, 200]
 
 

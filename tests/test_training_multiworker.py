@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 
 from pfascannet.inference import model_io  # only to read the weights back
-from pfascannet.training import trainer
+from pfascannet.training import recipe
 
 pytestmark = pytest.mark.slow  # several training processes per test
 
@@ -188,7 +188,7 @@ def test_two_workers_equal_one_worker_and_only_the_chief_writes(cohort, loopback
     # The tolerance means something: training moved the weights far more than it.
     model = model_io.load_training_model(str(workdir / "final.weights.h5"), "tiny")
     start = model_io.load_training_model(str(workdir / "final.weights.h5"), "tiny")
-    trainer.he_initialise(start, 0)
+    recipe.he_initialise(start, 0)
     kernel = model.get_layer("block1_conv1").get_weights()[0]
     assert np.max(np.abs(kernel - start.get_layer("block1_conv1").get_weights()[0])) > 1e-3
 

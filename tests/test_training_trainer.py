@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pfascannet.inference import model_io
-from pfascannet.training import trainer
+from pfascannet.training import mining, recipe, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,8 +50,8 @@ def test_two_steps_under_mirrored_strategy_on_two_cpu_devices(cohort, tmp_path):
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from pfascannet.training import trainer
-        strategy = trainer.make_strategy()
+        from pfascannet.training import distribute, trainer
+        strategy = distribute.make_strategy()
         s = trainer.TrainSettings.from_flat(data=sys.argv[1], workdir=sys.argv[2], steps=2, batch_size=2,
                                   learning_rate=0.002, random_per_class=1, boundary=1, itc=0,
                                   log_every=1, num_parallel_calls=2)
@@ -122,7 +122,7 @@ def test_loss_falls_over_twenty_steps(cohort, tmp_path):
 
     # The trained weights export as a detector whose patch output is the
     # training model's classifier (experiments/export.py's library path).
-    from pfascannet.inference.export import load_detector
+    from pfascannet.inference.detectors import load_detector
 
     model_io.export_trained(str(tmp_path / "export"), "tiny", alpha=1, roi_px=692, formats=("keras",),
                            checkpoint=r.checkpoint)
@@ -151,7 +151,7 @@ def test_without_synergistic_learning_and_with_hard_negatives(cohort, tmp_path):
 
     model = model_io.load_training_model(r.final_weights, "tiny")
     fresh = model_io.load_training_model(r.final_weights, "tiny")
-    trainer.he_initialise(fresh, s.seed)  # the decoder weights as they were before step 1
+    recipe.he_initialise(fresh, s.seed)  # the decoder weights as they were before step 1
     from pfascannet.model.config import get_config
     from pfascannet.model.detector import build_patch_classifier
 
@@ -172,13 +172,13 @@ def test_hard_negative_rounds_scan_the_training_slides_and_resume(cohort, tmp_pa
     from pfascannet.data import sampling
 
     mined = []
-    real_mine = trainer._mine
+    real_mine = mining.run_round
 
     def counting_mine(s, *args):
         mined.append(args[-1])
         return real_mine(s, *args)
 
-    monkeypatch.setattr(trainer, "_mine", counting_mine)
+    monkeypatch.setattr(mining, "run_round", counting_mine)
     s = _settings(cohort, tmp_path, steps=4, batch_size=1, random_per_class=1, boundary=0, itc=0, augment=False,
                   hard_negative_at=1, hard_negative_every=2, hard_negative_threshold=0.0, hard_negative_max=5)
     assert s.mining.source == "slides" and s.mining_steps() == [1, 3]
@@ -208,7 +208,7 @@ def test_hard_negative_rounds_scan_the_training_slides_and_resume(cohort, tmp_pa
 
 
 def test_learning_rate_warms_up_then_decays_to_zero(cohort, tmp_path):
-    opt = trainer.make_optimizer(_settings(cohort, tmp_path, optimizer="adam", learning_rate=1e-3, warmup_steps=4,
+    opt = recipe.make_optimizer(_settings(cohort, tmp_path, optimizer="adam", learning_rate=1e-3, warmup_steps=4,
                                            lr_schedule="cosine", steps=104))
     schedule = opt.learning_rate if callable(opt.learning_rate) else opt._learning_rate
     rates = [float(schedule(i)) for i in (0, 3, 4, 54, 104, 200)]
@@ -243,12 +243,12 @@ def test_recipe_settings_are_checked_and_resolved(cohort, tmp_path):
     with pytest.raises(trainer.TrainingError, match="no such file"):
         _settings(cohort, tmp_path, kernel_init="imagenet", config="paper_imagenet",
                   imagenet_weights=str(tmp_path / "none.h5"))
-    adam = trainer.make_optimizer(_settings(cohort, tmp_path, optimizer="adam", learning_rate=1e-3, warmup_steps=4))
+    adam = recipe.make_optimizer(_settings(cohort, tmp_path, optimizer="adam", learning_rate=1e-3, warmup_steps=4))
     assert type(adam).__name__ == "Adam"
     schedule = adam.learning_rate if callable(adam.learning_rate) else adam._learning_rate
     ramp = [float(schedule(i)) for i in (0, 1, 3, 10)]
     np.testing.assert_allclose(ramp, [2.5e-4, 5e-4, 1e-3, 1e-3], rtol=1e-6)
-    sgd = trainer.make_optimizer(_settings(cohort, tmp_path))
+    sgd = recipe.make_optimizer(_settings(cohort, tmp_path))
     assert type(sgd).__name__ == "SGD" and float(sgd.learning_rate) == pytest.approx(0.002)
 
 

@@ -1,7 +1,8 @@
-"""``export.json``: what an export directory says about its detector, readable without Keras.
+"""``export.json`` and the layout of an export folder: what it says about its detector, readable without Keras.
 
-Kept apart from ``export.py`` so commands can validate a model path (and
-report a bad one) before paying for the framework import.
+Kept apart from ``export.py`` (writing) and ``detectors.py`` (loading) so
+commands can validate a model path (and report a bad one) before paying for
+the framework import.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from typing import Optional, Sequence
 
 from pfascannet.errors import PfaError
 from pfascannet.io_utils import is_temp_name
-from pfascannet.layout import EXPORT_JSON, ExportFolder
+from pfascannet.layout import EXPORT_JSON, KERAS_FILE, SAVED_MODEL_DIR, ExportFolder  # noqa: F401  (the export's names)
+
+FORMATS = ("savedmodel", "keras")
+"""The format names of an export folder (``layout.ExportFolder``: ``saved_model/``, ``detector.keras``)."""
 
 
 class ExportError(PfaError):

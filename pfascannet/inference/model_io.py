@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 from typing import Callable, Optional
 
-from pfascannet.inference.export import ExportError, export_detector
+from pfascannet.inference.export import export_detector
+from pfascannet.inference.export_meta import ExportError
 from pfascannet.model.config import get_config
 from pfascannet.model.detector import TRAINING_MPP, PfaScanNetTrainingModel, build_training_model
 

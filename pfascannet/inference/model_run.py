@@ -1,6 +1,7 @@
 """The model side of a scan: the detector protocol, ``ModelRun``, edge-ROI detectors and the batch prediction.
 
-The detector protocol (``inference.export.load_detector`` gives one):
+The detector protocol, the one every model of a scan satisfies (``inference.detectors.load_detector``
+gives one, ``detectors.KerasDetector`` wraps a live model in it):
 ``alpha``, ``roi_px``, ``tile_px``, ``stride_px`` and
 ``predict(uint8 [N, LR, LR, 3]) -> float32 [N, Lm, Lm]`` tumour probability
 (Zhao et al., MICCAI 2019, §2.2).  Patch mode (the speed baseline) runs the
@@ -10,7 +11,7 @@ same weights as the 692 patch classifier over every stride-spaced patch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Protocol
+from typing import Optional, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -19,13 +20,22 @@ from pfascannet.inference.plan import edge_split
 from pfascannet.inference.scan_settings import ScanError, ScanSettings
 
 
+@runtime_checkable
 class Detector(Protocol):
-    """What the scanner needs from a model (see ``inference.export``)."""
+    """What the scanner needs from a detector, whatever its format (``inference.detectors``).
+
+    Detectors may also say ``training_mpp`` (um/px of their training slides);
+    the scanner then warns about slides at another pixel size.
+    """
 
     alpha: int
     roi_px: int
-    tile_px: int
-    stride_px: int
+
+    @property
+    def tile_px(self) -> int: ...
+
+    @property
+    def stride_px(self) -> int: ...
 
     def predict(self, rois: np.ndarray) -> np.ndarray: ...
 
@@ -119,7 +129,7 @@ def content_digest(detector) -> Optional[str]:
         return str(digest)
     for model in (detector, getattr(detector, "model", None)):
         if model is not None and hasattr(model, "weights") and hasattr(model, "get_weights"):
-            from pfascannet.inference.export import weights_digest  # noqa: PLC0415  (Keras only when a model is there)
+            from pfascannet.inference.detectors import weights_digest  # noqa: PLC0415  (Keras only when a model is there)
 
             return "weights:" + weights_digest(model)
     return None

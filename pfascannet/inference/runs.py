@@ -25,9 +25,9 @@ from pfascannet.inference.model_run import ModelRun
 from pfascannet.inference.plan import auto_roi_px
 from pfascannet.inference.scan_settings import ScanError
 from pfascannet.layout import ExportFolder
+from pfascannet.inference.xla import check_xla
 from pfascannet.model.precision import check_precision
 
-XLA_SETTINGS = ("auto", "on", "off")  # export.XLA_SETTINGS, without importing Keras
 
 DEFAULT_MEMORY_FRACTION = 0.25
 """``roi='auto'`` budget when none is given: this share of the machine's RAM."""
@@ -94,7 +94,7 @@ def resolve_run(
 ) -> RunSpec:
     """Checks a model path and the requested alpha / ROI side, and settles them, without loading anything.
 
-    ``precision`` None is the export's; ``xla`` see ``export.resolve_xla``; ``layers``: the
+    ``precision`` None is the export's; ``xla`` see ``xla.resolve_xla``; ``layers``: the
     scan needs the model's layers (``--stream``), so an export loads its ``.keras`` model.
 
     Raises:
@@ -119,8 +119,7 @@ def resolve_run(
         raise ScanError(f"the memory budget must be a positive number, got {memory_budget_bytes!r}")
     if precision is not None:
         check_precision(precision)
-    if xla not in XLA_SETTINGS:
-        raise ScanError(f"xla must be one of {', '.join(XLA_SETTINGS)}, got {xla!r}")
+    check_xla(xla, ScanError)
     spec = _resolve(model_path, alpha, roi, mode, batch, memory_budget_bytes, precision, xla)
     if layers and spec.meta is not None and spec.format != "keras":
         if "keras" not in spec.meta.get("formats", {}):
@@ -151,7 +150,7 @@ def load_run(
       batch: ROIs per model call (for the ``auto`` budget).
       memory_budget_bytes: for ``auto``; default a quarter of RAM.
       precision: None (the export's), "float32", "bfloat16" or "float16".
-      xla: "auto", "on" or "off" (``export.resolve_xla``).
+      xla: "auto", "on" or "off" (``xla.resolve_xla``).
 
     Returns:
       The ModelRun; its ``digest`` is the loaded file's (computed once here).
@@ -161,9 +160,9 @@ def load_run(
 
 def load_spec(spec: RunSpec) -> ModelRun:
     """Loads what ``resolve_run`` settled (the slow part: Keras / TensorFlow)."""
-    from pfascannet.inference import export  # noqa: PLC0415  (imports Keras)
+    from pfascannet.inference import detectors  # noqa: PLC0415  (imports Keras)
 
-    detector = export.load_detector(
+    detector = detectors.load_detector(
         spec.model_path, format=spec.format, roi_px=spec.roi_px, precision=spec.precision, xla=spec.xla
     )
     if detector.alpha != spec.alpha:
@@ -205,7 +204,7 @@ def _resolve(model_path, alpha, roi, mode, batch, memory_budget_bytes, precision
 
 def rebuild_at_alpha(detector, alpha: int, roi_px: int):
     """The same weights as a KerasDetector at another alpha (layers matched by name)."""
-    from pfascannet.inference import export  # noqa: PLC0415  (imports Keras)
+    from pfascannet.inference import detectors  # noqa: PLC0415  (imports Keras)
 
     model = getattr(detector, "model", None)
     if model is None:
@@ -213,9 +212,9 @@ def rebuild_at_alpha(detector, alpha: int, roi_px: int):
             f"the detector (alpha={detector.alpha}) is a SavedModel and cannot be rebuilt at alpha={alpha}; "
             "use a .keras export"
         )
-    rebuilt = export.rebuild_detector(model, alpha=alpha, precision=detector.precision)
+    rebuilt = detectors.rebuild_detector(model, alpha=alpha, precision=detector.precision)
     xla = "on" if detector.xla else "off"
-    return export.KerasDetector(rebuilt, alpha, roi_px, digest=detector.digest, xla=xla)
+    return detectors.KerasDetector(rebuilt, alpha, roi_px, digest=detector.digest, xla=xla)
 
 
 def resolve_runs(

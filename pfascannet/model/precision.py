@@ -44,7 +44,7 @@ so a misplaced window still fails.  Measured on this project's 2-core CPU (oneDN
 precisions, i.e. the same accumulation order for ROI and patch.  The bounds
 are for ROI and patch run by the same runtime; two kernel families (XLA's
 and oneDNN's) differ by up to 0.05 in bfloat16 on the tests' ROI, whose
-classifier is set to amplify small feature differences (tests/test_precision.py).
+classifier is set to amplify small feature differences (tests/test_model_precision.py).
 """
 
 

@@ -85,14 +85,14 @@ def _read_roi(lr: int):
 
 def main(argv):
     del argv
-    from pfascannet.inference import export  # noqa: PLC0415  (imports Keras: after flag parsing)
+    from pfascannet.inference import detectors  # noqa: PLC0415  (imports Keras: after flag parsing)
 
     settings_lib.from_flags(CheckEquivalenceCommand, FLAGS)  # the declared checks (--positions, --tolerance)
-    dense = export.load_detector(FLAGS.model, format=FLAGS.format, roi_px=FLAGS.roi_px)
+    dense = detectors.load_detector(FLAGS.model, format=FLAGS.format, roi_px=FLAGS.roi_px)
     patch = dense
-    if isinstance(dense, export.SavedModelDetector):
+    if isinstance(dense, detectors.SavedModelDetector):
         try:  # prefer literally rebuilding the alpha = 1 classifier from the .keras weights
-            patch = export.load_detector(FLAGS.model, format="keras", roi_px=dense.roi_px)
+            patch = detectors.load_detector(FLAGS.model, format="keras", roi_px=dense.roi_px)
         except (PfaError, FileNotFoundError):
             patch = dense
     roi, source = _read_roi(dense.roi_px)

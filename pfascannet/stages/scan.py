@@ -37,6 +37,7 @@ from pfascannet import geometry
 from pfascannet import settings as settings_lib
 from pfascannet.cliutil import fail
 from pfascannet.inference import engine, ray_scan, runs, scan_settings, slide_list
+from pfascannet.inference import xla as xla_policy
 from pfascannet.model.precision import PRECISIONS
 from pfascannet.settings import setting
 
@@ -60,7 +61,7 @@ class ScanCommand:
     precision: Optional[str] = setting(None, choices=PRECISIONS,
                                        help="Compute precision (mixed; softmax in float32); default: the export's. "
                                             "Another than the export's loads its .keras model.")
-    xla: str = setting("auto", choices=runs.XLA_SETTINGS,
+    xla: str = setting("auto", choices=xla_policy.XLA_SETTINGS,
                        help="XLA-compile the forward pass: auto = where measured faster (TensorFlow on a GPU; "
                             "always under JAX).")
     mode: str = setting("dense", choices=MODES, help="dense FCN scan, or the patch-by-patch baseline.")

@@ -21,22 +21,32 @@ A negative is a maximum of the map at or above ``threshold``, in tissue (the
 Otsu mask the sampler uses: glass inside a scanned ROI is never a "mimic"),
 more than ``TUMOUR_CLEARANCE_PX`` from annotated tumour, at most ``per_slide``
 from one slide (``negatives_from_map``).
+
+A run's rounds (``TrainSettings.mining_steps``) each leave one CSV in the
+workdir (``round_path``: ``hard_negatives.csv``, ``hard_negatives_step<N>.csv``),
+written by the chief and read back on a resume instead of mined again
+(``load_round``); ``run_round`` runs one with the current weights, from the
+slides' maps or from random normal patches (``hard_negative_source``).
 """
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Optional
 
 from pfascannet import geometry
 from pfascannet.data import sampling
 from pfascannet.evaluation.features import read_probability_map
 from pfascannet.inference import engine
-from pfascannet.inference.export import KerasDetector
+from pfascannet.inference.detectors import KerasDetector
 from pfascannet.inference.lesions import lesion_candidates
 from pfascannet.inference.model_run import ModelRun
 from pfascannet.inference.scan_settings import ScanSettings
-from pfascannet.layout import ScanFolder
+from pfascannet.layout import RunFolder, ScanFolder
 from pfascannet.model.detector import build_detector, transfer_weights
+from pfascannet.progress import LOGGER
+from pfascannet.training.settings import TrainSettings
 
 MINING_RADIUS_UM = 100.0
 """Reach of a map maximum when picking negatives: one point per ~0.2 mm blob of false positive."""
@@ -136,3 +146,48 @@ def _detector(model_config, alpha: int):
     if key not in _DETECTORS:
         _DETECTORS[key] = build_detector(model_config, alpha=alpha, input_px=None)
     return _DETECTORS[key]
+
+
+# The rounds of a run (``TrainSettings.mining_steps``): one CSV of negatives per
+# round in the workdir, read back on a resume instead of mined again.
+
+
+def round_path(workdir: str, s: TrainSettings, step: int) -> str:
+    """The CSV of the hard-negative round at ``step`` in ``workdir``."""
+    # The first round keeps the name runs made before rounds existed gave it.
+    return RunFolder(workdir).hard_negatives_csv(step, first=step == s.mining.at)
+
+
+def load_round(workdir: str, s: TrainSettings, step: int) -> Optional[list]:
+    """The negatives a finished round found (None: the round has not run)."""
+    path = round_path(workdir, s, step)
+    return sampling.load_samples(path) if os.path.exists(path) else None
+
+
+def join_rounds(hard: list, found: Optional[list]) -> list:
+    """Earlier rounds' negatives plus a round's new ones (a place found twice counts once)."""
+    seen = {(h.slide_id, h.x, h.y) for h in hard}
+    return hard + [h for h in found or [] if (h.slide_id, h.x, h.y) not in seen]
+
+
+def run_round(s: TrainSettings, sampler, reader, model, model_config, chief: bool, workdir: str, step: int) -> list:
+    """One hard-negative round with the current weights (Sec. 1; ``hard_negative_source``)."""
+    t0 = time.perf_counter()
+    m = s.mining
+    if m.source == "slides":
+        found = mine_from_slides(model, model_config, sampler, RunFolder(workdir).mining_dir(step),
+                                 threshold=m.threshold, max_keep=m.max_keep)
+        what = f"{len(sampler.slides)} training slides scanned"
+    else:
+        miner = sampling.HardNegativeMiner(
+            candidates=m.candidates, threshold=m.threshold, max_keep=m.max_keep,
+            batch_size=max(1, min(8, s.batch_size)),
+        )
+        seed = s.seed + 1 + s.mining_steps().index(step)
+        found = miner(sampler, sampling.classifier_predict_fn(model), reader.read_patch, seed=seed)
+        what = f"{m.candidates} normal patches scored"
+    if chief:
+        sampling.save_samples(round_path(workdir, s, step), found)
+    LOGGER.info(f"hard-negative round at step {step}: {len(found)} false positives >= {m.threshold:g} "
+                f"({what}, {time.perf_counter() - t0:.0f} s)")
+    return found

@@ -47,6 +47,11 @@ Learning rate: the paper's 1e-4 fine-tunes an ImageNet-initialised VGG16
 for days on four GPUs.  The from-scratch ``tiny`` runs on a 2-core CPU
 (tests, ``experiments/bench_training.py``) use a larger stated rate; every
 run writes the rate it used into ``workdir/config.json``.
+
+This module is the loop (data, state, step, checkpoints, resume).  Beside it:
+``training.recipe`` (optimiser, warm-up + cosine schedule, ``scratch_recipe``,
+He initialisation), ``training.distribute`` (strategies, the writing task, a
+lost worker) and ``training.mining`` (hard-negative rounds and their files).
 """
 
 from __future__ import annotations
@@ -73,8 +78,9 @@ from pfascannet.model.detector import TRAINING_MPP, build_training_model
 from pfascannet.model.imagenet import ImagenetInitError, load_imagenet_trunk
 from pfascannet.model.losses import SynergisticLoss
 from pfascannet.model.precision import dtype_policy
-from pfascannet.progress import LOGGER, Progress
-from pfascannet.training.mining import mine_from_slides
+from pfascannet.progress import Progress
+from pfascannet.training import distribute, mining
+from pfascannet.training.recipe import he_initialise, make_optimizer
 from pfascannet.training.settings import (
     COLLECTIVES,
     HARD_NEGATIVE_SOURCES,
@@ -91,8 +97,7 @@ from pfascannet.training.settings import (
 # Settings live in training/settings.py; re-exported for callers of ``trainer``.
 __all__ = [
     "COLLECTIVES", "HARD_NEGATIVE_SOURCES", "KERNEL_INITS", "LR_SCHEDULES", "OPTIMIZERS", "STRATEGIES",
-    "TrainProgress", "TrainResult", "TrainSettings", "TrainingError", "WarmUp", "he_initialise", "make_optimizer",
-    "make_strategy", "progress_printer", "scratch_recipe", "train",
+    "TrainProgress", "TrainResult", "TrainSettings", "TrainingError", "progress_printer", "train",
 ]
 
 
@@ -150,65 +155,6 @@ class TrainResult:
     stopped_early: bool
     resumed_from: int
     samples: int
-
-
-def make_strategy(
-    kind: str = "mirrored", collective: str = "auto", collective_timeout_s: Optional[float] = None
-) -> tf.distribute.Strategy:
-    """MirroredStrategy over every GPU (else every logical CPU), or multi-worker.
-
-    Args:
-      kind: ``mirrored`` or ``multiworker`` (reads ``TF_CONFIG``; must be
-        created before any other TensorFlow op of the process).
-      collective: multi-worker all-reduce: ``ring`` (gRPC; the one that works
-        on CPUs), ``nccl`` (GPUs only), ``auto`` (TensorFlow picks NCCL when
-        every device is a GPU, else ring).
-      collective_timeout_s: multi-worker: a collective that waits longer
-        raises ``DeadlineExceededError`` (None: no timeout).
-    """
-    if kind == "multiworker":
-        impl = tf.distribute.experimental.CommunicationImplementation
-        options = tf.distribute.experimental.CommunicationOptions(
-            implementation={"auto": impl.AUTO, "ring": impl.RING, "nccl": impl.NCCL}[collective],
-            timeout_seconds=collective_timeout_s,
-        )
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    gpus = tf.config.list_logical_devices("GPU")
-    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-    return tf.distribute.MirroredStrategy(devices=devices)
-
-
-def _is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """The task that writes: a ``chief`` task if the cluster has one, else worker 0 (TF's convention)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    if resolver.task_type is None:
-        return True
-    if "chief" in resolver.cluster_spec().as_dict():
-        return resolver.task_type == "chief"
-    return resolver.task_type == "worker" and resolver.task_id == 0
-
-
-def _task_name(strategy: tf.distribute.Strategy) -> str:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or resolver.task_type is None:
-        return "this worker"
-    return f"{resolver.task_type} {resolver.task_id}"
-
-
-def _scratch_dir(workdir: str, strategy: tf.distribute.Strategy) -> str:
-    """A non-chief worker's write-only folder (TF's multi-worker guide: write, then delete)."""
-    resolver = strategy.cluster_resolver
-    return os.path.join(workdir, f".{resolver.task_type}-{resolver.task_id}.tmp")
-
-
-# A peer that died or became unreachable surfaces as one of these from the
-# next collective (all-reduce, broadcast, or the coordination service).
-_PEER_ERRORS = (
-    tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
-    tf.errors.AbortedError, tf.errors.InternalError,
-)
 
 
 def _save_weights(model, path: str) -> None:
@@ -292,7 +238,7 @@ def train(
       settings: the run.
       on_progress: called after every ``log_every`` steps and the last
         (default: ``progress_printer()``; None: silent).
-      strategy: overrides ``make_strategy(settings.strategy)``.
+      strategy: overrides ``distribute.make_strategy(settings.strategy)``.
 
     Returns:
       A ``TrainResult``; the weights are in ``result.final_weights``.
@@ -302,16 +248,16 @@ def train(
     if on_progress is _PRINT:
         on_progress = progress_printer()
     model_config = get_config(s.model.config)
-    strategy = strategy or make_strategy(s.strategy, s.collective, s.collective_timeout_s)
+    strategy = strategy or distribute.make_strategy(s.strategy, s.collective, s.collective_timeout_s)
     replicas = strategy.num_replicas_in_sync
     if s.batch_size % replicas:
         raise TrainingError(f"batch_size {s.batch_size} is not a multiple of the {replicas} replicas")
-    chief = _is_chief(strategy)
+    chief = distribute.is_chief(strategy)
     workdir = os.path.abspath(s.workdir)
     os.makedirs(workdir, exist_ok=True)
     # Non-chief workers of a multi-worker run save into a scratch folder that
     # is deleted at the end (module docstring); a killed run's is cleared first.
-    writedir = workdir if chief else _scratch_dir(workdir, strategy)
+    writedir = workdir if chief else distribute.scratch_dir(workdir, strategy)
     if not chief:
         shutil.rmtree(writedir, ignore_errors=True)
         os.makedirs(writedir)
@@ -507,7 +453,7 @@ def _train(run: _Run, on_progress) -> TrainResult:
     hard: list = []
     for round_step in mining_steps:
         if round_step < start_step:
-            hard = _join(hard, _load_round(workdir, s, round_step))
+            hard = mining.join_rounds(hard, mining.load_round(workdir, s, round_step))
 
     train_step = _make_train_step(run, state)
     writer = tf.summary.create_file_writer(RunFolder(run.writedir).tensorboard)
@@ -522,26 +468,26 @@ def _train(run: _Run, on_progress) -> TrainResult:
     def save(step: int) -> None:
         try:
             state.manager.save(checkpoint_number=step)
-        except _PEER_ERRORS as exc:
+        except distribute.PEER_ERRORS as exc:
             if not multiworker:
                 raise
-            _peer_lost(exc, run.strategy, step, workdir)
+            distribute.peer_lost(exc, run.strategy, step, workdir)
 
     while step < s.steps:
         if step in mining_steps:
-            found = _load_round(workdir, s, step)
+            found = mining.load_round(workdir, s, step)
             if found is None:
-                found = _mine(s, data.sampler, data.reader, state.model, run.model_config, run.chief, workdir, step)
-            hard = _join(hard, found)
+                found = mining.run_round(s, data.sampler, data.reader, state.model, run.model_config, run.chief, workdir, step)
+            hard = mining.join_rounds(hard, found)
             iterator = iter(_make_dataset(run, data, step, hard))
         batch = next(iterator)
         ts = time.perf_counter()
         try:
             losses = {k: float(v) for k, v in train_step(batch).items()}
-        except _PEER_ERRORS as exc:
+        except distribute.PEER_ERRORS as exc:
             if not multiworker:
                 raise
-            _peer_lost(exc, run.strategy, step, workdir)
+            distribute.peer_lost(exc, run.strategy, step, workdir)
         train_time += time.perf_counter() - ts
         step += 1
         history.append((step, losses))
@@ -584,145 +530,3 @@ def _train(run: _Run, on_progress) -> TrainResult:
     )
 
 
-def _peer_lost(exc: Exception, strategy, step: int, workdir: str):
-    """Turns a failed collective into one clear error that says how to resume."""
-    latest = tf.train.latest_checkpoint(RunFolder(workdir).checkpoints)
-    where = f"the last checkpoint is {os.path.basename(latest)}" if latest else "no checkpoint was written yet"
-    detail = _cause(str(getattr(exc, "message", exc)))
-    raise TrainingError(
-        f"{_task_name(strategy)}: lost another worker during step {step + 1} "
-        f"({type(exc).__name__}: {detail}); {where}: restart every worker with the same command to resume"
-    ) from exc
-
-
-def _cause(message: str) -> str:
-    """The line of a TensorFlow error that says what happened (not its graph traceback)."""
-    skip = ("Graph execution error", "Detected at node", "File ", "The error could be", "[[", ":UNKNOWN:")
-    for line in message.splitlines():
-        line = line.strip()
-        if line and not line.startswith(skip) and not line.startswith("defined at"):
-            return line[:240]
-    return " ".join(message.split())[:240]
-
-
-def _round_path(workdir: str, s: TrainSettings, step: int) -> str:
-    # The first round keeps the name runs made before rounds existed gave it.
-    return RunFolder(workdir).hard_negatives_csv(step, first=step == s.mining.at)
-
-
-def _load_round(workdir: str, s: TrainSettings, step: int) -> Optional[list]:
-    """The negatives a finished round found (None: the round has not run)."""
-    path = _round_path(workdir, s, step)
-    return sampling.load_samples(path) if os.path.exists(path) else None
-
-
-def _join(hard: list, found: Optional[list]) -> list:
-    """Earlier rounds' negatives plus a round's new ones (a place found twice counts once)."""
-    seen = {(h.slide_id, h.x, h.y) for h in hard}
-    return hard + [h for h in found or [] if (h.slide_id, h.x, h.y) not in seen]
-
-
-def _mine(s: TrainSettings, sampler, reader, model, model_config, chief: bool, workdir: str, step: int) -> list:
-    """One hard-negative round with the current weights (Sec. 1; ``hard_negative_source``)."""
-    t0 = time.perf_counter()
-    m = s.mining
-    if m.source == "slides":
-
-        found = mine_from_slides(model, model_config, sampler, RunFolder(workdir).mining_dir(step),
-                                 threshold=m.threshold, max_keep=m.max_keep)
-        what = f"{len(sampler.slides)} training slides scanned"
-    else:
-        miner = sampling.HardNegativeMiner(
-            candidates=m.candidates, threshold=m.threshold, max_keep=m.max_keep,
-            batch_size=max(1, min(8, s.batch_size)),
-        )
-        seed = s.seed + 1 + s.mining_steps().index(step)
-        found = miner(sampler, sampling.classifier_predict_fn(model), reader.read_patch, seed=seed)
-        what = f"{m.candidates} normal patches scored"
-    if chief:
-        sampling.save_samples(_round_path(workdir, s, step), found)
-    LOGGER.info(f"hard-negative round at step {step}: {len(found)} false positives >= {m.threshold:g} "
-                f"({what}, {time.perf_counter() - t0:.0f} s)")
-    return found
-
-
-class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up, then constant or half a cosine down to 0.
-
-    ``learning_rate * min(1, (i + 1) / warmup_steps)`` for iteration ``i``
-    (no ramp when ``warmup_steps`` is 0); with ``decay_steps`` > 0 that is
-    multiplied by ``(1 + cos(pi * t)) / 2``, ``t = (i - warmup_steps) /
-    (decay_steps - warmup_steps)`` clipped to [0, 1], so the rate reaches 0 at
-    iteration ``decay_steps``.
-    """
-
-    def __init__(self, learning_rate: float, warmup_steps: int, decay_steps: int = 0):
-        self.learning_rate = float(learning_rate)
-        self.warmup_steps = int(warmup_steps)
-        self.decay_steps = int(decay_steps)
-
-    def __call__(self, step):
-        ops = keras.ops
-        i = ops.cast(step, "float32")
-        rate = ops.convert_to_tensor(self.learning_rate, "float32")
-        if self.warmup_steps:
-            rate = rate * ops.minimum(1.0, (i + 1.0) / float(self.warmup_steps))
-        if self.decay_steps:
-            span = float(max(self.decay_steps - self.warmup_steps, 1))
-            t = ops.clip((i - float(self.warmup_steps)) / span, 0.0, 1.0)
-            rate = rate * 0.5 * (1.0 + ops.cos(np.pi * t))
-        return rate
-
-    def get_config(self) -> dict:
-        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps,
-                "decay_steps": self.decay_steps}
-
-
-def scratch_recipe(steps: int, hard_negative_rounds: int = 2) -> dict:
-    """Flat settings of the from-scratch recipe (``TrainSettings.from_flat(..., **recipe)``), for ``steps`` steps.
-
-    Where the paper is silent (it fine-tunes ImageNet VGG16 with SGD 1e-4) this
-    is our choice, measured in BENCHMARKS.md "A detector that detects": Adam at
-    1e-3 after a 20-step warm-up (a tenth of the run if shorter), cosine decay
-    to 0 at ``steps``, and ``hard_negative_rounds`` hard-negative rounds from
-    whole-slide maps of the training slides, evenly spaced (two rounds: at 1/3
-    and 2/3 of the run), each adding at most 64 negatives at probability >= 0.5.
-    Sampler counts are the demo weights' (256 random per class, 128 boundary,
-    64 ITC per epoch, fresh positions every epoch).  The demo's ``--train``,
-    ``experiments/table1.py`` and ``experiments/bench_training.py`` use it;
-    ``experiments/train.py`` takes the same values as flags (README).
-    """
-    if steps < 1 or hard_negative_rounds < 0:
-        raise TrainingError(f"scratch_recipe needs steps >= 1 and rounds >= 0, got {steps}, {hard_negative_rounds}")
-    spacing = steps // (hard_negative_rounds + 1)
-    return dict(steps=steps, optimizer="adam", learning_rate=1e-3, warmup_steps=max(1, min(20, steps // 10)),
-                lr_schedule="cosine", random_per_class=256, boundary=128, itc=64,
-                hard_negative_at=spacing if hard_negative_rounds else 0,
-                hard_negative_every=spacing if hard_negative_rounds > 1 else 0,
-                hard_negative_source="slides", hard_negative_threshold=0.5, hard_negative_max=64)
-
-
-def make_optimizer(s: TrainSettings):
-    """The run's optimiser: SGD with momentum (paper) or Adam, with optional warm-up and cosine decay.
-
-    The warm-up reads the optimiser's own iteration count, which the
-    checkpoint restores, so a resumed run continues on the same schedule.
-    """
-    o = s.optimiser
-    lr = o.learning_rate
-    if o.warmup_steps or o.lr_schedule == "cosine":
-        lr = WarmUp(o.learning_rate, o.warmup_steps, s.steps if o.lr_schedule == "cosine" else 0)
-    if o.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=lr)
-    return keras.optimizers.SGD(learning_rate=lr, momentum=o.momentum)
-
-
-def he_initialise(model, seed: int) -> int:
-    """Redraws every Conv2D/Conv2DTranspose kernel with He-normal (seeded); returns how many."""
-    n = 0
-    for i, layer in enumerate(model.layers):
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
-            init = keras.initializers.HeNormal(seed=seed * 1000 + i)
-            layer.kernel.assign(init(tuple(layer.kernel.shape)))
-            n += 1
-    return n

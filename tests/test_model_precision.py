@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pfascannet import geometry
-from pfascannet.inference import engine, export, model_io, model_run, runs, scan_settings
+from pfascannet.inference import detectors, engine, export, export_meta, model_io, model_run, runs, scan_settings, xla
 from pfascannet.model import precision as precision_lib
 from pfascannet.model.detector import build_detector, build_patch_classifier, transfer_weights
 from pfascannet.model.equivalence import compare_dense_to_patches, sample_positions
@@ -101,18 +101,18 @@ def test_export_records_precision_and_serves_it(case, bf16_export):
         m = build_detector(config, alpha=ALPHA, input_px=ROI_PX, precision=p)
         transfer_weights(patch32, m)
         live[p] = np.asarray(m.predict_on_batch(roi[None].astype(np.float32)))[..., 1]
-    sm = export.load_detector(out, format="savedmodel")
+    sm = detectors.load_detector(out, format="savedmodel")
     assert sm.precision == "bfloat16"
     np.testing.assert_allclose(sm.predict(roi[None]), live["bfloat16"], atol=1e-3)
-    ks = export.load_detector(out, format="keras")
+    ks = detectors.load_detector(out, format="keras")
     assert ks.precision == "bfloat16"
     np.testing.assert_allclose(ks.predict(roi[None]), live["bfloat16"], atol=1e-6)
     # Another precision: the .keras model rebuilt with the same weights; the SavedModel refuses.
-    f32 = export.load_detector(out, format="keras", precision="float32")
+    f32 = detectors.load_detector(out, format="keras", precision="float32")
     assert f32.precision == "float32" and f32.digest == ks.digest
     np.testing.assert_allclose(f32.predict(roi[None]), live["float32"], atol=1e-6)
-    with pytest.raises(export.ExportError, match="computes in bfloat16 only"):
-        export.load_detector(out, format="savedmodel", precision="float32")
+    with pytest.raises(export_meta.ExportError, match="computes in bfloat16 only"):
+        detectors.load_detector(out, format="savedmodel", precision="float32")
     assert runs.resolve_run(str(out)).format == "auto"
     assert runs.resolve_run(str(out), precision="float32").format == "keras"
     run = runs.load_run(str(out), precision="float32")
@@ -130,25 +130,25 @@ def test_xla_gives_the_same_numbers(case, bf16_export):
     import tensorflow as tf  # noqa: PLC0415
 
     # auto: on a GPU only (XLA was measured no faster in float32, 3x slower in bf16 on the CPU)
-    assert export.resolve_xla("auto") is bool(tf.config.list_physical_devices("GPU"))
+    assert xla.resolve_xla("auto") is bool(tf.config.list_physical_devices("GPU"))
     model = build_detector(config, alpha=ALPHA, input_px=None)
     transfer_weights(patch32, model)
-    plain = export.KerasDetector(model, ALPHA, ROI_PX, xla="off")
+    plain = detectors.KerasDetector(model, ALPHA, ROI_PX, xla="off")
     want = plain.predict(roi[None])
-    compiled = export.KerasDetector(model, ALPHA, ROI_PX, xla="on")
+    compiled = detectors.KerasDetector(model, ALPHA, ROI_PX, xla="on")
     assert compiled.xla and model.jit_compile
     np.testing.assert_allclose(compiled.predict(roi[None]), want, atol=1e-4)
     out, _ = bf16_export
-    sm_plain = export.load_detector(out, format="savedmodel", xla="off")
-    sm_xla = export.load_detector(out, format="savedmodel", xla="on")
+    sm_plain = detectors.load_detector(out, format="savedmodel", xla="off")
+    sm_xla = detectors.load_detector(out, format="savedmodel", xla="on")
     assert sm_xla.xla and not sm_plain.xla
     # bfloat16 through two kernel families (XLA's, oneDNN's): each sums in its
     # own order and every layer rounds to 8 bits, so on this ROI, whose
     # classifier amplifies small feature differences into probabilities over
     # 0..1, they differ by up to ~0.05 (float32 above: 1e-4).
     np.testing.assert_allclose(sm_xla.predict(roi[None]), sm_plain.predict(roi[None]), atol=0.1)
-    with pytest.raises(export.ExportError, match="auto, on, off"):
-        export.load_detector(out, xla="yes")
+    with pytest.raises(export_meta.ExportError, match="auto, on, off"):
+        detectors.load_detector(out, xla="yes")
 
 
 @pytest.mark.slow  # a cohort slide scanned twice; 28 s under load
@@ -165,7 +165,7 @@ def test_bfloat16_map_of_a_real_slide_stays_within_the_bound(cohort, tmp_path):
     for p in ("float32", "bfloat16", "float16"):
         model = build_detector(_tiny(), alpha=16, precision=p)
         transfer_weights(trained, model)
-        det = export.KerasDetector(model, 16, geometry.PAPER_ROI_PX, digest="shipped-tiny-demo")
+        det = detectors.KerasDetector(model, 16, geometry.PAPER_ROI_PX, digest="shipped-tiny-demo")
         result = engine.scan_slides(slide, [model_run.ModelRun(det, det_grid(det), name="tiny")], out, opts).results[0]
         # Same weights, same digest: only the precision in the fingerprint makes this a new map.
         assert result.status == "done", (p, result.status)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pfascannet.inference import export, export_meta
+from pfascannet.inference import detectors, export, export_meta, model_run
 from pfascannet.model.dense_pooling import DensePooling
 from pfascannet.model.detector import PfaScanNetDetector, build_detector, transfer_weights
 from tests.model_support import equivalence_case
@@ -61,11 +61,11 @@ def test_keras_round_trip_is_equal(exported):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("fmt,cls", [("savedmodel", export.SavedModelDetector), ("keras", export.KerasDetector)])
+@pytest.mark.parametrize("fmt,cls", [("savedmodel", detectors.SavedModelDetector), ("keras", detectors.KerasDetector)])
 def test_load_detector_protocol(exported, fmt, cls):
     out, _meta, rois, want, patch_model = exported
-    det = export.load_detector(out, format=fmt)
-    assert isinstance(det, cls) and isinstance(det, export.Detector)
+    det = detectors.load_detector(out, format=fmt)
+    assert isinstance(det, cls) and isinstance(det, model_run.Detector)
     assert (det.alpha, det.roi_px, det.tile_px, det.stride_px) == (ALPHA, ROI_PX, TILE_PX, 32)
     got = det.predict(rois)
     assert got.dtype == np.float32 and got.shape == (2, TILE_PX, TILE_PX)
@@ -73,19 +73,19 @@ def test_load_detector_protocol(exported, fmt, cls):
     # The patch classifier: output (u, v) = (3, 5) is the patch at 32 * (3, 5).
     patch = rois[:1, 160:160 + 692, 96:96 + 692]
     np.testing.assert_allclose(det.predict_patches(patch), [want[0, 5, 3]], atol=1e-5)
-    with pytest.raises(export.ExportError, match="uint8"):
+    with pytest.raises(export_meta.ExportError, match="uint8"):
         det.predict(rois.astype(np.float32))
-    with pytest.raises(export.ExportError, match=r"\[N, 1204, 1204, 3\]"):
+    with pytest.raises(export_meta.ExportError, match=r"\[N, 1204, 1204, 3\]"):
         det.predict(rois[:, :692, :692])
 
 
 def test_keras_detector_wraps_a_live_model(exported):
     _out, _meta, rois, want, patch_model = exported
-    with pytest.raises(export.ExportError, match="alpha=16, not alpha=32"):
-        export.KerasDetector(build_detector(export.config_from_model(patch_model), alpha=16), alpha=32, roi_px=2708)
-    live = build_detector(export.config_from_model(patch_model), alpha=ALPHA)
+    with pytest.raises(export_meta.ExportError, match="alpha=16, not alpha=32"):
+        detectors.KerasDetector(build_detector(detectors.config_from_model(patch_model), alpha=16), alpha=32, roi_px=2708)
+    live = build_detector(detectors.config_from_model(patch_model), alpha=ALPHA)
     transfer_weights(patch_model, live)
-    det = export.KerasDetector(live, ALPHA, ROI_PX)
+    det = detectors.KerasDetector(live, ALPHA, ROI_PX)
     np.testing.assert_allclose(det.predict(rois), want, atol=1e-5)
 
 
@@ -94,20 +94,20 @@ def test_export_reads_config_and_training_mpp_from_the_model(tmp_path, exported)
     *_, rois, want, patch_model = exported
     assert _meta_of(exported)["training_mpp"] == 0.243  # the default: Camelyon level 0
     for fmt in ("savedmodel", "keras"):
-        assert export.load_detector(exported[0], format=fmt).training_mpp == 0.243
-    config = export.config_from_model(patch_model)
+        assert detectors.load_detector(exported[0], format=fmt).training_mpp == 0.243
+    config = detectors.config_from_model(patch_model)
     at_half = build_detector(config, alpha=1, input_px=692, training_mpp=0.5)
     transfer_weights(patch_model, at_half)
     meta = export.export_detector(at_half, None, tmp_path / "E", alpha=ALPHA, roi_px=ROI_PX)
     assert meta["config"] == config.to_dict() and meta["training_mpp"] == 0.5
     for fmt in ("savedmodel", "keras"):
-        det = export.load_detector(tmp_path / "E", format=fmt)
+        det = detectors.load_detector(tmp_path / "E", format=fmt)
         assert det.training_mpp == 0.5
     np.testing.assert_allclose(det.predict(rois), want, atol=1e-5)
     assert det.at_roi_px(ROI_PX + 32).training_mpp == 0.5
-    assert export.load_detector(tmp_path / "E", format="keras", precision="bfloat16").training_mpp == 0.5
+    assert detectors.load_detector(tmp_path / "E", format="keras", precision="bfloat16").training_mpp == 0.5
     other = dataclasses.replace(config, bm_channels=3)
-    with pytest.raises(export.ExportError, match="not the given"):
+    with pytest.raises(export_meta.ExportError, match="not the given"):
         export.export_detector(at_half, other, tmp_path / "F", alpha=ALPHA, roi_px=ROI_PX, formats=("keras",))
 
 
@@ -121,12 +121,12 @@ def test_exports_from_before_the_model_carried_its_config_still_load(tmp_path, e
     old_meta = {k: v for k, v in meta.items() if k != "training_mpp"}
     old_meta["formats"] = {"keras": "detector.keras"}
     (old / "export.json").write_text(json.dumps(old_meta))
-    det = export.load_detector(old)
+    det = detectors.load_detector(old)
     assert type(det.model) is not PfaScanNetDetector
     assert (det.alpha, det.training_mpp) == (ALPHA, 0.243)
-    assert export.config_from_model(det.model).widths == tuple(meta["config"]["widths"])
+    assert detectors.config_from_model(det.model).widths == tuple(meta["config"]["widths"])
     np.testing.assert_allclose(det.predict(rois), want, atol=1e-5)
-    rebuilt = export.load_detector(old, precision="bfloat16").model
+    rebuilt = detectors.load_detector(old, precision="bfloat16").model
     assert isinstance(rebuilt, PfaScanNetDetector) and rebuilt.alpha == ALPHA
 
 
@@ -146,12 +146,12 @@ def _meta_of(exported):
 
 def test_load_detector_errors(tmp_path, exported):
     with pytest.raises(FileNotFoundError):
-        export.load_detector(tmp_path / "missing")
-    with pytest.raises(export.ExportError, match="no export.json"):
-        export.load_detector(tmp_path)
+        detectors.load_detector(tmp_path / "missing")
+    with pytest.raises(export_meta.ExportError, match="no export.json"):
+        detectors.load_detector(tmp_path)
     out = exported[0]
-    with pytest.raises(export.ExportError, match="serves roi_px=1204 only"):
-        export.load_detector(out, format="savedmodel", roi_px=2708)
+    with pytest.raises(export_meta.ExportError, match="serves roi_px=1204 only"):
+        detectors.load_detector(out, format="savedmodel", roi_px=2708)
 
 
 @pytest.mark.slow  # the script in a child process; 21 s under load

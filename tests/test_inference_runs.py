@@ -119,7 +119,8 @@ def test_a_slide_at_another_pixel_size_is_read_at_the_models_and_warned_only_whe
 
 @pytest.mark.slow  # exports or scans a real model: the full suite runs it, the quick subset does not
 def test_truncated_model_files_are_one_error_naming_the_file(tmp_path):
-    from pfascannet.inference.export import ExportError, load_detector
+    from pfascannet.inference.detectors import load_detector
+    from pfascannet.inference.export_meta import ExportError
 
     model_dir = str(tmp_path / "M")
     _export(_tiny(0), model_dir, formats=("keras", "savedmodel"))
