@@ -16,6 +16,17 @@ the framework, the model and one pass).
     python experiments/bench_precision.py --config tiny --roi_px 916 --repeats 1 --patch_sample 1   # smoke test
 
 Under KERAS_BACKEND=jax XLA is always on (``--xla`` is ignored there).
+
+``--train_steps N`` times the training step instead (issue 24): the trainer's
+model (detector + decoder, ``build_training_model``) at each of
+``--precisions``, eq. (3)'s synergistic loss, Adam, on ``--train_batch``
+random 692 patches with random labels and 512 masks -- the same step as
+``trainer._make_train_step`` without the distribution strategy and the input
+pipeline.  Each precision is built and warmed up (one traced step), then N
+steps per precision run interleaved, and the median step is reported::
+
+    python experiments/bench_precision.py --config small --precisions float32,bfloat16 --train_steps 4 \
+        --train_batch 8 --out /tmp/bench_train_precision.json
 """
 
 from __future__ import annotations
@@ -47,6 +58,9 @@ flags.DEFINE_integer("patch_sample", 2, "Patches timed per precision in patch mo
 flags.DEFINE_list("rss", [], "Variants PRECISION:ROI:XLA to run once each in a fresh process for peak RSS.")
 flags.DEFINE_string("out", None, "Write the results as JSON here.")
 flags.DEFINE_string("_child", None, "Internal: PRECISION:ROI:XLA to run once, printing JSON.")
+flags.DEFINE_integer("train_steps", 0, "If > 0: time this many training steps per precision instead of inference.")
+flags.DEFINE_integer("batch", 1, "ROIs per model call in the dense timing (times are reported per ROI).")
+flags.DEFINE_integer("train_batch", 8, "Patches per training step (--train_steps).")
 
 
 def _build(config, precision: str, lr: int, xla: bool):
@@ -78,10 +92,93 @@ def _child(text: str) -> None:
                        "peak_rss_gb": bench_util.peak_rss_mib() / 1024})
 
 
+def _train_variant(config, precision: str, batch: int, seed: int):
+    """A compiled training step of ``precision`` on a fixed random batch (the trainer's step, one replica)."""
+    import keras  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    from pfascannet.model.decoder import decoder_targets  # noqa: PLC0415
+    from pfascannet.model.detector import build_training_model  # noqa: PLC0415
+    from pfascannet.model.losses import SynergisticLoss  # noqa: PLC0415
+    from pfascannet.model.precision import dtype_policy  # noqa: PLC0415
+
+    keras.utils.set_random_seed(seed)
+    with dtype_policy(precision):
+        model = build_training_model(config)
+    optimizer = keras.optimizers.Adam(learning_rate=1e-4)
+    if precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(model.trainable_variables)
+    loss_fn = SynergisticLoss(gamma=0.04, lam=0.5, synergistic=True)
+    rng = np.random.default_rng(seed)
+    image = tf.constant(np.stack([structured_roi(geometry.PATCH_PX, seed=i) for i in range(batch)]).astype(np.float32))
+    labels = tf.constant(rng.integers(0, 2, batch).astype(np.int32))
+    masks = tf.constant((rng.random((batch, 512, 512)) < 0.3).astype(np.float32))
+    variables = model.trainable_variables
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            outputs = model(image, training=True)
+            if precision != "float32":
+                outputs = {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
+            losses = loss_fn(labels, decoder_targets(masks), outputs)
+            scaled = optimizer.scale_loss(losses["total"]) if precision == "float16" else losses["total"]
+        grads = tape.gradient(scaled, variables)
+        optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
+        return losses["total"]
+
+    return step
+
+
+def _train_bench(config, precisions) -> list:
+    variants = []
+    for precision in precisions:
+        step = _train_variant(config, precision, FLAGS.train_batch, 0)
+        t0 = time.perf_counter()
+        loss = float(step())  # warm-up: tracing, allocation
+        warm = time.perf_counter() - t0
+        variants.append({"precision": precision, "step": step, "warmup_s": warm, "first_loss": loss, "times": []})
+        print(f"built training step {precision}: warm-up {warm:.1f} s, loss {loss:.4f}", flush=True)
+    for r in range(FLAGS.train_steps):
+        for v in variants:
+            t0 = time.perf_counter()
+            v["last_loss"] = float(v["step"]())
+            v["times"].append(time.perf_counter() - t0)
+        print(f"step {r + 1}: " + " | ".join(f"{v['precision']} {v['times'][-1]:.2f} s" for v in variants), flush=True)
+    base = next((statistics.median(v["times"]) for v in variants if v["precision"] == "float32"), None)
+    results = []
+    for v in variants:
+        med = statistics.median(v["times"])
+        row = {k: v[k] for k in ("precision", "warmup_s", "first_loss", "last_loss", "times")}
+        row.update(s_per_step=med, patches_per_s=FLAGS.train_batch / med,
+                   speedup_vs_float32=(base / med) if base else None)
+        results.append(row)
+        print(f"train {v['precision']:8s}: {med:.2f} s/step (median of {len(v['times'])}, batch {FLAGS.train_batch}) "
+              f"| {FLAGS.train_batch / med:.2f} patches/s" + (f" | {base / med:.2f}x float32" if base else ""),
+              flush=True)
+    return results
+
+
 def main(argv):
     del argv
     if FLAGS._child:
         _child(FLAGS._child)
+        return
+    if FLAGS.train_steps:
+        import keras  # noqa: PLC0415
+
+        config = get_config(FLAGS.config)
+        load_before = os.getloadavg()
+        results = _train_bench(config, [check_precision(p) for p in FLAGS.precisions])
+        if FLAGS.out:
+            write_json(FLAGS.out, {
+                "mode": "training", "config": config.to_dict(), "train_batch": FLAGS.train_batch,
+                "train_steps": FLAGS.train_steps, "backend": keras.backend.backend(), "keras": keras.__version__,
+                "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+                "load_average_before": load_before, "load_average_after": os.getloadavg(),
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": results,
+            })
         return
     import keras  # noqa: PLC0415
 
@@ -116,7 +213,7 @@ def main(argv):
         for precision in precisions:
             for xla in xlas:
                 model = _build(config, precision, lr, xla)
-                roi = structured_roi(lr)[None].astype(np.float32)
+                roi = np.repeat(structured_roi(lr)[None].astype(np.float32), FLAGS.batch, axis=0)
                 t0 = time.perf_counter()
                 model.predict_on_batch(roi)  # warm-up: tracing / compilation / allocation
                 warm = time.perf_counter() - t0
@@ -127,7 +224,7 @@ def main(argv):
         for v in variants:
             t0 = time.perf_counter()
             v["model"].predict_on_batch(v["roi"])
-            v["times"].append(time.perf_counter() - t0)
+            v["times"].append((time.perf_counter() - t0) / FLAGS.batch)
         print(f"round {r + 1}: " + " | ".join(f"{v['precision']}/{v['roi_px']}/{'xla' if v['xla'] else 'noxla'} "
                                               f"{v['times'][-1]:.2f} s" for v in variants), flush=True)
 
@@ -167,7 +264,9 @@ def main(argv):
     if FLAGS.out:
         write_json(FLAGS.out, {
             "config": config.to_dict(), "alpha": FLAGS.alpha, "repeats": FLAGS.repeats,
-            "patch_sample": FLAGS.patch_sample, "patch_s_per_patch": per_patch,
+            "patch_sample": FLAGS.patch_sample, "patch_s_per_patch": per_patch, "batch": FLAGS.batch,
+            "threads_env": {k: os.environ.get(k) for k in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
+                                                           "OMP_NUM_THREADS", "ONEDNN_VERBOSE")},
             "backend": backend, "keras": keras.__version__, "cpu_count": os.cpu_count(),
             "machine": platform.processor() or platform.machine(),
             "load_average": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

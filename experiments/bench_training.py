@@ -50,6 +50,9 @@ flags.DEFINE_float("minutes", 30.0, "Training time limit (minutes).")
 flags.DEFINE_integer("steps", 450, "Steps of the recipe (its schedule and hard-negative rounds are placed on them).")
 flags.DEFINE_integer("hard_negative_rounds", 2, "Hard-negative rounds from whole-slide maps (training.recipe.scratch_recipe).")
 flags.DEFINE_integer("batch_size", 8, "Global batch size.")
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16", "float16"],
+                  "Training precision (Keras mixed precision; weights float32). bfloat16: 1.9-2.0x the steps/s of "
+                  "float32 on an AVX512-BF16 CPU (BENCHMARKS.md, issue 24).")
 flags.DEFINE_integer("seed", 0, "Training seed (sampling, init, augmentation).")
 flags.DEFINE_integer("cohort_seed", 0, "Seed of the generated cohort.")
 flags.DEFINE_list("heldout_seeds", ["11"], "Seeds of the held-out cohorts scanned after training (empty: none).")
@@ -132,7 +135,8 @@ def main(argv):
     flat_recipe = recipe.scratch_recipe(FLAGS.steps, FLAGS.hard_negative_rounds)
     settings = trainer.TrainSettings.from_flat(
         data=data, workdir=os.path.join(FLAGS.workdir, "train"), config=FLAGS.config, batch_size=FLAGS.batch_size,
-        seed=FLAGS.seed, max_seconds=FLAGS.minutes * 60, checkpoint_every=50, log_every=10, **flat_recipe,
+        seed=FLAGS.seed, max_seconds=FLAGS.minutes * 60, checkpoint_every=50, log_every=10, precision=FLAGS.precision,
+        **flat_recipe,
     )
 
     sampler = sampling.PatchSampler(sampling.load_cohort(data, "train"), sampling.SamplerSettings(

@@ -201,3 +201,92 @@ def test_training_runs_a_few_steps_in_mixed_precision(cohort, tmp_path, precisio
     assert all(w.dtype == "float32" for w in model.weights)
     with pytest.raises(trainer.TrainingError, match="precision"):
         trainer.TrainSettings.from_flat(data=str(cohort), workdir=str(tmp_path / "x"), precision="half")
+
+
+# --precision auto (issue 24): chosen by the CPU's features, never recorded as "auto".
+
+AMX = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+AVX512_BF16 = frozenset({"avx2", "avx512f", "avx512_bf16"})
+AVX2 = frozenset({"avx2", "fma"})
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (AMX, "bfloat16"),
+    (AVX512_BF16, "bfloat16"),  # measured 2.2-2.6x faster than float32 at paper widths (BENCHMARKS.md)
+    (AVX2, "float32"),  # bfloat16 would be emulated
+    (frozenset({"avx512f"}), "float32"),  # AVX-512 without BF16
+    (None, "float32"),  # no /proc/cpuinfo (not Linux)
+])
+def test_auto_precision_follows_the_cpu_features(flags, expected):
+    choice = precision_lib.choose_precision("auto", cpu_flags=lambda: flags)
+    assert choice.precision == expected and choice.requested == "auto"
+    assert choice.line().startswith(f"precision auto -> {expected} (")
+    assert precision_lib.resolve_precision("auto", cpu_flags=lambda: flags) == expected
+
+
+@pytest.mark.parametrize("flags", [AMX, AVX2, None])
+@pytest.mark.parametrize("explicit", precision_lib.PRECISIONS)
+def test_an_explicit_precision_is_unchanged(explicit, flags):
+    assert precision_lib.resolve_precision(explicit, cpu_flags=lambda: flags) == explicit
+    assert precision_lib.resolve_precision(None, cpu_flags=lambda: flags) is None
+    with pytest.raises(precision_lib.PrecisionError):
+        precision_lib.resolve_precision("half", cpu_flags=lambda: flags)
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512_bf16\n\n"
+                    "processor\t: 1\nflags\t\t: fpu avx2 avx512_bf16\n")
+    assert precision_lib.read_cpu_flags(str(info)) == frozenset({"fpu", "avx2", "avx512_bf16"})
+    assert precision_lib.read_cpu_flags(str(tmp_path / "missing")) is None
+
+
+@pytest.mark.parametrize("flags, expected", [(AMX, "bfloat16"), (AVX2, "float32")])
+def test_scan_resolves_auto_before_loading_and_records_the_choice(bf16_export, monkeypatch, capsys, flags, expected):
+    out, _ = bf16_export
+    monkeypatch.setattr(precision_lib, "read_cpu_flags", lambda path=precision_lib.CPUINFO: flags)
+    specs = runs.resolve_runs(str(out), precision="auto", ensemble=[str(out)], ensemble_alpha=ALPHA)
+    assert [s.precision for s in specs] == [expected, expected]
+    assert capsys.readouterr().out.count(f"precision auto -> {expected}") == 1  # said once, for the scan
+    # The export is bfloat16: auto -> bfloat16 serves its SavedModel; float32 rebuilds the .keras model.
+    assert specs[0].format == ("auto" if expected == "bfloat16" else "keras")
+    run = runs.load_spec(specs[0])
+    assert run.precision == expected
+    assert run.describe().get("precision", "float32") == expected  # the fingerprint: resolved, never "auto"
+
+
+def test_export_resolves_auto(case, tmp_path, monkeypatch):
+    config, patch32, _ = case
+    monkeypatch.setattr(precision_lib, "read_cpu_flags", lambda path=precision_lib.CPUINFO: AVX2)
+    meta = export.export_detector(patch32, config, tmp_path / "e", alpha=ALPHA, roi_px=ROI_PX,
+                                  formats=("keras",), precision="auto")
+    assert meta["precision"] == "float32"
+
+
+@pytest.mark.slow  # a child process that imports TensorFlow and scans one small slide; ~20 s
+def test_scan_cli_says_which_precision_auto_chose(case, tmp_path):
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from tests.scan_support import write_slide  # noqa: PLC0415
+
+    config, patch32, _ = case
+    model = str(tmp_path / "export")
+    export.export_detector(patch32, config, model, alpha=16, roi_px=916, formats=("keras",))
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    write_slide(str(slides / "patient_001_node_0.tif"), seed=1)
+    out = str(tmp_path / "scan")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, os.path.join(repo, "experiments", "scan.py"), f"--model={model}", f"--slides={slides}",
+           f"--out={out}", "--precision=auto", "--tissue=all", "--heatmap=false", "--progress=false"]
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    chosen = precision_lib.choose_precision("auto")  # this machine's choice
+    assert chosen.line() in proc.stdout
+    with open(os.path.join(out, "maps", "patient_001_node_0.json")) as f:
+        members = json.load(f)["members"]
+    assert members[0].get("precision", "float32") == chosen.precision  # resolved, never "auto"
+    with open(os.path.join(out, "scan_config.json")) as f:
+        assert json.load(f)["runs"][0].get("precision", "float32") == chosen.precision

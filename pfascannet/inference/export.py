@@ -44,7 +44,7 @@ from pfascannet.inference.export_meta import EXPORT_JSON, FORMATS, KERAS_FILE, S
 from pfascannet.io_utils import atomic_dir, atomic_path, remove_stale_temps, write_json
 from pfascannet.model.config import ModelConfig
 from pfascannet.model.detector import TUMOUR_CHANNEL, build_detector, transfer_weights
-from pfascannet.model.precision import check_precision
+from pfascannet.model.precision import check_precision, resolve_precision
 
 EXPORT_VERSION = 1
 
@@ -72,14 +72,15 @@ def export_detector(
       roi_px: LR of the SavedModel signature; must fit eq. (1) at alpha.
       formats: any of "savedmodel", "keras".
       extra: more JSON-ready fields for export.json (e.g. the training run).
-      precision: "float32", "bfloat16" or "float16" (``model.precision``);
+      precision: "float32", "bfloat16" or "float16" (``model.precision``),
+        or "auto" (``precision.choose_precision``: by this CPU's features);
         the weights are float32 whatever the precision.
 
     Returns:
       The export.json contents.
     """
     scan = geometry.ScanGeometry(alpha=alpha, roi_px=roi_px)
-    check_precision(precision)
+    precision = check_precision(resolve_precision(precision))
     formats = tuple(formats)
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:

@@ -26,7 +26,7 @@ from pfascannet.inference.plan import auto_roi_px
 from pfascannet.inference.scan_settings import ScanError
 from pfascannet.layout import ExportFolder
 from pfascannet.inference.xla import check_xla
-from pfascannet.model.precision import check_precision
+from pfascannet.model.precision import AUTO, check_precision, choose_precision
 
 
 DEFAULT_MEMORY_FRACTION = 0.25
@@ -79,6 +79,7 @@ class RunSpec:
     meta: Optional[dict]
     precision: Optional[str] = None
     xla: str = "auto"
+    precision_reason: Optional[str] = None
 
 
 def resolve_run(
@@ -94,8 +95,11 @@ def resolve_run(
 ) -> RunSpec:
     """Checks a model path and the requested alpha / ROI side, and settles them, without loading anything.
 
-    ``precision`` None is the export's; ``xla`` see ``xla.resolve_xla``; ``layers``: the
-    scan needs the model's layers (``--stream``), so an export loads its ``.keras`` model.
+    ``precision`` None is the export's; ``"auto"`` is resolved here
+    (``precision.choose_precision``: by the CPU's features), so the spec, the
+    loaded detector and the map's fingerprint hold the precision chosen,
+    never ``auto``; ``xla`` see ``xla.resolve_xla``; ``layers``: the scan needs
+    the model's layers (``--stream``), so an export loads its ``.keras`` model.
 
     Raises:
       ScanError / ExportError / GeometryError: a missing or incomplete export,
@@ -117,7 +121,11 @@ def resolve_run(
         raise ScanError(f"{model_path}: expected an export folder, a .keras file or a SavedModel folder")
     if memory_budget_bytes is not None and not (memory_budget_bytes > 0 and math.isfinite(memory_budget_bytes)):
         raise ScanError(f"the memory budget must be a positive number, got {memory_budget_bytes!r}")
-    if precision is not None:
+    reason = None
+    if precision == AUTO:
+        choice = choose_precision(AUTO)
+        precision, reason = choice.precision, choice.line()
+    elif precision is not None:
         check_precision(precision)
     check_xla(xla, ScanError)
     spec = _resolve(model_path, alpha, roi, mode, batch, memory_budget_bytes, precision, xla)
@@ -125,7 +133,7 @@ def resolve_run(
         if "keras" not in spec.meta.get("formats", {}):
             raise ScanError(f"{model_path}: --stream needs the export's .keras model, and this export has none")
         spec = dataclasses.replace(spec, format="keras")
-    return spec
+    return dataclasses.replace(spec, precision_reason=reason)
 
 
 def load_run(
@@ -149,7 +157,8 @@ def load_run(
       mode: ``"dense"`` or ``"patch"`` (same weights on 692 patches, the speed baseline).
       batch: ROIs per model call (for the ``auto`` budget).
       memory_budget_bytes: for ``auto``; default a quarter of RAM.
-      precision: None (the export's), "float32", "bfloat16" or "float16".
+      precision: None (the export's), "float32", "bfloat16", "float16" or
+        "auto" (``precision.choose_precision``).
       xla: "auto", "on" or "off" (``xla.resolve_xla``).
 
     Returns:
@@ -238,6 +247,9 @@ def resolve_runs(
     read ROIs of about the same size).
     """
     specs = [resolve_run(model_path, alpha, roi, mode, batch, memory_budget_bytes, precision, xla, layers)]
+    if specs[0].precision_reason:  # --precision auto: say once what it chose, and why
+        print(specs[0].precision_reason, flush=True)
+    precision = specs[0].precision if precision == AUTO else precision  # one choice for every member
     for other in ensemble:
         other_roi: Union[int, str, None]
         if roi == "auto":

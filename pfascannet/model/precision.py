@@ -17,11 +17,19 @@ call never leaves the caller's policy changed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+from typing import Callable, Optional
 
 from pfascannet.errors import PfaError
 
 PRECISIONS = ("float32", "bfloat16", "float16")
-"""The ``--precision`` values: float32, or mixed precision computing in bfloat16 / float16."""
+"""The precisions a model computes in: float32, or mixed precision computing in bfloat16 / float16."""
+
+AUTO = "auto"
+"""``--precision auto``: ``resolve_precision`` picks one of ``PRECISIONS`` from the CPU's features."""
+
+CHOICES = PRECISIONS + (AUTO,)
+"""The ``--precision`` values a stage accepts (``auto`` is resolved before any model is built or recorded)."""
 
 POLICY = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 """Keras dtype policy of each precision."""
@@ -57,6 +65,74 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise PrecisionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return precision
+
+
+CPUINFO = "/proc/cpuinfo"
+
+
+def read_cpu_flags(path: str = CPUINFO) -> Optional[frozenset]:
+    """The ``flags`` of the first processor in ``/proc/cpuinfo`` (x86 Linux); None where there is no such file or line."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() in ("flags", "Features"):  # "Features": Linux on Arm
+                    return frozenset(value.split())
+    except OSError:
+        return None
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionChoice:
+    """What ``--precision`` resolved to, and why (``requested`` is what was asked: a precision or ``auto``)."""
+
+    precision: str
+    requested: str
+    reason: str
+
+    def line(self) -> str:
+        """One line for a stage's output: ``precision auto -> bfloat16 (...)``."""
+        return f"precision {self.requested} -> {self.precision} ({self.reason})"
+
+
+def choose_precision(requested: str, cpu_flags: Optional[Callable[[], Optional[frozenset]]] = None) -> PrecisionChoice:
+    """Resolves ``requested`` (one of ``CHOICES``); ``auto`` by the CPU's features.
+
+    The rule, from measurements (BENCHMARKS.md "Precision" and "Issue 24"): on
+    a CPU with native bfloat16 arithmetic -- ``amx_bf16`` (AMX tiles, Intel
+    Sapphire Rapids and later) or ``avx512_bf16`` (AVX512-BF16 dot products,
+    AMD Zen 4, Intel Cooper Lake) -- oneDNN runs the convolutions in bfloat16
+    and a paper-width ROI is 2.1-2.4x faster than float32 (measured on
+    AVX512-BF16 without AMX; AMX not measured), with maps within
+    ``EQUIVALENCE_TOLERANCE`` / the tests' map bound of float32's.  Without
+    either (AVX2, AVX-512 without BF16) bfloat16 is emulated by conversions
+    around float32 arithmetic, no faster, so ``float32``; likewise on Arm
+    (its ``bf16`` feature is not measured here).  float16 is never chosen: no
+    CPU here computes it natively (3x slower than bfloat16 measured).  Only
+    the CPU is looked at: a scan on a GPU should name its precision.  An
+    explicit precision is returned unchanged.  ``cpu_flags`` reads the flags
+    (default ``read_cpu_flags``, looked up at call time so tests can replace it).
+    """
+    if requested != AUTO:
+        return PrecisionChoice(check_precision(requested), requested, "asked for")
+    found = (cpu_flags or read_cpu_flags)()
+    if found is None:
+        return PrecisionChoice("float32", AUTO, "CPU features unknown (no /proc/cpuinfo flags)")
+    if "amx_bf16" in found:
+        return PrecisionChoice("bfloat16", AUTO, "CPU has amx_bf16")
+    if "avx512_bf16" in found:
+        return PrecisionChoice("bfloat16", AUTO, "CPU has avx512_bf16 (no AMX)")
+    return PrecisionChoice("float32", AUTO, "CPU has neither amx_bf16 nor avx512_bf16: bfloat16 would be emulated")
+
+
+def resolve_precision(
+    requested: Optional[str], cpu_flags: Optional[Callable[[], Optional[frozenset]]] = None
+) -> Optional[str]:
+    """``requested`` with ``auto`` resolved (``choose_precision``); None stays None (the export's precision)."""
+    if requested is None:
+        return None
+    return choose_precision(requested, cpu_flags).precision
 
 
 def policy_name(precision: str) -> str:

@@ -26,7 +26,7 @@ from absl import flags
 from pfascannet import geometry
 from pfascannet import settings as settings_lib
 from pfascannet.inference import export_source
-from pfascannet.model.precision import PRECISIONS
+from pfascannet.model.precision import CHOICES as PRECISION_CHOICES
 from pfascannet.settings import setting
 
 
@@ -44,8 +44,9 @@ class ExportCommand:
                           help="ROI side LR of the SavedModel signature (eq. (1); paper: 2708).")
     formats: tuple[str, ...] = setting(("savedmodel", "keras"), help="Any of savedmodel, keras.")
     precision: str = setting(
-        "float32", choices=PRECISIONS,
-        help="Compute precision of the export (Keras mixed precision; weights and softmax stay float32).")
+        "float32", choices=PRECISION_CHOICES,
+        help="Compute precision of the export (Keras mixed precision; weights and softmax stay float32); "
+             "auto: bfloat16 where this CPU has amx_bf16 or avx512_bf16, else float32.")
     out: Optional[str] = setting(None, help="Export folder.")
 
 

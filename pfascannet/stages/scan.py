@@ -38,7 +38,7 @@ from pfascannet import settings as settings_lib
 from pfascannet.cliutil import fail
 from pfascannet.inference import engine, ray_scan, runs, scan_settings, slide_list
 from pfascannet.inference import xla as xla_policy
-from pfascannet.model.precision import PRECISIONS
+from pfascannet.model.precision import CHOICES as PRECISION_CHOICES
 from pfascannet.settings import setting
 
 MODES = ("dense", "patch")
@@ -58,9 +58,11 @@ class ScanCommand:
     memory_gb: Optional[float] = setting(
         None, check=settings_lib.optional(settings_lib.positive),
         help="Memory budget of one batch for --roi=auto (default: a quarter of RAM).")
-    precision: Optional[str] = setting(None, choices=PRECISIONS,
-                                       help="Compute precision (mixed; softmax in float32); default: the export's. "
-                                            "Another than the export's loads its .keras model.")
+    precision: Optional[str] = setting(
+        None, choices=PRECISION_CHOICES,
+        help="Compute precision (mixed; softmax in float32); default: the export's. auto: bfloat16 where the CPU "
+             "has amx_bf16 or avx512_bf16, else float32 (the scan says which). Another than the export's loads "
+             "its .keras model.")
     xla: str = setting("auto", choices=xla_policy.XLA_SETTINGS,
                        help="XLA-compile the forward pass: auto = where measured faster (TensorFlow on a GPU; "
                             "always under JAX).")
