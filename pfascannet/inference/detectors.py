@@ -39,7 +39,7 @@ from pfascannet.inference.export_meta import (
     files_digest,
     read_export_json,
 )
-from pfascannet.inference.xla import check_xla, resolve_xla
+from pfascannet.inference.xla import check_xla, resolve_xla, static_graphs
 from pfascannet.model.config import ModelConfig
 from pfascannet.model.dense_pooling import DensePooling
 from pfascannet.model.detector import (
@@ -117,6 +117,7 @@ class KerasDetector(_GeometryMixin):
         self.alpha = alpha
         self.roi_px = roi_px
         self._patch_model = None
+        self._graphs = None
         self._digest = digest
         self.precision = model_precision(model)
         self.training_mpp = model_training_mpp(model) if training_mpp is None else check_training_mpp(training_mpp)
@@ -134,9 +135,15 @@ class KerasDetector(_GeometryMixin):
     def predict(self, rois: np.ndarray) -> np.ndarray:
         """uint8 [N, LR, LR, 3] -> tumour probability float32 [N, Lm, Lm]."""
         rois = self._check_batch(rois, self.roi_px, "ROIs")
-        # predict_on_batch compiles once per shape on every backend (eager JAX
-        # would run op by op).
-        probs = np.asarray(self.model.predict_on_batch(rois.astype(np.float32)))
+        if self.backend == "tensorflow":
+            # One graph per ROI side with its shape fixed (``xla.static_graphs``): an edge ROI then
+            # gives the very numbers of the whole ROI's pixels, in bfloat16 too.
+            if self._graphs is None:
+                model = self.model
+                self._graphs = static_graphs(lambda x: model(x, training=False), jit=self.xla)
+            probs = keras.ops.convert_to_numpy(self._graphs(tf_constant(rois)))
+        else:  # predict_on_batch compiles once per shape (eager JAX would run op by op)
+            probs = np.asarray(self.model.predict_on_batch(rois.astype(np.float32)))
         return np.ascontiguousarray(probs[..., TUMOUR_CHANNEL], dtype=np.float32)
 
     def at_roi_px(self, side_px: int) -> "KerasDetector | None":
@@ -154,6 +161,13 @@ class KerasDetector(_GeometryMixin):
             _set_jit(self._patch_model, self.xla)
         probs = np.asarray(self._patch_model.predict_on_batch(patches.astype(np.float32)))
         return probs.reshape(len(patches), -1)[:, TUMOUR_CHANNEL].astype(np.float32)
+
+
+def tf_constant(rois: np.ndarray):
+    """A float32 TensorFlow tensor of a uint8 batch (the model normalises inside)."""
+    import tensorflow as tf  # noqa: PLC0415  (only under the TensorFlow backend)
+
+    return tf.convert_to_tensor(np.asarray(rois, np.float32))
 
 
 class SavedModelDetector(_GeometryMixin):

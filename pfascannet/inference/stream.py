@@ -57,6 +57,7 @@ import numpy as np
 
 from pfascannet import geometry
 from pfascannet.inference.roi_readers import ThreadReaders
+from pfascannet.inference.xla import static_graphs
 from pfascannet.inference.scan_settings import STREAM_WIDTH, ScanError, ScanSettings
 from pfascannet.io_utils import atomic_path
 
@@ -174,43 +175,11 @@ def chunk_bounds(n_rows: int, stride_px: int, rows_per_chunk: int) -> list[int]:
 
 
 def _compile(fn: Callable) -> Callable:
-    """``fn`` compiled once per input shape: a TensorFlow graph (its kernels fuse as ``predict``'s do) or a JAX jit.
+    """``fn`` compiled once per input shape (``xla.static_graphs``), as ``KerasDetector.predict`` is.
 
-    Each shape gets its own graph with static shapes, as the ROI scan's
-    ``predict`` does: a graph traced with unknown sides fuses fewer kernels
-    (conv + bias + add), which in bfloat16 rounds differently.  A strip
-    shows each op a few shapes only (``chunk_bounds``, ``WIDTH_QUANTUM``).
+    A strip shows each op a few shapes only (``chunk_bounds``, ``WIDTH_QUANTUM``).
     """
-    import keras  # noqa: PLC0415
-
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax  # noqa: PLC0415
-
-        return jax.jit(fn)
-    if backend != "tensorflow":
-        return fn
-    import tensorflow as tf  # noqa: PLC0415
-
-    graphs: dict = {}
-
-    def call(x):
-        key = (tuple(x.shape), x.dtype)
-        graph = graphs.get(key)
-        if graph is None:
-            spec = tf.TensorSpec(x.shape, x.dtype)
-            graph = graphs[key] = tf.function(fn, input_signature=[spec], autograph=False).get_concrete_function()
-        return graph(x)
-
-    def call_many(xs):
-        key = tuple((tuple(x.shape), x.dtype) for x in xs)
-        graph = graphs.get(key)
-        if graph is None:
-            specs = [tf.TensorSpec(x.shape, x.dtype) for x in xs]
-            graph = graphs[key] = tf.function(fn, input_signature=[specs], autograph=False).get_concrete_function()
-        return graph(list(xs))
-
-    return lambda x: call_many(x) if isinstance(x, (list, tuple)) else call(x)
+    return static_graphs(fn)
 
 
 class _RowOp:
