@@ -41,8 +41,6 @@ and shards), ``scan_summary`` (results, ``scan_config.json``).
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
@@ -61,7 +59,7 @@ from pfascannet.inference.ensemble import ensemble_maps
 from pfascannet.inference.export_meta import mpp_warnings
 from pfascannet.inference.model_run import EDGE_SPLIT, ModelRun, plan_split, predict_tiles
 from pfascannet.inference.plan import RoiPlan, level_downsample, make_plan, tissue_on_map
-from pfascannet.inference.roi_readers import ThreadReaders
+from pfascannet.inference.roi_readers import ReadAhead, ThreadReaders
 from pfascannet.inference.scan_settings import ScanError, ScanSettings
 from pfascannet.inference.stream import scan_map_streaming, stream_settings
 from pfascannet.inference.scan_summary import ScanSummary, SlideScanResult, write_scan_config
@@ -152,30 +150,31 @@ def fingerprint_id(fingerprint: dict) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _load_checkpoint(
-    path: str, fingerprint: dict, map_shape: tuple[int, int], n_rois: int, warn: Callable[[str], None]
-):
-    """The checkpoint's ``(map, done)``, or None (and one warning) if it cannot serve this scan.
+def load_checkpoint(path: str, fid: str, map_shape: tuple[int, int], n_rois: int, warn: Callable[[str], None]):
+    """The checkpoint's ``(map, done, rest)``, or None (and one warning) if it cannot serve this scan.
 
-    A checkpoint that cannot be read (truncated, empty, not a zip: any
-    exception from loading it) or that another model or other settings made
-    is deleted, and the map starts afresh.
+    ``fid`` is the scan's ``fingerprint_id``; ``rest`` holds the checkpoint's
+    other arrays (a streamed scan's position and layer halos, ``stream``).  A
+    checkpoint that cannot be read (truncated, empty, not a zip: any exception
+    from loading it) or that another model or other settings made is deleted,
+    and the map starts afresh.
     """
     if not os.path.exists(path):
         return None
     problem = None
     try:
         with np.load(path, allow_pickle=False) as data:
-            if str(data["fingerprint"]) != fingerprint_id(fingerprint):
+            if str(data["fingerprint"]) != fid:
                 problem = "was made by another model or with other settings"
             else:
                 prob_map, done = np.asarray(data["map"]), np.asarray(data["done"])
+                rest = {k: np.asarray(data[k]) for k in data.files if k not in ("map", "done", "fingerprint")}
                 if prob_map.shape != tuple(map_shape) or done.shape != (n_rois,):
                     problem = f"holds a {prob_map.shape} map of {done.shape} ROIs, not {tuple(map_shape)} of {n_rois}"
     except Exception as exc:  # noqa: BLE001  (BadZipFile, EOFError, zlib.error, ...: all mean unreadable)
         problem = f"cannot be read ({type(exc).__name__}: {' '.join(str(exc).split()) or 'empty or truncated'})"
     if problem is None:
-        return prob_map.astype(np.float32), done.astype(bool)
+        return prob_map.astype(np.float32), done.astype(bool), rest
     warn(f"{path} {problem}; discarded, the slide's map starts afresh")
     try:
         os.remove(path)
@@ -184,9 +183,10 @@ def _load_checkpoint(
     return None
 
 
-def _save_checkpoint(path: str, fingerprint: dict, prob_map: np.ndarray, done: np.ndarray) -> None:
+def save_checkpoint(path: str, fid: str, prob_map: np.ndarray, done: np.ndarray, **rest) -> None:
+    """Writes a checkpoint atomically: the map, the ROIs done, the fingerprint id, and ``rest``."""
     with atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, map=prob_map, done=done, fingerprint=np.array(fingerprint_id(fingerprint)))
+        np.savez(tmp, map=prob_map, done=done, fingerprint=np.array(fid), **rest)
 
 
 def scan_map(
@@ -224,9 +224,9 @@ def scan_map(
     resumed = None
     if checkpoint_path:
         warn = (progress or quiet_progress(options)).warning
-        resumed = _load_checkpoint(checkpoint_path, fingerprint, plan.map_shape, len(plan), warn)
+        resumed = load_checkpoint(checkpoint_path, fingerprint_id(fingerprint), plan.map_shape, len(plan), warn)
     if resumed is not None:
-        prob_map, done = resumed
+        prob_map, done, _ = resumed
     else:
         prob_map, done = np.zeros(plan.map_shape, np.float32), np.zeros(len(plan), bool)
     stats.n_resumed = int(done.sum())
@@ -249,25 +249,16 @@ def scan_map(
     t_start = time.perf_counter()
     last_ckpt = time.monotonic()
     dirty = False
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="roi-reader")
-    pending: collections.deque = collections.deque()
-    queue = iter(chunks)
+    fid = fingerprint_id(fingerprint)
+    ahead = ReadAhead(chunks, lambda pool, chunk: [pool.submit(read_roi, int(k)) for k in chunk], options.workers,
+                      options.prefetch_batches + 1, "roi-reader")
     try:
-
-        def refill() -> None:
-            while len(pending) < options.prefetch_batches + 1:
-                chunk = next(queue, None)
-                if chunk is None:
-                    return
-                pending.append((chunk, [pool.submit(read_roi, int(k)) for k in chunk]))
-
-        refill()
-        while pending:
-            chunk, futures = pending.popleft()
+        while ahead:
+            chunk, futures = ahead.pop()
             t0 = time.perf_counter()
             rois = np.stack([f.result() for f in futures])
             t1 = time.perf_counter()
-            refill()  # the next reads overlap this batch's model time
+            ahead.refill()  # the next reads overlap this batch's model time
             probs = predict_tiles(run, rois, options.patch_batch)
             t2 = time.perf_counter()
             stats.wait_s += t1 - t0
@@ -279,7 +270,7 @@ def scan_map(
             dirty = True
             del rois, probs
             if checkpoint_path and time.monotonic() - last_ckpt >= options.checkpoint_every_s:
-                _save_checkpoint(checkpoint_path, fingerprint, prob_map, done)
+                save_checkpoint(checkpoint_path, fid, prob_map, done)
                 last_ckpt, dirty = time.monotonic(), False
             if progress is not None:
                 progress.advance(len(chunk))
@@ -289,18 +280,15 @@ def scan_map(
         # Stopped (Ctrl-C, a failing read, a test's injected error): keep the
         # whole batches done so far; the rerun starts after them.
         if checkpoint_path and dirty:
-            _save_checkpoint(checkpoint_path, fingerprint, prob_map, done)
+            save_checkpoint(checkpoint_path, fid, prob_map, done)
         raise
     finally:
-        for _, futures in pending:
-            for f in futures:
-                f.cancel()
-        pool.shutdown(wait=True)
+        ahead.close()
         readers.close()
     if checkpoint_path and dirty:
         # Keep a finished map until the slide's outputs are written: an
         # ensemble killed in its second member resumes without redoing the first.
-        _save_checkpoint(checkpoint_path, fingerprint, prob_map, done)
+        save_checkpoint(checkpoint_path, fid, prob_map, done)
     stats.wall_s = time.perf_counter() - t_start
     return prob_map, stats
 

@@ -47,19 +47,16 @@ very chunks an uninterrupted run would, so its map is the same.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import os
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 
 from pfascannet import geometry
-from pfascannet.inference.roi_readers import ThreadReaders
+from pfascannet.inference.roi_readers import ReadAhead, ThreadReaders
 from pfascannet.inference.xla import static_graphs
 from pfascannet.inference.scan_settings import STREAM_WIDTH, ScanError, ScanSettings
-from pfascannet.io_utils import atomic_path
 
 WIDTH_QUANTUM = 16
 """Streamed strips are computed in widths of whole multiples of this many map pixels (``_compile``)."""
@@ -391,40 +388,6 @@ def detector_stream(run) -> DetectorStream:
     return cached
 
 
-def _load_checkpoint(path, fingerprint_id: str, plan, n_runs: int, warn):
-    """``(map, done, run, chunk, state or None)`` from a streaming checkpoint, or None (and one warning)."""
-    if not path or not os.path.exists(path):
-        return None
-    problem = None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if str(data["fingerprint"]) != fingerprint_id:
-                problem = "was made by another model or with other settings"
-            else:
-                prob_map, done = np.asarray(data["map"], np.float32), np.asarray(data["done"], bool)
-                run, chunk = (int(v) for v in data["position"])
-                state = {k[2:]: np.asarray(data[k]) for k in data.files if k.startswith("s_")} or None
-                if prob_map.shape != tuple(plan.map_shape) or done.shape != (len(plan),) or not 0 <= run <= n_runs:
-                    problem = f"holds a {prob_map.shape} map of {done.shape} ROIs, not {tuple(plan.map_shape)} of {len(plan)}"
-    except Exception as exc:  # noqa: BLE001  (unreadable in any way: start afresh)
-        problem = f"cannot be read ({type(exc).__name__}: {' '.join(str(exc).split()) or 'empty or truncated'})"
-    if problem is None:
-        return prob_map, done, run, chunk, state
-    warn(f"{path} {problem}; discarded, the slide's map starts afresh")
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-    return None
-
-
-def _save_checkpoint(path, fingerprint_id: str, prob_map, done, position, state: Optional[dict]) -> None:
-    arrays = {f"s_{k}": v for k, v in (state or {}).items()}
-    with atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, map=prob_map, done=done, position=np.array(position, np.int64),
-                 fingerprint=np.array(fingerprint_id), **arrays)
-
-
 def scan_map_streaming(slide_path, run, plan, options: ScanSettings, checkpoint_path=None, fingerprint=None,
                        progress=None, on_batch=None):
     """``engine.scan_map`` computed by streaming (module docstring): the same map, resumable.
@@ -452,10 +415,11 @@ def scan_map_streaming(slide_path, run, plan, options: ScanSettings, checkpoint_
     prob_map, done = np.zeros(plan.map_shape, np.float32), np.zeros(len(plan), bool)
     position, state = (0, 0), None
     warn = (progress or engine.quiet_progress(options)).warning
-    resumed = _load_checkpoint(checkpoint_path, fid, plan, len(work), warn) if checkpoint_path else None
+    resumed = engine.load_checkpoint(checkpoint_path, fid, plan.map_shape, len(plan), warn) if checkpoint_path else None
     if resumed is not None:
-        prob_map, done, ri, ci, state = resumed
-        position = (ri, ci)
+        prob_map, done, rest = resumed
+        position = tuple(int(v) for v in rest.get("position", (0, 0)))
+        state = {k[2:]: v for k, v in rest.items() if k.startswith("s_")} or None
     stats.n_resumed = int(done.sum())
     if progress is not None:
         progress.skip(stats.n_resumed)
@@ -475,34 +439,27 @@ def scan_map_streaming(slide_path, run, plan, options: ScanSettings, checkpoint_
     t_start = time.perf_counter()
     last_ckpt = time.monotonic()
     consistent, dirty = True, False
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="strip-reader")
-    pending: list = []
-    queue = iter(items)
+    ahead = ReadAhead(items, lambda pool, item: pool.submit(read, *item), options.workers,
+                      options.prefetch_batches + 1, "strip-reader")
     here = position
 
+    def save(position_, state_) -> None:
+        arrays = {f"s_{k}": v for k, v in (state_ or {}).items()}
+        engine.save_checkpoint(checkpoint_path, fid, prob_map, done, position=np.array(position_, np.int64), **arrays)
+
     def snapshot():
-        ri, ci = here
-        if ci == 0:  # between two runs: nothing of the stream to keep
+        if here[1] == 0:  # between two runs: nothing of the stream to keep
             return here, None
         return here, stream.state()
 
     try:
-
-        def refill() -> None:
-            while len(pending) < options.prefetch_batches + 1:
-                item = next(queue, None)
-                if item is None:
-                    return
-                pending.append((item, pool.submit(read, *item)))
-
-        refill()
-        while pending:
-            (ri, ci), future = pending.pop(0)
+        while ahead:
+            (ri, ci), future = ahead.pop()
             w = work[ri]
             t0 = time.perf_counter()
             rgb = future.result()
             t1 = time.perf_counter()
-            refill()
+            ahead.refill()
             consistent = False
             if ci == 0:
                 stream.reset()
@@ -525,8 +482,7 @@ def scan_map_streaming(slide_path, run, plan, options: ScanSettings, checkpoint_
             here = (ri + 1, 0) if last else (ri, ci + 1)
             consistent, dirty = True, True
             if checkpoint_path and time.monotonic() - last_ckpt >= options.checkpoint_every_s:
-                pos, st = snapshot()
-                _save_checkpoint(checkpoint_path, fid, prob_map, done, pos, st)
+                save(*snapshot())
                 last_ckpt, dirty = time.monotonic(), False
             if progress is not None and newly:
                 progress.advance(len(newly))
@@ -536,16 +492,13 @@ def scan_map_streaming(slide_path, run, plan, options: ScanSettings, checkpoint_
         # Stopped between two chunks: keep everything up to here.  Stopped inside a chunk (the
         # layers' halos half updated): the last periodic checkpoint stands.
         if checkpoint_path and dirty and consistent:
-            pos, st = snapshot()
-            _save_checkpoint(checkpoint_path, fid, prob_map, done, pos, st)
+            save(*snapshot())
         raise
     finally:
-        for _, f in pending:
-            f.cancel()
-        pool.shutdown(wait=True)
+        ahead.close()
         readers.close()
     if checkpoint_path and dirty:
-        _save_checkpoint(checkpoint_path, fid, prob_map, done, here, None)
+        save(here, None)
     stats.wall_s = time.perf_counter() - t_start
     stats.input_px = sum(w.input_px(stride, options.stream_rows) for w in work)
     return prob_map, stats
