@@ -93,23 +93,6 @@ def _parse(text: str) -> tuple[str, int, str]:
         raise bench_util.BenchError(f"a variant is PRECISION:ROI:whole|edges|stream, got {text!r}") from None
 
 
-def cpu_features() -> dict:
-    """The CPU's model name and whether it has AMX-BF16 / AVX512-BF16 (compare timings only within one CPU)."""
-    model, flags_ = "unknown", set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags_ = set(value.split())
-    except OSError:
-        pass
-    return {"cpu": model, "amx_bf16": "amx_bf16" in flags_, "avx512_bf16": "avx512_bf16" in flags_,
-            "cores": os.cpu_count()}
-
-
 def _child(text: str, slide: str) -> None:
     from pfascannet.inference.detectors import KerasDetector  # noqa: PLC0415  (imports Keras)
     from pfascannet.model.detector import build_detector  # noqa: PLC0415  (imports Keras)
@@ -161,7 +144,7 @@ def main(argv) -> None:
     with SlideReader(slide) as reader:
         mask = tissue_mask(reader, downsample=32)
     tissue_mpx = float(mask.sum()) * 32 * 32 / 1e6
-    print(f"cpu: {cpu_features()}", flush=True)
+    print(f"cpu: {bench_util.cpu_features()}", flush=True)
     print(f"slide {slide}: {FLAGS.side_px}^2, Otsu tissue {tissue_mpx:.1f} Mpx "
           f"({100 * tissue_mpx * 1e6 / FLAGS.side_px ** 2:.0f} %)", flush=True)
     rows = []
@@ -189,7 +172,7 @@ def main(argv) -> None:
               f"peak RSS {row['peak_rss_gb']:.2f} GB", flush=True)
     with open(os.path.join(FLAGS.workdir, "bench_tissue_scan.json"), "w", encoding="utf-8") as f:
         json.dump({"slide": slide, "side_px": FLAGS.side_px, "tissue_mpx": tissue_mpx, "config": FLAGS.config,
-                   **cpu_features(),
+                   **bench_util.cpu_features(),
                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}, f, indent=1)
 
 

@@ -60,6 +60,22 @@ def roi_sides(values: Sequence[str], alpha: int, flag: str = "--roi_px") -> list
     return sides
 
 
+def cpu_features() -> dict:
+    """The CPU's model name (as ``lscpu`` prints it), its bf16 features and core count: record them with every timing."""
+    from pfascannet.model.precision import read_cpu_flags  # noqa: PLC0415
+
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            model = next((v.strip() for k, _, v in (ln.partition(":") for ln in f) if k.strip() == "model name"),
+                         model)
+    except OSError:
+        pass
+    found = read_cpu_flags() or frozenset()
+    return {"cpu": model, "amx_bf16": "amx_bf16" in found, "avx512_bf16": "avx512_bf16" in found,
+            "cores": os.cpu_count()}
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far, MiB (Linux's ``ru_maxrss`` is KiB); / 1024 for GiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
