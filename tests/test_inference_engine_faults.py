@@ -228,6 +228,10 @@ def tiny_export(tmp_path_factory):
 
 
 @pytest.mark.slow  # three scan processes with the tiny model; ~40 s under load
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_stops_a_scan_with_status_130_and_the_rerun_resumes(tiny_export, tmp_path):
     import json
 
@@ -237,7 +241,10 @@ def test_sigint_stops_a_scan_with_status_130_and_the_rerun_resumes(tiny_export, 
     cmd = [sys.executable, "-m", "pfascannet.cli", "scan", f"--model={tiny_export}", f"--slides={slide}",
            f"--out={out}", "--tissue=all", "--batch=1", "--checkpoint_s=0", "--noprogress"]
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    # A terminal's Ctrl-C reaches a process that handles SIGINT; one started in the background of a
+    # non-interactive shell (nohup ... &) inherits SIGINT ignored, so give the child the default back.
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                            preexec_fn=_default_sigint)
     ckpt = out / "partial" / f"{SID}.m0.npz"
     deadline = time.monotonic() + 240
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -326,8 +326,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, truth_scan):
 @pytest.mark.slow  # a child process that serves until stopped
 def test_view_prints_its_url_serves_and_stops_on_ctrl_c(truth_scan):
     for host, warns in (("127.0.0.1", False), ("0.0.0.0", True)):
+        # SIG_DFL: a test run started in the background (nohup ... &) would pass SIGINT on ignored.
         proc = subprocess.Popen([*MODULE, "view", str(truth_scan), "--port", "0", "--host", host],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             url = None
             deadline = time.time() + 60
