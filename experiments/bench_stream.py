@@ -67,7 +67,7 @@ def main(argv) -> None:
     model = build_detector(get_config(FLAGS.config), alpha=alpha, precision=FLAGS.precision)
     detector = KerasDetector(model, alpha, FLAGS.roi_px, digest="random")
     streamer = stream.DetectorStream(model, alpha)
-    bounds = stream.chunk_bounds(lm * n, stride, FLAGS.stream_rows)
+    bounds = stream.chunk_bounds(lm * n, alpha, FLAGS.stream_rows)
 
     def by_rois() -> np.ndarray:
         out = np.empty((lm * n, lm * n), np.float32)

@@ -117,13 +117,13 @@ def test_strips_cover_every_planned_pixel_once():
         count[w.u0:w.u1, w.v0:w.v1] += 1
         assert w.v1 - w.v0 <= 24
     assert count.max() == 1
-    need = stream.planned_mask(plan)
+    need = plan.planned_mask()
     assert (count[need] == 1).all()
     owners = sorted(k for w in runs for k in w.rois)
     assert owners == list(range(len(plan)))
-    streamed = sum(w.input_px(grid.stride_px, 4) for w in runs)
+    streamed = sum(w.input_px(grid.alpha, 4) for w in runs)
     assert streamed < plan.input_px()
-    bounds = stream.chunk_bounds(10, 32, 4)
+    bounds = stream.chunk_bounds(10, 16, 4)
     assert bounds == [0, 128, 256, 384, 512, 640, 768, 896, 1024, 660 + 384]  # 12 rows computed for 10
 
 

@@ -495,10 +495,7 @@ def _make_map(path, slide, runs, out_dir, options, fingerprint, read, progress, 
         maps.append(prob_map)
         stats.append(st)
     prob_map = ensemble_maps(maps, [p.stride_px for p in plans], grid_plan.map_shape)
-    scanned = np.zeros(grid_plan.map_shape, bool)
-    for k in range(len(grid_plan)):
-        r0, r1, c0, c1 = grid_plan.roi_window(k)
-        scanned[r0:r1, c0:c1] = True
+    scanned = grid_plan.planned_mask()
     if tissue is not None:
         # The heatmap tints tissue only: a scanned ROI's glass is left untinted.
         scanned &= tissue_on_map(tissue, options.tissue_downsample, dims, grid_plan.stride_px)

@@ -152,6 +152,14 @@ class RoiPlan:
         rows, cols = self.map_shape
         return r0, min(r0 + lm, rows), c0, min(c0 + lm, cols)
 
+    def planned_mask(self) -> np.ndarray:
+        """Bool ``map_shape``: the map pixels the planned ROIs fill (whole and edge)."""
+        need = np.zeros(self.map_shape, bool)
+        for k in range(len(self)):
+            r0, r1, c0, c1 = self.roi_window(k)
+            need[r0:r1, c0:c1] = True
+        return need
+
     def input_px(self) -> int:
         """Scan-level input pixels of all planned ROIs (what the model computes over)."""
         return self.n_whole * self.geometry.roi_px**2 + int(self.edge_rowcol.shape[0]) * self.edge_roi_px**2

@@ -59,7 +59,7 @@ from pfascannet.inference.xla import static_graphs
 from pfascannet.inference.scan_settings import STREAM_WIDTH, ScanError, ScanSettings
 
 WIDTH_QUANTUM = 16
-"""Streamed strips are computed in widths of whole multiples of this many map pixels (``_compile``)."""
+"""Streamed strips are computed in widths of whole multiples of this many map pixels (``xla.static_graphs``)."""
 
 
 # --------------------------------------------------------------------------- the work list
@@ -85,24 +85,15 @@ class StripRun:
 
         The few extra rows and columns (read from the slide, white beyond it)
         are computed and dropped; in exchange each layer meets only a few
-        input shapes per slide, each compiled once (``_compile``).
+        input shapes per slide, each compiled once (``xla.static_graphs``: one graph per shape).
         """
         rows, cols = self.shape
         return rows_per_chunk * -(-rows // rows_per_chunk), WIDTH_QUANTUM * -(-cols // WIDTH_QUANTUM)
 
-    def input_px(self, stride_px: int, rows_per_chunk: int) -> int:
-        """Model pixels pushed through the detector for this run."""
+    def input_px(self, alpha: int, rows_per_chunk: int) -> int:
+        """Model pixels pushed through the detector for this run (eq. (1) on each side)."""
         rows, cols = self.computed_shape(rows_per_chunk)
-        return (geometry.PATCH_PX + stride_px * (rows - 1)) * (geometry.PATCH_PX + stride_px * (cols - 1))
-
-
-def planned_mask(plan) -> np.ndarray:
-    """Bool ``plan.map_shape``: the map pixels the plan's ROIs fill (whole and edge)."""
-    need = np.zeros(plan.map_shape, bool)
-    for k in range(len(plan)):
-        r0, r1, c0, c1 = plan.roi_window(k)
-        need[r0:r1, c0:c1] = True
-    return need
+        return geometry.roi_px(rows, alpha) * geometry.roi_px(cols, alpha)
 
 
 def plan_strips(plan, width_px: int = STREAM_WIDTH) -> list[StripRun]:
@@ -121,7 +112,7 @@ def plan_strips(plan, width_px: int = STREAM_WIDTH) -> list[StripRun]:
         raise ScanError(f"stream width must be a whole number of map pixels >= 1, got {width_px!r}")
     if len(plan) == 0:
         return []
-    need = planned_mask(plan)
+    need = plan.planned_mask()
     lm = plan.tile_px
     stride = plan.geometry.stride_px
     # A gap shorter than a patch's rows of map costs less to stream through than to restart after.
@@ -131,7 +122,7 @@ def plan_strips(plan, width_px: int = STREAM_WIDTH) -> list[StripRun]:
     per_strip = max(1, width_px // lm)
     n_strips = -(-(j_hi - j_lo) // per_strip)
     bounds = np.linspace(j_lo, j_hi, n_strips + 1).round().astype(int)  # strips of (nearly) equal ROI columns
-    cells = [plan._cell(k) for k in range(len(plan))]
+    corners = [plan.roi_window(k)[::2] for k in range(len(plan))]  # (first map row, first map column)
     runs: list[StripRun] = []
     for a, b in zip(bounds[:-1], bounds[1:]):
         c_lo, c_hi = int(a) * lm, min(int(b) * lm, need.shape[1])
@@ -149,12 +140,12 @@ def plan_strips(plan, width_px: int = STREAM_WIDTH) -> list[StripRun]:
         for u0, u1 in zip(starts, ends):
             used = np.flatnonzero(sub[u0:u1].any(axis=0))
             v0, v1 = c_lo + int(used[0]), c_lo + int(used[-1]) + 1
-            inside = tuple(k for k, (r0, c0, _) in enumerate(cells) if u0 <= r0 < u1 and c_lo <= c0 < c_hi)
+            inside = tuple(k for k, (r0, c0) in enumerate(corners) if u0 <= r0 < u1 and c_lo <= c0 < c_hi)
             runs.append(StripRun(u0, u1, v0, v1, inside))
     return runs
 
 
-def chunk_bounds(n_rows: int, stride_px: int, rows_per_chunk: int) -> list[int]:
+def chunk_bounds(n_rows: int, alpha: int, rows_per_chunk: int) -> list[int]:
     """Input-row boundaries of a run of ``n_rows`` map rows pushed ``rows_per_chunk`` map rows' worth at a time.
 
     Every chunk has ``stride * rows_per_chunk`` input rows (512 at alpha 16 and
@@ -164,19 +155,11 @@ def chunk_bounds(n_rows: int, stride_px: int, rows_per_chunk: int) -> list[int]:
     and no chunk holds more than one chunk's rows (the memory bound).
     """
     n = rows_per_chunk * -(-n_rows // rows_per_chunk)
-    total = geometry.PATCH_PX + stride_px * (n - 1)
-    return list(range(0, total, stride_px * rows_per_chunk)) + [total]
+    total = geometry.roi_px(n, alpha)
+    return list(range(0, total, geometry.output_stride_px(alpha) * rows_per_chunk)) + [total]
 
 
 # --------------------------------------------------------------------------- the detector, row by row
-
-
-def _compile(fn: Callable) -> Callable:
-    """``fn`` compiled once per input shape (``xla.static_graphs``), as ``KerasDetector.predict`` is.
-
-    A strip shows each op a few shapes only (``chunk_bounds``, ``WIDTH_QUANTUM``).
-    """
-    return static_graphs(fn)
 
 
 class _RowOp:
@@ -248,7 +231,7 @@ class DetectorStream:
                     x = layer(x)
                 return x
 
-            return _compile(fn)
+            return static_graphs(fn)
 
         def conv_ops(block: int) -> list[_RowOp]:
             out = []
@@ -277,8 +260,8 @@ class DetectorStream:
             pool = get(f"dense_pool{level}")
             # The layer crops ``margin`` rows on each side itself, so it reads 2 margin + window rows.
             return [
-                _RowOp(f"pfe{level}", _compile(pfe), k),
-                _RowOp(pool.name, _compile(pool), 2 * pool.margin + pool.window, pool.stride),
+                _RowOp(f"pfe{level}", static_graphs(pfe), k),
+                _RowOp(pool.name, static_graphs(pool), 2 * pool.margin + pool.window, pool.stride),
             ]
 
         first = [_RowOp("normalise", layers("normalise"), 1)] + conv_ops(1)
@@ -286,7 +269,7 @@ class DetectorStream:
         self._trunk = {3: first, 4: [pool_op(3)] + conv_ops(4), 5: [pool_op(4)] + conv_ops(5)}
         self._heads = {level: head_ops(level) for level in geometry.HEAD_LEVELS}
         total, classify, probs = get("pyramid_sum"), get("classifier_conv"), get("probabilities")
-        self._finish = _compile(lambda ms: probs(classify(total(ms))))
+        self._finish = static_graphs(lambda ms: probs(classify(total(ms))))
         self._pending: dict[int, list] = {}
         self.reset()
 
@@ -407,11 +390,11 @@ def scan_map_streaming(slide_path, run, plan, options: ScanSettings, checkpoint_
     work = plan_strips(plan, options.stream_width)
     stride = plan.geometry.stride_px
     origin = geometry.map_origin_px(plan.geometry.alpha)
-    bounds = [chunk_bounds(w.u1 - w.u0, stride, options.stream_rows) for w in work]
+    bounds = [chunk_bounds(w.u1 - w.u0, plan.geometry.alpha, options.stream_rows) for w in work]
     fingerprint = dict(fingerprint or {}, plan=plan.describe(), run=run.describe(), stream=stream_settings(options))
     fid = engine.fingerprint_id(fingerprint)
     stats = engine.ScanStats(n_rois=len(plan))
-    need = planned_mask(plan)
+    need = plan.planned_mask()
     prob_map, done = np.zeros(plan.map_shape, np.float32), np.zeros(len(plan), bool)
     position, state = (0, 0), None
     warn = (progress or engine.quiet_progress(options)).warning
@@ -433,7 +416,7 @@ def scan_map_streaming(slide_path, run, plan, options: ScanSettings, checkpoint_
     def read(ri: int, ci: int) -> np.ndarray:
         w = work[ri]
         y0, y1 = bounds[ri][ci], bounds[ri][ci + 1]
-        width = geometry.PATCH_PX + stride * (w.computed_shape(options.stream_rows)[1] - 1)
+        width = geometry.roi_px(w.computed_shape(options.stream_rows)[1], plan.geometry.alpha)
         return plan.read.read(readers.get(), (w.v0 * stride - origin, w.u0 * stride - origin + y0), (width, y1 - y0))
 
     t_start = time.perf_counter()
@@ -500,5 +483,5 @@ def scan_map_streaming(slide_path, run, plan, options: ScanSettings, checkpoint_
     if checkpoint_path and dirty:
         save(here, None)
     stats.wall_s = time.perf_counter() - t_start
-    stats.input_px = sum(w.input_px(stride, options.stream_rows) for w in work)
+    stats.input_px = sum(w.input_px(plan.geometry.alpha, options.stream_rows) for w in work)
     return prob_map, stats
