@@ -45,6 +45,7 @@ from pfascannet.inference.model_run import ModelRun
 from pfascannet.inference.scan_settings import ScanSettings
 from pfascannet.layout import RunFolder, ScanFolder
 from pfascannet.model.detector import build_detector, transfer_weights
+from pfascannet.model.precision import dtype_policy
 from pfascannet.progress import LOGGER
 from pfascannet.training.settings import TrainSettings
 
@@ -67,6 +68,7 @@ def mine_from_slides(
     alpha: int = geometry.PAPER_ALPHA,
     roi_px: int = geometry.PAPER_ROI_PX,
     batch: int = 2,
+    precision: str = "float32",
 ) -> list[sampling.PatchSample]:
     """One mining round: dense maps of ``sampler``'s slides -> hard-negative samples.
 
@@ -81,13 +83,15 @@ def mine_from_slides(
         so one slide full of mimics does not take the whole round.
       alpha, roi_px: the scan grid (the paper's 16 / 2708 by default).
       batch: ROIs per model call.
+      precision: the scan's precision, the run's own (a bf16 run mines at bf16, 2x the float32
+        speed on an AVX512-BF16 CPU; BENCHMARKS.md, issue 24).
 
     Returns:
       ``hard_negative`` samples (label 0) centred on the maxima, by decreasing probability.
     """
 
     per_slide = max(4, max_keep // 4) if per_slide is None else int(per_slide)
-    detector = _detector(model_config, alpha)
+    detector = _detector(model_config, alpha, precision)
     transfer_weights(model, detector)
     run = ModelRun(KerasDetector(detector, alpha, roi_px), geometry.ScanGeometry(alpha=alpha, roi_px=roi_px),
                    name="training weights")
@@ -136,15 +140,16 @@ def negatives_from_map(
 _DETECTORS: dict = {}
 
 
-def _detector(model_config, alpha: int):
+def _detector(model_config, alpha: int, precision: str = "float32"):
     """One detector model per (config, alpha) for the whole run: each round loads the current weights into it.
 
     A new Keras model every round kept its traced functions alive: resident
     memory stepped up ~0.2 GB a round in a 2,000-step run (BENCHMARKS.md).
     """
-    key = (model_config, alpha)
+    key = (model_config, alpha, precision)
     if key not in _DETECTORS:
-        _DETECTORS[key] = build_detector(model_config, alpha=alpha, input_px=None)
+        with dtype_policy(precision):
+            _DETECTORS[key] = build_detector(model_config, alpha=alpha, input_px=None)
     return _DETECTORS[key]
 
 
@@ -176,7 +181,7 @@ def run_round(s: TrainSettings, sampler, reader, model, model_config, chief: boo
     m = s.mining
     if m.source == "slides":
         found = mine_from_slides(model, model_config, sampler, RunFolder(workdir).mining_dir(step),
-                                 threshold=m.threshold, max_keep=m.max_keep)
+                                 threshold=m.threshold, max_keep=m.max_keep, precision=s.model.precision)
         what = f"{len(sampler.slides)} training slides scanned"
     else:
         miner = sampling.HardNegativeMiner(
