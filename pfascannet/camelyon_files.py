@@ -138,6 +138,9 @@ def read_slide_scores(path: str | os.PathLike, error: type[Exception] = Camelyon
 
 SLIDES_COLUMNS = ("slide", "patient", "node", "split", "label", "centre", "width", "height")
 TRUTH_LESIONS_COLUMNS = ("slide", "lesion_id", "class", "centre_x", "centre_y", "major_axis_um")
+MIMICS_COLUMNS = ("slide", "mimic_id", "kind", "centre_x", "centre_y", "major_axis_um", "x0", "y0", "x1", "y1")
+"""A synthetic cohort's ``mimics.csv``: each hard mimic (germinal centre, sinus histiocytes) the generator drew,
+its centroid and bounding box in level-0 px.  Real Camelyon data has no such file."""
 
 _TUMOUR_WORDS = {"tumor": True, "tumour": True, "normal": False}
 
@@ -347,6 +350,45 @@ def read_truth_lesions(path: str | os.PathLike, error: type[Exception] = Camelyo
         if x is None or y is None:
             raise error(f"{path}:{lineno}: centre_x/centre_y must be finite numbers, got {csv_rows.show(row)}")
         out.setdefault(row[col["slide"]].strip(), []).append((x, y, cls))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Mimic:
+    """One hard mimic of a synthetic slide (a row of ``mimics.csv``), level-0 px."""
+
+    slide: str
+    kind: str
+    centre_xy: tuple[float, float]
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1
+
+    def near(self, x: float, y: float, margin_px: float) -> bool:
+        """Whether ``(x, y)`` lies in the bounding box grown by ``margin_px`` on every side."""
+        x0, y0, x1, y1 = self.box
+        return x0 - margin_px <= x <= x1 + margin_px and y0 - margin_px <= y <= y1 + margin_px
+
+
+def write_mimics_csv(path: str | os.PathLike, rows: Sequence[Mapping]) -> None:
+    """A synthetic cohort's ``mimics.csv`` (``MIMICS_COLUMNS``) from row dicts."""
+    io_utils.write_text(path, _table_text(MIMICS_COLUMNS, rows))
+
+
+def read_mimics(path: str | os.PathLike, error: type[Exception] = CamelyonFileError) -> dict[str, list[Mimic]]:
+    """Reads a ``mimics.csv``: ``{slide: [Mimic]}`` (strict: every column of ``MIMICS_COLUMNS``, finite numbers)."""
+    rows = csv_rows.read_rows(path, error)
+    header = [c.strip() for c in rows[0][1]] if rows else []
+    if not rows or rows[0][0] != 1 or set(MIMICS_COLUMNS) - set(header):
+        raise error(f"{path}: first line must be a header with columns {list(MIMICS_COLUMNS)}, got {header}")
+    col = {name: header.index(name) for name in MIMICS_COLUMNS}
+    out: dict[str, list[Mimic]] = {}
+    for lineno, row in rows[1:]:
+        if len(row) != len(header):
+            raise error(f"{path}:{lineno}: expected {len(header)} fields like the header, got {csv_rows.show(row)}")
+        nums = [csv_rows.finite(row[col[k]]) for k in ("centre_x", "centre_y", "x0", "y0", "x1", "y1")]
+        if any(v is None for v in nums):
+            raise error(f"{path}:{lineno}: centre and box must be finite numbers, got {csv_rows.show(row)}")
+        sid = row[col["slide"]].strip()
+        out.setdefault(sid, []).append(Mimic(sid, row[col["kind"]].strip(), (nums[0], nums[1]), tuple(nums[2:])))
     return out
 
 

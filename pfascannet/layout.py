@@ -53,6 +53,11 @@ class CohortFolder:
         return os.path.join(self.root, "lesions.csv")
 
     @property
+    def mimics_csv(self) -> str:
+        """``mimics.csv``: the synthetic generator's hard mimics (``camelyon_files.MIMICS_COLUMNS``); not a Camelyon file."""
+        return os.path.join(self.root, "mimics.csv")
+
+    @property
     def cohort_json(self) -> str:
         return os.path.join(self.root, "cohort.json")
 
@@ -274,7 +279,7 @@ SCAN_REL = ScanFolder("")
 # ----------------------------------------------------------------------------
 # R/: evaluation reports (``pfascannet froc|auc|pn-stage|kappa --out R/<metric>``; table1, eval-heldout)
 
-REPORT_METRICS = ("froc", "auc", "pn_stage", "kappa")
+REPORT_METRICS = ("froc", "auc", "pn_stage", "kappa", "slide_classifier")
 FROC_PNG = "froc.png"
 ROC_PNG = "roc.png"
 PN_SUBMISSION_CSV = "submission.csv"
@@ -308,6 +313,11 @@ class ReportFolder:
     @property
     def kappa(self) -> str:
         return self.metric("kappa")
+
+    @property
+    def slide_classifier(self) -> str:
+        """The second named slide score's AUC report (``evaluation.slide_classifier``)."""
+        return self.metric("slide_classifier")
 
     def report_md(self, metric: str) -> str:
         """``<metric>/<metric>.md`` (``metric_reports.write_report``; beside it ``<metric>.json``)."""

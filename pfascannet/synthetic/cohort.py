@@ -441,7 +441,7 @@ def make_cohort(
     folder = CohortFolder(out_dir)
     for sub in (out_dir, folder.images, folder.annotations, folder.masks, folder.tissue):
         io_utils.remove_stale_temps(sub)
-    slides, lesion_rows, stages, nodes = [], [], {}, {}
+    slides, lesion_rows, mimic_rows, stages, nodes = [], [], [], {}, {}
     for entry in planned:
         plan, label = entry.plan, entry.label
         sid = plan.slide_id
@@ -461,6 +461,15 @@ def make_cohort(
                 "centre_x": int(round(centroid[0])), "centre_y": int(round(centroid[1])),
                 "major_axis_um": round(lesion.major_axis_um, 1),
             })
+        for k, (kind, poly) in enumerate(plan.mimics):
+            _, centroid, _ = lesion_lib.polygon_moments(poly)
+            (x0, y0), (x1, y1) = poly.min(0), poly.max(0)
+            mimic_rows.append({
+                "slide": sid, "mimic_id": k, "kind": kind,
+                "centre_x": int(round(centroid[0])), "centre_y": int(round(centroid[1])),
+                "major_axis_um": round(lesion_lib.major_axis_px(poly) * mpp, 1),
+                "x0": int(np.floor(x0)), "y0": int(np.floor(y0)), "x1": int(np.ceil(x1)), "y1": int(np.ceil(y1)),
+            })
         if progress is not None:
             progress(f"{sid}: {label}, {plan.width}x{plan.height} px, {len(plan.lesions)} lesion(s), "
                      f"{len(plan.mimics)} mimic(s), {time.perf_counter() - t0:.1f} s")
@@ -468,6 +477,7 @@ def make_cohort(
     camelyon_files.write_camelyon17_csv(folder.stages_csv, stages, nodes)
     camelyon_files.write_slides_csv(folder.slides_csv, slides)
     camelyon_files.write_truth_lesions_csv(folder.lesions_csv, lesion_rows)
+    camelyon_files.write_mimics_csv(folder.mimics_csv, mimic_rows)  # what evaluation counts false positives on
     settings = {
         "generator": "pfascannet.synthetic", "version": GENERATOR_VERSION, "seed": seed,
         "patients": patients, "nodes_per_patient": nodes_per_patient, "slide_size": slide_size,

@@ -123,6 +123,12 @@ def rescale_cohort(src_dir: str, dst_dir: str, mpp: float, *, workers: Optional[
         for key in ("centre_x", "centre_y"):
             row[key] = int(round((float(row[key]) + 0.5) / s - 0.5))
     _write_csv(dst.lesions_csv, lesions)
+    mimics = _read_csv(src.mimics_csv)
+    for row in mimics:
+        s = scales.get(row["slide"], 1.0)
+        for key in ("centre_x", "centre_y", "x0", "y0", "x1", "y1"):
+            row[key] = int(round((float(row[key]) + 0.5) / s - 0.5))
+    _write_csv(dst.mimics_csv, mimics)
     if os.path.exists(src.stages_csv):
         shutil.copyfile(src.stages_csv, dst.stages_csv)
     meta_path = src.cohort_json
