@@ -135,7 +135,9 @@ def run_demo(s: DemoSettings, log: Optional[workflow.Log] = None) -> dict:
         f"{timing.get('wall_s', 0):.0f} s on {platform.machine()} with {os.cpu_count()} CPU(s)",
         "FROC: " + ", ".join(_froc_value(ev["froc"].get(k)) + f" {froc.SCORE_SHORT[k]}" for k in froc.SCORE_KEYS)
         + f" (each rule named under the table; the paper does not say which one its FROC uses); "
-        f"AUC {ev['auc']['auc']:.3f}",
+        f"slide AUC {ev['auc']['auc']:.3f} (map maximum), " + (
+            f"{ev['slide_classifier']['auc']:.3f} (slide classifier: a random forest on the training slides' maps)"
+            if ev.get("slide_classifier") else "no slide classifier (the training slides are of one class)"),
     ]
     artefacts = [
         ("slides, annotations, masks, stage CSV", cohort_dir),
@@ -146,7 +148,8 @@ def run_demo(s: DemoSettings, log: Optional[workflow.Log] = None) -> dict:
         ("slide scores", scan.slide_scores_csv),
         ("contours (GeoJSON, ASAP XML)", scan.contours),
         ("FROC report", report.report_md("froc")),
-        ("AUC report", report.report_md("auc")),
+        ("AUC report (map maximum)", report.report_md("auc")),
+        ("AUC report (slide classifier)", report.report_md("slide_classifier")),
         ("pN-stage submission (Camelyon17 CSV)", report.pn_submission_csv),
     ]
     md, page = results_page.write_demo_report(

@@ -13,10 +13,12 @@ def test_table1_has_the_three_named_froc_scores():
     md = results_page.table1_markdown([row, {"method": "patch-wise", "s_per_roi": 60.0, "min_per_wsi": 400.0}])
     lines = md.splitlines()
     header = [c.strip() for c in lines[2].strip("|").split("|")]
-    assert header[3:6] == ["FROC (interpolated)", "FROC (nearest point)", "FROC (organisers' grading)"]
+    assert header[2:4] == ["AUC (map max)", "AUC (classifier)"]  # both named slide scores (issue 21)
+    assert header[4:7] == ["FROC (interpolated)", "FROC (nearest point)", "FROC (organisers' grading)"]
     cells = [c.strip() for c in lines[4].strip("|").split("|")]
-    assert cells[3:6] == ["80.6%", "83.3%", "72.2%"] and cells[6] == "-"
-    assert [c.strip() for c in lines[5].strip("|").split("|")][3:6] == ["-", "-", "-"]
+    assert cells[2:4] == ["50.0%", "-"]  # no slide classifier in this evaluation
+    assert cells[4:7] == ["80.6%", "83.3%", "72.2%"] and cells[7] == "-"
+    assert [c.strip() for c in lines[5].strip("|").split("|")][4:7] == ["-", "-", "-"]
     for key in froc.SCORE_KEYS:
         assert froc.SCORE_NAMES[key] in md
     assert froc.PAPER_COMPARABILITY in md

@@ -175,7 +175,7 @@ def test_cohort_run_export_report_names():
     assert (m.saved_model, m.keras, m.export_json) == (
         os.path.join("M", "saved_model"), os.path.join("M", "detector.keras"), os.path.join("M", "export.json"))
     r = ReportFolder("R")
-    assert (r.froc, r.auc, r.pn_stage, r.kappa) == tuple(os.path.join("R", n) for n in layout.REPORT_METRICS)
+    assert (r.froc, r.auc, r.pn_stage, r.kappa, r.slide_classifier) == tuple(os.path.join("R", n) for n in layout.REPORT_METRICS)
     assert r.report_md("froc") == os.path.join("R", "froc", "froc.md")
     with pytest.raises(ValueError):
         r.metric("nope")

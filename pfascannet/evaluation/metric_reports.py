@@ -89,11 +89,19 @@ def auc_markdown(rep: Mapping, note: Optional[str] = None) -> str:
     lines = ["# Camelyon16 slide-level AUC", ""]
     if note:
         lines += [f"> {note}", ""]
+    if rep.get("slide_score_name"):
+        lines += [f"Slide score: {rep['slide_score_name']}.", ""]
     lines += [f"- **AUC** = {_fmt(rep['auc'])}{_ci(rep.get('auc_ci'))} (sklearn roc_auc_score)",
               f"- slides {rep['n_slides']}: {rep['n_tumour']} tumour, {rep['n_normal']} normal"]
     if rep.get("bootstrap"):
         b = rep["bootstrap"]
         lines.append(f"- CI: percentile bootstrap over slides, {b['n']} resamples, seed {b['seed']}")
+    c = rep.get("classifier")
+    if c:
+        lines += ["", f"Random forest ({c['n_estimators']} trees, seed {c['seed']}, balanced classes) trained on the "
+                      f"{c['n_train_slides']} `{c['train_split']}` slides' maps ({c['n_train_tumour']} tumour). "
+                      "Feature importances:", "", "| feature | importance |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in sorted(c["importances"].items(), key=lambda kv: -kv[1])]
     return "\n".join(lines) + "\n"
 
 

@@ -15,7 +15,8 @@ from typing import Callable, Iterable, Mapping, Optional
 
 from pfascannet import camelyon, camelyon_files
 from pfascannet.errors import PfaError
-from pfascannet.evaluation import features, froc, metric_reports, pn_stage, reference, slide_metrics, submission
+from pfascannet.evaluation import (features, froc, metric_reports, pn_stage, reference, slide_classifier,
+                                   slide_metrics, submission)
 from pfascannet.layout import FROC_PNG, PN_FEATURES_CSV, PN_SUBMISSION_CSV, ROC_PNG, ReportFolder, ScanFolder
 
 
@@ -103,22 +104,73 @@ def scores_from_lesions(folder: str, slides, known_slides: Optional[Iterable[str
 def auc_report(scores: Mapping[str, float], refs: Mapping[str, reference.SlideRef], out_dir: str, *,
                missing_score: Optional[float] = None, n_bootstrap: int = 1000, seed: int = 0,
                note: Optional[str] = None, known_slides: Optional[Iterable[str]] = None,
-               ignore_extra: bool = False, source: Optional[str] = None) -> dict:
-    """Slide-level AUC with a bootstrap CI; writes auc.{json,md} and roc.png.
+               ignore_extra: bool = False, source: Optional[str] = None,
+               slide_score: Optional[str] = "map_max", name: str = "auc", extra: Optional[Mapping] = None) -> dict:
+    """Slide-level AUC with a bootstrap CI; writes <name>.{json,md} and roc.png.
 
     ``known_slides`` (every slide of the reference file) and ``ignore_extra``
     are as in ``slide_metrics.match_scores``; ``source`` names the scores' file.
+    ``slide_score`` names the score (``slide_classifier.SCORE_NAMES``; None: a
+    submission's own scores); ``extra`` adds entries to the report.
     """
     names, labels, values = slide_metrics.match_scores({s: int(r.tumour) for s, r in refs.items()},
                                                        scores, missing_score, known_slides=known_slides,
                                                        ignore_extra=ignore_extra, source=source)
     rep = slide_metrics.auc_with_ci(labels, values, n_bootstrap=n_bootstrap, seed=seed)
+    rep["slide_score"] = slide_score
+    rep["slide_score_name"] = slide_classifier.SCORE_NAMES.get(slide_score, "the submission's slide scores")
     rep["slides"] = [{"slide": n, "tumour": y, "score": s} for n, y, s in zip(names, labels, values)]
+    rep.update(extra or {})
     rep["note"] = note
-    metric_reports.write_report(out_dir, "auc", rep, metric_reports.auc_markdown(rep, note))
+    metric_reports.write_report(out_dir, name, rep, metric_reports.auc_markdown(rep, note))
     slide_metrics.plot_roc(os.path.join(out_dir, ROC_PNG), labels, values,
-                           title=_title("Slide-level ROC", note))
+                           title=_title(f"Slide-level ROC: {slide_score or 'submitted scores'}", note))
     return rep
+
+
+def map_features(maps_dir: str, slides: Iterable[str]) -> dict[str, dict[str, float]]:
+    """``features.slide_features`` of each slide's ``<slide>.npy`` in a scan's maps folder (ids in any case)."""
+    if not os.path.isdir(maps_dir):
+        raise PfaError(f"maps folder {maps_dir}: not a folder")
+    maps = {f[:-4].casefold(): os.path.join(maps_dir, f) for f in sorted(os.listdir(maps_dir))
+            if f.lower().endswith(".npy") and not f.startswith(".")}
+    out = {}
+    for slide in sorted(slides):
+        path = maps.get(slide.casefold())
+        if path is None:
+            raise PfaError(f"no probability map for slide {slide}: {os.path.join(maps_dir, slide + '.npy')}")
+        out[slide] = features.features_from_map_file(path)
+    return out
+
+
+def slide_classifier_report(maps_dir: str, refs: Mapping[str, reference.SlideRef], out_dir: str, *,
+                            train_split: str = "train", test_split: Optional[str] = "test", n_bootstrap: int = 1000,
+                            seed: int = 0, note: Optional[str] = None, known_slides: Optional[Iterable[str]] = None,
+                            warn: Callable[[str], None] = print) -> Optional[dict]:
+    """The second named slide score (``slide_classifier``): a forest on the ``train_split`` slides' map
+    features scores the ``test_split`` slides; AUC report ``slide_classifier.{json,md}`` and roc.png in ``out_dir``.
+
+    Returns None (with a warning) when the training slides hold only one class.
+    """
+    train = reference.select_split(refs, train_split)
+    test = {s: r for s, r in reference.select_split(refs, test_split).items() if s not in train}  # never its own
+    if not test:
+        raise PfaError(f"the slide classifier has no slide to score outside its {train_split!r} split")
+    feats = map_features(maps_dir, set(train) | set(test))
+    forest = slide_classifier.fit(feats, {s: r.tumour for s, r in train.items()}, seed=seed)
+    if forest is None:
+        warn(f"warning: the {train_split!r} slides are all of one class: no slide classifier, map maximum only")
+        return None
+    scores = slide_classifier.score(forest, feats, sorted(test))
+    n_tumour = sum(r.tumour for r in train.values())
+    return auc_report(scores, test, out_dir, n_bootstrap=n_bootstrap, seed=seed, note=note,
+                      known_slides=refs if known_slides is None else known_slides, source=maps_dir,
+                      slide_score="classifier", name="slide_classifier",
+                      extra={"classifier": {"features": list(slide_classifier.SLIDE_FEATURES),
+                                            "train_split": train_split, "n_train_slides": len(train),
+                                            "n_train_tumour": n_tumour, "seed": seed,
+                                            "n_estimators": slide_classifier.N_ESTIMATORS,
+                                            "importances": slide_classifier.importances(forest)}})
 
 
 def pn_stage_report(maps_dir: str, refs: Mapping[str, reference.SlideRef], out_dir: str, *,
@@ -138,8 +190,6 @@ def pn_stage_report(maps_dir: str, refs: Mapping[str, reference.SlideRef], out_d
     test = reference.select_split(refs, test_split)
     # Slide ids match in any case (the stage CSV's patient_000_node_0.tif, a file Patient_000_Node_0.tif).
     table_nodes = {k.casefold(): v for k, v in table.nodes.items()} if table is not None else {}
-    maps = {f[:-4].casefold(): os.path.join(maps_dir, f) for f in sorted(os.listdir(maps_dir))
-            if f.lower().endswith(".npy") and not f.startswith(".")}
 
     def node_label(slide: str):
         label = refs[slide].node_label
@@ -156,12 +206,7 @@ def pn_stage_report(maps_dir: str, refs: Mapping[str, reference.SlideRef], out_d
     absent = [c for c, n in counts.items() if not n]
     if absent:
         warn(f"warning: no training slide of class {', '.join(absent)}: the forest cannot predict it")
-    feats = {}
-    for slide in sorted(set(train) | set(test)):
-        path = maps.get(slide.casefold())
-        if path is None:
-            raise PfaError(f"no probability map for slide {slide}: {os.path.join(maps_dir, slide + '.npy')}")
-        feats[slide] = features.features_from_map_file(path)
+    feats = map_features(maps_dir, set(train) | set(test))
     features.write_features_csv(os.path.join(out_dir, PN_FEATURES_CSV), feats)
 
     predicted, patient_stages = pn_stage.stage_cohort(feats, train_labels, sorted(test),
@@ -202,8 +247,12 @@ def evaluate_scan(scan_dir: str, cohort_dir: str, out_dir: str, *, split: str = 
     The scan folder holds ``lesions/``, ``maps/`` and ``slide_scores.csv``.
     Reports land in ``out_dir/{froc,auc,pn_stage}``.
 
+    The second named slide score (``slide_classifier``: a forest on the
+    ``train`` slides' maps) lands in ``out_dir/slide_classifier``.
+
     Returns:
-      ``{"froc": ..., "auc": ..., "pn_stage": ...}`` report dicts (``pn_stage`` None without node labels).
+      ``{"froc": ..., "auc": ..., "pn_stage": ..., "slide_classifier": ...}`` report dicts (``pn_stage`` None
+      without node labels, ``slide_classifier`` None without training slides of both classes).
     """
     from pfascannet import datasets  # noqa: PLC0415  (datasets reads references through this package)
 
@@ -227,5 +276,8 @@ def evaluate_scan(scan_dir: str, cohort_dir: str, out_dir: str, *, split: str = 
         "pn_stage": pn_stage_report(scan.maps, refs_all, report.pn_stage,
                                     stages=ds.stages_path, test_split=split, seed=seed, note=note,
                                     warn=warn) if has_nodes else None,
+        "slide_classifier": slide_classifier_report(
+            scan.maps, refs_all, report.slide_classifier, test_split=split, n_bootstrap=n_bootstrap, seed=seed,
+            note=note, warn=warn) if any((r.split or "").lower() == "train" for r in refs_all.values()) else None,
     }
     return out

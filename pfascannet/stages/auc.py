@@ -11,6 +11,13 @@ Slide ids match in any case (CAMELYON16's reference.csv says ``Test_001``, its
 slide ``test_001.tif``).
 
 Writes ``auc.json``, ``auc.md`` and ``roc.png`` to ``--out``.
+
+With ``--maps_dir`` (a scan's ``maps/``, training slides included) the second
+named slide score is reported beside the first: a random forest on map
+features, trained on the ``--train_split`` slides' maps
+(``evaluation.slide_classifier``), in ``--out/slide_classifier/``:
+
+  pfascannet auc --scores S/slide_scores.csv --maps_dir S/maps --reference C --split test --out R/auc
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from absl import flags
 from pfascannet import datasets
 from pfascannet import settings as settings_lib
 from pfascannet.errors import PfaError
+from pfascannet.layout import ReportFolder
 from pfascannet.evaluation import metric_reports, reference, run, slide_metrics
 from pfascannet.settings import setting
 
@@ -42,6 +50,10 @@ class AucCommand:
     missing_score: Optional[float] = setting(None, help="Score for reference slides the input lacks (default: error).")
     ignore_extra: bool = setting(False, help="Skip scores (or lesion CSVs) of slides the reference does not list "
                                              "(default: error).")
+    maps_dir: Optional[str] = setting(
+        None, help="A scan's maps folder: also report the slide classifier (a forest on map features trained on "
+                   "--train_split's maps) as a second named slide score.")
+    train_split: str = setting("train", help="With --maps_dir: the split the slide classifier learns from.")
     n_bootstrap: int = setting(1000, help="Bootstrap resamples for the CI (0: none).")
     seed: int = setting(0, help="Bootstrap seed.")
     note: Optional[str] = setting(None, help="A line for the report (default: synthetic-cohort note when detected).")
@@ -66,11 +78,25 @@ def main(argv):
             raise PfaError(f"--lesions_dir {FLAGS.lesions_dir}: not a folder")
         scores = run.scores_from_lesions(FLAGS.lesions_dir, refs, known_slides=all_refs,
                                          ignore_extra=FLAGS.ignore_extra)
+    if FLAGS.maps_dir and not os.path.isdir(FLAGS.maps_dir):
+        raise PfaError(f"--maps_dir {FLAGS.maps_dir}: not a folder")
+    note = FLAGS.note or metric_reports.synthetic_note_for(FLAGS.reference)
     rep = run.auc_report(scores, refs, FLAGS.out, missing_score=FLAGS.missing_score,
-                         n_bootstrap=FLAGS.n_bootstrap, seed=FLAGS.seed,
-                         note=FLAGS.note or metric_reports.synthetic_note_for(FLAGS.reference),
+                         n_bootstrap=FLAGS.n_bootstrap, seed=FLAGS.seed, note=note,
                          known_slides=all_refs, ignore_extra=FLAGS.ignore_extra,
-                         source=FLAGS.scores or FLAGS.lesions_dir)
+                         source=FLAGS.scores or FLAGS.lesions_dir,
+                         slide_score="map_max" if FLAGS.lesions_dir else None)
+    _print_auc("AUC", rep, os.path.join(FLAGS.out, "auc.md"))
+    if FLAGS.maps_dir:
+        out = ReportFolder(FLAGS.out).metric("slide_classifier")
+        clf = run.slide_classifier_report(FLAGS.maps_dir, all_refs, out, train_split=FLAGS.train_split,
+                                          test_split=FLAGS.split, n_bootstrap=FLAGS.n_bootstrap, seed=FLAGS.seed,
+                                          note=note)
+        if clf is not None:
+            _print_auc("AUC (slide classifier)", clf, ReportFolder(FLAGS.out).report_md("slide_classifier"))
+
+
+def _print_auc(what: str, rep: dict, md: str) -> None:
     ci = rep["auc_ci"]
-    print(f"AUC = {rep['auc']:.4f}" + (f"  (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""))
-    print(f"report: {os.path.join(FLAGS.out, 'auc.md')}")
+    print(f"{what} = {rep['auc']:.4f}" + (f"  (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""))
+    print(f"report: {md}")
