@@ -2,12 +2,16 @@
 
 Patch AUC on balanced patches says little about a whole slide: the slide
 score is the map's maximum, so the tail of the map over normal tissue decides
-it.  ``evaluate_seed`` makes a cohort of the demo's default size with a given
-seed (if absent), exports the weights at alpha 16 / ROI 2708, scans the
-``test``-split slides densely and reports slide AUC, the three named
-Camelyon16 FROC scores, sensitivity per lesion class and the map's
-calibration (``calibration``).  Used by ``pfascannet eval-heldout`` and
-``experiments/bench_training.py``.
+it.  ``evaluate_seed`` makes a cohort with a given seed (the demo's default
+size unless told otherwise; made if absent), exports the weights at alpha 16 /
+ROI 2708, scans its slides densely and reports on the ``test`` split: slide
+AUC under both named slide scores (the map maximum, and the slide classifier
+trained on the ``train`` split's maps), the three named Camelyon16 FROC
+scores, sensitivity per lesion class, the false positives on normal slides
+(``false_positives``: how many lesion candidates >= 0.5 each normal slide
+holds, and how many of them lie on the generator's recorded mimics) and the
+map's calibration (``calibration``: normal tissue >= 0.5, the slide maxima).
+Used by ``pfascannet eval-heldout`` and ``experiments/bench_training.py``.
 
 Synthetic slides: the numbers measure the pipeline, not clinical accuracy.
 """
@@ -15,21 +19,69 @@ Synthetic slides: the numbers measure the pipeline, not clinical accuracy.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
+from typing import Optional
 
 import numpy as np
 
-from pfascannet import datasets, demo, geometry, workflow
-from pfascannet.camelyon import MASK_DOWNSAMPLE
+from pfascannet import camelyon_files, datasets, demo, geometry, workflow
+from pfascannet.camelyon import LEVEL0_MPP, MASK_DOWNSAMPLE
+from pfascannet.errors import PfaError
 from pfascannet.evaluation import froc, reference, run, submission
 from pfascannet.evaluation.features import read_probability_map
 from pfascannet.inference.plan import tissue_on_map
 from pfascannet.layout import CohortFolder, ReportFolder, ScanFolder
 from pfascannet.slide.reader import SlideReader
 from pfascannet.slide.tissue import tissue_mask
+from pfascannet.synthetic.cohort import plan_cohort
 
 PERCENTILES = (50, 90, 99, 99.9)
+
+FP_THRESHOLD = 0.5
+"""A lesion candidate at or above this probability on a normal slide is a false positive of the report."""
+
+MIMIC_MARGIN_UM = 50.0
+"""A false positive within this distance of a mimic's bounding box counts as on that mimic (map stride 7.8 um,
+candidate reach 100 um: a blob's maximum can sit just outside the drawn outline)."""
+
+
+def false_positives(lesions_dir: str, cohort_dir: str, slides: dict, threshold: float = FP_THRESHOLD) -> dict:
+    """Lesion candidates >= ``threshold`` on the normal slides of ``slides``, and their share on recorded mimics.
+
+    The mimics come from the cohort's ``mimics.csv`` (synthetic cohorts; ``on_mimics`` is None without one).
+    """
+    cohort = CohortFolder(cohort_dir)
+    normal = sorted(s for s, r in slides.items() if not r.tumour)
+    mimics = camelyon_files.read_mimics(cohort.mimics_csv) if os.path.exists(cohort.mimics_csv) else None
+    mpp = LEVEL0_MPP
+    if os.path.exists(cohort.cohort_json):
+        with open(cohort.cohort_json, encoding="utf-8") as f:
+            mpp = float(json.load(f).get("mpp", LEVEL0_MPP))
+    margin_px = MIMIC_MARGIN_UM / mpp
+    per_slide, on_mimic, by_kind = {}, 0, {}
+    for sid in normal:
+        path = submission.lesion_csv(lesions_dir, sid)
+        det = submission.read_detections_csv(path) if path else np.zeros((0, 3))
+        hits = det[det[:, 0] >= threshold]
+        per_slide[sid] = int(len(hits))
+        for _, x, y in hits:
+            kinds = {m.kind for m in (mimics or {}).get(sid, []) if m.near(x, y, margin_px)}
+            if kinds:
+                on_mimic += 1
+                for k in sorted(kinds):
+                    by_kind[k] = by_kind.get(k, 0) + 1
+    total = sum(per_slide.values())
+    return {
+        "threshold": threshold, "normal_slides": len(normal), "count": total,
+        "per_normal_slide": total / len(normal) if normal else None,
+        "normal_slides_with_any": sum(v > 0 for v in per_slide.values()),
+        "on_mimics": on_mimic if mimics is not None else None,
+        "share_on_mimics": (on_mimic / total if total else 0.0) if mimics is not None else None,
+        "on_mimics_by_kind": by_kind if mimics is not None else None,
+        "mimic_margin_um": MIMIC_MARGIN_UM, "per_slide": per_slide,
+    }
 
 
 def calibration(scan_dir: str, cohort_dir: str, slides: dict) -> dict:
@@ -60,10 +112,44 @@ def calibration(scan_dir: str, cohort_dir: str, slides: dict) -> dict:
             "slide_max_normal": sorted(maxima["normal"]), "slide_max_tumour": sorted(maxima["tumour"])}
 
 
-def evaluate_seed(weights: str, config: str, seed: int, workdir: str, log) -> dict:
-    """One held-out cohort: make it, export, scan its test slides, score them."""
+def cohort_size(patients: int, test_patients: int) -> workflow.CohortSettings:
+    """The demo's cohort with ``patients`` patients, ``test_patients`` of them in the test split.
+
+    At least one patient stays for training: the slide classifier learns from the training split's maps.
+    """
+    if not 1 <= test_patients < patients:
+        raise PfaError(f"--test_patients {test_patients} must be at least 1 and leave training patients of the "
+                       f"--patients {patients} (the slide classifier learns from them)")
+    cohort = dataclasses.replace(demo.SIZES["default"], patients=patients, test_fraction=test_patients / patients)
+    n_test = sum(1 for p in plan_test_patients(cohort))
+    if n_test != test_patients:  # the generator rounds the fraction
+        raise PfaError(f"{patients} patients with {test_patients} for testing: the generator gives {n_test}")
+    return cohort
+
+
+def plan_test_patients(cohort: workflow.CohortSettings) -> set:
+    """The test patients the generator draws for ``cohort`` (planning only, nothing rendered)."""
+    return {e.patient for e in plan_cohort(cohort) if e.split == "test"}
+
+
+def summary_line(r: dict) -> str:
+    """One line of a held-out cohort's result: both slide AUCs, the FROC scores, false positives."""
+    fp = r["false_positives"]
+    auc_c = r.get("auc_classifier")
+    share = fp.get("share_on_mimics")
+    return (f"seed {r['seed']}: {r['test_patients']} test patients, slide AUC {r['auc']:.3f} (map max), "
+            + (f"{auc_c:.3f} (classifier)" if auc_c is not None else "n/a (classifier)") + "; FROC "
+            + ", ".join(f"{froc.SCORE_SHORT[k]} {r[k]:.3f}" if r[k] is not None else f"{froc.SCORE_SHORT[k]} n/a"
+                        for k in froc.SCORE_KEYS)
+            + f"; {fp['per_normal_slide']:.2f} false positives >= {fp['threshold']:g} per normal slide"
+            + (f" ({100 * share:.0f} % on mimics)" if share is not None else ""))
+
+
+def evaluate_seed(weights: str, config: str, seed: int, workdir: str, log,
+                  cohort: Optional[workflow.CohortSettings] = None) -> dict:
+    """One held-out cohort (``cohort``'s size, default the demo's, with ``seed``): make it, export, scan, score."""
     cohort_dir = os.path.join(workdir, f"cohort_seed{seed}")
-    workflow.ensure_cohort(cohort_dir, dataclasses.replace(demo.SIZES["default"], seed=seed), log)
+    workflow.ensure_cohort(cohort_dir, dataclasses.replace(cohort or demo.SIZES["default"], seed=seed), log)
     export_dir = os.path.join(workdir, "model_a16")
     workflow.export_model(weights, config, export_dir, geometry.PAPER_ALPHA, geometry.PAPER_ROI_PX, log)
     return {"seed": seed, **evaluate_cohort(export_dir, cohort_dir, os.path.join(workdir, f"scan_seed{seed}"),
@@ -71,13 +157,17 @@ def evaluate_seed(weights: str, config: str, seed: int, workdir: str, log) -> di
 
 
 def evaluate_cohort(export_dir: str, cohort_dir: str, scan_dir: str, eval_dir: str) -> dict:
-    """Scans a cohort's test slides with an export and scores them (AUC, FROC, per-class sensitivity, calibration)."""
+    """Scans a cohort with an export and scores its test split (both slide scores' AUC, FROC, per-class
+    sensitivity, false positives on normal slides, calibration).
+
+    The training split is scanned too: the slide classifier learns from its maps.
+    """
     cohort, scan, report = CohortFolder(cohort_dir), ScanFolder(scan_dir), ReportFolder(eval_dir)
     slides_csv = cohort.slides_csv
     refs_all = reference.read_reference(slides_csv)
     refs = reference.select_split(refs_all, "test", source=slides_csv)
     t0 = time.perf_counter()
-    workflow.scan([export_dir], workflow.cohort_slides(cohort_dir, "test"), scan_dir)
+    workflow.scan([export_dir], workflow.cohort_slides(cohort_dir), scan_dir)
     scan_s = time.perf_counter() - t0
     fr = run.froc_report(scan.lesions, refs, report.froc,
                          masks_dir=cohort.masks, annotations_dir=cohort.annotations, images_dir=cohort.images,
@@ -85,10 +175,16 @@ def evaluate_cohort(export_dir: str, cohort_dir: str, scan_dir: str, eval_dir: s
                          known_slides=refs_all, reference_name=slides_csv)
     scores = run.scores_from_lesions(scan.lesions, refs, known_slides=refs_all)
     au = run.auc_report(scores, refs, report.auc, n_bootstrap=0, known_slides=refs_all)
+    clf = run.slide_classifier_report(scan.maps, refs_all, report.slide_classifier, n_bootstrap=0,
+                                      warn=lambda m: None)
     return {
-        "test_slides": len(refs), "scan_s": round(scan_s, 1),
-        "auc": au["auc"], **{k: fr[k] for k in froc.SCORE_KEYS},
+        "test_slides": len(refs), "test_patients": len({r.patient for r in refs.values()}),
+        "scan_s": round(scan_s, 1),
+        "auc": au["auc"], "auc_classifier": clf["auc"] if clf else None,
+        **{k: fr[k] for k in froc.SCORE_KEYS},
         "sensitivity_by_class": fr["sensitivity_by_class"],
+        "false_positives": false_positives(scan.lesions, cohort_dir, refs),
         "slide_scores": {k: float(v) for k, v in sorted(scores.items())},
+        "classifier_scores": {r["slide"]: r["score"] for r in clf["slides"]} if clf else None,
         "calibration": calibration(scan_dir, cohort_dir, refs),
     }
