@@ -19,18 +19,18 @@ Synthetic slides: the numbers measure the pipeline, not clinical accuracy.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Optional
 
 import numpy as np
 
-from pfascannet import camelyon_files, datasets, demo, geometry, workflow
-from pfascannet.camelyon import LEVEL0_MPP, MASK_DOWNSAMPLE
+from pfascannet import datasets, demo, geometry, workflow
+from pfascannet.camelyon import MASK_DOWNSAMPLE
 from pfascannet.errors import PfaError
 from pfascannet.evaluation import froc, reference, run, submission
 from pfascannet.evaluation.features import read_probability_map
+from pfascannet.evaluation.mimics import MIMIC_MARGIN_UM, CohortMimics
 from pfascannet.inference.plan import tissue_on_map
 from pfascannet.layout import CohortFolder, ReportFolder, ScanFolder
 from pfascannet.slide.reader import SlideReader
@@ -42,24 +42,14 @@ PERCENTILES = (50, 90, 99, 99.9)
 FP_THRESHOLD = 0.5
 """A lesion candidate at or above this probability on a normal slide is a false positive of the report."""
 
-MIMIC_MARGIN_UM = 50.0
-"""A false positive within this distance of a mimic's bounding box counts as on that mimic (map stride 7.8 um,
-candidate reach 100 um: a blob's maximum can sit just outside the drawn outline)."""
-
 
 def false_positives(lesions_dir: str, cohort_dir: str, slides: dict, threshold: float = FP_THRESHOLD) -> dict:
     """Lesion candidates >= ``threshold`` on the normal slides of ``slides``, and their share on recorded mimics.
 
     The mimics come from the cohort's ``mimics.csv`` (synthetic cohorts; ``on_mimics`` is None without one).
     """
-    cohort = CohortFolder(cohort_dir)
     normal = sorted(s for s, r in slides.items() if not r.tumour)
-    mimics = camelyon_files.read_mimics(cohort.mimics_csv) if os.path.exists(cohort.mimics_csv) else None
-    mpp = LEVEL0_MPP
-    if os.path.exists(cohort.cohort_json):
-        with open(cohort.cohort_json, encoding="utf-8") as f:
-            mpp = float(json.load(f).get("mpp", LEVEL0_MPP))
-    margin_px = MIMIC_MARGIN_UM / mpp
+    mimics = CohortMimics(cohort_dir)
     per_slide, on_mimic, by_kind = {}, 0, {}
     for sid in normal:
         path = submission.lesion_csv(lesions_dir, sid)
@@ -67,19 +57,19 @@ def false_positives(lesions_dir: str, cohort_dir: str, slides: dict, threshold: 
         hits = det[det[:, 0] >= threshold]
         per_slide[sid] = int(len(hits))
         for _, x, y in hits:
-            kinds = {m.kind for m in (mimics or {}).get(sid, []) if m.near(x, y, margin_px)}
-            if kinds:
-                on_mimic += 1
-                for k in sorted(kinds):
-                    by_kind[k] = by_kind.get(k, 0) + 1
+            kinds = mimics.kinds_at(sid, x, y)
+            on_mimic += bool(kinds)
+            for k in sorted(kinds):
+                by_kind[k] = by_kind.get(k, 0) + 1
     total = sum(per_slide.values())
+    known = mimics.available
     return {
         "threshold": threshold, "normal_slides": len(normal), "count": total,
         "per_normal_slide": total / len(normal) if normal else None,
         "normal_slides_with_any": sum(v > 0 for v in per_slide.values()),
-        "on_mimics": on_mimic if mimics is not None else None,
-        "share_on_mimics": (on_mimic / total if total else 0.0) if mimics is not None else None,
-        "on_mimics_by_kind": by_kind if mimics is not None else None,
+        "on_mimics": on_mimic if known else None,
+        "share_on_mimics": (on_mimic / total if total else 0.0) if known else None,
+        "on_mimics_by_kind": by_kind if known else None,
         "mimic_margin_um": MIMIC_MARGIN_UM, "per_slide": per_slide,
     }
 

@@ -19,6 +19,7 @@ from pfascannet import camelyon_files, heldout, results_page
 from pfascannet.errors import PfaError
 from pfascannet.evaluation import reference, run, slide_classifier
 from pfascannet.evaluation.features import slide_features
+from pfascannet.evaluation.mimics import MIMIC_MARGIN_UM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -150,7 +151,7 @@ def test_false_positives_counted_per_normal_slide_and_on_mimics(cohort, tmp_path
     mimics = camelyon_files.read_mimics(str(cohort / "mimics.csv"))
     sid = next(s for s in normal if mimics.get(s))
     m = mimics[sid][0]
-    margin_px = heldout.MIMIC_MARGIN_UM / 0.243
+    margin_px = MIMIC_MARGIN_UM / 0.243
     far = next((x, y) for x in range(100, 3800, 100) for y in range(100, 3800, 100)
                if not any(mm.near(x, y, 3 * margin_px) for mm in mimics[sid]))
     lesions = tmp_path / "lesions"

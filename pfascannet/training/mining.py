@@ -38,6 +38,7 @@ from typing import Optional
 from pfascannet import geometry
 from pfascannet.data import sampling
 from pfascannet.evaluation.features import read_probability_map
+from pfascannet.evaluation.mimics import CohortMimics
 from pfascannet.inference import engine
 from pfascannet.inference.detectors import KerasDetector
 from pfascannet.inference.lesions import lesion_candidates
@@ -183,6 +184,10 @@ def run_round(s: TrainSettings, sampler, reader, model, model_config, chief: boo
         found = mine_from_slides(model, model_config, sampler, RunFolder(workdir).mining_dir(step),
                                  threshold=m.threshold, max_keep=m.max_keep, precision=s.model.precision)
         what = f"{len(sampler.slides)} training slides scanned"
+        on = CohortMimics(s.data).count_on((h.slide_id, *sampler.truth(h.slide_id).centre_of((h.x, h.y)))
+                                           for h in found) if s.data else None
+        if on is not None:  # a synthetic cohort: does the round pick the generator's mimics?
+            what += f"; {on} of them on the cohort's recorded mimics"
     else:
         miner = sampling.HardNegativeMiner(
             candidates=m.candidates, threshold=m.threshold, max_keep=m.max_keep,
