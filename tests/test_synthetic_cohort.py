@@ -36,7 +36,8 @@ def _rows(path):
 
 def test_layout_tables_and_stages(cohort):
     assert sorted(os.listdir(cohort)) == sorted(
-        ["images", "annotations", "masks", "tissue", "stages.csv", "slides.csv", "lesions.csv", "cohort.json"])
+        ["images", "annotations", "masks", "tissue", "stages.csv", "slides.csv", "lesions.csv", "mimics.csv",
+         "cohort.json"])
     slides = _rows(cohort / "slides.csv")
     assert list(slides[0]) == ["slide", "patient", "node", "split", "label", "centre", "width", "height"]
     assert len(slides) == 6
