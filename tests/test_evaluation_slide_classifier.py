@@ -192,3 +192,32 @@ def test_eval_heldout_rejects_a_test_split_without_training_patients(tmp_path):
                            "--workdir", str(tmp_path / "w"), "--patients", "4", "--test_patients", "4"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode != 0 and "--test_patients 4" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_calibration_reports_normal_tissue_at_threshold_and_slide_maxima(cohort, truth_scan, tmp_path):
+    from pfascannet.inference.plan import tissue_on_map
+    from pfascannet.slide.reader import SlideReader
+    from pfascannet.slide.tissue import tissue_mask
+
+    refs = reference.select_split(_refs(cohort), "test")
+    normal = sorted(s for s, r in refs.items() if not r.tumour)
+    scan = tmp_path / "scan"
+    shutil.copytree(truth_scan, scan)
+    # Truth maps stay under 0.5 on every normal slide. Light four tissue pixels of one normal slide at 0.9.
+    sid = normal[0]
+    prob = np.load(scan / "maps" / f"{sid}.npy")
+    stride = json.loads((scan / "maps" / f"{sid}.json").read_text())["stride_px"]
+    with SlideReader(str(cohort / "images" / f"{sid}.tif")) as reader:
+        on_map = tissue_on_map(tissue_mask(reader, downsample=32), 32, reader.dimensions, stride)
+    rows, cols = np.nonzero(on_map)
+    prob[rows[:4], cols[:4]] = 0.9
+    np.save(scan / "maps" / f"{sid}.npy", prob)
+    cal = heldout.calibration(str(scan), str(cohort), refs)
+    normal_tissue = cal["normal_tissue"]
+    assert normal_tissue["share_at_or_above_0.5"] == pytest.approx(4 / normal_tissue["n_pixels"])
+    assert len(cal["slide_max_normal"]) == len(normal)
+    maxima = sorted(float(np.load(scan / "maps" / f"{s}.npy").max()) for s in normal)
+    assert cal["slide_max_normal"] == pytest.approx(maxima) and maxima[-1] == pytest.approx(0.9)
+    # Inside the tumour the truth map is tumour: every tumour slide's maximum, and most of its tumour, >= 0.5.
+    assert len(cal["slide_max_tumour"]) == len(refs) - len(normal)
+    assert min(cal["slide_max_tumour"]) >= 0.5 and cal["tumour"]["p50"] >= 0.5
