@@ -1,10 +1,13 @@
-"""The shipped weights on a 20x copy of the same tissue: the slide scores the original gets.
+"""The shipped weights on a 20x copy of the same tissue: the slide calls the original gets.
 
 The small case of ``experiments/bench_resolution.py`` (BENCHMARKS.md, "Slides at
 other pixel sizes"): the session cohort and its 0.486 um/px copy, scanned with
-the demo weights at alpha 16.  Read at the model's 0.243 um/px the copy's
-slide scores are within 0.03 of the original's (read pixel for pixel, the
-behaviour before the resolution contract, the benchmark's cohort moved by up to 0.21).
+the demo weights at alpha 16.  Read at the model's 0.243 um/px, every slide of
+the copy gets the original's call at 0.5 and its place in the ranking, and the
+micrometastasis slide its score within 0.03.  The copy holds half the original's
+detail, so the scores of faint evidence move: with the 2026-12-03 weights the ITC
+slide's maximum falls from 0.81 to 0.66 and the normal slide's from 0.19 to 0.15
+(BENCHMARKS.md, issue 21); every slide's score is held within 0.2.
 """
 
 from __future__ import annotations
@@ -40,5 +43,8 @@ def test_shipped_weights_score_a_20x_copy_like_the_original(cohort, half_cohort,
         paths = [os.path.join(folder, "images", f"{s}.tif") for s in SLIDES]
         assert engine.scan_slides(paths, [run], str(tmp_path / name), options).ok
         scores[name] = _scores(tmp_path / name)
-    diffs = {s: scores["half"][s] - scores["original"][s] for s in SLIDES}
-    assert all(abs(d) <= 0.03 for d in diffs.values()), diffs
+    original, half = scores["original"], scores["half"]
+    assert {s: half[s] >= 0.5 for s in SLIDES} == {s: original[s] >= 0.5 for s in SLIDES}, scores
+    assert sorted(SLIDES, key=half.get) == sorted(SLIDES, key=original.get), scores
+    assert abs(half["patient_001_node_0"] - original["patient_001_node_0"]) <= 0.03, scores  # the micro slide
+    assert all(abs(half[s] - original[s]) <= 0.2 for s in SLIDES), scores
