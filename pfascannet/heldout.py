@@ -38,6 +38,8 @@ from pfascannet.slide.tissue import tissue_mask
 from pfascannet.synthetic.cohort import plan_cohort
 
 PERCENTILES = (50, 90, 99, 99.9)
+# Grid (level-0 px per cell) of the normal slides' tissue masks in calibration: read there, mapped onto the map.
+CALIBRATION_TISSUE_DOWNSAMPLE = 32
 
 FP_THRESHOLD = 0.5
 """A lesion candidate at or above this probability on a normal slide is a false positive of the report."""
@@ -86,12 +88,12 @@ def calibration(scan_dir: str, cohort_dir: str, slides: dict) -> dict:
         maxima["tumour" if ref.tumour else "normal"].append(float(prob.max()))
         with SlideReader(images.require(sid)) as reader:
             dims = reader.dimensions
-            tissue = None if ref.tumour else tissue_mask(reader, downsample=32)
+            tissue = None if ref.tumour else tissue_mask(reader, downsample=CALIBRATION_TISSUE_DOWNSAMPLE)
         if ref.tumour:
             mask = submission.slide_tumour_mask(sid, cohort.masks, cohort.annotations, images_dir=images) > 0
             tumour_vals.append(prob[tissue_on_map(mask, MASK_DOWNSAMPLE, dims, stride)])
         else:
-            normal_vals.append(prob[tissue_on_map(tissue, 32, dims, stride)])
+            normal_vals.append(prob[tissue_on_map(tissue, CALIBRATION_TISSUE_DOWNSAMPLE, dims, stride)])
 
     def pct(chunks):
         v = np.concatenate(chunks) if chunks else np.zeros(0)

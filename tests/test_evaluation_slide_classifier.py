@@ -208,7 +208,8 @@ def test_calibration_reports_normal_tissue_at_threshold_and_slide_maxima(cohort,
     prob = np.load(scan / "maps" / f"{sid}.npy")
     stride = json.loads((scan / "maps" / f"{sid}.json").read_text())["stride_px"]
     with SlideReader(str(cohort / "images" / f"{sid}.tif")) as reader:
-        on_map = tissue_on_map(tissue_mask(reader, downsample=32), 32, reader.dimensions, stride)
+        ds = heldout.CALIBRATION_TISSUE_DOWNSAMPLE
+        on_map = tissue_on_map(tissue_mask(reader, downsample=ds), ds, reader.dimensions, stride)
     rows, cols = np.nonzero(on_map)
     prob[rows[:4], cols[:4]] = 0.9
     np.save(scan / "maps" / f"{sid}.npy", prob)
