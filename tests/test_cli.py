@@ -7,6 +7,7 @@ The console script that pip installs (``pfascannet=pfascannet.cli:main``) and
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import os
 import shutil
@@ -90,6 +91,8 @@ def test_console_script_runs_a_stage(tmp_path):
         # scan's bare --ray (a local Ray) is accepted, so the error is the threshold's
         (["scan", "--ray", "--model=m", "--slides=s", "--out=o", "--threshold=nan"], "threshold"),
         (["cohort", "--out=C", "extra.txt"], "unexpected argument(s): extra.txt"),  # inputs are flags
+        (["cohort", "--out=C", "--patients=1", "--node_labels=itc,tumour,negative,negative,negative"], "node_labels"),
+        (["cohort", "--out=C", "--patients=2", "--node_labels=itc,negative,negative,negative,negative"], "node_labels"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, says, tmp_path):
@@ -101,3 +104,14 @@ def test_bad_input_is_one_line_and_exit_2(args, says, tmp_path):
 def test_no_stage_prints_the_listing_and_exits_2(tmp_path):
     proc = _run(MODULE, tmp_path)
     assert proc.returncode == 2 and "stages:" in proc.stderr
+
+
+@pytest.mark.slow  # writes a small cohort in a child process
+def test_cohort_node_labels_flag_sets_each_patients_nodes(tmp_path):
+    proc = _run([*MODULE, "cohort", "--out=C", "--patients=2", "--nodes_per_patient=2", "--slide_size=2048",
+                 "--workers=1", "--node_labels=itc,negative; negative,itc"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(tmp_path / "C" / "slides.csv") as f:
+        labels = {row["slide"]: row["label"] for row in csv.DictReader(f)}
+    assert labels == {"patient_000_node_0": "itc", "patient_000_node_1": "negative",
+                      "patient_001_node_0": "negative", "patient_001_node_1": "itc"}

@@ -7,6 +7,8 @@ Layout of ``C`` (ARCHITECTURE.md, "Files between stages"): ``images/``,
 ``lesions.csv``, ``cohort.json``.  Patient ``p`` gets pN-stage
 ``pN1, pN0(i+), pN1mi, pN2, pN0`` in turn, so 5 patients cover every stage
 (4 already hold every node class).  Deterministic from ``--seed``.
+``--node_labels 'itc,negative,...;...'`` sets every patient's node labels
+instead (e.g. a training cohort with more ITC-only nodes than the cycle gives).
 
 ``--layout camelyon16`` / ``camelyon17`` writes the same slides in the official
 download's layout instead (``pfascannet/synthetic/layouts.py``):
@@ -42,6 +44,10 @@ class CohortCommand:
     layout: str = setting("cohort", choices=LAYOUT_CHOICES,
                           help="Folder layout: the project's own (cohort), or CAMELYON16 / CAMELYON17 as downloaded "
                                "(official names, zipped ASAP XML, reference.csv / stage_labels.csv).")
+    node_labels: Optional[str] = setting(
+        None, help="Node labels per patient instead of the pN-stage cycle: patients separated by ';', each "
+                   "--nodes_per_patient labels (negative|itc|micro|macro) separated by ',', e.g. "
+                   "'itc,negative,negative,micro,negative;macro,itc,negative,negative,negative' for --patients 2.")
 
 
 FLAGS = flags.FLAGS
@@ -50,11 +56,24 @@ SETTINGS = (CohortCommand, CohortSettings)
 settings_lib.define_stage_flags(SETTINGS)
 
 
+def parse_node_labels(text: str) -> list[list[str]]:
+    """``'a,b,c;d,e,f'`` -> ``[['a', 'b', 'c'], ['d', 'e', 'f']]`` (CohortSettings checks the labels and counts)."""
+    return [[x.strip() for x in patient.split(",")] for patient in text.strip().strip(";").split(";")]
+
+
+def cohort_settings(flag_values) -> CohortSettings:
+    """CohortSettings from the stage's flags, --node_labels included."""
+    s = settings_lib.from_flags(CohortSettings, flag_values)
+    if flag_values.node_labels:
+        s = dataclasses.replace(s, node_labels=parse_node_labels(flag_values.node_labels))
+    return s
+
+
 def main(argv):
     make = make_cohort if FLAGS.layout == "cohort" else functools.partial(make_layout_cohort, layout=FLAGS.layout)
     info = make(
         FLAGS.out,
-        settings_lib.from_flags(CohortSettings, FLAGS),
+        cohort_settings(FLAGS),
         workers=None if FLAGS.workers == 0 else FLAGS.workers,
         progress=lambda msg: print(msg, flush=True),
     )
