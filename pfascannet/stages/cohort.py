@@ -44,10 +44,7 @@ class CohortCommand:
     layout: str = setting("cohort", choices=LAYOUT_CHOICES,
                           help="Folder layout: the project's own (cohort), or CAMELYON16 / CAMELYON17 as downloaded "
                                "(official names, zipped ASAP XML, reference.csv / stage_labels.csv).")
-    node_labels: Optional[str] = setting(
-        None, help="Node labels per patient instead of the pN-stage cycle: patients separated by ';', each "
-                   "--nodes_per_patient labels (negative|itc|micro|macro) separated by ',', e.g. "
-                   "'itc,negative,negative,micro,negative;macro,itc,negative,negative,negative' for --patients 2.")
+
 
 
 FLAGS = flags.FLAGS
@@ -56,24 +53,11 @@ SETTINGS = (CohortCommand, CohortSettings)
 settings_lib.define_stage_flags(SETTINGS)
 
 
-def parse_node_labels(text: str) -> list[list[str]]:
-    """``'a,b,c;d,e,f'`` -> ``[['a', 'b', 'c'], ['d', 'e', 'f']]`` (CohortSettings checks the labels and counts)."""
-    return [[x.strip() for x in patient.split(",")] for patient in text.strip().strip(";").split(";")]
-
-
-def cohort_settings(flag_values) -> CohortSettings:
-    """CohortSettings from the stage's flags, --node_labels included."""
-    s = settings_lib.from_flags(CohortSettings, flag_values)
-    if flag_values.node_labels:
-        s = dataclasses.replace(s, node_labels=parse_node_labels(flag_values.node_labels))
-    return s
-
-
 def main(argv):
     make = make_cohort if FLAGS.layout == "cohort" else functools.partial(make_layout_cohort, layout=FLAGS.layout)
     info = make(
         FLAGS.out,
-        cohort_settings(FLAGS),
+        settings_lib.from_flags(CohortSettings, FLAGS),
         workers=None if FLAGS.workers == 0 else FLAGS.workers,
         progress=lambda msg: print(msg, flush=True),
     )

@@ -323,8 +323,11 @@ class CohortSettings:
         0.25, help="Share of patients in the test split (rounded, at least one when < 1 and patients > 1; "
                    "the rest: train).")
     centres: int = setting(5, help="Staining centres (stain, focus and noise vary between them).")
-    node_labels: Optional[Sequence[Sequence[str]]] = setting(
-        None, flag=False, help="Explicit node labels per patient (negative|itc|micro|macro), overriding the stage cycle.")
+    node_labels: Optional[str] = setting(
+        None, help="Node labels per patient instead of the pN-stage cycle: patients separated by ';', each "
+                   "nodes_per_patient labels (negative|itc|micro|macro) separated by ',', e.g. "
+                   "'itc,negative,negative,micro,negative;macro,itc,negative,negative,negative' for 2 patients "
+                   "(code may pass a list of lists).")
     tile_px: int = setting(512, help="TIFF tile side (multiple of 16).")
     quality: int = setting(90, help="JPEG quality of slide tiles.")
 
@@ -342,6 +345,8 @@ class CohortSettings:
             raise CohortError(f"test_fraction must be in [0, 1], got {self.test_fraction!r}")
         if self.centres < 1:
             raise CohortError(f"centres must be >= 1, got {self.centres!r}")
+        if isinstance(node_labels, str):
+            node_labels = [[x.strip() for x in p.split(",")] for p in node_labels.strip().strip(";").split(";")]
         if node_labels is not None:
             node_labels = [list(x) for x in node_labels]
             if len(node_labels) != patients:
