@@ -116,9 +116,11 @@ def test_an_old_flat_config_json_resumes(tmp_path):
 def test_cohort_settings_one_declaration():
     fv, names = _flags(CohortSettings)
     assert set(names) == {"seed", "patients", "nodes_per_patient", "slide_size", "mpp", "test_fraction", "centres",
-                          "tile_px", "quality"}
+                          "tile_px", "quality", "node_labels"}
     fv(["prog"])
     assert settings_lib.from_flags(CohortSettings, fv) == CohortSettings()
+    fv(["prog", "--patients=2", "--nodes_per_patient=2", "--node_labels=itc,negative; negative,micro"])
+    assert settings_lib.from_flags(CohortSettings, fv).node_labels == [["itc", "negative"], ["negative", "micro"]]
     assert CohortSettings().test_fraction == 0.25  # the cohort stage's and make_cohort's default
     from pfascannet import demo
 
