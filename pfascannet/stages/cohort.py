@@ -46,7 +46,6 @@ class CohortCommand:
                                "(official names, zipped ASAP XML, reference.csv / stage_labels.csv).")
 
 
-
 FLAGS = flags.FLAGS
 SETTINGS = (CohortCommand, CohortSettings)
 """Every flag of the stage, generated from these dataclasses' fields (``pfascannet.settings``)."""
