@@ -26,6 +26,7 @@ class OracleDetector:
         self.tile_px = geometry.tile_px(roi_px, alpha)
         self.calls = 0
         self.rois_seen = 0
+        self.patches_seen = 0
 
     def predict(self, rois: np.ndarray) -> np.ndarray:
         assert rois.dtype == np.uint8 and rois.shape[1:] == (self.roi_px, self.roi_px, 3)
@@ -39,6 +40,14 @@ class OracleDetector:
                 block = rois[:, r : r + BLOCK_PX, c : c + BLOCK_PX].astype(np.float64)
                 out[:, u, v] = block.mean(axis=(1, 2, 3)) / 255.0
         return out
+
+    def predict_patches(self, patches: np.ndarray) -> np.ndarray:
+        """The patch classifier of the same function (the candidate views): its centre block's mean."""
+        assert patches.dtype == np.uint8 and patches.shape[1:] == (geometry.PATCH_PX, geometry.PATCH_PX, 3)
+        self.patches_seen += patches.shape[0]
+        lo = geometry.PATCH_CENTRE_PX - BLOCK_PX // 2
+        return (patches[:, lo : lo + BLOCK_PX, lo : lo + BLOCK_PX].astype(np.float64).mean(axis=(1, 2, 3))
+                / 255.0).astype(np.float32)
 
 
 def direct_map(image: np.ndarray, cell_px: int) -> np.ndarray:

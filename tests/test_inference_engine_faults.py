@@ -108,8 +108,19 @@ class KerasLike:
         return self.oracle.predict(rois) * np.float32(self.scale)
 
 
+def test_a_detector_without_a_patch_classifier_is_told_to_turn_the_candidate_views_off(slide_path, tmp_path):
+    out = str(tmp_path / "S")
+    summary = engine.scan_slides(slide_path, [_run(KerasLike(1.0))], out, scan_settings.ScanSettings(**QUIET))
+    [result] = summary.results
+    assert result.status == "failed"
+    assert "predict_patches" in result.message and "--candidate_views=1" in result.message
+    assert "\n" not in result.message
+    opts = scan_settings.ScanSettings(**QUIET, candidate_views=1)
+    assert engine.scan_slides(slide_path, [_run(KerasLike(1.0))], out, opts).ok
+
+
 def test_a_custom_keras_detector_swapped_behind_the_same_name_rescans(slide_path, tmp_path):
-    opts = scan_settings.ScanSettings(**QUIET)
+    opts = scan_settings.ScanSettings(**QUIET, candidate_views=1)  # KerasLike has no patch classifier
     out = str(tmp_path / "S")
     first = _run(KerasLike(1.0))
     assert first.digest is not None and first.digest != first.name

@@ -41,6 +41,11 @@ class CountingDetector(OracleDetector):
             raise AssertionError("the model was called")
         return super().predict(rois)
 
+    def predict_patches(self, patches):
+        if self.forbid:
+            raise AssertionError("the model was called (candidate views)")
+        return super().predict_patches(patches)
+
 
 def _run(forbid: bool = False) -> model_run.ModelRun:
     lr = geometry.roi_px(LM, 16)

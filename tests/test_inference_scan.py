@@ -91,7 +91,8 @@ def test_patch_mode_matches_dense(slide_path):
     a, _ = engine.scan_map(slide_path, dense, plan, scan_settings.ScanSettings(**QUIET))
     b, _ = engine.scan_map(slide_path, patch, plan, scan_settings.ScanSettings(**dict(QUIET, patch_batch=5)))
     np.testing.assert_allclose(a, b, atol=1e-6)
-    assert patch.detector.rois_seen == len(plan) * LM * LM  # one 692 patch per map pixel
+    # one 692 patch per map pixel, through the detector's patch classifier
+    assert patch.detector.patches_seen == len(plan) * LM * LM and patch.detector.rois_seen == 0
 
 
 def test_killed_scan_resumes_to_the_same_map(slide_path, tmp_path):

@@ -26,7 +26,7 @@ from pfascannet.evaluation import features as feats
 from pfascannet.evaluation.features import FeatureError
 
 SCORE_NAMES = {
-    "map_max": "map maximum (the slide's most confident lesion candidate)",
+    "map_max": "map maximum (the slide's most confident lesion candidate, after its candidate views)",
     "classifier": "slide classifier (random forest on map features, trained on the training slides' maps)",
 }
 """The named slide scores, in the order reports list them."""

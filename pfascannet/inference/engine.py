@@ -54,7 +54,7 @@ import numpy as np
 
 from pfascannet import camelyon
 from pfascannet.errors import PfaError
-from pfascannet.inference import outputs, postprocess
+from pfascannet.inference import outputs, postprocess, views
 from pfascannet.inference.ensemble import ensemble_maps
 from pfascannet.inference.export_meta import mpp_warnings
 from pfascannet.inference.model_run import EDGE_SPLIT, ModelRun, plan_split, predict_tiles
@@ -328,6 +328,8 @@ def map_fingerprint(path: str, runs: Sequence[ModelRun], options: ScanSettings, 
         out["read"] = read.describe()
     if options.stream:  # another computation of the same map (float32 within 1e-5): another fingerprint
         out["stream"] = stream_settings(options)
+    if views.record(options.candidate_views) is not None:  # computed with the map (``inference.views``)
+        out["candidate_views"] = views.record(options.candidate_views)
     # Edge ROIs leave the glass-only quarters of an ROI at 0 where whole ROIs
     # computed them: another map, so another fingerprint (where they apply).
     if any(plan_split(r, options) > 1 for r in runs) and options.tissue != "all":
@@ -495,6 +497,9 @@ def _make_map(path, slide, runs, out_dir, options, fingerprint, read, progress, 
         maps.append(prob_map)
         stats.append(st)
     prob_map = ensemble_maps(maps, [p.stride_px for p in plans], grid_plan.map_shape)
+    with SlideReader(path, mpp=options.mpp) as reader:
+        rescored = views.score_candidates(reader, runs, plans, prob_map, grid_plan.stride_px,
+                                          options.candidate_views, mpp, options.patch_batch)
     scanned = grid_plan.planned_mask()
     if tissue is not None:
         # The heatmap tints tissue only: a scanned ROI's glass is left untinted.
@@ -517,6 +522,8 @@ def _make_map(path, slide, runs, out_dir, options, fingerprint, read, progress, 
         "warnings": warnings,
         "timing": [dataclasses.asdict(s) for s in stats],
     }
+    if rescored is not None:
+        meta["candidate_views"] = rescored
     meta = outputs.write_map(out_dir, slide, prob_map, meta, scanned)
     return meta, stats, warnings
 

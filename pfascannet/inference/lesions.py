@@ -33,7 +33,7 @@ pathologist wants to see outlined.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -78,6 +78,7 @@ def lesion_candidates(
     mpp: Optional[float] = None,
     dimensions_xy: Optional[Sequence[int]] = None,
     max_candidates: int = MAX_CANDIDATES,
+    rescored: Optional[Mapping[tuple[int, int], float]] = None,
 ) -> list[LesionCandidate]:
     """The scanner's lesion candidates: every local maximum of the map at or above ``floor``.
 
@@ -98,13 +99,39 @@ def lesion_candidates(
         last row/column of cells, whose centre may lie beyond the slide, is put
         on the slide's last pixel instead (same cell, so the same FROC hit).
       max_candidates: keep this many, most confident first.
+      rescored: map cell ``(row, col)`` -> the confidence to report for a
+        candidate at that cell instead of the map's value (the candidate
+        views of ``inference.views``); the candidates are found on the map.
 
     Returns:
-      Lesions by decreasing confidence (ties row-major).
+      Lesions by decreasing confidence (ties: the map's order).
     """
+    rr, cc, values = local_maxima(prob_map, stride_px, floor, radius_um, mpp, max_candidates)
+    if rescored:
+        values = np.array([rescored.get((int(r), int(c)), v) for r, c, v in zip(rr, cc, values)], np.float64)
+        order = np.argsort(-values, kind="stable")
+        rr, cc, values = rr[order], cc[order], values[order]
+    xs = cell_centre_px(cc, stride_px)
+    ys = cell_centre_px(rr, stride_px)
+    if dimensions_xy is not None:
+        xs = np.minimum(xs, int(dimensions_xy[0]) - 1)
+        ys = np.minimum(ys, int(dimensions_xy[1]) - 1)
+    return [LesionCandidate(float(v), int(x), int(y)) for v, x, y in zip(values, xs, ys)]
+
+
+def local_maxima(
+    prob_map: np.ndarray,
+    stride_px: int,
+    floor: float = CANDIDATE_FLOOR,
+    radius_um: float = DEFAULT_NMS_RADIUS_UM,
+    mpp: Optional[float] = None,
+    max_candidates: int = MAX_CANDIDATES,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cells of ``lesion_candidates``: rows, columns and map values, most confident first."""
     prob = np.asarray(prob_map, np.float32)
+    empty = np.zeros(0, np.int64)
     if prob.ndim != 2 or prob.size == 0:
-        return []
+        return empty, empty, np.zeros(0, np.float32)
     mpp = LEVEL0_MPP if mpp is None else float(mpp)
     reach = max(1, int(round(radius_um / (mpp * stride_px))))
     highest = ndimage.maximum_filter(prob, size=2 * reach + 1, mode="constant", cval=-np.inf)
@@ -124,12 +151,8 @@ def lesion_candidates(
         if len(kept) == max_candidates:
             break
         claimed[max(r - reach, 0):r + reach + 1, max(c - reach, 0):c + reach + 1] = True
-    xs = cell_centre_px(cc[kept], stride_px)
-    ys = cell_centre_px(rr[kept], stride_px)
-    if dimensions_xy is not None:
-        xs = np.minimum(xs, int(dimensions_xy[0]) - 1)
-        ys = np.minimum(ys, int(dimensions_xy[1]) - 1)
-    return [LesionCandidate(float(v), int(x), int(y)) for v, x, y in zip(values[kept], xs, ys)]
+    kept = np.asarray(kept, np.int64)
+    return rr[kept].astype(np.int64), cc[kept].astype(np.int64), values[kept]
 
 
 def nms_lesions(

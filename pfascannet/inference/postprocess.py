@@ -32,7 +32,7 @@ from pfascannet import camelyon
 from pfascannet import settings as settings_lib
 from pfascannet.errors import PfaError
 from pfascannet.inference import lesions as lesions_lib
-from pfascannet.inference import outputs
+from pfascannet.inference import outputs, views
 from pfascannet.inference.scan_settings import ScanSettings
 from pfascannet.io_utils import remove_stale_temps, write_json
 from pfascannet.layout import ScanFolder
@@ -142,7 +142,10 @@ def postprocess_slide(
     stride = int(meta["stride_px"])
     map_mpp = meta.get("mpp")
     # FROC candidates: every local maximum down to a low floor, not the contour threshold (ARCHITECTURE.md).
-    found = lesions_lib.lesion_candidates(prob_map, stride, mpp=map_mpp, dimensions_xy=meta.get("dimensions"))
+    # A map made with candidate views carries their scores (``inference.views``): the candidates' confidences.
+    rescored = views.rescored_cells(meta)
+    found = lesions_lib.lesion_candidates(prob_map, stride, mpp=map_mpp, dimensions_xy=meta.get("dimensions"),
+                                          rescored=rescored)
     outputs.write_lesions_csv(paths["lesions"], found)
     outputs.write_contours(paths["geojson"], paths["xml"],
                            lesions_lib.lesion_contours(prob_map, stride, settings.threshold))
@@ -153,7 +156,9 @@ def postprocess_slide(
             os.remove(paths["heatmap"])
         except FileNotFoundError:
             pass
-    meta = dict(meta, post=settings.record(), slide_score=lesions_lib.slide_score(prob_map), n_lesions=len(found),
+    # The slide score is the most confident candidate: the map's maximum, or its views' mean where re-scored.
+    score = max(c.confidence for c in found) if rescored and found else lesions_lib.slide_score(prob_map)
+    meta = dict(meta, post=settings.record(), slide_score=score, n_lesions=len(found),
                 threshold=float(settings.threshold), candidate_floor=lesions_lib.CANDIDATE_FLOOR)
     write_json(paths["json"], meta)
     return meta, True

@@ -52,6 +52,15 @@ def _scan_level(value) -> Optional[str]:
     return None if ok else "must be None (the model's pixel size) or an integer >= 0"
 
 
+VIEW_CHOICES = (1, 2, 4, 8)
+"""``candidate_views``: the orientation groups of ``inference.views`` (identity, mirrors, quarter turns)."""
+
+
+def _views(value) -> Optional[str]:
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value in VIEW_CHOICES
+    return None if ok else f"must be one of {', '.join(map(str, VIEW_CHOICES))}"
+
+
 def _seconds(value) -> Optional[str]:
     return None if _is_number(value) and 0 <= value < math.inf else "must be a number of seconds >= 0"
 
@@ -77,7 +86,11 @@ class ScanSettings:
         or a callable ``reader -> bool mask`` at ``tissue_downsample``.
       tissue_downsample: level-0 pixels per tissue-mask pixel.
       checkpoint_every_s: seconds between checkpoints (0: after every batch).
-      patch_batch: patches per model call in patch mode.
+      patch_batch: patches per model call in patch mode and for the candidate views.
+      candidate_views: each lesion candidate >= 0.2 is scored again as the
+        mean of the patch classifier over this many orientations of its patch
+        (``inference.views``: 1, 2, 4 or 8); 1 keeps the map's value.  Part of
+        the map's fingerprint (computed with the map; the map is one view).
       threshold: probability for the contours (lesion candidates are every local maximum >= 0.05).
       mpp: microns per level-0 pixel, overriding the slides' own.
       edge_rois: at the tissue's edge, plan quarter-tile ROIs where they cost
@@ -111,7 +124,12 @@ class ScanSettings:
     tissue_downsample: int = setting(32, flag=False, check=at_least(1), help="Level-0 pixels per tissue-mask pixel.")
     checkpoint_every_s: float = setting(30.0, flag="checkpoint_s", check=_seconds,
                                         help="Seconds between checkpoints of a slide in progress.")
-    patch_batch: int = setting(32, check=at_least(1), help="Patches per model call in --mode=patch.")
+    patch_batch: int = setting(32, check=at_least(1),
+                               help="Patches per model call in --mode=patch and for the candidate views.")
+    candidate_views: int = setting(
+        8, check=_views,
+        help="Score each lesion candidate >= 0.2 again as the mean of the patch classifier over this many of its "
+             "patch's rotations and mirror images (8: all; 1: the map's value); the map itself is one view.")
     threshold: float = setting(0.5, check=probability,
                                help="Probability for the contours (lesion candidates: every local maximum >= 0.05).")
     mpp: Optional[float] = setting(
