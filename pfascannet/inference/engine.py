@@ -82,6 +82,7 @@ class ScanStats:
     model_s: float = 0.0
     wait_s: float = 0.0
     input_px: int = 0  # model pixels pushed through the detector (ROI sides squared, or streamed strips)
+    views_s: float = 0.0  # the candidate views (``inference.views``) of the slide: on its first member's entry
 
 
 # --------------------------------------------------------------------------- progress
@@ -523,6 +524,8 @@ def _make_map(path, slide, runs, out_dir, options, fingerprint, read, progress, 
         "timing": [dataclasses.asdict(s) for s in stats],
     }
     if rescored is not None:
+        stats[0].views_s = rescored.pop("seconds")  # a wall time: with the timings, not in what the map records
+        meta["timing"] = [dataclasses.asdict(s) for s in stats]
         meta["candidate_views"] = rescored
     meta = outputs.write_map(out_dir, slide, prob_map, meta, scanned)
     return meta, stats, warnings

@@ -88,7 +88,8 @@ def score_candidates(reader, runs: Sequence, plans: Sequence, prob_map: np.ndarr
       patch_batch: patches per model call.
 
     Returns:
-      ``{"views", "floor", "cells": [[row, col, map value, views' mean], ...], "seconds"}``.
+      ``{"views", "floor", "cells": [[row, col, map value, views' mean], ...], "seconds"}`` (the scan moves
+      ``seconds``, a wall time, to the map's ``timing``).
     """
     if views == 1:
         return None
