@@ -84,8 +84,10 @@ def test_cli_ensemble_bad_slide_and_exit_status(tiny_model, slide_dir, tmp_path)
     assert prob_map.shape == (22, 32) and 0.0 <= prob_map.min() and prob_map.max() <= 1.0
     with open(os.path.join(out, "slide_scores.csv")) as f:
         # The slide score is the most confident candidate after its views (the first line of its lesion CSV).
-        top = float(open(os.path.join(out, "lesions", "patient_001_node_0.csv")).readline().split(",")[0])
-        assert f.read().splitlines() == ["name,probability", f"patient_001_node_0,{top:.6f}"]
+        scores = f.read().splitlines()
+    with open(os.path.join(out, "lesions", "patient_001_node_0.csv")) as f:
+        top = float(f.readline().split(",")[0])
+    assert scores == ["name,probability", f"patient_001_node_0,{top:.6f}"]
     assert meta["candidate_views"]["views"] == 8 and meta["candidate_views"]["cells"]
 
     bad = subprocess.run(cmd[:2] + [f"--model={export}", f"--slides={slide_dir}", f"--out={out}", "--roi=917"],

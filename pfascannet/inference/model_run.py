@@ -11,7 +11,7 @@ same weights as the 692 patch classifier over every stride-spaced patch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Protocol, runtime_checkable
+from typing import Callable, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -78,8 +78,7 @@ class ModelRun:
                     f"alpha={self.grid.alpha}, roi={self.grid.roi_px}"
                 )
         elif self.mode == "patch":
-            is_patch_classifier = int(d.alpha) == 1 and int(d.roi_px) == geometry.PATCH_PX
-            if not hasattr(d, "predict_patches") and not is_patch_classifier:
+            if patch_classifier(d) is None:
                 raise ScanError(
                     f"{self.name}: patch mode needs a detector with predict_patches() or the patch "
                     f"classifier itself (alpha=1, roi={geometry.PATCH_PX}); got alpha={d.alpha}, roi={d.roi_px}"
@@ -135,6 +134,21 @@ def content_digest(detector) -> Optional[str]:
     return None
 
 
+def patch_classifier(detector) -> Optional[Callable[[np.ndarray], np.ndarray]]:
+    """The detector's 692 patch classifier ``uint8 [N, 692, 692, 3] -> float32 [N]``, or None if it has none.
+
+    Its ``predict_patches`` (the same weights at alpha 1), else the ``predict`` of an alpha-1 detector on
+    692 px inputs (the patch classifier itself).  Patch mode and the candidate views (``inference.views``)
+    classify patches through it.
+    """
+    classify = getattr(detector, "predict_patches", None)
+    if classify is None and int(detector.alpha) == 1 and int(detector.roi_px) == geometry.PATCH_PX:
+        classify = detector.predict
+    if classify is None:
+        return None
+    return lambda patches: np.asarray(classify(patches), np.float32).reshape(len(patches))
+
+
 EDGE_SPLIT = 2
 """Edge ROIs are quarter tiles (``plan.make_plan(split=...)``)."""
 
@@ -169,7 +183,7 @@ def predict_tiles(run: ModelRun, rois: np.ndarray, patch_batch: int) -> np.ndarr
     else:
         probs = np.empty((rois.shape[0], lm, lm), np.float32)
         p = geometry.PATCH_PX
-        classify = getattr(run.detector, "predict_patches", run.detector.predict)
+        classify = patch_classifier(run.detector)
         for n, roi in enumerate(rois):
             # Views, not copies: only patch_batch patches are materialised at a time.
             windows = np.lib.stride_tricks.sliding_window_view(roi, (p, p, 3))[::stride, ::stride, 0]
@@ -177,7 +191,7 @@ def predict_tiles(run: ModelRun, rois: np.ndarray, patch_batch: int) -> np.ndarr
             out = np.empty(lm * lm, np.float32)
             for s in range(0, lm * lm, patch_batch):
                 chunk = np.ascontiguousarray(flat[s : s + patch_batch])
-                out[s : s + len(chunk)] = np.asarray(classify(chunk), np.float32).reshape(-1)
+                out[s : s + len(chunk)] = classify(chunk)
             probs[n] = out.reshape(lm, lm)
     if probs.shape != (rois.shape[0], lm, lm):
         raise ScanError(f"{run.name}: detector returned {probs.shape}, expected {(rois.shape[0], lm, lm)}")

@@ -30,13 +30,13 @@ a threshold change keeps them.
 
 from __future__ import annotations
 
-import time
 from typing import Optional, Sequence
 
 import numpy as np
 
 from pfascannet import geometry
 from pfascannet.inference import lesions as lesions_lib
+from pfascannet.inference import model_run
 from pfascannet.inference.scan_settings import VIEW_CHOICES, ScanError
 
 VIEWS_FLOOR = 0.2
@@ -63,21 +63,18 @@ def record(views: int) -> Optional[dict]:
     return {"views": int(views), "floor": VIEWS_FLOOR, "candidates": dict(lesions_lib.CANDIDATE_RULE)}
 
 
-def patch_classifier(run):
-    """The member's patch classifier ``uint8 [N, 692, 692, 3] -> [N]``, or a ScanError naming the setting."""
-    detector = run.detector
-    classify = getattr(detector, "predict_patches", None)
-    if classify is None and int(detector.alpha) == 1 and int(detector.roi_px) == geometry.PATCH_PX:
-        classify = detector.predict
+def member_classifier(run):
+    """The member's patch classifier (``model_run.patch_classifier``), or a ScanError naming the setting."""
+    classify = model_run.patch_classifier(run.detector)
     if classify is None:
         raise ScanError(f"{run.name}: the candidate views need the detector's patch classifier (predict_patches), "
                         "which this detector lacks; scan with --candidate_views=1")
-    return lambda patches: np.asarray(classify(patches), np.float32).reshape(len(patches))
+    return classify
 
 
 def score_candidates(reader, runs: Sequence, plans: Sequence, prob_map: np.ndarray, stride_px: int,
-                     views: int, mpp: Optional[float], patch_batch: int) -> Optional[dict]:
-    """The views' mean at every candidate cell >= ``VIEWS_FLOOR`` of an (ensemble) map; None when ``views`` is 1.
+                     views: int, mpp: Optional[float], patch_batch: int) -> dict:
+    """The views' mean at every candidate cell >= ``VIEWS_FLOOR`` of an (ensemble) map (``views`` > 1).
 
     Args:
       reader: the slide, open.
@@ -88,18 +85,14 @@ def score_candidates(reader, runs: Sequence, plans: Sequence, prob_map: np.ndarr
       patch_batch: patches per model call.
 
     Returns:
-      ``{"views", "floor", "cells": [[row, col, map value, views' mean], ...], "seconds"}`` (the scan moves
-      ``seconds``, a wall time, to the map's ``timing``).
+      ``{"views", "floor", "cells": [[row, col, map value, views' mean], ...]}``.
     """
-    if views == 1:
-        return None
-    t0 = time.perf_counter()
     rr, cc, values = lesions_lib.local_maxima(prob_map, stride_px, mpp=mpp)
     keep = values >= VIEWS_FLOOR
     rr, cc, values = rr[keep], cc[keep], values[keep]
     total = np.zeros(len(rr), np.float64)
     for run, plan in zip(runs, plans):
-        classify = patch_classifier(run)
+        classify = member_classifier(run)
         factor = stride_px // plan.stride_px
         rows, cols = plan.map_shape
         model_stride = plan.geometry.stride_px
@@ -112,7 +105,7 @@ def score_candidates(reader, runs: Sequence, plans: Sequence, prob_map: np.ndarr
         per_batch = max(1, patch_batch // views)
         for s in range(0, len(flat), per_batch):
             chunk = flat[s:s + per_batch]
-            batch = np.stack([np.ascontiguousarray(o) for _, r, c in chunk for o in orientations(
+            batch = np.stack([o for _, r, c in chunk for o in orientations(
                 plan.read.read(reader, (c * model_stride - origin, r * model_stride - origin), geometry.PATCH_PX),
                 views)])
             probs = classify(batch).reshape(len(chunk), views).mean(axis=1)
@@ -123,7 +116,6 @@ def score_candidates(reader, runs: Sequence, plans: Sequence, prob_map: np.ndarr
     return {
         "views": int(views), "floor": VIEWS_FLOOR,
         "cells": [[int(r), int(c), round(float(v), 6), round(float(p), 6)] for r, c, v, p in zip(rr, cc, values, scores)],
-        "seconds": round(time.perf_counter() - t0, 2),
     }
 
 
